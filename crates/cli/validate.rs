@@ -1,0 +1,156 @@
+//! `handoff validate`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use handoff_plan::source::MAX_FILE_BYTES;
+use handoff_plan::{Checker, Diagnostic, Report, Severity, codes};
+use serde_json::json;
+
+use crate::{EXIT_ERROR, EXIT_INVALID, EXIT_OK};
+
+/// Arguments of `handoff validate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Treat warnings as errors (exit 1 when there are any).
+    #[arg(long)]
+    deny_warnings: bool,
+    /// Plan files.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Human-readable, with source snippets.
+    Text,
+    /// One JSON object per file, one per line.
+    Json,
+    /// GitHub Actions workflow annotations.
+    Github,
+}
+
+/// Reads at most `MAX_FILE_BYTES + 1` bytes, so a huge file is rejected without being
+/// loaded.
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.is_dir() {
+        anyhow::bail!("{} is a directory; pass plan files (e.g. {}/*.yaml)", path.display(), path.display());
+    }
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Validates every path; returns the exit code.
+pub(crate) fn run(
+    args: &Args,
+    registry: &handoff_registry::Registry,
+    color: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let checker = Checker::new(registry)?;
+    let mut exit = EXIT_OK;
+    for path in &args.paths {
+        let shown = path.display().to_string();
+        let bytes = match read(path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                exit = EXIT_ERROR;
+                let message = format!("{error:#}");
+                match args.format {
+                    Format::Text => writeln!(out, "error: {message}")?,
+                    Format::Json => writeln!(
+                        out,
+                        "{}",
+                        json!({"path": shown, "valid": false, "error": message, "diagnostics": []})
+                    )?,
+                    Format::Github => writeln!(out, "::error file={shown}::{message}")?,
+                }
+                continue;
+            }
+        };
+        let report = if bytes.len() > MAX_FILE_BYTES { too_large(bytes.len()) } else { checker.check(&bytes) };
+        let valid = report.is_valid(args.deny_warnings);
+        if !valid && exit == EXIT_OK {
+            exit = EXIT_INVALID;
+        }
+        match args.format {
+            Format::Text => text(&shown, &report, valid, color, out)?,
+            Format::Json => writeln!(out, "{}", to_json(&shown, &report, valid))?,
+            Format::Github => {
+                for diagnostic in &report.diagnostics {
+                    writeln!(out, "{}", diagnostic.to_github(&shown))?;
+                }
+                writeln!(out, "{}", verdict(&shown, &report, valid))?;
+            }
+        }
+    }
+    Ok(exit)
+}
+
+fn too_large(len: usize) -> Report {
+    Report {
+        text: String::new(),
+        diagnostics: vec![Diagnostic::new(
+            codes::LIMIT,
+            "",
+            format!(
+                "the file is larger than {} MiB (read {len} bytes before stopping); plans are small documents",
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+        )],
+        plan: None,
+        secrets: Vec::new(),
+    }
+}
+
+fn text(path: &str, report: &Report, valid: bool, color: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    for diagnostic in &report.diagnostics {
+        writeln!(out, "{}\n", diagnostic.render(path, &report.text, &report.secrets, color))?;
+    }
+    writeln!(out, "{}", verdict(path, report, valid))?;
+    Ok(())
+}
+
+/// `path: valid (5 phases, …)` or `path: invalid (2 errors, 1 warning)`.
+fn verdict(path: &str, report: &Report, valid: bool) -> String {
+    let errors = report.count(Severity::Error);
+    let warnings = report.count(Severity::Warning);
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let problems = match (errors, warnings) {
+        (0, 0) => String::new(),
+        (e, 0) => plural(e, "error"),
+        (0, w) => plural(w, "warning"),
+        (e, w) => format!("{}, {}", plural(e, "error"), plural(w, "warning")),
+    };
+    match (valid, report.summary()) {
+        (true, Some(s)) => format!(
+            "{path}: valid ({} phases, {} steps, {} criteria, {} rollbacks{})",
+            s.phases,
+            s.steps,
+            s.criteria,
+            s.rollbacks,
+            if problems.is_empty() { String::new() } else { format!("; {problems}") }
+        ),
+        _ => format!("{path}: invalid ({problems})"),
+    }
+}
+
+fn to_json(path: &str, report: &Report, valid: bool) -> serde_json::Value {
+    json!({
+        "path": path,
+        "valid": valid,
+        "diagnostics": report.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+        "summary": report.summary(),
+    })
+}

@@ -1,0 +1,150 @@
+//! Stable diagnostic codes.
+//!
+//! Architecture invariant: a code, once released, keeps its id and meaning; `docs/lints.md`
+//! is generated from [`ALL`] and checked by a test.
+
+use serde::Serialize;
+
+use crate::diagnostic::Severity;
+
+/// A diagnostic code: a stable id, a short name and its documentation.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct Code {
+    /// Stable id, e.g. `H201`.
+    pub id: &'static str,
+    /// Short kebab-case name, e.g. `unknown-executor`.
+    pub name: &'static str,
+    /// Default severity.
+    #[serde(skip)]
+    pub severity: Severity,
+    /// What the code means and how to fix it (Markdown).
+    #[serde(skip)]
+    pub explanation: &'static str,
+}
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $konst:ident = $id:literal $name:literal $sev:ident $expl:literal;)*) => {
+        $($(#[$doc])* pub const $konst: &Code = &Code {
+            id: $id,
+            name: $name,
+            severity: Severity::$sev,
+            explanation: $expl,
+        };)*
+        /// Every code, in id order.
+        pub const ALL: &[&Code] = &[$($konst),*];
+    };
+}
+
+codes! {
+    /// The file is not UTF-8 text.
+    NOT_UTF8 = "H001" "not-utf8" Error
+        "Plans are UTF-8 text. The message gives the byte offset of the first invalid byte; re-save the file as UTF-8.";
+    /// The file contains NUL or other binary bytes.
+    BINARY = "H002" "binary-content" Error
+        "The file contains NUL bytes, so it is not a text file. Check that the path names the plan and not a build artifact or archive.";
+    /// The YAML does not parse.
+    YAML_SYNTAX = "H003" "yaml-syntax" Error
+        "The YAML parser rejected the file at the position shown. Common causes: tabs used for indentation (YAML allows spaces only), an unclosed quote or bracket, or a `key: value` line indented inconsistently.";
+    /// A mapping has the same key twice.
+    DUPLICATE_KEY = "H004" "duplicate-key" Error
+        "A mapping has the same key twice. YAML parsers disagree on which value wins, so handoff rejects it: remove or rename one of them.";
+    /// The file exceeds a safety limit.
+    LIMIT = "H005" "resource-limit" Error
+        "The file exceeds a safety limit: its size, nesting depth, number of nodes, or alias expansions (an \"alias bomb\"). Plans are small documents; split or simplify the file.";
+    /// The document is empty.
+    EMPTY = "H006" "empty-document" Error
+        "The file holds no YAML document. Start from `plans/examples/` or run `handoff schema` to see the expected shape.";
+    /// The top level is not a mapping.
+    NOT_A_MAPPING = "H007" "not-a-mapping" Error
+        "A plan is a YAML mapping with `apiVersion`, `kind`, `metadata` and `phases` at the top level.";
+    /// The file holds several YAML documents.
+    MULTIPLE_DOCUMENTS = "H008" "multiple-documents" Error
+        "A plan file holds exactly one YAML document; remove the extra `---` separators or split the file.";
+    /// A value violates the schema in a way not covered by a more precise code.
+    SCHEMA = "H100" "schema" Error
+        "The value does not match the plan schema (`schemas/plan.schema.json`). Point your editor at the schema for completion: add `# yaml-language-server: $schema=<path>/plan.schema.json` at the top of the plan.";
+    /// A key that the schema does not know.
+    UNKNOWN_FIELD = "H101" "unknown-field" Error
+        "The key is not part of the plan language at this place. It is often a typo; the message lists the keys that are allowed here.";
+    /// A required key is missing.
+    MISSING_FIELD = "H102" "missing-field" Error
+        "A required key is missing from the mapping.";
+    /// A value has the wrong type.
+    WRONG_TYPE = "H103" "wrong-type" Error
+        "The value has the wrong type (for example a list where a mapping is expected, or text where a number is expected).";
+    /// A value is not one of the allowed values.
+    INVALID_VALUE = "H104" "invalid-value" Error
+        "The value is not one of the allowed values; the message lists them. Comparators must be quoted in YAML (`op: \">\"`), because a bare `>` starts a folded block.";
+    /// A value does not have the expected format.
+    INVALID_FORMAT = "H105" "invalid-format" Error
+        "The text does not have the expected format: durations are `300ms`, `5m`, `14d`, `1h 30m`; thresholds are numbers with an optional unit (`99.9%`, `200ms`); ids are lower-case `a-z0-9-_`; dates are `YYYY-MM-DD`.";
+    /// A number is out of range.
+    OUT_OF_RANGE = "H106" "out-of-range" Error
+        "The number is outside its allowed range (for example a traffic weight above 100).";
+    /// A list or mapping has too few or too many entries.
+    BAD_LENGTH = "H107" "bad-length" Error
+        "A list or mapping has too few or too many entries.";
+    /// `uses:` names no known executor.
+    UNKNOWN_EXECUTOR = "H201" "unknown-executor" Error
+        "`uses:` names an executor that is not built in. `handoff executors` lists the built-in executors and their actions.";
+    /// `uses:` names no action of a known executor.
+    UNKNOWN_ACTION = "H202" "unknown-action" Error
+        "The executor exists but has no such action; the message lists its actions.";
+    /// An executor rejected a step's parameters.
+    INVALID_PARAMS = "H203" "invalid-params" Error
+        "The step's `with:` parameters are not valid for its action. `handoff executors` shows each action's parameters; the schema gives editors completion for them.";
+    /// A reference to a metric that is not defined.
+    UNDEFINED_METRIC = "H204" "undefined-metric" Error
+        "A criterion, alert or `monitor:` entry names a metric that is not defined under `metrics:`.";
+    /// A reference to a resource that is not defined, or of the wrong kind.
+    UNDEFINED_RESOURCE = "H205" "undefined-resource" Error
+        "A reference names a resource that is not defined under `resources:`, or one of the wrong kind for the place it is used.";
+    /// A resource's endpoint is missing from an environment.
+    UNDEFINED_ENDPOINT = "H206" "undefined-endpoint" Error
+        "A resource's `endpoint:` must be defined in every environment, so that the plan can run in each of them.";
+    /// A reference to a phase or step that is not defined.
+    UNDEFINED_PHASE = "H207" "undefined-reference" Error
+        "A `depends_on:`, alert `phases:` or step reference names a phase or step that does not exist.";
+    /// Two things share an id.
+    DUPLICATE_ID = "H208" "duplicate-id" Error
+        "Ids must be unique: phase ids in the plan, step ids in the plan (rollback steps included), criterion ids in their phase, alert names in the plan. State, reports and approvals are keyed by them.";
+    /// Phases depend on each other in a cycle, or on a later phase.
+    DEPENDENCY_CYCLE = "H209" "dependency-order" Error
+        "Phases run in the order written, so a phase may depend only on phases before it; a cycle or a forward dependency can never be satisfied.";
+    /// A reversible phase has no rollback.
+    MISSING_ROLLBACK = "H301" "missing-rollback" Error
+        "Every reversible phase needs a `rollback:` with steps. If the phase cannot be undone, say so with `reversible: false` and `restore:` notes.";
+    /// A rollback has no time budget.
+    MISSING_ROLLBACK_BUDGET = "H302" "missing-rollback-budget" Error
+        "A rollback needs `max_duration:`, its time budget: handoff measures every rollback (and every simulated rollback drill) against it.";
+    /// An irreversible phase has no verified backup before it.
+    IRREVERSIBLE_WITHOUT_BACKUP = "H303" "irreversible-without-backup" Error
+        "A point of no return (`reversible: false`, or a destructive step such as `mongo.drop`) must be preceded by a step that takes a verified backup (such as `mongo.archive`), in the same phase or an earlier one, and carry `restore:` notes.";
+    /// Canary weights that do not increase or do not end at 100.
+    TRAFFIC_WEIGHTS = "H304" "traffic-weights" Error
+        "A traffic schedule's weights must strictly increase and end at 100; otherwise the shift either moves traffic back or never completes.";
+    /// A criterion without a data source.
+    CRITERION_WITHOUT_SOURCE = "H305" "criterion-without-source" Error
+        "A criterion needs either a metric with `op:` and `threshold:`, or `confirm:` for a check a person makes; and a metric emitted by an action needs a step with that action in the same phase or an earlier one.";
+    /// An alert contradicts a criterion.
+    ALERT_CONTRADICTS_CRITERION = "H306" "alert-contradicts-criterion" Warning
+        "For some values the criterion passes while the alert fires (or the other way round), so the phase could pass with a critical alert firing. Align the thresholds.";
+    /// The timeline has a gap between phases.
+    TIMELINE_GAP = "H307" "timeline-gap" Warning
+        "Phase schedules leave days between one phase's end and the next one's start. Intended gaps are fine; unintended ones lengthen the migration.";
+    /// The timeline has overlapping or misordered phases.
+    TIMELINE_OVERLAP = "H308" "timeline-overlap" Error
+        "A phase is scheduled to start before the phase it follows has ended, or before the timeline starts. Phases run in order.";
+    /// A literal credential in a connection string or parameter.
+    LITERAL_CREDENTIAL = "H309" "literal-credential" Error
+        "Secrets must not be written into plans: use a `${ENV_VAR}` reference (for example `mongodb://app:${MENU_DB_PASSWORD}@host/menu`), which is resolved at run time and never printed.";
+    /// A threshold's unit does not fit its metric.
+    UNIT_MISMATCH = "H310" "unit-mismatch" Error
+        "The threshold's unit does not fit the metric's unit (for example `5m` for a metric in percent).";
+    /// A destructive step in a reversible phase.
+    DESTRUCTIVE_IN_REVERSIBLE = "H311" "destructive-in-reversible-phase" Warning
+        "A destructive step (for example `mongo.drop`) runs in a phase marked reversible, but its effect cannot be rolled back. Mark the phase `reversible: false` with `restore:` notes.";
+    /// A phase with no success criteria.
+    NO_CRITERIA = "H312" "no-criteria" Warning
+        "A phase without criteria passes as soon as its steps finish. State what must hold for it to pass.";
+}

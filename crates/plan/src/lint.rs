@@ -1,0 +1,746 @@
+//! Semantic lints: what the schema cannot say. They run on a plan that passed the schema,
+//! and report every problem with a JSON pointer; [`crate::check`] turns pointers into
+//! file positions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::codes::{self, Code};
+use crate::diagnostic::Diagnostic;
+use crate::model::{Alert, Comparator, Criterion, Id, MetricSource, Phase, Plan, ResourceKind, Step, TrafficSchedule};
+use crate::redact::{is_reference, is_referenced_value, is_secret_key};
+use crate::units::Dimension;
+use crate::{Catalog, Effect};
+
+/// A problem an executor found in a step's parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamIssue {
+    /// Code of the problem.
+    pub code: &'static Code,
+    /// JSON pointer relative to the step's `with:` (`""` for `with:` itself).
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ParamIssue {
+    /// An issue with a given code.
+    pub fn new(code: &'static Code, pointer: impl Into<String>, message: impl Into<String>) -> ParamIssue {
+        ParamIssue { code, pointer: pointer.into(), message: message.into() }
+    }
+
+    /// A generic `invalid-params` issue.
+    pub fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> ParamIssue {
+        ParamIssue::new(codes::INVALID_PARAMS, pointer, message)
+    }
+}
+
+/// Where a step stands in its plan: what an executor may look at to check its parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    /// The whole plan.
+    pub plan: &'a Plan,
+    /// Index of the step's phase.
+    pub phase: usize,
+    /// Index of the step among the phase's steps, or among its rollback's steps.
+    pub step: usize,
+    /// Whether the step belongs to the phase's rollback.
+    pub rollback: bool,
+}
+
+impl<'a> Site<'a> {
+    /// Steps that have run when this one runs: the steps of earlier phases, the earlier
+    /// steps of this phase, and (for a rollback step) the earlier steps of its rollback.
+    /// Earlier phases' rollbacks are not included: they run only when those phases fail.
+    pub fn steps_before(&self) -> impl Iterator<Item = &'a Step> {
+        let phases = &self.plan.phases[..=self.phase.min(self.plan.phases.len().saturating_sub(1))];
+        let (phase, step, rollback) = (self.phase, self.step, self.rollback);
+        phases.iter().enumerate().flat_map(move |(i, p)| {
+            let forward = if i < phase || rollback { p.steps.len() } else { step };
+            let rolled = if i == phase && rollback { step } else { 0 };
+            p.steps.iter().take(forward).chain(p.rollback.iter().flat_map(|r| r.steps.iter()).take(rolled))
+        })
+    }
+}
+
+/// Checks that `name` (found at `pointer` in `with:`) is a resource of one of `kinds`.
+pub fn resource_ref(plan: &Plan, pointer: &str, name: &Id, kinds: &[ResourceKind]) -> Option<ParamIssue> {
+    let wanted = || kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ");
+    match plan.resources.get(name) {
+        None => Some(ParamIssue::new(
+            codes::UNDEFINED_RESOURCE,
+            pointer,
+            format!(
+                "resource `{name}` is not defined under `resources:`{}",
+                suggestion(name.as_str(), plan.resources.keys().map(Id::as_str))
+            ),
+        )),
+        Some(r) if !kinds.contains(&r.kind) => Some(ParamIssue::new(
+            codes::UNDEFINED_RESOURCE,
+            pointer,
+            format!("resource `{name}` is a {} resource; this parameter needs {}", r.kind.as_str(), wanted()),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Checks a traffic schedule: weights strictly increase and end at 100.
+pub fn traffic_schedule(schedule: &TrafficSchedule, pointer: &str) -> Vec<ParamIssue> {
+    let mut issues = Vec::new();
+    for (i, pair) in schedule.steps.windows(2).enumerate() {
+        if pair[1].weight <= pair[0].weight {
+            issues.push(ParamIssue::new(
+                codes::TRAFFIC_WEIGHTS,
+                format!("{pointer}/steps/{}/weight", i + 1),
+                format!(
+                    "traffic weights must increase: step {} sends {}% after step {} sent {}%",
+                    i + 2,
+                    pair[1].weight,
+                    i + 1,
+                    pair[0].weight
+                ),
+            ));
+        }
+    }
+    match schedule.steps.last() {
+        None => issues.push(ParamIssue::new(
+            codes::TRAFFIC_WEIGHTS,
+            format!("{pointer}/steps"),
+            "a traffic schedule needs at least one step",
+        )),
+        Some(last) if last.weight != 100 => issues.push(ParamIssue::new(
+            codes::TRAFFIC_WEIGHTS,
+            format!("{pointer}/steps/{}/weight", schedule.steps.len() - 1),
+            format!("the last traffic weight is {}%; a schedule must end at 100%", last.weight),
+        )),
+        Some(_) => {}
+    }
+    issues
+}
+
+/// ` (did you mean `x`?)` when a candidate is close to `name`, else nothing.
+pub fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}
+
+/// Runs every semantic lint. `raw` is the document as loaded (for lints that look at every
+/// string, such as literal credentials).
+pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    ids(plan, &mut out);
+    dependencies(plan, &mut out);
+    endpoints(plan, &mut out);
+    metrics(plan, catalog, &mut out);
+    for (a, alert) in plan.alerts.iter().enumerate() {
+        alert_units(plan, alert, &format!("/alerts/{a}"), &mut out);
+    }
+    let mut emitted_so_far: HashSet<String> = HashSet::new();
+    let mut backup_taken = false;
+    for (p, phase) in plan.phases.iter().enumerate() {
+        let at = format!("/phases/{p}");
+        for (s, step) in phase.steps.iter().enumerate() {
+            let step_at = format!("{at}/steps/{s}");
+            let site = Site { plan, phase: p, step: s, rollback: false };
+            if let Some(facts) = step_action(step, &step_at, &site, catalog, &mut out) {
+                emitted_so_far.extend(facts.emits.iter().map(|m| (*m).to_owned()));
+                match facts.effect {
+                    Effect::Backup => backup_taken = true,
+                    Effect::Destroy => destroy_step(phase, &at, &step_at, step, backup_taken, &mut out),
+                    Effect::Observe | Effect::Change => {}
+                }
+            }
+        }
+        if let Some(rollback) = &phase.rollback {
+            for (s, step) in rollback.steps.iter().enumerate() {
+                let site = Site { plan, phase: p, step: s, rollback: true };
+                step_action(step, &format!("{at}/rollback/steps/{s}"), &site, catalog, &mut out);
+            }
+        }
+        criteria(plan, phase, &at, &emitted_so_far, &mut out);
+        reversibility(phase, &at, backup_taken, &mut out);
+        contradictions(plan, phase, &at, &mut out);
+    }
+    timeline(plan, &mut out);
+    credentials(raw, &mut String::new(), &mut out);
+    out
+}
+
+fn duplicate<'a>(seen: &mut HashMap<&'a str, String>, id: &'a str, at: String, what: &str, out: &mut Vec<Diagnostic>) {
+    if let Some(first) = seen.get(id) {
+        out.push(Diagnostic::new(
+            codes::DUPLICATE_ID,
+            at,
+            format!("duplicate {what} `{id}`; it is first defined at {first}"),
+        ));
+    } else {
+        seen.insert(id, at);
+    }
+}
+
+fn ids(plan: &Plan, out: &mut Vec<Diagnostic>) {
+    let mut phases = HashMap::new();
+    let mut steps = HashMap::new();
+    let mut alerts = HashMap::new();
+    for (i, alert) in plan.alerts.iter().enumerate() {
+        duplicate(&mut alerts, &alert.name, format!("/alerts/{i}/name"), "alert name", out);
+    }
+    for (p, phase) in plan.phases.iter().enumerate() {
+        duplicate(&mut phases, phase.id.as_str(), format!("/phases/{p}/id"), "phase id", out);
+        for (s, step) in phase.steps.iter().enumerate() {
+            duplicate(&mut steps, step.id.as_str(), format!("/phases/{p}/steps/{s}/id"), "step id", out);
+        }
+        for (s, step) in phase.rollback.iter().flat_map(|r| r.steps.iter()).enumerate() {
+            duplicate(&mut steps, step.id.as_str(), format!("/phases/{p}/rollback/steps/{s}/id"), "step id", out);
+        }
+        let mut criteria = HashMap::new();
+        for (c, criterion) in phase.criteria.iter().enumerate() {
+            duplicate(
+                &mut criteria,
+                criterion.id.as_str(),
+                format!("/phases/{p}/criteria/{c}/id"),
+                "criterion id",
+                out,
+            );
+        }
+        for (a, alert) in phase.alerts.iter().enumerate() {
+            duplicate(&mut alerts, &alert.name, format!("/phases/{p}/alerts/{a}/name"), "alert name", out);
+        }
+    }
+}
+
+fn dependencies(plan: &Plan, out: &mut Vec<Diagnostic>) {
+    let position: HashMap<&str, usize> = plan.phases.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect();
+    let known = || plan.phases.iter().map(|p| p.id.as_str());
+    for (p, phase) in plan.phases.iter().enumerate() {
+        for (d, dep) in phase.depends_on.iter().flatten().enumerate() {
+            let at = format!("/phases/{p}/depends_on/{d}");
+            match position.get(dep.as_str()) {
+                None => out.push(Diagnostic::new(
+                    codes::UNDEFINED_PHASE,
+                    at,
+                    format!(
+                        "phase `{}` depends on `{dep}`, which is not a phase{}",
+                        phase.id,
+                        suggestion(dep.as_str(), known())
+                    ),
+                )),
+                Some(&q) if q >= p => out.push(
+                    Diagnostic::new(
+                        codes::DEPENDENCY_CYCLE,
+                        at,
+                        if q == p {
+                            format!("phase `{}` depends on itself", phase.id)
+                        } else {
+                            format!(
+                                "phase `{}` depends on `{dep}`, which comes after it: that can never be satisfied",
+                                phase.id
+                            )
+                        },
+                    )
+                    .with_help("phases run in the order written; move the phase or drop the dependency"),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    let plan_alerts = plan.alerts.iter().enumerate().map(|(a, alert)| (format!("/alerts/{a}"), alert));
+    let phase_alerts = plan.phases.iter().enumerate().flat_map(|(p, phase)| {
+        phase.alerts.iter().enumerate().map(move |(a, alert)| (format!("/phases/{p}/alerts/{a}"), alert))
+    });
+    for (alert_at, alert) in plan_alerts.chain(phase_alerts) {
+        for (i, id) in alert.phases.iter().enumerate() {
+            if !position.contains_key(id.as_str()) {
+                out.push(Diagnostic::new(
+                    codes::UNDEFINED_PHASE,
+                    format!("{alert_at}/phases/{i}"),
+                    format!(
+                        "alert `{}` names phase `{id}`, which does not exist{}",
+                        alert.name,
+                        suggestion(id.as_str(), known())
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn endpoints(plan: &Plan, out: &mut Vec<Diagnostic>) {
+    for (name, resource) in &plan.resources {
+        let Some(endpoint) = &resource.endpoint else { continue };
+        for (env_name, env) in &plan.environments {
+            if !env.endpoints.contains_key(endpoint) {
+                out.push(Diagnostic::new(
+                    codes::UNDEFINED_ENDPOINT,
+                    format!("/resources/{name}/endpoint"),
+                    format!(
+                        "resource `{name}` uses endpoint `{endpoint}`, which environment `{env_name}` does not define{}",
+                        suggestion(endpoint.as_str(), env.endpoints.keys().map(Id::as_str))
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn metric_ref(plan: &Plan, id: &Id, at: String, out: &mut Vec<Diagnostic>) -> bool {
+    if plan.metrics.contains_key(id) {
+        return true;
+    }
+    out.push(Diagnostic::new(
+        codes::UNDEFINED_METRIC,
+        at,
+        format!(
+            "metric `{id}` is not defined under `metrics:`{}",
+            suggestion(id.as_str(), plan.metrics.keys().map(Id::as_str))
+        ),
+    ));
+    false
+}
+
+/// Splits `executor.action`; reports unknown ones. Returns the facts when both exist.
+fn resolve(uses: &str, at: &str, catalog: &dyn Catalog, out: &mut Vec<Diagnostic>) -> Option<crate::ActionFacts> {
+    let Some((executor, action)) = uses.split_once('.') else {
+        out.push(Diagnostic::new(
+            codes::UNKNOWN_ACTION,
+            at,
+            format!("`{uses}` is not `executor.action` (e.g. `mongo.verify`)"),
+        ));
+        return None;
+    };
+    let Some(actions) = catalog.actions(executor) else {
+        let executors = catalog.executors();
+        out.push(
+            Diagnostic::new(
+                codes::UNKNOWN_EXECUTOR,
+                at,
+                format!("unknown executor `{executor}` in `{uses}`{}", suggestion(executor, executors.iter().copied())),
+            )
+            .with_help(format!("built-in executors: {}", executors.join(", "))),
+        );
+        return None;
+    };
+    let Some(facts) = catalog.facts(executor, action) else {
+        out.push(
+            Diagnostic::new(
+                codes::UNKNOWN_ACTION,
+                at,
+                format!(
+                    "executor `{executor}` has no action `{action}`{}",
+                    suggestion(action, actions.iter().copied())
+                ),
+            )
+            .with_help(format!("actions of `{executor}`: {}", actions.join(", "))),
+        );
+        return None;
+    };
+    Some(facts)
+}
+
+fn step_action(
+    step: &Step,
+    at: &str,
+    site: &Site<'_>,
+    catalog: &dyn Catalog,
+    out: &mut Vec<Diagnostic>,
+) -> Option<crate::ActionFacts> {
+    let facts = resolve(&step.uses, &format!("{at}/uses"), catalog, out)?;
+    let (executor, action) = step.uses.split_once('.')?;
+    let with = Value::Object(step.with.clone());
+    for issue in catalog.check_params(executor, action, &with, site) {
+        out.push(Diagnostic::new(issue.code, format!("{at}/with{}", issue.pointer), issue.message));
+    }
+    Some(facts)
+}
+
+fn metrics(plan: &Plan, catalog: &dyn Catalog, out: &mut Vec<Diagnostic>) {
+    for (name, metric) in &plan.metrics {
+        let at = format!("/metrics/{name}/source");
+        match &metric.source {
+            MetricSource::Emitted { by, name: emitted } => {
+                let wanted = emitted.as_deref().unwrap_or(name.as_str());
+                if let Some(facts) = resolve(by, &format!("{at}/emitted/by"), catalog, out)
+                    && !facts.emits.contains(&wanted)
+                {
+                    out.push(Diagnostic::new(
+                        codes::CRITERION_WITHOUT_SOURCE,
+                        format!("{at}/emitted/by"),
+                        format!(
+                            "`{by}` does not emit `{wanted}`; it emits {}",
+                            if facts.emits.is_empty() { "no metrics".to_owned() } else { facts.emits.join(", ") }
+                        ),
+                    ));
+                }
+            }
+            MetricSource::Prometheus { resource, .. } => {
+                if let Some(issue) = resource_ref(plan, "", resource, &[ResourceKind::Prometheus]) {
+                    out.push(Diagnostic::new(issue.code, format!("{at}/prometheus/resource"), issue.message));
+                }
+            }
+            MetricSource::HttpJson { .. } => {}
+        }
+    }
+}
+
+fn criteria(plan: &Plan, phase: &Phase, at: &str, emitted_so_far: &HashSet<String>, out: &mut Vec<Diagnostic>) {
+    if phase.criteria.is_empty() {
+        out.push(Diagnostic::new(
+            codes::NO_CRITERIA,
+            format!("{at}/id"),
+            format!("phase `{}` has no success criteria", phase.id),
+        ));
+    }
+    for (m, metric) in phase.monitor.iter().enumerate() {
+        metric_ref(plan, metric, format!("{at}/monitor/{m}"), out);
+    }
+    for (c, criterion) in phase.criteria.iter().enumerate() {
+        let c_at = format!("{at}/criteria/{c}");
+        criterion_source(plan, phase, criterion, &c_at, emitted_so_far, out);
+    }
+    for (a, alert) in phase.alerts.iter().enumerate() {
+        alert_units(plan, alert, &format!("{at}/alerts/{a}"), out);
+    }
+}
+
+fn criterion_source(
+    plan: &Plan,
+    phase: &Phase,
+    criterion: &Criterion,
+    at: &str,
+    emitted_so_far: &HashSet<String>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let id = &criterion.id;
+    match (&criterion.metric, &criterion.confirm) {
+        (None, None) => out.push(
+            Diagnostic::new(
+                codes::CRITERION_WITHOUT_SOURCE,
+                format!("{at}/id"),
+                format!("criterion `{id}` has neither a metric nor `confirm:`: nothing can decide it"),
+            )
+            .with_help("add `metric:`, `op:` and `threshold:`, or `confirm: {prompt: ...}` for a check a person makes"),
+        ),
+        (Some(_), Some(_)) => out.push(Diagnostic::new(
+            codes::CRITERION_WITHOUT_SOURCE,
+            format!("{at}/confirm"),
+            format!("criterion `{id}` has both a metric and `confirm:`; split it into two criteria"),
+        )),
+        (None, Some(_)) => {}
+        (Some(metric_id), None) => {
+            if !metric_ref(plan, metric_id, format!("{at}/metric"), out) {
+                return;
+            }
+            let metric = &plan.metrics[metric_id];
+            match (&criterion.op, &criterion.threshold) {
+                (Some(_), Some(threshold)) => {
+                    if threshold.in_unit(metric.unit).is_none() {
+                        out.push(unit_mismatch(
+                            format!("{at}/threshold"),
+                            threshold.dimension(),
+                            metric_id,
+                            metric.unit,
+                        ));
+                    }
+                }
+                (op, _) => out.push(Diagnostic::new(
+                    codes::MISSING_FIELD,
+                    at.to_owned(),
+                    format!(
+                        "criterion `{id}` measures `{metric_id}` but has no `{}:`",
+                        if op.is_none() { "op" } else { "threshold" }
+                    ),
+                )),
+            }
+            if let MetricSource::Emitted { by, name } = &metric.source {
+                let wanted = name.as_deref().unwrap_or(metric_id.as_str());
+                if !emitted_so_far.contains(wanted) {
+                    out.push(
+                        Diagnostic::new(
+                            codes::CRITERION_WITHOUT_SOURCE,
+                            format!("{at}/metric"),
+                            format!("criterion `{id}` needs `{metric_id}`, emitted by `{by}`, but no step of phase `{}` or of an earlier phase uses `{by}`", phase.id),
+                        )
+                        .with_help(format!("add a `{by}` step to this phase or an earlier one")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn unit_mismatch(at: String, dimension: Dimension, metric: &Id, unit: crate::model::Unit) -> Diagnostic {
+    Diagnostic::new(
+        codes::UNIT_MISMATCH,
+        at,
+        format!(
+            "the threshold is {} but metric `{metric}` is measured in {}",
+            dimension.name(),
+            serde_json::to_value(unit).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        ),
+    )
+}
+
+fn alert_units(plan: &Plan, alert: &Alert, at: &str, out: &mut Vec<Diagnostic>) {
+    if metric_ref(plan, &alert.metric, format!("{at}/metric"), out) {
+        let metric = &plan.metrics[&alert.metric];
+        if alert.threshold.in_unit(metric.unit).is_none() {
+            out.push(unit_mismatch(format!("{at}/threshold"), alert.threshold.dimension(), &alert.metric, metric.unit));
+        }
+    }
+}
+
+fn destroy_step(
+    phase: &Phase,
+    phase_at: &str,
+    step_at: &str,
+    step: &Step,
+    backup_taken: bool,
+    out: &mut Vec<Diagnostic>,
+) {
+    if phase.reversible {
+        out.push(
+            Diagnostic::new(
+                codes::DESTRUCTIVE_IN_REVERSIBLE,
+                format!("{step_at}/uses"),
+                format!(
+                    "step `{}` (`{}`) destroys data, but phase `{}` is marked reversible",
+                    step.id, step.uses, phase.id
+                ),
+            )
+            .with_help(format!("set `reversible: false` and `restore:` notes on the phase at {phase_at}")),
+        );
+    }
+    if !backup_taken {
+        out.push(
+            Diagnostic::new(
+                codes::IRREVERSIBLE_WITHOUT_BACKUP,
+                format!("{step_at}/uses"),
+                format!(
+                    "step `{}` (`{}`) destroys data, but no earlier step takes a verified backup",
+                    step.id, step.uses
+                ),
+            )
+            .with_help("add a backup step (e.g. `mongo.archive`) before it, in this phase or an earlier one"),
+        );
+    }
+}
+
+fn reversibility(phase: &Phase, at: &str, backup_taken: bool, out: &mut Vec<Diagnostic>) {
+    let id = &phase.id;
+    if phase.reversible {
+        match &phase.rollback {
+            None => out.push(
+                Diagnostic::new(codes::MISSING_ROLLBACK, format!("{at}/id"), format!("phase `{id}` is reversible but has no `rollback:`"))
+                    .with_help("add `rollback: {max_duration: 5m, steps: [...]}`, or mark the phase `reversible: false` with `restore:` notes"),
+            ),
+            Some(rollback) if rollback.max_duration.is_none() => out.push(
+                Diagnostic::new(codes::MISSING_ROLLBACK_BUDGET, format!("{at}/rollback"), format!("the rollback of phase `{id}` has no `max_duration:` budget"))
+                    .with_help("state how long the rollback may take, e.g. `max_duration: 5m`"),
+            ),
+            Some(_) => {}
+        }
+    } else {
+        if !backup_taken {
+            out.push(
+                Diagnostic::new(
+                    codes::IRREVERSIBLE_WITHOUT_BACKUP,
+                    format!("{at}/reversible"),
+                    format!("phase `{id}` is a point of no return, but no step before its end takes a verified backup"),
+                )
+                .with_help("add a backup step (e.g. `mongo.archive`) to this phase or an earlier one"),
+            );
+        }
+        if phase.restore.is_none() {
+            out.push(
+                Diagnostic::new(
+                    codes::IRREVERSIBLE_WITHOUT_BACKUP,
+                    format!("{at}/reversible"),
+                    format!("phase `{id}` is a point of no return but has no `restore:` notes"),
+                )
+                .with_help(
+                    "say how to recover anyway, e.g. `restore: restore menu_items from the archive with mongo.restore`",
+                ),
+            );
+        }
+    }
+}
+
+/// Whether some value passes `criterion` while firing `alert` (same metric); returns one.
+fn overlap(c_op: Comparator, c: f64, a_op: Comparator, a: f64) -> Option<f64> {
+    let eps = (c.abs().max(a.abs()) * 1e-9).max(1e-9);
+    let candidates = [(c + a) / 2.0, c, a, c - eps, c + eps, a - eps, a + eps, c.min(a) - 1.0, c.max(a) + 1.0];
+    candidates.into_iter().find(|&v| c_op.holds(v, c) && a_op.holds(v, a))
+}
+
+fn contradictions(plan: &Plan, phase: &Phase, at: &str, out: &mut Vec<Diagnostic>) {
+    let alerts =
+        plan.alerts.iter().filter(|a| a.phases.is_empty() || a.phases.contains(&phase.id)).chain(phase.alerts.iter());
+    let alerts: Vec<&Alert> = alerts.filter(|a| a.severity == crate::model::AlertSeverity::Critical).collect();
+    for (c, criterion) in phase.criteria.iter().enumerate() {
+        let (Some(metric_id), Some(c_op), Some(c_t)) = (&criterion.metric, criterion.op, &criterion.threshold) else {
+            continue;
+        };
+        let Some(metric) = plan.metrics.get(metric_id) else { continue };
+        for alert in alerts.iter().filter(|a| &a.metric == metric_id) {
+            let (Some(cv), Some(av)) = (c_t.in_unit(metric.unit), alert.threshold.in_unit(metric.unit)) else {
+                continue;
+            };
+            if let Some(v) = overlap(c_op, cv, alert.op, av) {
+                out.push(
+                    Diagnostic::new(
+                        codes::ALERT_CONTRADICTS_CRITERION,
+                        format!("{at}/criteria/{c}/threshold"),
+                        format!(
+                            "criterion `{}` ({metric_id} {} {c_t}) passes at {v} where critical alert `{}` ({metric_id} {} {}) fires",
+                            criterion.id,
+                            c_op.symbol(),
+                            alert.name,
+                            alert.op.symbol(),
+                            alert.threshold
+                        ),
+                    )
+                    .with_help("make the criterion at least as strict as the alert"),
+                );
+            }
+        }
+    }
+}
+
+fn timeline(plan: &Plan, out: &mut Vec<Diagnostic>) {
+    let mut previous_end = plan.timeline.as_ref().map(|t| (t.start, None::<&Id>));
+    for (p, phase) in plan.phases.iter().enumerate() {
+        let Some(schedule) = &phase.schedule else {
+            previous_end = None;
+            continue;
+        };
+        let start = match (schedule.start, previous_end) {
+            (Some(start), Some((end, after))) => {
+                let at = format!("/phases/{p}/schedule/start");
+                let days = end.days_until(start);
+                let what = after.map_or_else(|| "the timeline starts".to_owned(), |id| format!("phase `{id}` ends"));
+                if days < 0 {
+                    out.push(Diagnostic::new(
+                        codes::TIMELINE_OVERLAP,
+                        at,
+                        format!("phase `{}` starts {start}, {} days before {what} ({end})", phase.id, -days),
+                    ));
+                } else if days > 0 && after.is_some() {
+                    out.push(Diagnostic::new(
+                        codes::TIMELINE_GAP,
+                        at,
+                        format!("phase `{}` starts {start}, {days} days after {what} ({end})", phase.id),
+                    ));
+                }
+                start
+            }
+            (Some(start), None) => start,
+            (None, Some((end, _))) => end,
+            (None, None) => {
+                previous_end = None;
+                continue;
+            }
+        };
+        previous_end = Some((start.plus(&schedule.duration), Some(&phase.id)));
+    }
+}
+
+fn credentials(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
+    match value {
+        Value::String(text) => {
+            if let Some(message) = literal_credential_in_url(text) {
+                out.push(Diagnostic::new(codes::LITERAL_CREDENTIAL, pointer.clone(), message));
+            } else if let Some((scheme, rest)) = text
+                .split_once(' ')
+                .filter(|(s, _)| s.eq_ignore_ascii_case("bearer") || s.eq_ignore_ascii_case("basic"))
+                && !is_reference(rest.trim())
+            {
+                out.push(Diagnostic::new(
+                    codes::LITERAL_CREDENTIAL,
+                    pointer.clone(),
+                    format!("literal `{scheme}` credentials; use a `${{ENV_VAR}}` reference"),
+                ));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                credentials(item, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                match item {
+                    Value::String(text) if is_secret_key(key) && !text.is_empty() && !is_referenced_value(text) => {
+                        out.push(
+                            Diagnostic::new(codes::LITERAL_CREDENTIAL, pointer.clone(), format!("`{key}` holds a literal secret"))
+                                .with_help("replace the value with a `${ENV_VAR}` reference and set the variable where handoff runs"),
+                        );
+                    }
+                    _ => credentials(item, pointer, out),
+                }
+                pointer.truncate(len);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// `scheme://user:password@host` with a literal password → a message (without the secret).
+fn literal_credential_in_url(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    if password.is_empty() || is_reference(password) {
+        return None;
+    }
+    Some(format!(
+        "the `{scheme}://` connection string carries a literal password for user `{}`; use a `${{ENV_VAR}}` reference",
+        if is_reference(user) { "<from env>" } else { user }
+    ))
+}
+
+/// Counts for summaries: phases, steps, criteria, rollbacks.
+pub fn counts(plan: &Plan) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    counts.insert("phases", plan.phases.len());
+    counts.insert("steps", plan.phases.iter().map(|p| p.steps.len()).sum());
+    counts.insert("criteria", plan.phases.iter().map(|p| p.criteria.len()).sum());
+    counts.insert("rollbacks", plan.phases.iter().filter(|p| p.rollback.is_some()).count());
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_finds_values_where_both_hold() {
+        use Comparator::*;
+        assert_eq!(overlap(Ge, 99.9, Lt, 99.9), None);
+        assert!(overlap(Lt, 1.0, Gt, 0.5).is_some());
+        assert_eq!(overlap(Lt, 200.0, Gt, 300.0), None);
+        assert!(overlap(Lt, 500.0, Gt, 300.0).is_some());
+        assert_eq!(overlap(Eq, 0.0, Gt, 0.0), None);
+    }
+
+    #[test]
+    fn urls_with_literal_passwords_are_found_without_echoing_them() {
+        let message = literal_credential_in_url("mongodb://app:hunter2@db:27017/menu").unwrap();
+        assert!(!message.contains("hunter2"), "{message}");
+        assert_eq!(literal_credential_in_url("mongodb://app:${DB_PASSWORD}@db/menu"), None);
+        assert_eq!(literal_credential_in_url("${MONGO_URI}"), None);
+        assert_eq!(literal_credential_in_url("https://example.com/a@b"), None);
+    }
+}

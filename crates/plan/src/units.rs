@@ -1,0 +1,304 @@
+//! Value types with units: durations, thresholds and calendar dates.
+//!
+//! Each keeps the text the author wrote (for messages and rendering) next to its parsed
+//! value, and declares a JSON Schema pattern that accepts exactly what its parser accepts.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// Pattern of a duration: one or more `<integer><unit>` parts, units `ms s m h d w`.
+pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d|w)( [0-9]+(ms|s|m|h|d|w))*$";
+
+/// A length of time written with units: `300ms`, `5m`, `14d`, `1h 30m`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duration {
+    text: String,
+    value: std::time::Duration,
+}
+
+impl Duration {
+    /// Parses `5m`, `14d`, `1h 30m`; `None` when the text is not a duration.
+    pub fn parse(text: &str) -> Option<Duration> {
+        let well_formed = text.split(' ').all(|part| {
+            let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && matches!(&part[digits..], "ms" | "s" | "m" | "h" | "d" | "w")
+        });
+        if !well_formed {
+            return None;
+        }
+        let value = humantime::parse_duration(text).ok()?;
+        Some(Duration { text: text.to_owned(), value })
+    }
+
+    /// The duration as a standard library value.
+    pub fn get(&self) -> std::time::Duration {
+        self.value
+    }
+
+    /// The duration in seconds.
+    pub fn as_secs_f64(&self) -> f64 {
+        self.value.as_secs_f64()
+    }
+
+    /// The text as written in the plan.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Duration::parse(&text).ok_or_else(|| {
+            de::Error::custom(format!("`{text}` is not a duration; write e.g. `300ms`, `5m`, `14d` or `1h 30m`"))
+        })
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "A duration: integer and unit (ms, s, m, h, d, w), e.g. `300ms`, `5m`, `14d`, `1h 30m`.",
+            "examples": ["5m", "1h", "14d"]
+        })
+    }
+}
+
+/// What a quantity measures, with its value in the dimension's base unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Dimension {
+    /// A percentage, 0–100.
+    Percent,
+    /// A time, in seconds.
+    Time,
+    /// A plain number.
+    Number,
+}
+
+impl Dimension {
+    /// Name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::Percent => "a percentage",
+            Dimension::Time => "a time",
+            Dimension::Number => "a plain number",
+        }
+    }
+}
+
+/// Pattern of a quantity written as a string: a number with an optional unit.
+pub const QUANTITY_PATTERN: &str = r"^-?[0-9]+(\.[0-9]+)?(%|ms|s|m|h|d|w)?$";
+
+/// A threshold with its unit: `99.9%`, `300ms`, `5m`, `0.5`, `10`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantity {
+    text: String,
+    dimension: Dimension,
+    /// Value in the dimension's base unit (percent points, seconds, or the number).
+    base: f64,
+}
+
+impl Quantity {
+    /// Parses a quantity; `None` when the text is not one.
+    pub fn parse(text: &str) -> Option<Quantity> {
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().ok()?;
+        if !number.is_finite() {
+            return None;
+        }
+        let (dimension, factor) = match unit {
+            "" => (Dimension::Number, 1.0),
+            "%" => (Dimension::Percent, 1.0),
+            "ms" => (Dimension::Time, 0.001),
+            "s" => (Dimension::Time, 1.0),
+            "m" => (Dimension::Time, 60.0),
+            "h" => (Dimension::Time, 3600.0),
+            "d" => (Dimension::Time, 86400.0),
+            "w" => (Dimension::Time, 604_800.0),
+            _ => return None,
+        };
+        Some(Quantity { text: text.to_owned(), dimension, base: number * factor })
+    }
+
+    /// What the quantity measures.
+    pub fn dimension(&self) -> Dimension {
+        self.dimension
+    }
+
+    /// The value in the dimension's base unit (percent points, seconds, or the number).
+    pub fn base_value(&self) -> f64 {
+        self.base
+    }
+
+    /// The value converted to a metric's unit, or `None` when the dimensions differ.
+    /// A plain number is taken to be in the metric's own unit.
+    pub fn in_unit(&self, unit: crate::model::Unit) -> Option<f64> {
+        use crate::model::Unit;
+        match (self.dimension, unit) {
+            (Dimension::Number, _) => Some(self.base),
+            (Dimension::Percent, Unit::Percent) => Some(self.base),
+            (Dimension::Time, Unit::Seconds) => Some(self.base),
+            (Dimension::Time, Unit::Ms) => Some(self.base * 1000.0),
+            _ => None,
+        }
+    }
+
+    /// The text as written in the plan.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Quantity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl de::Visitor<'_> for Visit {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, or a number with a unit such as `99.9%`, `300ms`, `5m`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Quantity::parse(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Quantity, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Quantity, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["number", "string"],
+            "pattern": QUANTITY_PATTERN,
+            "description": "A number with an optional unit: `%`, `ms`, `s`, `m`, `h`, `d`, `w` (e.g. `99.9%`, `300ms`, `5m`, `10`).",
+            "examples": ["99.9%", "200ms", "5m", 0]
+        })
+    }
+}
+
+/// A calendar date, `YYYY-MM-DD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date(pub jiff::civil::Date);
+
+impl Date {
+    /// This date plus a duration, rounded down to whole days.
+    pub fn plus(self, duration: &Duration) -> Date {
+        let days = (duration.get().as_secs() / 86_400) as i64;
+        Date(self.0.checked_add(jiff::Span::new().days(days)).unwrap_or(self.0))
+    }
+
+    /// Whole days from `self` to `later` (negative when `later` is earlier).
+    pub fn days_until(self, later: Date) -> i64 {
+        (later.0 - self.0).get_days().into()
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Date {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Date {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<jiff::civil::Date>()
+            .map(Date)
+            .map_err(|e| de::Error::custom(format!("`{text}` is not a date (YYYY-MM-DD): {e}")))
+    }
+}
+
+impl JsonSchema for Date {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Date".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+            "description": "A calendar date, `YYYY-MM-DD`."
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_exactly_what_the_pattern_accepts() {
+        for (text, secs) in [("5m", 300), ("14d", 14 * 86_400), ("1h 30m", 5_400), ("1w", 604_800)] {
+            assert_eq!(Duration::parse(text).map(|d| d.get().as_secs()), Some(secs), "{text}");
+        }
+        for text in ["", "5", "m", "5 m", "1.5h", "5min", "-5m", "5m ", "1h30m"] {
+            assert_eq!(Duration::parse(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn quantities_convert_to_metric_units() {
+        use crate::model::Unit;
+        let q = Quantity::parse("300ms").unwrap();
+        assert_eq!(q.in_unit(Unit::Ms), Some(300.0));
+        assert_eq!(q.in_unit(Unit::Seconds), Some(0.3));
+        assert_eq!(q.in_unit(Unit::Percent), None);
+        assert_eq!(Quantity::parse("99.9%").unwrap().in_unit(Unit::Percent), Some(99.9));
+        assert_eq!(Quantity::parse("5m").unwrap().in_unit(Unit::Seconds), Some(300.0));
+        assert_eq!(Quantity::parse("10").unwrap().in_unit(Unit::Count), Some(10.0));
+        assert_eq!(Quantity::parse("5 parsecs"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! `handoff validate` end to end: the example plans are valid, and every fixture of the
+//! invalid corpus produces its diagnostics (text and JSON snapshots, with line and column).
+
+mod support;
+
+use std::path::Path;
+
+use support::{handoff, transcript};
+
+/// Validates one fixture in text and JSON form (warnings denied, so every fixture fails);
+/// the snapshot holds both transcripts.
+fn check(fixture: &Path) -> String {
+    let relative = fixture.strip_prefix(support::root()).expect("fixture under the repository");
+    let path = relative.to_str().expect("UTF-8 path");
+    let text = handoff(&["validate", "--deny-warnings", path]);
+    let json = handoff(&["validate", "--deny-warnings", "--format", "json", path]);
+    assert_eq!(text.status.code(), json.status.code(), "text and JSON runs agree on the exit code");
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("--format json prints JSON");
+    format!("{}\n{}", transcript(&text), serde_json::to_string_pretty(&parsed).unwrap())
+}
+
+#[test]
+fn invalid_fixtures() {
+    insta::glob!("fixtures/invalid/*.yaml", |path| {
+        let output = check(path);
+        assert!(output.starts_with("exit: 1\n") || output.starts_with("exit: 2\n"), "{output}");
+        insta::assert_snapshot!(output);
+    });
+}
+
+#[test]
+fn every_plan_in_the_repository_is_valid_without_warnings() {
+    let mut plans = vec!["plans/menu-service.yaml".to_owned()];
+    for entry in std::fs::read_dir(support::root().join("plans/examples")).unwrap() {
+        plans.push(format!("plans/examples/{}", entry.unwrap().file_name().to_string_lossy()));
+    }
+    assert!(plans.len() >= 3, "the menu plan and at least two examples");
+    for plan in &plans {
+        let output = handoff(&["validate", "--deny-warnings", plan]);
+        assert_eq!(output.status.code(), Some(0), "{}", transcript(&output));
+    }
+}
+
+#[test]
+fn menu_plan_summary() {
+    let output = handoff(&["validate", "--format", "json", "plans/menu-service.yaml"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = &report["summary"];
+    assert_eq!(report["valid"], true, "{report:#}");
+    assert_eq!(summary["phases"], 5);
+    assert!(summary["criteria"].as_u64().unwrap() >= 20, "{summary}");
+    assert!(summary["rollbacks"].as_u64().unwrap() >= 4, "{summary}");
+}
+
+#[test]
+fn github_annotations_point_at_file_line_and_column() {
+    let output = handoff(&["validate", "--format", "github", "tests/fixtures/invalid/h201-unknown-executor.yaml"]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let first = stdout.lines().next().unwrap();
+    assert!(first.starts_with("::error file=tests/fixtures/invalid/h201-unknown-executor.yaml,line="), "{first}");
+    assert!(first.contains(",title=H201 unknown-executor::"), "{first}");
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn warnings_fail_only_when_denied() {
+    let fixture = "tests/fixtures/invalid/h312-phase-without-criteria.yaml";
+    assert_eq!(handoff(&["validate", fixture]).status.code(), Some(0));
+    assert_eq!(handoff(&["validate", "--deny-warnings", fixture]).status.code(), Some(1));
+}
+
+#[test]
+fn literal_secrets_never_reach_any_output() {
+    for fixture in std::fs::read_dir(support::root().join("tests/fixtures/invalid")).unwrap() {
+        let path = fixture.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap_or_default();
+        if !source.contains("s3cr3t") {
+            continue;
+        }
+        let shown = path.strip_prefix(support::root()).unwrap().to_str().unwrap().to_owned();
+        for format in ["text", "json", "github"] {
+            let output = handoff(&["validate", "--format", format, &shown]);
+            let all = transcript(&output);
+            assert!(!all.contains("s3cr3t"), "{shown} ({format}) leaks the secret:\n{all}");
+            if shown.contains("/h309-") {
+                assert!(all.contains("H309"), "{shown} ({format}) reports the literal credential:\n{all}");
+            }
+        }
+    }
+}
