@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
+mod sandbox;
 mod validate;
 
 /// Exit code: success (plans valid).
@@ -21,6 +22,7 @@ const AFTER_HELP: &str = "\
 Examples:
   handoff validate plans/menu-service.yaml
   handoff validate --format github plans/*.yaml
+  handoff sandbox up --plan plans/menu-service.yaml
   handoff schema > schemas/plan.schema.json
   handoff completions bash > /etc/bash_completion.d/handoff
 
@@ -61,6 +63,9 @@ Examples:
 Exit codes: 0 valid, 1 invalid, 2 usage or I/O error.
 Codes are documented in docs/lints.md.")]
     Validate(validate::Args),
+    /// Throwaway real MongoDB, Kafka and Redis servers for simulations and debugging.
+    #[command(subcommand)]
+    Sandbox(sandbox::Command),
     /// Print the plan JSON Schema (generated from the plan types and every executor's
     /// parameters).
     #[command(
@@ -124,6 +129,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout().lock();
     match command {
         Command::Validate(args) => return validate::run(&args, &registry, color, &mut stdout),
+        Command::Sandbox(command) => return sandbox::run(command, &registry, &mut stdout),
         Command::Schema => stdout.write_all(registry.schema_text().as_bytes())?,
         Command::Executors => {
             for executor in registry.executors() {

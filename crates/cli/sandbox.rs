@@ -1,0 +1,219 @@
+//! `handoff sandbox up` and `handoff sandbox doctor`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use handoff_sandbox::{Options, Provider, Sandbox, ServiceKind, ServiceSpec, engine};
+use serde_json::json;
+
+use crate::{EXIT_INVALID, EXIT_OK};
+
+/// `handoff sandbox …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Start throwaway MongoDB, Kafka and Redis servers, print their endpoints, and hold
+    /// until Ctrl-C (or SIGTERM), then stop them.
+    #[command(after_help = "\
+Examples:
+  handoff sandbox up
+  handoff sandbox up --plan plans/menu-service.yaml --format json
+  handoff sandbox up --provider external --endpoint restaurant_db=mongodb://db:27017 ...")]
+    Up(Up),
+    /// Report which engines are available, their versions, and what would be provisioned.
+    Doctor {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// Arguments of `handoff sandbox up`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Up {
+    /// Start the services this plan's resources need (default: two MongoDB servers
+    /// `old_db` and `new_db`, a Kafka broker `events` and Redis `cache`).
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Where services come from.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
+    provider: ProviderArg,
+    /// With `--provider external`: a service's endpoint, as NAME=URL (repeat per service).
+    #[arg(long = "endpoint", value_name = "NAME=URL", value_parser = parse_endpoint)]
+    endpoints: Vec<(String, String)>,
+    /// Leave the servers running after handoff exits (for debugging).
+    #[arg(long)]
+    keep: bool,
+    /// Output format of the endpoint list.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    /// Real server processes on this machine, provisioned into the cache when missing.
+    Local,
+    /// Endpoints you run yourself (`--endpoint NAME=URL`); nothing is started or stopped.
+    External,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// For people.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+fn parse_endpoint(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(name, url)| !name.is_empty() && !url.is_empty())
+        .map(|(name, url)| (name.to_owned(), url.to_owned()))
+        .ok_or_else(|| "expected NAME=URL".to_owned())
+}
+
+/// Runs a sandbox command; returns the exit code.
+pub(crate) fn run(command: Command, registry: &handoff_registry::Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    match command {
+        Command::Up(up) => runtime.block_on(self::up(up, registry, out)),
+        Command::Doctor { format } => doctor(format, out),
+    }
+}
+
+fn default_services() -> Vec<ServiceSpec> {
+    vec![
+        ServiceSpec::new("old_db", ServiceKind::Mongo),
+        ServiceSpec::new("new_db", ServiceKind::Mongo),
+        ServiceSpec::new("events", ServiceKind::Kafka),
+        ServiceSpec::new("cache", ServiceKind::Redis),
+    ]
+}
+
+async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let services = match &args.plan {
+        None => default_services(),
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let report = handoff_plan::Checker::new(registry)?.check(&bytes);
+            let Some(plan) = report.plan.as_ref().filter(|_| report.is_valid(false)) else {
+                for diagnostic in &report.diagnostics {
+                    writeln!(
+                        out,
+                        "{}\n",
+                        diagnostic.render(&path.display().to_string(), &report.text, &report.secrets, false)
+                    )?;
+                }
+                writeln!(out, "{}: invalid plan; run `handoff validate {}`", path.display(), path.display())?;
+                return Ok(EXIT_INVALID);
+            };
+            ServiceSpec::for_plan(plan)
+        }
+    };
+    let provider = match args.provider {
+        ProviderArg::Local => Provider::Local,
+        ProviderArg::External => Provider::External(args.endpoints.clone()),
+    };
+    let options = Options { provider, keep: args.keep, ..Options::default() };
+    let started = Instant::now();
+    let sandbox = Sandbox::start(&services, &options).await.context("the sandbox did not start")?;
+    let elapsed = started.elapsed();
+    match args.format {
+        Format::Json => writeln!(
+            out,
+            "{}",
+            json!({"dir": sandbox.dir(), "ready_seconds": elapsed.as_secs_f64(), "endpoints": sandbox.endpoints()})
+        )?,
+        Format::Text => {
+            writeln!(out, "sandbox ready in {:.1} s ({})", elapsed.as_secs_f64(), sandbox.dir().display())?;
+            for endpoint in sandbox.endpoints() {
+                writeln!(
+                    out,
+                    "  {:<16} {:<8} {:<22} {}",
+                    endpoint.name,
+                    endpoint.kind.as_str(),
+                    endpoint.engine,
+                    endpoint.url
+                )?;
+            }
+            writeln!(out, "connect with e.g. `mongosh URL`, `kcat -b HOST:PORT -L`, `redis-cli -u URL`")?;
+            writeln!(out, "holding until Ctrl-C …")?;
+        }
+    }
+    out.flush()?;
+    wait_for_signal().await?;
+    if args.keep {
+        writeln!(out, "kept: the servers keep running on their own ports (the fault proxies stop with handoff):")?;
+        for endpoint in sandbox.endpoints() {
+            writeln!(out, "  {:<16} 127.0.0.1:{}", endpoint.name, endpoint.server_port)?;
+        }
+        writeln!(out, "data and logs: {}", sandbox.dir().display())?;
+        drop(sandbox);
+    } else {
+        sandbox.shutdown().await;
+        writeln!(out, "sandbox stopped")?;
+    }
+    Ok(EXIT_OK)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot watch Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+fn doctor(format: Format, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let cache = engine::cache_dir();
+    let python = which::which("python3").ok();
+    let rows: Vec<serde_json::Value> = [ServiceKind::Mongo, ServiceKind::Kafka, ServiceKind::Redis]
+        .into_iter()
+        .map(|kind| match engine::locate(kind, &cache) {
+            Ok(engine) => json!({"service": kind.as_str(), "engine": engine.name, "version": engine.version, "origin": engine.origin, "program": engine.program, "available": true}),
+            Err(plan) => json!({"service": kind.as_str(), "available": false, "provisioning": plan}),
+        })
+        .collect();
+    let providers = json!([
+        {"provider": "local", "available": true, "note": if python.is_some() { "missing engines are provisioned with python3 -m venv and pip" } else { "python3 is not on PATH: missing engines cannot be provisioned" }},
+        {"provider": "external", "available": true, "note": "endpoints you pass with --endpoint NAME=URL"},
+        {"provider": "docker", "available": false, "note": "not in this release"},
+    ]);
+    match format {
+        Format::Json => writeln!(out, "{}", json!({"cache": cache, "engines": rows, "providers": providers}))?,
+        Format::Text => {
+            writeln!(out, "engine cache: {}", cache.display())?;
+            for row in &rows {
+                let service = row["service"].as_str().unwrap_or_default();
+                if row["available"] == true {
+                    writeln!(
+                        out,
+                        "  {service:<8} {} {} ({}: {})",
+                        row["engine"].as_str().unwrap_or_default(),
+                        row["version"].as_str().unwrap_or_default(),
+                        row["origin"].as_str().unwrap_or_default(),
+                        row["program"].as_str().unwrap_or_default()
+                    )?;
+                } else {
+                    writeln!(out, "  {service:<8} missing: {}", row["provisioning"].as_str().unwrap_or_default())?;
+                }
+            }
+            for provider in providers.as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "provider {:<9} {} — {}",
+                    provider["provider"].as_str().unwrap_or_default(),
+                    if provider["available"] == true { "available" } else { "unavailable" },
+                    provider["note"].as_str().unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
