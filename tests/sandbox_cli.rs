@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Starts `handoff sandbox up --format json` and returns it with its endpoint report.
-fn sandbox_up() -> (Child, serde_json::Value) {
+/// Starts `handoff sandbox up --format json EXTRA…` and returns it with its endpoint report.
+fn sandbox_up(extra: &[&str]) -> (Child, serde_json::Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
         .args(["sandbox", "up", "--format", "json"])
+        .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -23,6 +24,12 @@ fn sandbox_up() -> (Child, serde_json::Value) {
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     let report: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     (child, report)
+}
+
+/// Sends SIGTERM and checks that handoff exits 0.
+fn terminate(mut child: Child) {
+    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success(), "handoff exits 0 after SIGTERM");
 }
 
 /// Every (proxy and server) port of the report.
@@ -65,20 +72,19 @@ fn redis_port(report: &serde_json::Value) -> u16 {
 
 #[test]
 fn sigterm_stops_every_server_and_removes_the_sandbox() {
-    let (mut child, report) = sandbox_up();
+    let (child, report) = sandbox_up(&[]);
     let kinds: Vec<&str> =
         report["endpoints"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["mongodb", "mongodb", "kafka", "redis"]);
     assert_eq!(redis_ping(redis_port(&report)), "+PONG\r\n");
-    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success(), "handoff exits 0 after SIGTERM");
+    terminate(child);
     assert_ports_close(&ports(&report));
     assert!(!std::path::Path::new(report["dir"].as_str().unwrap()).exists(), "the sandbox directory is removed");
 }
 
 #[test]
 fn sigkill_of_the_cli_leaves_nothing_running() {
-    let (mut child, report) = sandbox_up();
+    let (mut child, report) = sandbox_up(&[]);
     assert_eq!(redis_ping(redis_port(&report)), "+PONG\r\n");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -102,18 +108,8 @@ fn doctor_reports_engines_and_providers() {
 
 #[test]
 fn a_plan_decides_which_services_start() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
-        .args(["sandbox", "up", "--format", "json", "--plan", "plans/menu-service.yaml"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
-    let report: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let (child, report) = sandbox_up(&["--plan", "plans/menu-service.yaml"]);
+    terminate(child);
     let names: Vec<&str> =
         report["endpoints"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"restaurant_db") && names.contains(&"menu_db"), "{names:?}");

@@ -17,6 +17,8 @@ const EXIT_OK: u8 = 0;
 const EXIT_INVALID: u8 = 1;
 /// Exit code: usage error, or a file could not be read.
 const EXIT_ERROR: u8 = 2;
+/// Exit code: interrupted (SIGINT/SIGTERM) before the work was done, as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -29,7 +31,8 @@ Examples:
 Exit codes:
   0  every plan is valid
   1  a plan is invalid (errors, or warnings with --deny-warnings)
-  2  usage error, or a file could not be read";
+  2  usage error, or a file could not be read (or a sandbox did not start)
+  130  interrupted while a sandbox was starting";
 
 /// Declarative migration-as-code: validate, simulate and execute plans that move data
 /// ownership between services.

@@ -9,7 +9,7 @@ use clap::{Subcommand, ValueEnum};
 use handoff_sandbox::{Options, Provider, Sandbox, ServiceKind, ServiceSpec, engine};
 use serde_json::json;
 
-use crate::{EXIT_INVALID, EXIT_OK};
+use crate::{EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK};
 
 /// `handoff sandbox …`.
 #[derive(Debug, Subcommand)]
@@ -120,7 +120,16 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
     };
     let options = Options { provider, keep: args.keep, ..Options::default() };
     let started = Instant::now();
-    let sandbox = Sandbox::start(&services, &options).await.context("the sandbox did not start")?;
+    // Watch the signals before anything starts: a SIGTERM during start-up cancels it (and
+    // drops what was started), one right after the endpoints are printed stops cleanly.
+    let mut signals = Signals::new()?;
+    let sandbox = tokio::select! {
+        started = Sandbox::start(&services, &options) => started.context("the sandbox did not start")?,
+        () = signals.next() => {
+            writeln!(out, "interrupted during start-up; nothing is left running")?;
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
     let elapsed = started.elapsed();
     match args.format {
         Format::Json => writeln!(
@@ -145,7 +154,7 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
         }
     }
     out.flush()?;
-    wait_for_signal().await?;
+    signals.next().await;
     if args.keep {
         writeln!(out, "kept: the servers keep running on their own ports (the fault proxies stop with handoff):")?;
         for endpoint in sandbox.endpoints() {
@@ -160,14 +169,28 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
     Ok(EXIT_OK)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot watch Ctrl-C")?,
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, registered once so that none is lost between two waits.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        })
     }
-    Ok(())
+
+    /// Waits for the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 fn doctor(format: Format, out: &mut dyn Write) -> anyhow::Result<u8> {
