@@ -98,20 +98,8 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
     let services = match &args.plan {
         None => default_services(),
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let report = handoff_plan::Checker::new(registry)?.check(&bytes);
-            let Some(plan) = report.plan.as_ref().filter(|_| report.is_valid(false)) else {
-                for diagnostic in &report.diagnostics {
-                    writeln!(
-                        out,
-                        "{}\n",
-                        diagnostic.render(&path.display().to_string(), &report.text, &report.secrets, false)
-                    )?;
-                }
-                writeln!(out, "{}: invalid plan; run `handoff validate {}`", path.display(), path.display())?;
-                return Ok(EXIT_INVALID);
-            };
-            ServiceSpec::for_plan(plan)
+            let Some(plan) = crate::validate::load_plan(path, registry, out)? else { return Ok(EXIT_INVALID) };
+            ServiceSpec::for_plan(&plan)
         }
     };
     let provider = match args.provider {
@@ -170,13 +158,13 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
 }
 
 /// SIGINT and SIGTERM, registered once so that none is lost between two waits.
-struct Signals {
+pub(crate) struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Signals> {
+    pub(crate) fn new() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
@@ -185,7 +173,7 @@ impl Signals {
     }
 
     /// Waits for the next SIGINT or SIGTERM.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}

@@ -98,6 +98,26 @@ pub(crate) fn run(
     Ok(exit)
 }
 
+/// Reads and checks one plan for a command that acts on it. An invalid plan's diagnostics
+/// are written to `out` and `None` is returned.
+pub(crate) fn load_plan(
+    path: &Path,
+    registry: &handoff_registry::Registry,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<handoff_plan::model::Plan>> {
+    let bytes = read(path)?;
+    let report =
+        if bytes.len() > MAX_FILE_BYTES { too_large(bytes.len()) } else { Checker::new(registry)?.check(&bytes) };
+    match report.plan.clone().filter(|_| report.is_valid(false)) {
+        Some(plan) => Ok(Some(plan)),
+        None => {
+            text(&path.display().to_string(), &report, false, false, out)?;
+            writeln!(out, "fix the plan first: `handoff validate {}`", path.display())?;
+            Ok(None)
+        }
+    }
+}
+
 fn too_large(len: usize) -> Report {
     Report {
         text: String::new(),

@@ -15,9 +15,15 @@ pub fn root() -> &'static Path {
 /// Runs `handoff ARGS` from the repository root, without color. A run that does not end
 /// within a minute is a hang and fails the test (this is a guard, not a performance check).
 pub fn handoff(args: &[&str]) -> Output {
+    handoff_with(args, &[])
+}
+
+/// [`handoff`] with extra environment variables.
+pub fn handoff_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
         .args(args)
         .current_dir(root())
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

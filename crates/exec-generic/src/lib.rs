@@ -1,16 +1,18 @@
 //! Generic executors: `shell`, `http`, `wait`, `gate` and `notify`.
 //!
 //! They act on nothing a plan declares as a resource, so their checks are about the
-//! parameters themselves.
+//! parameters themselves. Execution is in [`run`].
 
 use std::collections::BTreeMap;
 
-use handoff_executor::{Action, Executor, params};
+use handoff_executor::{Action, BoxFuture, Call, Compensation, Context, Executor, Policy, StepError, params};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site};
 use handoff_plan::units::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+mod run;
 
 /// `shell.run`: run a command.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -28,6 +30,10 @@ pub struct ShellRun {
     /// Exit code that means success.
     #[serde(default)]
     pub expect_exit: i32,
+    /// Command that undoes this one when the phase rolls back (run the same way).
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub undo: Option<Vec<String>>,
 }
 
 /// `http.request`: send one HTTP request and check the answer.
@@ -160,6 +166,41 @@ impl Executor for Shell {
             Err(issues) => issues,
         }
     }
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+    fn preflight(&self, _: &str, policy: &Policy) -> Result<(), String> {
+        if policy.allow_shell { Ok(()) } else { Err(run::SHELL_REFUSED.to_owned()) }
+    }
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            let run = parse::<ShellRun>(call)?;
+            run::shell(&run.command, &run, cx).await
+        })
+    }
+    fn compensate<'a>(
+        &'a self,
+        call: Call<'a>,
+        _: &'a serde_json::Value,
+        cx: &'a Context,
+    ) -> BoxFuture<'a, Result<Compensation, StepError>> {
+        Box::pin(async move {
+            let run = parse::<ShellRun>(call)?;
+            match &run.undo {
+                Some(undo) => {
+                    run::shell(undo, &run, cx).await?;
+                    Ok(Compensation::Undone(format!("ran `{}`", undo.join(" "))))
+                }
+                None => Ok(Compensation::LeftToRollback),
+            }
+        })
+    }
+}
+
+/// Deserializes a call's parameters (already schema-checked; a failure is a bug in the
+/// plan's schema, reported as a refusal).
+fn parse<P: serde::de::DeserializeOwned>(call: Call<'_>) -> Result<P, StepError> {
+    P::deserialize(call.with).map_err(|e| StepError::Refused(format!("invalid parameters: {e}")))
 }
 
 impl Executor for Http {
@@ -199,6 +240,17 @@ impl Executor for Http {
         }
         issues
     }
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            match call.action {
+                "request" => run::http_request(&parse::<HttpRequest>(call)?, cx).await,
+                _ => run::http_health(&parse::<HttpHealth>(call)?, cx).await,
+            }
+        })
+    }
 }
 
 /// A URL must be `http(s)://…` or a `${ENV_VAR}` reference.
@@ -224,6 +276,16 @@ impl Executor for Wait {
     fn check(&self, _: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
         params::<WaitSoak>(with).err().unwrap_or_default()
     }
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            let soak = parse::<WaitSoak>(call)?;
+            run::cancellable(cx, cx.clock.sleep(soak.duration.get())).await?;
+            Ok(serde_json::json!({ "waited": soak.duration.as_str() }))
+        })
+    }
 }
 
 impl Executor for Gate {
@@ -240,6 +302,23 @@ impl Executor for Gate {
     }
     fn check(&self, _: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
         params::<GateManual>(with).err().unwrap_or_default()
+    }
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            let gate = parse::<GateManual>(call)?;
+            match cx.decision() {
+                Some(decision) if decision.approved => Ok(serde_json::json!({ "approved_by": decision.by })),
+                Some(decision) => Err(StepError::Failed(format!(
+                    "rejected by {}{}",
+                    decision.by,
+                    decision.comment.map(|c| format!(": {c}")).unwrap_or_default()
+                ))),
+                None => Err(StepError::NeedsDecision { key: cx.decision_key(), prompt: gate.prompt }),
+            }
+        })
     }
 }
 
@@ -266,5 +345,11 @@ impl Executor for Notify {
             Ok(_) => Vec::new(),
             Err(issues) => issues,
         }
+    }
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move { run::notify(&parse::<NotifyWebhook>(call)?, cx).await })
     }
 }

@@ -25,6 +25,15 @@ pub use diagnostic::{Diagnostic, Severity, Span};
 /// Generates the JSON Schema of an action's `with:` parameters into a shared generator.
 pub type ParamsSchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
+/// The JSON Schema of an action's `with:` parameters.
+#[derive(Debug, Clone, Copy)]
+pub enum ParamsSchema {
+    /// Generated from a Rust type (built-in executors).
+    Typed(ParamsSchemaFn),
+    /// Declared as JSON by an out-of-process executor.
+    Json(&'static serde_json::Value),
+}
+
 /// What running an action does to the world; lints use it to find points of no return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,7 +7,7 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use crate::ParamsSchemaFn;
+use crate::ParamsSchema;
 use crate::model::Plan;
 
 /// Pattern of `uses:`: `executor.action`.
@@ -18,7 +18,7 @@ pub struct ActionSchema {
     /// `executor.action`.
     pub uses: String,
     /// Generates the schema of its parameters.
-    pub params: ParamsSchemaFn,
+    pub params: ParamsSchema,
 }
 
 /// Adds the upper bound that schemars leaves to the `uint8`…`uint64` formats (which
@@ -51,7 +51,10 @@ pub fn generate(actions: &[ActionSchema]) -> Value {
     let conditions: Vec<Value> = actions
         .iter()
         .map(|action| {
-            let params = (action.params)(&mut generator);
+            let params = match action.params {
+                ParamsSchema::Typed(generate) => generate(&mut generator).to_value(),
+                ParamsSchema::Json(schema) => schema.clone(),
+            };
             json!({
                 "if": { "properties": { "uses": { "const": action.uses } }, "required": ["uses"] },
                 "then": { "properties": { "with": params } }

@@ -6,7 +6,7 @@
 //! Architecture invariant: adding an executor means adding one line to
 //! [`Registry::builtin`]; nothing else lists executors.
 
-use handoff_executor::Executor;
+use handoff_executor::{Executor, Executors};
 use handoff_plan::lint::{ParamIssue, Site};
 use handoff_plan::schema::ActionSchema;
 use handoff_plan::{ActionFacts, Catalog};
@@ -31,6 +31,15 @@ impl Registry {
         Registry { executors }
     }
 
+    /// The same registry with one more executor (an out-of-process plugin, or a test
+    /// executor in the engine's own tests). A built-in executor of the same name wins.
+    pub fn with(mut self, executor: Box<dyn Executor>) -> Registry {
+        if self.find(executor.name()).is_none() {
+            self.executors.push(executor);
+        }
+        self
+    }
+
     /// The executors, in registration order.
     pub fn executors(&self) -> impl Iterator<Item = &dyn Executor> {
         self.executors.iter().map(|e| e.as_ref())
@@ -47,6 +56,12 @@ impl Registry {
         let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
         text.push('\n');
         text
+    }
+}
+
+impl Executors for Registry {
+    fn find(&self, name: &str) -> Option<&dyn Executor> {
+        Registry::find(self, name)
     }
 }
 

@@ -1,0 +1,289 @@
+//! The run's event log vocabulary. A run's state is a replay of these records
+//! ([`crate::state`]); nothing else is persisted about a run except its plan snapshot.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use handoff_executor::Decision;
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// When, on the run's clock (plan time in a simulation).
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Why a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// One of the phase's steps.
+    Forward,
+    /// Undoing a completed step of a phase that rolls back.
+    Compensate,
+    /// One of the phase's rollback steps.
+    Rollback,
+}
+
+/// How a run ended (or stopped for now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every phase passed.
+    Completed,
+    /// A phase failed and was rolled back within its budget.
+    RolledBack,
+    /// A phase failed and its rollback failed or overran its budget.
+    RollbackFailed,
+    /// A person aborted the run (the current phase was rolled back).
+    Aborted,
+}
+
+/// A criterion's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The criterion held.
+    Pass,
+    /// The criterion did not hold.
+    Fail,
+    /// Not enough data to decide.
+    Inconclusive,
+    /// The metric provider failed.
+    ProviderError,
+}
+
+/// Something that happened in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A run began.
+    RunStarted {
+        /// Run id.
+        run: String,
+        /// Plan name.
+        plan: String,
+        /// Environment.
+        env: String,
+        /// Plan digest (`sha256:…`).
+        digest: String,
+        /// Whether this is a simulation.
+        simulation: bool,
+    },
+    /// A stopped run continues.
+    RunResumed {
+        /// Plan digest at resume.
+        digest: String,
+    },
+    /// A phase began.
+    PhaseStarted {
+        /// Phase id.
+        phase: String,
+    },
+    /// A step attempt began (written, durably, before the executor is called).
+    StepStarted {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// Why it runs.
+        role: Role,
+        /// Attempt, from 1.
+        attempt: u32,
+    },
+    /// A step saved a checkpoint.
+    Checkpoint {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// Executor-defined data.
+        data: Value,
+    },
+    /// A step measured a metric.
+    Metric {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// Metric name.
+        name: String,
+        /// Value.
+        value: f64,
+    },
+    /// A step finished (written after the executor returned).
+    StepFinished {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// Why it ran.
+        role: Role,
+        /// What the executor returned (for compensation).
+        output: Value,
+    },
+    /// A step attempt failed.
+    StepFailed {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// Why it ran.
+        role: Role,
+        /// Attempt, from 1.
+        attempt: u32,
+        /// The error.
+        error: String,
+        /// Whether another attempt follows.
+        retrying: bool,
+    },
+    /// A person settled a step that was running when the run stopped.
+    StepSettled {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// `true`: it took effect, count it as finished; `false`: run it again.
+        done: bool,
+    },
+    /// A completed step was undone (or found to need no undoing).
+    StepCompensated {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// What happened.
+        outcome: String,
+    },
+    /// A gate opened.
+    GateOpened {
+        /// Phase id.
+        phase: String,
+        /// Gate (`soak 14d`, `approval-1`).
+        gate: String,
+    },
+    /// A criterion was decided.
+    CriterionEvaluated {
+        /// Phase id.
+        phase: String,
+        /// Criterion id.
+        criterion: String,
+        /// Result.
+        verdict: Verdict,
+        /// Samples taken.
+        samples: u32,
+        /// Samples that violated the threshold.
+        failed: u32,
+        /// Details (last value, provider error, who confirmed).
+        detail: String,
+    },
+    /// An alert fired.
+    AlertFired {
+        /// Phase id.
+        phase: String,
+        /// Alert name.
+        alert: String,
+        /// The value that fired it.
+        value: f64,
+        /// What handoff does.
+        action: String,
+    },
+    /// A person decided on an approval or confirmation.
+    Decided {
+        /// Decision key (`<phase>/<step|criterion|approval-N|irreversible>`).
+        key: String,
+        /// The decision.
+        #[serde(flatten)]
+        decision: Decision,
+    },
+    /// The run stopped to wait for a person.
+    Paused {
+        /// Decision key that unblocks it.
+        key: String,
+        /// What is asked.
+        reason: String,
+    },
+    /// The run was interrupted (Ctrl-C, SIGTERM, lost lock); resume continues it.
+    Interrupted {
+        /// Why.
+        reason: String,
+    },
+    /// A phase's rollback began.
+    RollbackStarted {
+        /// Phase id.
+        phase: String,
+        /// Why.
+        reason: String,
+    },
+    /// A phase's rollback ended.
+    RollbackFinished {
+        /// Phase id.
+        phase: String,
+        /// Whether every compensation and rollback step succeeded.
+        ok: bool,
+        /// Rollback time, in seconds of the run's clock.
+        seconds: f64,
+        /// The phase's budget (`max_duration`), in seconds.
+        budget_seconds: Option<f64>,
+        /// Whether the rollback overran its budget.
+        breached: bool,
+    },
+    /// A phase passed.
+    PhasePassed {
+        /// Phase id.
+        phase: String,
+    },
+    /// The run ended.
+    RunFinished {
+        /// How.
+        status: RunStatus,
+    },
+}
+
+impl Event {
+    /// The phase the event belongs to, if any.
+    pub fn phase(&self) -> Option<&str> {
+        match self {
+            Event::PhaseStarted { phase }
+            | Event::StepStarted { phase, .. }
+            | Event::Checkpoint { phase, .. }
+            | Event::Metric { phase, .. }
+            | Event::StepFinished { phase, .. }
+            | Event::StepFailed { phase, .. }
+            | Event::StepSettled { phase, .. }
+            | Event::StepCompensated { phase, .. }
+            | Event::GateOpened { phase, .. }
+            | Event::CriterionEvaluated { phase, .. }
+            | Event::AlertFired { phase, .. }
+            | Event::RollbackStarted { phase, .. }
+            | Event::RollbackFinished { phase, .. }
+            | Event::PhasePassed { phase } => Some(phase),
+            _ => None,
+        }
+    }
+}
+
+/// What subscribers of a running engine receive: every durable record, and progress
+/// reports that are not persisted.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A record, after it is durable.
+    Record(Record),
+    /// A step's progress report.
+    Progress {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+        /// What is going on.
+        message: String,
+        /// Fraction done, when known.
+        fraction: Option<f64>,
+    },
+}

@@ -1,0 +1,125 @@
+//! The journal: the single writer of a run's event log. Every record is durable before
+//! it is applied to the in-memory state and announced to subscribers.
+
+use std::sync::{Arc, Mutex};
+
+use handoff_executor::{Clock, Decision, Sink};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::events::{Event, Notice, Record};
+use crate::metrics::Emitted;
+use crate::state::RunState;
+use crate::store::{Store, StoreError};
+
+/// Writes a run's records.
+pub(crate) struct Journal {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) run: String,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) notices: broadcast::Sender<Notice>,
+    pub(crate) emitted: Emitted,
+    /// Who decides every question automatically (simulations), if anyone.
+    pub(crate) auto_decide: Option<String>,
+    state: Mutex<RunState>,
+    /// The first append that failed outside a `Result` path (metrics from a sink).
+    failure: Mutex<Option<String>>,
+}
+
+impl Journal {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        run: String,
+        state: RunState,
+        clock: Arc<dyn Clock>,
+        notices: broadcast::Sender<Notice>,
+        auto_decide: Option<String>,
+    ) -> Journal {
+        let emitted = Emitted::with(state.metrics.clone());
+        Journal {
+            store,
+            run,
+            clock,
+            notices,
+            emitted,
+            auto_decide,
+            state: Mutex::new(state),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Appends an event durably, then applies and announces it.
+    pub(crate) fn record(&self, event: Event) -> Result<Record, StoreError> {
+        if let Some(failure) = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            return Err(StoreError::Io { path: self.run.clone().into(), source: std::io::Error::other(failure) });
+        }
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = Record { seq: state.next_seq, at: self.clock.now(), event };
+        self.store.append(&self.run, &record)?;
+        state.apply(&record);
+        drop(state);
+        tracing::debug!(seq = record.seq, event = ?record.event, "recorded");
+        let _ = self.notices.send(Notice::Record(record.clone()));
+        Ok(record)
+    }
+
+    /// A copy of the current state.
+    pub(crate) fn state(&self) -> RunState {
+        self.read(RunState::clone)
+    }
+
+    /// Reads the current state without copying it.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&RunState) -> T) -> T {
+        f(&self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// A person's (or the simulation's) decision on `key`.
+    pub(crate) fn decision(&self, key: &str) -> Result<Option<Decision>, StoreError> {
+        if let Some(decision) = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).decisions.get(key)
+        {
+            return Ok(Some(decision.clone()));
+        }
+        let Some(by) = &self.auto_decide else { return Ok(None) };
+        let decision = Decision { approved: true, by: by.clone(), comment: None };
+        self.record(Event::Decided { key: key.to_owned(), decision: decision.clone() })?;
+        Ok(Some(decision))
+    }
+
+    fn fail(&self, error: &StoreError) {
+        tracing::error!(%error, "cannot write the event log; the run stops");
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(error.to_string());
+    }
+}
+
+impl Sink for Journal {
+    fn checkpoint(&self, phase: &str, step: &str, data: &Value) -> std::io::Result<()> {
+        self.record(Event::Checkpoint { phase: phase.to_owned(), step: step.to_owned(), data: data.clone() })
+            .map(drop)
+            .map_err(std::io::Error::other)
+    }
+
+    fn metric(&self, phase: &str, step: &str, name: &str, value: f64) {
+        self.emitted.record(name, value);
+        let event = Event::Metric { phase: phase.to_owned(), step: step.to_owned(), name: name.to_owned(), value };
+        if let Err(error) = self.record(event) {
+            self.fail(&error);
+        }
+    }
+
+    fn progress(&self, phase: &str, step: &str, message: &str, fraction: Option<f64>) {
+        tracing::info!(phase, step, fraction, "{message}");
+        let _ = self.notices.send(Notice::Progress {
+            phase: phase.to_owned(),
+            step: step.to_owned(),
+            message: message.to_owned(),
+            fraction,
+        });
+    }
+
+    fn decision(&self, key: &str) -> Option<Decision> {
+        self.decision(key).unwrap_or_else(|error| {
+            self.fail(&error);
+            None
+        })
+    }
+}

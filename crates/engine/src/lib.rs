@@ -1,0 +1,431 @@
+//! The handoff engine: compiles a plan into an execution graph and runs it through the
+//! executors, with gates, criteria, alerts, compensation and rollback within budget, and
+//! durable state that survives crashes.
+//!
+//! - [`graph`]: the planner and the plan digest.
+//! - [`events`], [`store`], [`state`]: the append-only, fsync'd event log, the lock, and
+//!   the run state as a replay of the log.
+//! - [`metrics`], [`observe`]: metric providers, criteria verdicts and alerts.
+//! - [`Engine`]: start, resume, abort, decide.
+//!
+//! Architecture invariant: a step's "started" record is durable before its executor is
+//! called, and its "finished" record after the executor returned; nothing about a run lives
+//! anywhere but its log (and the plan snapshot taken when it started).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use handoff_executor::{Clock, Endpoints, Executors, Policy};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub mod events;
+pub mod graph;
+mod journal;
+pub mod metrics;
+pub mod observe;
+mod runner;
+pub mod state;
+pub mod store;
+
+pub use events::{Event, Notice, Record, Role, RunStatus, Verdict};
+pub use graph::{Graph, GraphError};
+pub use runner::Outcome;
+pub use state::RunState;
+pub use store::{DirStore, LockRecord, LockRequest, Store, StoreError};
+
+use journal::Journal;
+use runner::Runner;
+
+/// Errors of the engine (a failed step or criterion is an [`Outcome`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// There is no run of this plan in this environment.
+    #[error("no run of this plan in this environment yet (state in {0}); start one with `handoff run`")]
+    NoRun(String),
+    /// The latest run already ended.
+    #[error("run {run} already ended ({status}); start a new one with `handoff run`")]
+    Ended {
+        /// Run id.
+        run: String,
+        /// How it ended.
+        status: String,
+    },
+    /// The latest run has not ended.
+    #[error(
+        "run {run} has not ended ({status}); continue it with `handoff resume` or roll it back with `handoff abort`"
+    )]
+    Unfinished {
+        /// Run id.
+        run: String,
+        /// Where it stands.
+        status: String,
+    },
+    /// The plan changed for steps that already ran.
+    #[error("the plan changed for steps run {run} already completed; resume refuses:\n{}\nrestore the plan, or abort this run and start a new one", .changes.join("\n"))]
+    PlanChanged {
+        /// Run id.
+        run: String,
+        /// One line per change.
+        changes: Vec<String>,
+    },
+    /// The run's policy refuses some steps.
+    #[error("the run would refuse these steps, so it does not start:\n{}", .0.join("\n"))]
+    Refused(Vec<String>),
+    /// `--settle` named something that is not an interrupted step.
+    #[error("--settle {0}: not a step that was running when the run stopped")]
+    Settle(String),
+}
+
+/// How a run executes.
+pub struct RunOptions {
+    /// Environment name.
+    pub env: String,
+    /// Real or virtual time.
+    pub clock: Arc<dyn Clock>,
+    /// What the run allows.
+    pub policy: Policy,
+    /// The environment's endpoints, resolved.
+    pub endpoints: Endpoints,
+    /// Points of no return may start without a recorded decision.
+    pub confirm_irreversible: bool,
+    /// Decide every question automatically, as this person (simulations).
+    pub auto_decide: Option<String>,
+    /// Lock expiry after the last heartbeat.
+    pub lock_ttl: Duration,
+    /// Take over this lock even if it is live.
+    pub force_unlock: Option<String>,
+    /// The command line, for the lock record.
+    pub command: String,
+}
+
+impl RunOptions {
+    /// Options for a run in `env` on `clock`: nothing allowed beyond the defaults, no
+    /// endpoints, a 30 s lock expiry.
+    pub fn new(env: &str, clock: Arc<dyn Clock>) -> RunOptions {
+        RunOptions {
+            env: env.to_owned(),
+            clock,
+            policy: Policy::default(),
+            endpoints: Endpoints::default(),
+            confirm_irreversible: false,
+            auto_decide: None,
+            lock_ttl: Duration::from_secs(30),
+            force_unlock: None,
+            command: String::new(),
+        }
+    }
+}
+
+/// A run's plan, executors and store.
+pub struct Engine<'e> {
+    graph: &'e Graph,
+    executors: &'e dyn Executors,
+    store: Arc<dyn Store>,
+    notices: broadcast::Sender<Notice>,
+}
+
+/// Why a cancelled run stopped, unless something else (a lost lock) says otherwise.
+fn signal_reason() -> Arc<Mutex<String>> {
+    Arc::new(Mutex::new("interrupted by a signal".to_owned()))
+}
+
+/// A new run id: UTC time, so ids sort by start, plus the pid.
+fn run_id() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{}-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ"), std::process::id()).replace('.', "")
+}
+
+/// What changed between two JSON values, as `pointer: old → new` lines.
+fn differences(old: &Value, new: &Value, pointer: &str, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                let child = format!("{pointer}/{key}");
+                differences(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &child, out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{pointer}: {a} → {b}")),
+        _ => {}
+    }
+}
+
+impl<'e> Engine<'e> {
+    /// An engine for a compiled plan.
+    pub fn new(graph: &'e Graph, executors: &'e dyn Executors, store: Arc<dyn Store>) -> Engine<'e> {
+        Engine { graph, executors, store, notices: broadcast::channel(4096).0 }
+    }
+
+    /// Everything the engine records, as it happens, plus progress reports.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// The latest run's state and the lock holder, if there is a run.
+    pub fn status(store: &dyn Store) -> Result<Option<(RunState, Option<LockRecord>)>, EngineError> {
+        let Some(run) = store.latest_run()? else { return Ok(None) };
+        Ok(Some((RunState::replay(&store.load(&run)?), store.current_lock()?)))
+    }
+
+    fn latest(&self) -> Result<(String, RunState), EngineError> {
+        let run = self.store.latest_run()?.ok_or_else(|| EngineError::NoRun(String::new()))?;
+        let state = RunState::replay(&self.store.load(&run)?);
+        Ok((run, state))
+    }
+
+    /// The latest run, which must not have ended.
+    fn unfinished(&self) -> Result<(String, RunState), EngineError> {
+        let (run, state) = self.latest()?;
+        if state.finished.is_some() {
+            return Err(EngineError::Ended { run, status: state.status_word().to_owned() });
+        }
+        Ok((run, state))
+    }
+
+    /// Takes the lock, runs `work`, heartbeats meanwhile, and always releases it.
+    async fn locked<T>(
+        &self,
+        options: &RunOptions,
+        cancel: &CancellationToken,
+        reason: &Arc<Mutex<String>>,
+        work: impl Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        let mut refused = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (phase, step) in self.graph.steps() {
+            let Some(executor) = self.executors.find(&step.executor) else { continue };
+            if let Err(why) = executor.preflight(&step.action, &options.policy) {
+                refused.entry(why).or_default().push(format!("{phase}/{}", step.id));
+            }
+        }
+        if !refused.is_empty() {
+            return Err(EngineError::Refused(
+                refused.into_iter().map(|(why, steps)| format!("  {}: {why}", steps.join(", "))).collect(),
+            ));
+        }
+        let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
+        let id = record.id.clone();
+        if let Some(previous) = self.store.lock(&LockRequest { record, force_unlock: options.force_unlock.clone() })? {
+            tracing::warn!(lock = %previous.id, host = %previous.host, pid = previous.pid, "took over a stale lock");
+        }
+        let heartbeat = async {
+            let every = options.lock_ttl / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                match self.store.heartbeat(&id) {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => {
+                        *reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            "lost the lock (another process forced it)".to_owned();
+                        cancel.cancel();
+                        return;
+                    }
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = work => result,
+            () = heartbeat => Err(EngineError::Store(StoreError::WrongLock { given: id.clone(), current: "another".to_owned() })),
+        };
+        self.store.unlock(&id)?;
+        result
+    }
+
+    fn runner(
+        &self,
+        journal: Arc<Journal>,
+        options: &RunOptions,
+        cancel: &CancellationToken,
+        reason: Arc<Mutex<String>>,
+    ) -> Runner<'_> {
+        let endpoints = Arc::new(options.endpoints.clone());
+        Runner {
+            graph: self.graph,
+            executors: self.executors,
+            metrics: metrics::Metrics::new(&self.graph.plan, &endpoints, journal.emitted.clone()),
+            clock: options.clock.clone(),
+            policy: Arc::new(options.policy.clone()),
+            endpoints,
+            cancel: cancel.clone(),
+            confirm_irreversible: options.confirm_irreversible,
+            interrupt_reason: reason,
+            journal,
+        }
+    }
+
+    fn journal(&self, run: &str, state: RunState, options: &RunOptions) -> Arc<Journal> {
+        Arc::new(Journal::new(
+            self.store.clone(),
+            run.to_owned(),
+            state,
+            options.clock.clone(),
+            self.notices.clone(),
+            options.auto_decide.clone(),
+        ))
+    }
+
+    /// Starts a new run. Refuses while the latest run has not ended.
+    pub async fn start(
+        &self,
+        options: &RunOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(String, Outcome), EngineError> {
+        let reason = signal_reason();
+        self.locked(options, cancel, &reason, async {
+            if let Ok((run, state)) = self.latest()
+                && state.finished.is_none()
+            {
+                return Err(EngineError::Unfinished { run, status: state.status_word().to_owned() });
+            }
+            let run = run_id();
+            self.store.create_run(&run, &self.graph.canonical)?;
+            let journal = self.journal(&run, RunState::replay(&[]), options);
+            journal.record(Event::RunStarted {
+                run: run.clone(),
+                plan: self.graph.plan.metadata.name.to_string(),
+                env: options.env.clone(),
+                digest: self.graph.digest.clone(),
+                simulation: options.policy.simulation,
+            })?;
+            let outcome = self.runner(journal, options, cancel, reason.clone()).drive().await?;
+            Ok((run, outcome))
+        })
+        .await
+    }
+
+    /// The steps that completed in `state` and differ in this plan.
+    fn changes(&self, run: &str, state: &RunState) -> Result<Vec<String>, EngineError> {
+        let old: Value = self.store.plan_of(run)?;
+        let mut changes = Vec::new();
+        for phase in &state.phases {
+            let old_phase = old["phases"].as_array().into_iter().flatten().find(|p| p["id"] == phase.id.as_str());
+            for (id, step) in phase.steps.iter().filter(|(_, s)| s.finished) {
+                let find = |plan_phase: Option<&Value>| {
+                    plan_phase.and_then(|p| {
+                        let rollback = p.pointer("/rollback/steps").and_then(Value::as_array).into_iter().flatten();
+                        p["steps"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .chain(rollback)
+                            .find(|s| s["id"] == id.as_str())
+                            .cloned()
+                    })
+                };
+                let new_phase = self.graph.canonical["phases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["id"] == phase.id.as_str());
+                let (old_step, new_step) = (find(old_phase), find(new_phase));
+                let where_ = format!(
+                    "phase `{}`, step `{id}` ({})",
+                    phase.id,
+                    if step.finished { "completed" } else { "started" }
+                );
+                match (old_step, new_step) {
+                    (Some(mut a), Some(mut b)) => {
+                        for v in [&mut a, &mut b] {
+                            if let Some(o) = v.as_object_mut() {
+                                o.remove("name");
+                            }
+                        }
+                        let mut lines = Vec::new();
+                        differences(&a, &b, "", &mut lines);
+                        changes.extend(lines.into_iter().map(|l| format!("  {where_}: {l}")));
+                    }
+                    (Some(_), None) => changes.push(format!("  {where_}: removed from the plan")),
+                    _ => {}
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Continues the latest run where it stopped. `settle` says, for steps that were
+    /// running when it stopped, whether they took effect (`true`) or must run again.
+    pub async fn resume(
+        &self,
+        options: &RunOptions,
+        settle: &[(String, String, bool)],
+        cancel: &CancellationToken,
+    ) -> Result<(String, Outcome), EngineError> {
+        let reason = signal_reason();
+        self.locked(options, cancel, &reason, async {
+            let (run, state) = self.unfinished()?;
+            let changes = self.changes(&run, &state)?;
+            if !changes.is_empty() {
+                return Err(EngineError::PlanChanged { run, changes });
+            }
+            let journal = self.journal(&run, state.clone(), options);
+            journal.record(Event::RunResumed { digest: self.graph.digest.clone() })?;
+            for (phase, step, done) in settle {
+                let interrupted = state.phase(phase).and_then(|p| p.steps.get(step)).is_some_and(|s| s.interrupted());
+                if !interrupted {
+                    return Err(EngineError::Settle(format!("{phase}/{step}")));
+                }
+                journal.record(Event::StepSettled { phase: phase.clone(), step: step.clone(), done: *done })?;
+            }
+            let outcome = self.runner(journal, options, cancel, reason.clone()).drive().await?;
+            Ok((run, outcome))
+        })
+        .await
+    }
+
+    /// Aborts the latest run: rolls back the phase in progress, then ends the run.
+    pub async fn abort(
+        &self,
+        options: &RunOptions,
+        why: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(String, Outcome), EngineError> {
+        let reason = signal_reason();
+        self.locked(options, cancel, &reason, async {
+            let (run, state) = self.unfinished()?;
+            let journal = self.journal(&run, state.clone(), options);
+            journal.record(Event::RunResumed { digest: self.graph.digest.clone() })?;
+            let current = state.phases.iter().rev().find(|p| !p.passed).map(|p| p.id.clone());
+            let runner = self.runner(journal.clone(), options, cancel, reason.clone());
+            let outcome = match current.and_then(|id| self.graph.phases.iter().find(|p| p.id == id)) {
+                Some(phase) => {
+                    let outcome = runner.rollback(phase, format!("aborted: {why}")).await?;
+                    if let Outcome::RolledBack { .. } = outcome {
+                        // `rollback` ended the run as rolled back; the abort is recorded too.
+                        journal.record(Event::RunFinished { status: RunStatus::Aborted })?;
+                        Outcome::Aborted
+                    } else {
+                        outcome
+                    }
+                }
+                None => {
+                    journal.record(Event::RunFinished { status: RunStatus::Aborted })?;
+                    Outcome::Aborted
+                }
+            };
+            Ok((run, outcome))
+        })
+        .await
+    }
+
+    /// Records a person's decision in the latest run (which must not be running).
+    pub fn decide(
+        &self,
+        options: &RunOptions,
+        key: &str,
+        decision: handoff_executor::Decision,
+    ) -> Result<String, EngineError> {
+        let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
+        let id = record.id.clone();
+        self.store.lock(&LockRequest { record, force_unlock: None })?;
+        let result = (|| {
+            let (run, state) = self.unfinished()?;
+            self.journal(&run, state, options).record(Event::Decided { key: key.to_owned(), decision })?;
+            Ok(run)
+        })();
+        self.store.unlock(&id)?;
+        result
+    }
+}

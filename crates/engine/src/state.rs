@@ -1,0 +1,251 @@
+//! A run's state: a pure replay of its event log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use handoff_executor::Decision;
+use jiff::Timestamp;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::events::{Event, Record, Role, RunStatus, Verdict};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunState {
+    /// Run id.
+    pub run: String,
+    /// Plan name.
+    pub plan: String,
+    /// Environment.
+    pub env: String,
+    /// Digest of the plan the run started with.
+    pub digest: String,
+    /// Whether it is a simulation.
+    pub simulation: bool,
+    /// First record's time.
+    pub started_at: Option<Timestamp>,
+    /// Last record's time.
+    pub updated_at: Option<Timestamp>,
+    /// How it ended, when it did.
+    pub finished: Option<RunStatus>,
+    /// The decision it waits for (key, question), when paused.
+    pub paused: Option<(String, String)>,
+    /// Why it was interrupted, when it was and has not resumed since.
+    pub interrupted: Option<String>,
+    /// Phases that started, in order.
+    pub phases: Vec<PhaseState>,
+    /// Decisions people made, by key.
+    pub decisions: BTreeMap<String, Decision>,
+    /// Latest value of every emitted metric.
+    pub metrics: BTreeMap<String, f64>,
+    /// Sequence number of the next record.
+    pub next_seq: u64,
+}
+
+/// Where a phase stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseState {
+    /// Phase id.
+    pub id: String,
+    /// When it started.
+    pub started_at: Option<Timestamp>,
+    /// It passed.
+    pub passed: bool,
+    /// Its steps (forward and rollback), by id.
+    pub steps: BTreeMap<String, StepState>,
+    /// Forward steps in the order they finished (compensation runs in reverse).
+    pub finished_order: Vec<String>,
+    /// Steps already compensated.
+    pub compensated: BTreeSet<String>,
+    /// Gates that opened.
+    pub gates: BTreeSet<String>,
+    /// Criteria results.
+    pub criteria: BTreeMap<String, (Verdict, String)>,
+    /// Alerts that fired.
+    pub alerts: Vec<String>,
+    /// The rollback, once it started.
+    pub rollback: Option<RollbackState>,
+}
+
+/// A phase's rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackState {
+    /// Why.
+    pub reason: String,
+    /// When it started (the budget counts from here).
+    pub started_at: Timestamp,
+    /// How it ended: (ok, seconds, budget seconds, breached).
+    pub finished: Option<(bool, f64, Option<f64>, bool)>,
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepState {
+    /// Why it ran.
+    pub role: Role,
+    /// Attempts started.
+    pub attempts: u32,
+    /// It finished (or a person settled it as done).
+    pub finished: bool,
+    /// Last error, if the last attempt failed.
+    pub error: Option<String>,
+    /// What the executor returned.
+    pub output: Value,
+    /// Last checkpoint.
+    pub checkpoint: Option<Value>,
+    /// A person said to run it again although it was interrupted.
+    pub retry_settled: bool,
+    /// When the first attempt started.
+    pub started_at: Timestamp,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+}
+
+impl StepState {
+    /// Started, not finished, and not failed: it was running when the run stopped.
+    pub fn interrupted(&self) -> bool {
+        !self.finished && self.error.is_none()
+    }
+}
+
+impl RunState {
+    /// Replays a log.
+    pub fn replay(records: &[Record]) -> RunState {
+        let mut state = RunState { next_seq: 1, ..RunState::default() };
+        for record in records {
+            state.apply(record);
+        }
+        state
+    }
+
+    /// The state of a phase, if it started.
+    pub fn phase(&self, id: &str) -> Option<&PhaseState> {
+        self.phases.iter().find(|p| p.id == id)
+    }
+
+    fn phase_mut(&mut self, id: &str) -> &mut PhaseState {
+        if let Some(index) = self.phases.iter().position(|p| p.id == id) {
+            &mut self.phases[index]
+        } else {
+            self.phases.push(PhaseState { id: id.to_owned(), ..PhaseState::default() });
+            self.phases.last_mut().unwrap_or_else(|| unreachable!("pushed above"))
+        }
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, record: &Record) {
+        self.next_seq = record.seq + 1;
+        self.started_at.get_or_insert(record.at);
+        self.updated_at = Some(record.at);
+        let at = record.at;
+        match &record.event {
+            Event::RunStarted { run, plan, env, digest, simulation } => {
+                (self.run, self.plan, self.env, self.digest) = (run.clone(), plan.clone(), env.clone(), digest.clone());
+                self.simulation = *simulation;
+            }
+            Event::RunResumed { .. } => {
+                self.paused = None;
+                self.interrupted = None;
+            }
+            Event::PhaseStarted { phase } => self.phase_mut(phase).started_at = Some(at),
+            Event::StepStarted { phase, step, role, attempt } => {
+                let phase = self.phase_mut(phase);
+                if *role == Role::Compensate {
+                    return;
+                }
+                let state = phase.steps.entry(step.clone()).or_insert_with(|| StepState {
+                    role: *role,
+                    attempts: 0,
+                    finished: false,
+                    error: None,
+                    output: Value::Null,
+                    checkpoint: None,
+                    retry_settled: false,
+                    started_at: at,
+                    finished_at: None,
+                });
+                state.attempts = *attempt;
+                state.error = None;
+            }
+            Event::Checkpoint { phase, step, data } => {
+                if let Some(state) = self.phase_mut(phase).steps.get_mut(step) {
+                    state.checkpoint = Some(data.clone());
+                }
+            }
+            Event::Metric { name, value, .. } => {
+                self.metrics.insert(name.clone(), *value);
+            }
+            Event::StepFinished { phase, step, role, output } => {
+                let phase = self.phase_mut(phase);
+                if *role == Role::Forward {
+                    phase.finished_order.push(step.clone());
+                }
+                if let Some(state) = phase.steps.get_mut(step) {
+                    state.finished = true;
+                    state.output = output.clone();
+                    state.finished_at = Some(at);
+                }
+            }
+            Event::StepFailed { phase, step, role, error, .. } => {
+                if *role != Role::Compensate
+                    && let Some(state) = self.phase_mut(phase).steps.get_mut(step)
+                {
+                    state.error = Some(error.clone());
+                }
+            }
+            Event::StepSettled { phase, step, done } => {
+                let phase = self.phase_mut(phase);
+                if let Some(state) = phase.steps.get_mut(step) {
+                    if *done {
+                        state.finished = true;
+                        state.finished_at = Some(at);
+                        if state.role == Role::Forward {
+                            phase.finished_order.push(step.clone());
+                        }
+                    } else {
+                        state.retry_settled = true;
+                    }
+                }
+            }
+            Event::StepCompensated { phase, step, .. } => {
+                self.phase_mut(phase).compensated.insert(step.clone());
+            }
+            Event::GateOpened { phase, gate } => {
+                self.phase_mut(phase).gates.insert(gate.clone());
+            }
+            Event::CriterionEvaluated { phase, criterion, verdict, detail, .. } => {
+                self.phase_mut(phase).criteria.insert(criterion.clone(), (*verdict, detail.clone()));
+            }
+            Event::AlertFired { phase, alert, .. } => self.phase_mut(phase).alerts.push(alert.clone()),
+            Event::Decided { key, decision } => {
+                self.decisions.insert(key.clone(), decision.clone());
+            }
+            Event::Paused { key, reason } => self.paused = Some((key.clone(), reason.clone())),
+            Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
+            Event::RollbackStarted { phase, reason } => {
+                self.phase_mut(phase).rollback =
+                    Some(RollbackState { reason: reason.clone(), started_at: at, finished: None });
+            }
+            Event::RollbackFinished { phase, ok, seconds, budget_seconds, breached } => {
+                if let Some(rollback) = self.phase_mut(phase).rollback.as_mut() {
+                    rollback.finished = Some((*ok, *seconds, *budget_seconds, *breached));
+                }
+            }
+            Event::PhasePassed { phase } => self.phase_mut(phase).passed = true,
+            Event::RunFinished { status } => self.finished = Some(*status),
+        }
+    }
+
+    /// One word for where the run stands.
+    pub fn status_word(&self) -> &'static str {
+        match (self.finished, &self.paused, &self.interrupted) {
+            (Some(RunStatus::Completed), ..) => "completed",
+            (Some(RunStatus::RolledBack), ..) => "rolled back",
+            (Some(RunStatus::RollbackFailed), ..) => "rollback failed",
+            (Some(RunStatus::Aborted), ..) => "aborted",
+            (None, Some(_), _) => "paused",
+            (None, None, Some(_)) => "interrupted",
+            (None, None, None) => "running (or crashed)",
+        }
+    }
+}

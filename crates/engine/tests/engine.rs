@@ -1,0 +1,531 @@
+//! Engine tests with an in-process test executor (the only fake executor allowed: every
+//! real executor is tested against its real service).
+//!
+//! Each test runs a plan and compares a transcript of the run's event log (and the test
+//! executor's effects) with a snapshot, through one `check` helper.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use handoff_engine::{DirStore, Engine, Event, Graph, Outcome, Record, RunOptions, Store};
+use handoff_executor::{
+    Action, BoxFuture, Call, Clock, Compensation, Context, Decision, Executor, StepError, VirtualClock,
+};
+use handoff_plan::Effect;
+use handoff_plan::lint::{ParamIssue, Site};
+use handoff_registry::Registry;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Parameters of every test action.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// `fail`: attempts that fail before one succeeds (all when absent).
+    #[serde(default)]
+    fail_times: Option<u32>,
+    /// `emit`: metric name.
+    #[serde(default)]
+    metric: Option<String>,
+    /// `emit`: value.
+    #[serde(default)]
+    value: Option<f64>,
+    /// `wait`: seconds of the run's clock.
+    #[serde(default)]
+    seconds: Option<u64>,
+}
+
+/// The test executor: records every effect and undo in order.
+#[derive(Clone, Default)]
+struct Probe {
+    effects: Arc<Mutex<Vec<String>>>,
+}
+
+impl Probe {
+    fn note(&self, text: String) {
+        self.effects.lock().unwrap().push(text);
+    }
+}
+
+impl Executor for Probe {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn summary(&self) -> &'static str {
+        "In-process test executor."
+    }
+    fn actions(&self) -> &'static [Action] {
+        const ACTIONS: &[Action] = &[
+            Action::new::<Params>("ok", "Succeeds.", Effect::Change),
+            Action::new::<Params>("fail", "Fails (fail_times times, or always).", Effect::Change),
+            Action::new::<Params>("emit", "Emits a metric.", Effect::Observe).emitting(&["lag", "errors"]),
+            Action::new::<Params>("wait", "Waits on the run's clock.", Effect::Observe),
+            Action::new::<Params>("hang", "Waits until cancelled, checkpointing first.", Effect::Change).resumable(),
+            Action::new::<Params>("once", "Succeeds; not idempotent.", Effect::Change).not_idempotent(),
+            Action::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
+        ];
+        ACTIONS
+    }
+    fn check(&self, _: &str, _: &Value, _: &Site<'_>) -> Vec<ParamIssue> {
+        Vec::new()
+    }
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(async move {
+            let params = Params::deserialize(call.with).unwrap();
+            let at = format!("{}/{}", cx.phase, cx.step);
+            match call.action {
+                "fail" if params.fail_times.is_none_or(|n| cx.attempt <= n) => {
+                    self.note(format!("fail {at} #{}", cx.attempt));
+                    Err(StepError::Failed(format!("attempt {} failed on purpose", cx.attempt)))
+                }
+                "emit" => {
+                    cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
+                    Ok(Value::Null)
+                }
+                "wait" => {
+                    tokio::select! {
+                        () = cx.clock.sleep(Duration::from_secs(params.seconds.unwrap())) => Ok(Value::Null),
+                        () = cx.cancel.cancelled() => { self.note(format!("cancelled {at}")); Err(StepError::Cancelled) }
+                    }
+                }
+                "hang" => {
+                    let resumed = cx.checkpoint.clone();
+                    if resumed.is_some() {
+                        self.note(format!("resume {at} from {}", resumed.clone().unwrap()));
+                        return Ok(json!({ "resumed": true }));
+                    }
+                    cx.save_checkpoint(&json!({ "done": 40 })).unwrap();
+                    self.note(format!("hang {at}"));
+                    cx.cancel.cancelled().await;
+                    Err(StepError::Cancelled)
+                }
+                _ => {
+                    self.note(format!("run {at}"));
+                    Ok(json!({ "did": at }))
+                }
+            }
+        })
+    }
+    fn compensate<'a>(
+        &'a self,
+        call: Call<'a>,
+        output: &'a Value,
+        cx: &'a Context,
+    ) -> BoxFuture<'a, Result<Compensation, StepError>> {
+        Box::pin(async move {
+            if call.action == "emit" {
+                return Ok(Compensation::NotNeeded);
+            }
+            self.note(format!("undo {}/{} (output {output})", cx.phase, cx.step));
+            Ok(Compensation::Undone("test undo".to_owned()))
+        })
+    }
+}
+
+const HEAD: &str = "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: t}\nenvironments: {test: {endpoints: {}}}\n";
+
+/// A harness: one state directory, one test executor, one virtual clock.
+struct Harness {
+    dir: tempfile::TempDir,
+    probe: Probe,
+    registry: Registry,
+    clock: Arc<VirtualClock>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let probe = Probe::default();
+        let registry = Registry::builtin().with(Box::new(probe.clone()));
+        Harness { dir: tempfile::tempdir().unwrap(), probe, registry, clock: Arc::new(VirtualClock::new()) }
+    }
+
+    fn graph(&self, phases: &str) -> Graph {
+        let text = format!("{HEAD}{phases}");
+        let report = handoff_plan::Checker::new(&self.registry).unwrap().check(text.as_bytes());
+        let errors: Vec<String> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == handoff_plan::Severity::Error)
+            .map(|d| d.message.clone())
+            .collect();
+        assert!(errors.is_empty(), "plan invalid: {errors:?}");
+        Graph::compile(report.plan.as_ref().unwrap(), &self.registry, true).unwrap()
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::new(DirStore::new(self.dir.path(), "t", "test"))
+    }
+
+    fn options(&self) -> RunOptions {
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        RunOptions::new("test", clock)
+    }
+
+    fn records(&self) -> Vec<Record> {
+        let store = self.store();
+        store.load(&store.latest_run().unwrap().unwrap()).unwrap()
+    }
+
+    /// The run's transcript: one line per record, the effects, and the outcome.
+    fn transcript(&self, outcome: &Outcome, from: usize) -> String {
+        let mut lines: Vec<String> = self.records().iter().skip(from).filter_map(|r| line(&r.event)).collect();
+        lines.push("-- effects".to_owned());
+        lines.extend(self.probe.effects.lock().unwrap().drain(..));
+        lines.push(format!("-- {}", shown(outcome)));
+        lines.join("\n")
+    }
+}
+
+/// An outcome without wall-clock noise (real work takes real time, even on a virtual clock).
+fn shown(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::RolledBack { phase, reason, seconds } => {
+            format!("RolledBack {{ phase: {phase:?}, reason: {reason:?}, seconds: {} }}", seconds.round())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::RunStarted { .. } => "run started".to_owned(),
+        Event::RunResumed { .. } => "run resumed".to_owned(),
+        Event::PhaseStarted { phase } => format!("phase {phase}"),
+        Event::StepStarted { phase, step, role, attempt } => format!("  start {phase}/{step} {role:?} #{attempt}"),
+        Event::StepFinished { phase, step, .. } => format!("  done {phase}/{step}"),
+        Event::StepFailed { phase, step, error, retrying, .. } => {
+            format!("  failed {phase}/{step}: {error} (retrying: {retrying})")
+        }
+        Event::StepCompensated { phase, step, outcome } => format!("  compensated {phase}/{step}: {outcome}"),
+        Event::StepSettled { phase, step, done } => format!("  settled {phase}/{step} done={done}"),
+        Event::Checkpoint { step, data, .. } => format!("  checkpoint {step} {data}"),
+        Event::Metric { name, value, .. } => format!("  metric {name}={value}"),
+        Event::GateOpened { gate, .. } => format!("  gate {gate}"),
+        Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
+            format!("  criterion {criterion}: {verdict:?} ({detail})")
+        }
+        Event::AlertFired { alert, value, action, .. } => format!("  alert {alert}={value} {action}"),
+        Event::Decided { key, decision } => format!("decided {key} approved={} by {}", decision.approved, decision.by),
+        Event::Paused { key, .. } => format!("paused for {key}"),
+        Event::Interrupted { reason } => format!("interrupted: {reason}"),
+        Event::RollbackStarted { phase, reason } => format!("rollback {phase}: {reason}"),
+        Event::RollbackFinished { ok, seconds, budget_seconds, breached, .. } => {
+            format!(
+                "rollback finished ok={ok} seconds={} budget={budget_seconds:?} breached={breached}",
+                seconds.round()
+            )
+        }
+        Event::PhasePassed { phase } => format!("passed {phase}"),
+        Event::RunFinished { status } => format!("finished {status:?}"),
+    })
+}
+
+/// Runs `phases` from the start and snapshots the transcript under `name`.
+async fn check(name: &str, phases: &str) -> Harness {
+    let harness = Harness::new();
+    let graph = harness.graph(phases);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let (_, outcome) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
+    insta::assert_snapshot!(name, harness.transcript(&outcome, 0));
+    harness
+}
+
+#[tokio::test]
+async fn phases_run_in_order_and_a_group_runs_together() {
+    check(
+        "in_order",
+        "
+phases:
+  - {id: one, name: One, steps: [{id: a, uses: test.ok}, {id: b, uses: test.ok, group: g}, {id: c, uses: test.ok, group: g}, {id: d, uses: test.ok}], rollback: {max_duration: 1m, steps: []}}
+  - {id: two, name: Two, steps: [{id: e, uses: test.ok}], rollback: {max_duration: 1m, steps: []}}
+",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_step_is_retried_then_compensation_runs_in_reverse_then_the_rollback() {
+    check(
+        "rollback_order",
+        "
+phases:
+  - id: one
+    name: One
+    steps:
+      - {id: a, uses: test.ok}
+      - {id: flaky, uses: test.fail, with: {fail_times: 2}, retry: {attempts: 3, backoff: 10s}}
+      - {id: c, uses: test.emit, with: {metric: lag, value: 1}}
+      - {id: broken, uses: test.fail, retry: {attempts: 2, backoff: 1m}}
+      - {id: never, uses: test.ok}
+    rollback:
+      max_duration: 5m
+      steps: [{id: restore, uses: test.ok}, {id: settle, uses: test.wait, with: {seconds: 60}}]
+",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_step_cancels_the_rest_of_its_group() {
+    check(
+        "group_failure",
+        "
+phases:
+  - id: one
+    name: One
+    steps:
+      - {id: slow, uses: test.hang, group: g}
+      - {id: bad, uses: test.fail, group: g}
+    rollback: {max_duration: 1m, steps: []}
+",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rollback_over_its_budget_is_a_failed_rollback() {
+    check(
+        "budget_breach",
+        "
+phases:
+  - id: one
+    name: One
+    steps: [{id: a, uses: test.ok}, {id: bad, uses: test.fail}]
+    rollback:
+      max_duration: 5m
+      steps: [{id: slow-restore, uses: test.wait, with: {seconds: 600}}]
+",
+    )
+    .await;
+}
+
+const METRICS: &str = "
+metrics:
+  lag: {unit: seconds, source: {emitted: {by: test.emit}}}
+  errors: {unit: percent, source: {emitted: {by: test.emit}}}
+";
+
+#[tokio::test]
+async fn criteria_read_emitted_metrics_and_a_failed_one_rolls_back() {
+    check(
+        "criteria",
+        &format!(
+            "{METRICS}
+phases:
+  - id: good
+    name: Good
+    steps: [{{id: measure, uses: test.emit, with: {{metric: lag, value: 2}}}}]
+    criteria:
+      - {{id: lag-low, description: lag under 5s, metric: lag, op: '<', threshold: 5s, window: 10m, interval: 1m, min_samples: 5}}
+    rollback: {{max_duration: 1m, steps: []}}
+  - id: bad
+    name: Bad
+    steps: [{{id: a, uses: test.ok}}, {{id: measure-errors, uses: test.emit, with: {{metric: errors, value: 3}}}}]
+    criteria:
+      - {{id: errors-low, description: errors under 1%, metric: errors, op: '<', threshold: 1%, window: 1h, interval: 5m, failure_limit: 2}}
+    rollback: {{max_duration: 1m, steps: [{{id: undo-all, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn no_data_pauses_an_inconclusive_criterion_for_a_person() {
+    check(
+        "no_data",
+        &format!(
+            "{METRICS}
+phases:
+  - id: one
+    name: One
+    steps: [{{id: a, uses: test.emit, with: {{metric: errors, value: 0}}}}]
+    criteria:
+      - {{id: lag-low, description: lag under 5s, metric: lag, op: '<', threshold: 5s, window: 10m, no_data: inconclusive}}
+    rollback: {{max_duration: 1m, steps: []}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_critical_alert_rolls_the_phase_back_while_its_steps_run() {
+    check(
+        "alert",
+        &format!(
+            "{METRICS}
+alerts:
+  - {{name: ErrorsHigh, metric: errors, op: '>', threshold: 5%, severity: critical, action: rollback}}
+phases:
+  - id: one
+    name: One
+    steps:
+      - {{id: spike, uses: test.emit, with: {{metric: errors, value: 12}}}}
+      - {{id: long-soak, uses: test.wait, with: {{seconds: 86400}}}}
+      - {{id: never, uses: test.ok}}
+    rollback: {{max_duration: 5m, steps: [{{id: restore, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_seven_week_plan_runs_in_virtual_time() {
+    let harness = check(
+        "seven_weeks",
+        "
+phases:
+  - {id: one, name: One, steps: [{id: a, uses: wait.soak, with: {duration: 1w}}], gates: [{soak: 1w}], rollback: {max_duration: 1m, steps: []}}
+  - {id: two, name: Two, steps: [{id: b, uses: wait.soak, with: {duration: 2w}}], gates: [{soak: 1w}], rollback: {max_duration: 1m, steps: []}}
+  - {id: three, name: Three, steps: [{id: c, uses: test.ok}], gates: [{soak: 2w}], rollback: {max_duration: 1m, steps: []}}
+",
+    )
+    .await;
+    let records = harness.records();
+    let span = records.last().unwrap().at.duration_since(records[0].at);
+    assert!(span >= jiff::SignedDuration::from_hours(7 * 7 * 24), "the log spans {span:?} of plan time");
+}
+
+#[tokio::test]
+async fn a_point_of_no_return_waits_for_confirmation_and_approvals_for_a_person() {
+    let harness = check(
+        "irreversible",
+        "
+phases:
+  - {id: one, name: One, steps: [{id: a, uses: test.backup}], gates: [{approval: {prompt: go on?}}], rollback: {max_duration: 1m, steps: []}}
+  - {id: two, name: Two, steps: [{id: b, uses: test.ok}], reversible: false, restore: from backup}
+",
+    )
+    .await;
+    let graph = harness.graph(
+        "
+phases:
+  - {id: one, name: One, steps: [{id: a, uses: test.backup}], gates: [{approval: {prompt: go on?}}], rollback: {max_duration: 1m, steps: []}}
+  - {id: two, name: Two, steps: [{id: b, uses: test.ok}], reversible: false, restore: from backup}
+",
+    );
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let options = harness.options();
+    let decide = |key: &str, approved: bool| {
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+    };
+    decide("one/approval-1", true);
+    let before = harness.records().len();
+    let (_, paused) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+    decide("two/irreversible", true);
+    let (_, done) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+    let text = format!("{}\n== second resume: {}", harness.transcript(&paused, before), shown(&done));
+    insta::assert_snapshot!("irreversible_resumed", text);
+}
+
+const RESUMABLE: &str = "
+phases:
+  - id: one
+    name: One
+    steps:
+      - {id: a, uses: test.ok}
+      - {id: copy, uses: test.hang}
+      - {id: after, uses: test.ok}
+    rollback: {max_duration: 1m, steps: []}
+";
+
+/// Interrupts a run while `copy` hangs, then resumes it.
+async fn interrupted(harness: &Harness, phases: &str) -> Outcome {
+    let graph = harness.graph(phases);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let probe = harness.probe.clone();
+    tokio::spawn(async move {
+        while !probe.effects.lock().unwrap().iter().any(|e| e.starts_with("hang") || e.starts_with("run one/copy")) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+    });
+    engine.start(&harness.options(), &cancel).await.unwrap().1
+}
+
+#[tokio::test]
+async fn resume_continues_at_the_interrupted_step_with_its_checkpoint() {
+    let harness = Harness::new();
+    let first = interrupted(&harness, RESUMABLE).await;
+    let graph = harness.graph(RESUMABLE);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let (_, outcome) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
+    insta::assert_snapshot!("resume", format!("first: {}\n{}", shown(&first), harness.transcript(&outcome, 0)));
+}
+
+#[tokio::test]
+async fn resume_refuses_a_plan_changed_for_completed_steps() {
+    let harness = Harness::new();
+    interrupted(&harness, RESUMABLE).await;
+    let changed = RESUMABLE.replace("{id: a, uses: test.ok}", "{id: a, uses: test.ok, with: {fail_times: 1}}");
+    let graph = harness.graph(&changed);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let error = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap_err();
+    let run = harness.store().latest_run().unwrap().unwrap();
+    insta::assert_snapshot!("resume_changed", error.to_string().replace(&run, "<run>"));
+    // Changing a step that has not completed is fine.
+    let later = RESUMABLE.replace("{id: after, uses: test.ok}", "{id: after, uses: test.ok, with: {fail_times: 1}}");
+    let graph = harness.graph(&later);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let (_, outcome) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
+    assert_eq!(outcome, Outcome::Completed);
+}
+
+#[tokio::test]
+async fn an_interrupted_step_that_is_not_idempotent_must_be_settled() {
+    let phases =
+        RESUMABLE.replace("uses: test.hang}", "uses: test.hang, idempotent: false}").replace("test.hang", "test.once");
+    let harness = Harness::new();
+    // `once` finishes at once; interrupt it by hand: a started record with no finish.
+    let graph = harness.graph(&phases);
+    let store = harness.store();
+    let engine = Engine::new(&graph, &harness.registry, store.clone());
+    let (run, _) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
+    let mut records = store.load(&run).unwrap();
+    let cut =
+        records.iter().position(|r| matches!(&r.event, Event::StepFinished { step, .. } if step == "copy")).unwrap();
+    records.truncate(cut);
+    let path = harness.dir.path().join("t/test/runs").join(&run).join("events.jsonl");
+    let text: String = records.iter().map(|r| format!("{}\n", serde_json::to_string(r).unwrap())).collect();
+    std::fs::write(path, text).unwrap();
+    harness.probe.effects.lock().unwrap().clear();
+    let before = records.len();
+
+    let (_, paused) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
+    let settle = [("one".to_owned(), "copy".to_owned(), true)];
+    let (_, done) = engine.resume(&harness.options(), &settle, &CancellationToken::new()).await.unwrap();
+    insta::assert_snapshot!("settle", format!("{}\n== settled: {done:?}", harness.transcript(&paused, before)));
+}
+
+#[tokio::test]
+async fn a_second_run_cannot_start_while_the_first_holds_the_lock() {
+    let harness = Harness::new();
+    let graph = harness.graph(RESUMABLE);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let cancel = CancellationToken::new();
+    let options = harness.options();
+    let first = engine.start(&options, &cancel);
+    let second = async {
+        while !harness.probe.effects.lock().unwrap().iter().any(|e| e.starts_with("hang")) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let other = Engine::new(&graph, &harness.registry, harness.store());
+        let refused = other.start(&options, &CancellationToken::new()).await.unwrap_err();
+        cancel.cancel();
+        refused
+    };
+    let (first, refused) = tokio::join!(first, second);
+    assert!(matches!(first.unwrap().1, Outcome::Interrupted { .. }));
+    let message = refused.to_string();
+    assert!(message.starts_with("the plan is locked by"), "{message}");
+    assert!(message.contains("--force-unlock"), "{message}");
+}

@@ -1,0 +1,165 @@
+//! Execution of the generic actions.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use handoff_executor::http::{self, Request};
+use handoff_executor::{Context, StepError, expand_env};
+use serde_json::{Value, json};
+
+use crate::{HttpHealth, HttpMethod, HttpRequest, NotifyWebhook, ShellRun};
+
+/// Timeout of one HTTP exchange.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes of a command's output kept in its step output.
+const OUTPUT_TAIL: usize = 2048;
+
+/// Why a shell step is refused.
+pub(crate) const SHELL_REFUSED: &str =
+    "shell steps are refused unless the run allows them: review the commands, then pass `--allow-shell`";
+
+/// Awaits `work` unless the run is cancelled first.
+pub(crate) async fn cancellable<T>(cx: &Context, work: impl Future<Output = T>) -> Result<T, StepError> {
+    tokio::select! {
+        value = work => Ok(value),
+        () = cx.cancel.cancelled() => Err(StepError::Cancelled),
+    }
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let start = text.len().saturating_sub(OUTPUT_TAIL);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    text[start..].trim_end().to_owned()
+}
+
+/// Runs `command` with the environment and working directory of `run`.
+pub(crate) async fn shell(command: &[String], run: &ShellRun, cx: &Context) -> Result<Value, StepError> {
+    if !cx.policy.allow_shell {
+        return Err(StepError::Refused(SHELL_REFUSED.to_owned()));
+    }
+    let Some((program, args)) = command.split_first() else {
+        return Err(StepError::Refused("empty command".to_owned()));
+    };
+    let mut process = tokio::process::Command::new(program);
+    process
+        .args(args)
+        .current_dir(cx.policy.base_dir.join(run.workdir.as_deref().unwrap_or(".")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env("HANDOFF_RUN_ID", &cx.run_id)
+        .env("HANDOFF_PHASE", &cx.phase)
+        .env("HANDOFF_STEP", &cx.step);
+    for (name, value) in &run.env {
+        let value = expand_env(value).map_err(|e| StepError::Refused(format!("env `{name}`: {e}")))?;
+        process.env(name, value);
+    }
+    let child = process.spawn().map_err(|e| StepError::Failed(format!("cannot start `{program}`: {e}")))?;
+    let output = cancellable(cx, child.wait_with_output())
+        .await?
+        .map_err(|e| StepError::Failed(format!("`{program}` failed: {e}")))?;
+    let code = output.status.code();
+    let result = json!({ "exit": code, "stdout": tail(&output.stdout), "stderr": tail(&output.stderr) });
+    if code == Some(run.expect_exit) {
+        Ok(result)
+    } else {
+        let how = code.map_or_else(|| "was killed by a signal".to_owned(), |c| format!("exited with {c}"));
+        let stderr = tail(&output.stderr);
+        let last = stderr.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
+        Err(StepError::Failed(format!("`{program}` {how}, expected {}{last}", run.expect_exit)))
+    }
+}
+
+fn method(method: HttpMethod) -> &'static str {
+    match method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Post => "POST",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Patch => "PATCH",
+        HttpMethod::Delete => "DELETE",
+    }
+}
+
+/// Checks one answer against the expected status and JSON fields.
+fn judge(response: &http::Response, status: u16, expect: &std::collections::BTreeMap<String, Value>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if response.status != status {
+        problems.push(format!("status {} (expected {status}): {}", response.status, response.excerpt));
+    }
+    problems.extend(http::mismatches(response.json.as_ref(), expect.clone()));
+    problems
+}
+
+pub(crate) async fn http_request(request: &HttpRequest, cx: &Context) -> Result<Value, StepError> {
+    let send = Request {
+        method: method(request.method).to_owned(),
+        url: request.url.clone(),
+        headers: request.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        body: request.body.clone(),
+        timeout: HTTP_TIMEOUT,
+    };
+    let response = cancellable(cx, send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
+    let problems = judge(&response, request.expect_status, &request.expect_json);
+    if problems.is_empty() {
+        Ok(json!({ "status": response.status, "body": response.json }))
+    } else {
+        Err(StepError::Failed(format!("{} {}: {}", method(request.method), request.url, problems.join("; "))))
+    }
+}
+
+pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Value, StepError> {
+    let interval = health.interval.as_ref().map_or(Duration::from_secs(5), |i| i.get());
+    let started = cx.clock.now();
+    let mut polls = 0u32;
+    loop {
+        polls += 1;
+        let last = match cancellable(cx, Request::get(&health.url, HTTP_TIMEOUT).send()).await? {
+            Ok(response) => {
+                let problems = judge(&response, health.expect_status, &health.expect_json);
+                if problems.is_empty() {
+                    return Ok(json!({ "status": response.status, "polls": polls }));
+                }
+                problems.join("; ")
+            }
+            Err(error) => error.to_string(),
+        };
+        let waited = cx.clock.now().duration_since(started).unsigned_abs();
+        if waited >= health.within.get() {
+            return Err(StepError::Failed(format!(
+                "{} not healthy within {} ({polls} polls); last: {last}",
+                health.url, health.within
+            )));
+        }
+        cx.progress(&format!("not healthy yet: {last}"), None);
+        cancellable(cx, cx.clock.sleep(interval)).await?;
+    }
+}
+
+pub(crate) async fn notify(webhook: &NotifyWebhook, cx: &Context) -> Result<Value, StepError> {
+    let status = if cx.rolling_back { "rolling back" } else { "in progress" };
+    let text = webhook
+        .message
+        .replace("{{ plan }}", &cx.plan)
+        .replace("{{ phase }}", &cx.phase)
+        .replace("{{ status }}", status);
+    if cx.policy.simulation {
+        // A simulation tells nobody: the message is kept in the report instead.
+        return Ok(json!({ "text": text, "sent": false }));
+    }
+    let send = Request {
+        method: "POST".to_owned(),
+        url: webhook.url.clone(),
+        headers: Vec::new(),
+        body: Some(json!({ "text": text })),
+        timeout: HTTP_TIMEOUT,
+    };
+    let response = cancellable(cx, send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
+    if (200..300).contains(&response.status) {
+        Ok(json!({ "text": text, "sent": true }))
+    } else {
+        Err(StepError::Failed(format!("webhook {} answered {}: {}", webhook.url, response.status, response.excerpt)))
+    }
+}

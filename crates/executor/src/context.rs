@@ -1,0 +1,174 @@
+//! What a running step can reach: endpoints, the clock, its checkpoint, the metrics sink,
+//! decisions made by people, and cancellation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+
+/// Where a running step reports to; implemented by the engine, which makes every report
+/// durable before it counts.
+pub trait Sink: Send + Sync {
+    /// Persists a checkpoint of the step; a resumed step starts from the last one.
+    fn checkpoint(&self, phase: &str, step: &str, data: &Value) -> std::io::Result<()>;
+
+    /// Records a metric value the step measured.
+    fn metric(&self, phase: &str, step: &str, name: &str, value: f64);
+
+    /// Reports progress (`fraction` in 0..=1 when known).
+    fn progress(&self, phase: &str, step: &str, message: &str, fraction: Option<f64>);
+
+    /// What a person decided about `key` (`<phase>/<step>` for a step), if anything.
+    fn decision(&self, key: &str) -> Option<Decision>;
+}
+
+/// A person's decision on an approval or confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// Approved (true) or rejected (false).
+    pub approved: bool,
+    /// Who decided.
+    pub by: String,
+    /// Why, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// What the run allows and where it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `shell.run` steps may run (the plan run was started with `--allow-shell`).
+    pub allow_shell: bool,
+    /// The run is a simulation against a sandbox.
+    pub simulation: bool,
+    /// Directory of the plan file; relative paths in parameters start here.
+    pub base_dir: PathBuf,
+}
+
+/// Named endpoints of the environment a run targets. Values may hold secrets: they are
+/// never logged, and errors name the endpoint, not its value.
+#[derive(Clone, Default)]
+pub struct Endpoints(BTreeMap<String, String>);
+
+impl Endpoints {
+    /// Endpoints with their final (resolved) values.
+    pub fn new(values: BTreeMap<String, String>) -> Endpoints {
+        Endpoints(values)
+    }
+
+    /// The resolved value of an endpoint.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Endpoint names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// A `${NAME}` reference to an unset environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable `{0}` is not set; export it before running (its value is never printed)")]
+pub struct UnsetVariable(pub String);
+
+/// Replaces every `${NAME}` in `text` with the value of the environment variable `NAME`.
+///
+/// The result may hold secrets; callers keep the template for messages.
+pub fn expand_env(text: &str) -> Result<String, UnsetVariable> {
+    expand_with(text, |name| std::env::var(name).ok())
+}
+
+/// [`expand_env`] with a custom variable lookup.
+pub fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, UnsetVariable> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start + 2..].find('}') else { break };
+        let name = &rest[start + 2..start + 2 + len];
+        out.push_str(&rest[..start]);
+        out.push_str(&lookup(name).ok_or_else(|| UnsetVariable(name.to_owned()))?);
+        rest = &rest[start + 3 + len..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Everything a running step can reach.
+#[derive(Clone)]
+pub struct Context {
+    /// Name of the plan (`metadata.name`).
+    pub plan: String,
+    /// Id of the run.
+    pub run_id: String,
+    /// Phase of the step.
+    pub phase: String,
+    /// Id of the step.
+    pub step: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The step runs as part of its phase's rollback.
+    pub rolling_back: bool,
+    /// The run's clock (virtual in simulation).
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled when the run stops (Ctrl-C, a failed sibling, a rollback).
+    pub cancel: CancellationToken,
+    /// The step's last checkpoint, when it is resumed.
+    pub checkpoint: Option<Value>,
+    /// The environment's endpoints.
+    pub endpoints: Arc<Endpoints>,
+    /// What the run allows.
+    pub policy: Arc<Policy>,
+    /// Where reports go.
+    pub sink: Arc<dyn Sink>,
+}
+
+impl Context {
+    /// Persists a checkpoint; returns only once it is durable.
+    pub fn save_checkpoint(&self, data: &Value) -> std::io::Result<()> {
+        self.sink.checkpoint(&self.phase, &self.step, data)
+    }
+
+    /// Records a metric value.
+    pub fn emit(&self, name: &str, value: f64) {
+        self.sink.metric(&self.phase, &self.step, name, value);
+    }
+
+    /// Reports progress.
+    pub fn progress(&self, message: &str, fraction: Option<f64>) {
+        self.sink.progress(&self.phase, &self.step, message, fraction);
+    }
+
+    /// What a person decided about this step, if anything.
+    pub fn decision(&self) -> Option<Decision> {
+        self.sink.decision(&format!("{}/{}", self.phase, self.step))
+    }
+
+    /// The key people use to decide about this step (`handoff approve … <key>`).
+    pub fn decision_key(&self) -> String {
+        format!("{}/{}", self.phase, self.step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_references_and_names_the_missing_one() {
+        let lookup = |name: &str| (name == "USER").then(|| "ada".to_owned());
+        assert_eq!(expand_with("mongodb://${USER}@h/${USER}", lookup).unwrap(), "mongodb://ada@h/ada");
+        assert_eq!(expand_with("no refs ${", lookup).unwrap(), "no refs ${");
+        assert_eq!(expand_with("${PASS}", lookup).unwrap_err().0, "PASS");
+    }
+}

@@ -1,0 +1,421 @@
+//! Out-of-process executors.
+//!
+//! Any executable `handoff-executor-<name>` on `PATH` is an executor called `<name>`. handoff
+//! starts it once per request, writes one JSON line to its stdin and closes it, then reads
+//! JSON lines from its stdout until a final message. The protocol is documented in
+//! `docs/plugins.md`; `examples/plugins/handoff-executor-flags` is a complete plugin in
+//! Python.
+//!
+//! Architecture invariant: a plugin is only ever reached through this crate's [`Plugin`],
+//! which implements the same `Executor` trait as the built-in executors.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use handoff_executor::{Action, BoxFuture, Call, Compensation, Context, Executor, StepError};
+use handoff_plan::Effect;
+use handoff_plan::lint::{ParamIssue, Site};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Version of the protocol this release speaks.
+pub const PROTOCOL: u32 = 1;
+
+/// Prefix of plugin executables.
+pub const PREFIX: &str = "handoff-executor-";
+
+/// How long `describe` and `validate` may take.
+const QUICK: Duration = Duration::from_secs(10);
+
+/// Errors finding or describing plugins.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The program could not be run.
+    #[error("{path}: cannot run: {source}")]
+    Spawn {
+        /// The program.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// It did not answer in time.
+    #[error("{path}: no answer to `{request}` within {}s", QUICK.as_secs())]
+    Timeout {
+        /// The program.
+        path: PathBuf,
+        /// The request.
+        request: String,
+    },
+    /// Its answer is not what the protocol says.
+    #[error("{path}: bad answer to `{request}`: {message}")]
+    Protocol {
+        /// The program.
+        path: PathBuf,
+        /// The request.
+        request: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Description {
+    r#type: String,
+    name: String,
+    summary: String,
+    actions: Vec<ActionDescription>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionDescription {
+    name: String,
+    summary: String,
+    effect: String,
+    #[serde(default = "yes")]
+    idempotent: bool,
+    #[serde(default)]
+    resumable: bool,
+    #[serde(default)]
+    emits: Vec<String>,
+    params: Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One message from a running plugin.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Message {
+    Progress {
+        message: String,
+        #[serde(default)]
+        fraction: Option<f64>,
+    },
+    Metric {
+        name: String,
+        value: f64,
+    },
+    Checkpoint {
+        data: Value,
+    },
+    Done {
+        #[serde(default)]
+        output: Value,
+        #[serde(default)]
+        compensation: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    Failed {
+        message: String,
+        #[serde(default = "yes")]
+        retryable: bool,
+    },
+    NeedsDecision {
+        prompt: String,
+    },
+}
+
+/// An out-of-process executor.
+pub struct Plugin {
+    path: PathBuf,
+    name: &'static str,
+    summary: &'static str,
+    actions: &'static [Action],
+}
+
+/// Leaks a string: plugin descriptions live as long as the process, like built-in ones.
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+/// Runs `path` with one request line; returns its stdout lines (for quick requests).
+fn ask(path: &Path, request: &Value) -> Result<Vec<String>, PluginError> {
+    let name = request["request"].as_str().unwrap_or_default().to_owned();
+    let mut child = std::process::Command::new(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| PluginError::Spawn { path: path.to_owned(), source })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A plugin that exits without reading gets a broken pipe; its answer tells.
+        let _ = writeln!(stdin, "{request}");
+    }
+    let stdout = child.stdout.take();
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> =
+            stdout.map(|s| BufReader::new(s).lines().map_while(Result::ok).collect()).unwrap_or_default();
+        let _ = send.send(lines);
+    });
+    let lines = receive.recv_timeout(QUICK);
+    let _ = child.kill();
+    let _ = child.wait();
+    lines.map_err(|_| PluginError::Timeout { path: path.to_owned(), request: name })
+}
+
+fn effect(name: &str) -> Option<Effect> {
+    Some(match name {
+        "observe" => Effect::Observe,
+        "change" => Effect::Change,
+        "backup" => Effect::Backup,
+        "destroy" => Effect::Destroy,
+        _ => return None,
+    })
+}
+
+impl Plugin {
+    /// Asks the program at `path` to describe itself.
+    pub fn describe(path: &Path) -> Result<Plugin, PluginError> {
+        let protocol =
+            |message: String| PluginError::Protocol { path: path.to_owned(), request: "describe".to_owned(), message };
+        let lines = ask(path, &json!({ "protocol": PROTOCOL, "request": "describe" }))?;
+        let line = lines.iter().rev().find(|l| !l.trim().is_empty()).ok_or_else(|| protocol("no output".to_owned()))?;
+        let description: Description = serde_json::from_str(line).map_err(|e| protocol(e.to_string()))?;
+        let expected =
+            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(PREFIX)).unwrap_or_default();
+        if description.r#type != "describe" || description.name != expected {
+            return Err(protocol(format!(
+                "expected {{\"type\": \"describe\", \"name\": \"{expected}\", …}}, got type `{}` name `{}`",
+                description.r#type, description.name
+            )));
+        }
+        let mut actions = Vec::new();
+        for action in description.actions {
+            let effect = effect(&action.effect).ok_or_else(|| {
+                protocol(format!(
+                    "action `{}`: effect `{}` is not observe, change, backup or destroy",
+                    action.name, action.effect
+                ))
+            })?;
+            let params: &'static Value = Box::leak(Box::new(action.params));
+            let mut declared = Action::declared(leak(action.name), leak(action.summary), effect, params);
+            if !action.idempotent {
+                declared = declared.not_idempotent();
+            }
+            if action.resumable {
+                declared = declared.resumable();
+            }
+            let emits: Vec<&'static str> = action.emits.into_iter().map(leak).collect();
+            declared = declared.emitting(Box::leak(emits.into_boxed_slice()));
+            actions.push(declared);
+        }
+        Ok(Plugin {
+            path: path.to_owned(),
+            name: leak(description.name),
+            summary: leak(description.summary),
+            actions: Box::leak(actions.into_boxed_slice()),
+        })
+    }
+
+    /// Every `handoff-executor-*` program in the directories of `path` (a `PATH`-style
+    /// list), described; the first of a name wins. Programs that fail to describe
+    /// themselves are returned as errors beside the plugins that work.
+    pub fn discover(path: &std::ffi::OsStr) -> (Vec<Plugin>, Vec<PluginError>) {
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut plugins, mut errors) = (Vec::new(), Vec::new());
+        for dir in std::env::split_paths(path) {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(PREFIX) && n.len() > PREFIX.len())
+                })
+                .filter(|p| is_executable(p))
+                .collect();
+            found.sort();
+            for program in found {
+                let name = program.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                if !seen.insert(name) {
+                    continue;
+                }
+                match Plugin::describe(&program) {
+                    Ok(plugin) => plugins.push(plugin),
+                    Err(error) => errors.push(error),
+                }
+            }
+        }
+        (plugins, errors)
+    }
+
+    /// Where the program is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a request that streams messages; returns the final one.
+    async fn stream(&self, request: Value, cx: &Context) -> Result<Message, StepError> {
+        let failed = |message: String| StepError::Failed(format!("{}: {message}", self.path.display()));
+        let mut child = tokio::process::Command::new(&self.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let mut line = request.to_string();
+            line.push('\n');
+            let _ = stdin.write_all(line.as_bytes()).await;
+        }
+        let stderr = child.stderr.take().map(|s| {
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(s).lines();
+                let mut tail = std::collections::VecDeque::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target: "handoff::plugin", "{line}");
+                    if tail.len() == 5 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+                Vec::from(tail).join("\n")
+            })
+        });
+        let Some(stdout) = child.stdout.take() else { return Err(failed("no stdout".to_owned())) };
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let last = loop {
+            let line = tokio::select! {
+                line = lines.next_line() => line.map_err(|e| failed(e.to_string()))?,
+                () = cx.cancel.cancelled() => {
+                    let _ = child.kill().await;
+                    return Err(StepError::Cancelled);
+                }
+            };
+            let Some(line) = line else { break None };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let message: Message =
+                serde_json::from_str(&line).map_err(|e| failed(format!("not a protocol message ({e}): {line}")))?;
+            match message {
+                Message::Progress { message, fraction } => cx.progress(&message, fraction),
+                Message::Metric { name, value } => cx.emit(&name, value),
+                Message::Checkpoint { data } => cx.save_checkpoint(&data).map_err(|e| failed(e.to_string()))?,
+                final_message => break Some(final_message),
+            }
+        };
+        let status = child.wait().await.map_err(|e| failed(e.to_string()))?;
+        let stderr = match stderr {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        last.ok_or_else(|| failed(format!("exited ({status}) without a final message; stderr: {stderr}")))
+    }
+
+    fn request(&self, kind: &str, call: Call<'_>, cx: &Context) -> Value {
+        json!({
+            "protocol": PROTOCOL,
+            "request": kind,
+            "action": call.action,
+            "with": call.with,
+            "context": {
+                "plan": cx.plan,
+                "run": cx.run_id,
+                "phase": cx.phase,
+                "step": cx.step,
+                "attempt": cx.attempt,
+                "rolling_back": cx.rolling_back,
+                "simulation": cx.policy.simulation,
+                "base_dir": cx.policy.base_dir,
+                "checkpoint": cx.checkpoint,
+                "endpoints": cx.endpoints.names().map(|n| (n.to_owned(), Value::from(cx.endpoints.get(n)))).collect::<serde_json::Map<_, _>>(),
+            }
+        })
+    }
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl Executor for Plugin {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn summary(&self) -> &'static str {
+        self.summary
+    }
+
+    fn actions(&self) -> &'static [Action] {
+        self.actions
+    }
+
+    fn check(&self, action: &str, with: &Value, _: &Site<'_>) -> Vec<ParamIssue> {
+        let request = json!({ "protocol": PROTOCOL, "request": "validate", "action": action, "with": with });
+        let answer = ask(&self.path, &request).and_then(|lines| {
+            let line = lines.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+            #[derive(Deserialize)]
+            struct Issue {
+                #[serde(default)]
+                pointer: String,
+                message: String,
+            }
+            #[derive(Deserialize)]
+            struct Validated {
+                issues: Vec<Issue>,
+            }
+            serde_json::from_str::<Validated>(&line)
+                .map_err(|e| PluginError::Protocol {
+                    path: self.path.clone(),
+                    request: "validate".to_owned(),
+                    message: e.to_string(),
+                })
+                .map(|v| v.issues.into_iter().map(|i| ParamIssue::invalid(i.pointer, i.message)).collect())
+        });
+        answer.unwrap_or_else(|error| {
+            vec![ParamIssue::invalid("", format!("the plugin could not check this step: {error}"))]
+        })
+    }
+
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(async move {
+            match self.stream(self.request("execute", call, cx), cx).await? {
+                Message::Done { output, .. } => Ok(output),
+                Message::Failed { message, retryable: true } => Err(StepError::Failed(message)),
+                Message::Failed { message, retryable: false } => Err(StepError::Refused(message)),
+                Message::NeedsDecision { prompt } => Err(StepError::NeedsDecision { key: cx.decision_key(), prompt }),
+                other => Err(StepError::Failed(format!("unexpected final message {other:?}"))),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: Call<'a>,
+        output: &'a Value,
+        cx: &'a Context,
+    ) -> BoxFuture<'a, Result<Compensation, StepError>> {
+        Box::pin(async move {
+            let mut request = self.request("compensate", call, cx);
+            request["output"] = output.clone();
+            match self.stream(request, cx).await? {
+                Message::Done { compensation, message, .. } => Ok(match compensation.as_deref() {
+                    Some("not_needed") => Compensation::NotNeeded,
+                    Some("left_to_rollback") => Compensation::LeftToRollback,
+                    _ => Compensation::Undone(message.unwrap_or_else(|| "undone by the plugin".to_owned())),
+                }),
+                Message::Failed { message, .. } => Err(StepError::Failed(message)),
+                other => Err(StepError::Failed(format!("unexpected final message {other:?}"))),
+            }
+        })
+    }
+}

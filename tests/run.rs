@@ -1,0 +1,387 @@
+//! End-to-end tests of execution through the real binary: `run`, `resume`, `approve`,
+//! `abort`, `status`, `plan show`; crashes by SIGKILL at many points; lock contention
+//! between processes; the example plugin. HTTP metrics and health checks talk to a real
+//! HTTP server (Python's `http.server`).
+
+mod support;
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::{handoff, handoff_with, root, transcript};
+
+/// A real HTTP server on a free port, serving a directory.
+struct HttpServer {
+    child: Child,
+    url: String,
+}
+
+impl HttpServer {
+    fn serve(dir: &Path) -> HttpServer {
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line.split_whitespace().skip_while(|w| *w != "port").nth(1).expect("a port").to_owned();
+        HttpServer { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A workspace for the settings example: data files, a served directory, a state dir.
+struct Settings {
+    dir: tempfile::TempDir,
+    server: HttpServer,
+}
+
+impl Settings {
+    fn new(metrics: &str) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["www", "data", "state"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("www/health.json"), r#"{"status": "ok"}"#).unwrap();
+        std::fs::write(dir.path().join("www/metrics.json"), metrics).unwrap();
+        std::fs::write(dir.path().join("data/monolith.json"), r#"{"tenant-1": {"theme": "dark"}}"#).unwrap();
+        let server = HttpServer::serve(&dir.path().join("www"));
+        Settings { dir, server }
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let state = self.path("state");
+        let mut all = args.to_vec();
+        all.extend(["--env", "local", "--state-dir", state.to_str().unwrap()]);
+        handoff_with(
+            &all,
+            &[("SETTINGS_URL", OsStr::new(&self.server.url)), ("SETTINGS_DIR", self.path("data").as_os_str())],
+        )
+    }
+
+    /// A transcript without the run id, digest, temp paths and wall-clock noise.
+    fn clean(&self, output: &std::process::Output) -> String {
+        let text = transcript(output).replace(self.dir.path().to_str().unwrap(), "<tmp>");
+        text.lines()
+            .map(|l| {
+                let l = match l.find("run 2") {
+                    Some(at) => format!(
+                        "{}run <id>{}",
+                        &l[..at],
+                        &l[at + 4..].split_once(':').map(|(_, r)| format!(":{r}")).unwrap_or_default()
+                    ),
+                    None => l.to_owned(),
+                };
+                match l.find("sha256:") {
+                    Some(at) => format!("{}sha256:…)", &l[..at]),
+                    None => l,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+const SETTINGS: &str = "plans/examples/settings-handoff.yaml";
+
+#[test]
+fn the_settings_plan_runs_end_to_end_with_decisions_by_people() {
+    let settings = Settings::new(r#"{"error_rate": 0.2, "stale_reads": 0}"#);
+    let mut steps = Vec::new();
+    let first = settings.run(&["run", SETTINGS, "--allow-shell", "--clock", "virtual"]);
+    steps.push(format!("$ handoff run\n{}", settings.clean(&first)));
+    for key in ["switch-writes/confirm-owner", "switch-writes/no-lost-settings", "switch-writes/approval-1"] {
+        let approve = settings.run(&["approve", SETTINGS, key, "--by", "ada"]);
+        steps.push(format!("$ handoff approve {key}\n{}", settings.clean(&approve)));
+        let resume = settings.run(&["resume", SETTINGS, "--allow-shell", "--clock", "virtual"]);
+        steps.push(format!("$ handoff resume\n{}", settings.clean(&resume)));
+    }
+    let status = settings.run(&["status", SETTINGS]);
+    steps.push(format!(
+        "$ handoff status\n{}",
+        settings.clean(&status).lines().filter(|l| !l.contains("started ")).collect::<Vec<_>>().join("\n")
+    ));
+    insta::assert_snapshot!("settings_end_to_end", steps.join("\n\n"));
+    assert_eq!(std::fs::read_to_string(settings.path("data/read-owner")).unwrap().trim(), "service");
+    assert!(settings.path("data/monolith.frozen").exists());
+}
+
+#[test]
+fn a_failed_criterion_compensates_the_phase_and_runs_its_rollback_within_budget() {
+    let settings = Settings::new(r#"{"error_rate": 3, "stale_reads": 0}"#);
+    let output = settings.run(&["run", SETTINGS, "--allow-shell", "--clock", "virtual"]);
+    insta::assert_snapshot!("settings_rollback", settings.clean(&output));
+    assert_eq!(output.status.code(), Some(3));
+    assert!(!settings.path("data/service.json").exists(), "the copy was undone");
+    assert!(!settings.path("data/snapshots/before.json").exists(), "the snapshot was undone");
+    assert_eq!(std::fs::read_to_string(settings.path("data/rollbacks.log")).unwrap(), "copy rolled back\n");
+    // The run ended: resuming it is refused, and says what to do.
+    let resume = settings.run(&["resume", SETTINGS, "--allow-shell"]);
+    assert_eq!(resume.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&resume.stderr);
+    assert!(stderr.contains("already ended (rolled back); start a new one"), "{stderr}");
+}
+
+#[test]
+fn shell_steps_are_refused_unless_allowed_and_a_missing_variable_is_named() {
+    let settings = Settings::new(r#"{"error_rate": 0, "stale_reads": 0}"#);
+    let refused = settings.run(&["run", SETTINGS, "--clock", "virtual"]);
+    insta::assert_snapshot!("shell_refused", settings.clean(&refused));
+    assert!(std::fs::read_dir(settings.path("data")).unwrap().count() == 1, "nothing ran");
+
+    let unset = handoff(&["run", SETTINGS, "--env", "local"]);
+    assert_eq!(unset.status.code(), Some(2));
+    insta::assert_snapshot!("missing_variable", transcript(&unset));
+    let unknown = handoff(&["run", SETTINGS, "--env", "prod"]);
+    insta::assert_snapshot!("unknown_environment", transcript(&unknown));
+}
+
+#[test]
+fn plans_with_steps_that_cannot_execute_yet_are_refused_before_anything_runs() {
+    let state = tempfile::tempdir().unwrap();
+    let output =
+        handoff(&["run", "plans/menu-service.yaml", "--env", "staging", "--state-dir", state.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`mongo.copy` cannot execute in this release"), "{stderr}");
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0, "nothing was written");
+}
+
+#[test]
+fn plan_show_prints_the_graph_as_text_and_mermaid() {
+    for plan in ["plans/menu-service.yaml", SETTINGS] {
+        let name = Path::new(plan).file_stem().unwrap().to_str().unwrap().to_owned();
+        let text = handoff(&["plan", "show", plan]);
+        assert_eq!(text.status.code(), Some(0), "{}", transcript(&text));
+        insta::assert_snapshot!(format!("show_{name}"), String::from_utf8_lossy(&text.stdout));
+        let mermaid = handoff(&["plan", "show", plan, "--format", "mermaid"]);
+        insta::assert_snapshot!(format!("show_{name}_mermaid"), String::from_utf8_lossy(&mermaid.stdout));
+    }
+}
+
+/// Starts `handoff ARGS` in the background.
+fn spawn(args: &[&str], work: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(args)
+        .current_dir(root())
+        .env("WORK", work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The event log of the only run under `state`.
+fn events(state: &Path) -> Vec<serde_json::Value> {
+    let runs = state.join("crash/local/runs");
+    let Some(run) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()).and_then(Result::ok) else {
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(run.path().join("events.jsonl")).unwrap_or_default();
+    // A line being written may be torn; only whole lines count.
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn step_key(event: &serde_json::Value) -> String {
+    format!("{}/{}", event["phase"].as_str().unwrap_or_default(), event["step"].as_str().unwrap_or_default())
+}
+
+#[test]
+fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let plan = "tests/fixtures/run/crash.yaml";
+    let mut kills = 0;
+    let mut interrupted_steps = std::collections::BTreeSet::new();
+    let mut finished_before_kill = std::collections::BTreeMap::<String, usize>::new();
+    let mut target = 3;
+    let mut first = true;
+    let mut finished = 0;
+    let mut killed = Vec::new();
+    loop {
+        let verb = if first { "run" } else { "resume" };
+        first = false;
+        let mut child = spawn(&[verb, plan, "--env", "local", "--state-dir", state_arg, "--allow-shell"], work.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ended = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if events(&state).len() >= target {
+                break None;
+            }
+            assert!(Instant::now() < deadline, "handoff {verb} hung");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match ended {
+            Some(status) => {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+                assert_eq!(status.code(), Some(0), "the last resume completes; stderr: {stderr}");
+                break;
+            }
+            None => {
+                kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+                child.wait().unwrap();
+                killed.push(serde_json::Value::from(child.id()));
+                kills += 1;
+                // What the log says at the moment of the kill.
+                let log = events(&state);
+                if log.iter().any(|e| e["event"] == "run_finished") {
+                    break; // killed after the run had ended: nothing to resume
+                }
+                let runs = std::fs::read_to_string(work.path().join("runs.log")).unwrap_or_default();
+                for event in &log {
+                    if event["event"] == "step_finished" {
+                        finished_before_kill.entry(step_key(event)).or_insert(runs.lines().count());
+                    }
+                }
+                for event in log.iter().filter(|e| e["event"] == "step_started") {
+                    let key = step_key(event);
+                    if !log.iter().any(|e| e["event"] == "step_finished" && step_key(e) == key) {
+                        interrupted_steps.insert(key);
+                    }
+                }
+                // Kill again after 2 to 5 more records; when a resume made no progress
+                // (it records itself and starts a group's steps before any finishes), give
+                // the next one room to finish a step.
+                let now_finished = log.iter().filter(|e| e["event"] == "step_finished").count();
+                target = log.len() + if now_finished == finished { 6 } else { 2 + kills % 4 };
+                finished = now_finished;
+            }
+        }
+    }
+    assert!(kills >= 10, "the run was killed at {kills} points only");
+    let runs = std::fs::read_to_string(work.path().join("runs.log")).unwrap();
+    let executions: Vec<&str> = runs.lines().collect();
+    let steps = [
+        "one/a", "one/b", "one/c", "one/d", "two/a2", "two/b2", "two/c2", "two/d2", "three/a3", "three/b3", "three/c3",
+        "three/d3", "four/a4", "four/b4", "four/c4", "four/d4",
+    ];
+    for step in steps {
+        let marker = work.path().join("effects").join(step.replace('/', "-"));
+        assert!(marker.is_dir(), "the effect of {step} is missing");
+        let count = executions.iter().filter(|l| **l == step).count();
+        assert!(count >= 1, "{step} never ran");
+        if count > 1 {
+            assert!(interrupted_steps.contains(step), "{step} ran {count} times but was never interrupted mid-run");
+        }
+        // A step that finished before a kill never ran again after it.
+        if let Some(&seen) = finished_before_kill.get(step) {
+            assert!(!executions[seen..].contains(&step), "{step} ran again after it finished");
+        }
+    }
+    assert!(
+        executions.len() - steps.len() <= kills,
+        "{} extra executions for {kills} kills",
+        executions.len() - steps.len()
+    );
+    let status = handoff(&["status", plan, "--env", "local", "--state-dir", state_arg, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["status"], "completed");
+    // The lock is released, or left by a process killed after the run ended.
+    assert!(status["lock"].is_null() || killed.contains(&status["lock"]["pid"]), "{}", status["lock"]);
+}
+
+#[test]
+fn two_processes_cannot_both_hold_the_lock() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let plan = work.path().join("slow.yaml");
+    let text = std::fs::read_to_string(root().join("tests/fixtures/run/crash.yaml"))
+        .unwrap()
+        .replace("sleep 0.03", "sleep 30");
+    std::fs::write(&plan, text).unwrap();
+    let plan_arg = plan.to_str().unwrap();
+    let args = ["run", plan_arg, "--env", "local", "--state-dir", state_arg, "--allow-shell"];
+    let mut first = spawn(&args, work.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events(&state).iter().any(|e| e["event"] == "step_started") {
+        assert!(Instant::now() < deadline, "the first run did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = handoff_with(&args, &[("WORK", work.path().as_os_str())]);
+    assert_eq!(second.status.code(), Some(6), "{}", transcript(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("the plan is locked by") && stderr.contains("--force-unlock"), "{stderr}");
+    let resume = handoff_with(
+        &["resume", plan_arg, "--env", "local", "--state-dir", state_arg, "--allow-shell"],
+        &[("WORK", work.path().as_os_str())],
+    );
+    assert_eq!(resume.status.code(), Some(6), "resume is locked out too: {}", transcript(&resume));
+
+    // SIGTERM: the first run stops cleanly, records why, and releases the lock.
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    let log = events(&state);
+    assert_eq!(log.last().unwrap()["event"], "interrupted");
+    let status = handoff(&["status", plan_arg, "--env", "local", "--state-dir", state_arg]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains(": interrupted") && text.contains("not locked"), "{text}");
+}
+
+#[test]
+fn the_example_plugin_validates_runs_and_compensates() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = root().join("examples/plugins");
+    let path =
+        std::env::join_paths(std::iter::once(plugins).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())))
+            .unwrap();
+    let env = [("PATH", path.as_os_str()), ("WORK", work.path().as_os_str())];
+    let listed = handoff_with(&["executors"], &env);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("flags.set"), "{}", transcript(&listed));
+
+    let plan = work.path().join("flags.yaml");
+    let write = |text: &str| {
+        std::fs::write(&plan, format!("{}{text}", "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: flags}\nenvironments: {local: {endpoints: {}}}\n")).unwrap()
+    };
+    write(
+        "phases:\n  - {id: one, name: One, steps: [{id: s, uses: flags.set, with: {file: flags.json, flag: Menu Reads, value: new}}], rollback: {max_duration: 1m, steps: []}}\n",
+    );
+    let invalid = handoff_with(&["validate", plan.to_str().unwrap()], &env);
+    insta::assert_snapshot!("plugin_invalid", transcript(&invalid).replace(work.path().to_str().unwrap(), "<tmp>"));
+
+    std::fs::write(work.path().join("flags.json"), r#"{"menu.reads": "old"}"#).unwrap();
+    write(
+        "phases:
+  - id: one
+    name: One
+    steps:
+      - {id: switch, uses: flags.set, with: {file: flags.json, flag: menu.reads, value: new}}
+      - {id: check, uses: flags.check, with: {file: flags.json, flag: menu.reads, value: new}}
+      - {id: fails, uses: flags.check, with: {file: flags.json, flag: menu.writes, value: new}}
+    rollback: {max_duration: 1m, steps: []}
+",
+    );
+    let state = work.path().join("state");
+    let run =
+        handoff_with(&["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap()], &env);
+    let text = transcript(&run);
+    assert_eq!(run.status.code(), Some(3), "{text}");
+    assert!(text.contains("↺ switch: undone: restored menu.reads"), "{text}");
+    let flags: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("flags.json")).unwrap()).unwrap();
+    assert_eq!(flags["menu.reads"], "old", "the rollback restored the flag");
+}
