@@ -115,6 +115,9 @@ fn the_settings_plan_runs_end_to_end_with_decisions_by_people() {
         let resume = settings.run(&["resume", SETTINGS, "--allow-shell", "--clock", "virtual"]);
         steps.push(format!("$ handoff resume\n{}", settings.clean(&resume)));
     }
+    let typo = settings.run(&["approve", SETTINGS, "switch-writes/aproval-1"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("is nothing this plan asks a person to decide"));
     let status = settings.run(&["status", SETTINGS]);
     steps.push(format!(
         "$ handoff status\n{}",
@@ -144,6 +147,8 @@ fn a_failed_criterion_compensates_the_phase_and_runs_its_rollback_within_budget(
 #[test]
 fn shell_steps_are_refused_unless_allowed_and_a_missing_variable_is_named() {
     let settings = Settings::new(r#"{"error_rate": 0, "stale_reads": 0}"#);
+    let dry = settings.run(&["run", SETTINGS, "--dry-run"]);
+    insta::assert_snapshot!("dry_run", settings.clean(&dry));
     let refused = settings.run(&["run", SETTINGS, "--clock", "virtual"]);
     insta::assert_snapshot!("shell_refused", settings.clean(&refused));
     assert!(std::fs::read_dir(settings.path("data")).unwrap().count() == 1, "nothing ran");

@@ -60,6 +60,9 @@ pub(crate) struct Exec {
     /// Real time, or virtual time that skips every wait (rehearsals).
     #[arg(long, value_enum, default_value_t = ClockArg::Real)]
     clock: ClockArg,
+    /// Print what each step would do, check the run would start, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Progress as text for people, or one JSON record per line for CI.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -194,7 +197,8 @@ async fn execute(command: Command, registry: &Registry, out: &mut dyn Write) -> 
         Command::Approve { .. } => (None, "approve"),
     };
     let graph = compile(&plan, registry, matches!(command, Command::Run { .. } | Command::Resume { .. }))?;
-    let endpoints = endpoints(&plan, &target.env)?;
+    // Deciding needs no endpoints (nor their secrets); running does.
+    let endpoints = if exec.is_some() { endpoints(&plan, &target.env)? } else { Endpoints::default() };
     let clock: Arc<dyn Clock> = match exec.map(|e| e.clock) {
         Some(ClockArg::Virtual) => Arc::new(VirtualClock::new()),
         _ => Arc::new(SystemClock),
@@ -211,6 +215,11 @@ async fn execute(command: Command, registry: &Registry, out: &mut dyn Write) -> 
     options.force_unlock = exec.and_then(|e| e.force_unlock.clone());
     options.command = std::env::args().collect::<Vec<_>>().join(" ");
     let engine = Engine::new(&graph, registry, store);
+    if let (Some(exec), Command::Run { .. }) = (exec, &command)
+        && exec.dry_run
+    {
+        return dry_run(&graph, &engine, &options, out);
+    }
     if let Command::Approve { key, decision, .. } = &command {
         let verb = if decision.approved { "approved" } else { "rejected" };
         return match engine.decide(&options, key, decision.clone()) {
@@ -261,6 +270,32 @@ async fn execute(command: Command, registry: &Registry, out: &mut dyn Write) -> 
     match result {
         Ok((run, outcome)) => printer.outcome(&run, &outcome),
         Err(error) => engine_error(error),
+    }
+}
+
+/// `handoff run --dry-run`: every step with what it would do, and what would be refused.
+fn dry_run(graph: &Graph, engine: &Engine<'_>, options: &RunOptions, out: &mut dyn Write) -> anyhow::Result<u8> {
+    writeln!(
+        out,
+        "dry run of {} in {} ({}); nothing is executed or recorded",
+        graph.plan.metadata.name, options.env, graph.digest
+    )?;
+    for phase in &graph.phases {
+        writeln!(out, "phase {}: {}", phase.id, phase.name)?;
+        for step in phase.stages.iter().flatten() {
+            writeln!(out, "  {} ({}): {}", step.id, step.uses(), step.describe)?;
+        }
+        for step in &phase.rollback {
+            writeln!(out, "  on rollback: {} ({}): {}", step.id, step.uses(), step.describe)?;
+        }
+    }
+    let refused = engine.preflight(options);
+    if refused.is_empty() {
+        writeln!(out, "the run would start")?;
+        Ok(EXIT_OK)
+    } else {
+        writeln!(out, "the run would refuse:\n{}", refused.join("\n"))?;
+        Ok(crate::EXIT_ERROR)
     }
 }
 

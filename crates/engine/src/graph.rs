@@ -241,6 +241,24 @@ impl Graph {
         self.phases.iter().flat_map(|p| p.stages.iter().flatten().chain(&p.rollback).map(move |s| (p.id.as_str(), s)))
     }
 
+    /// Every key a person can decide on (`handoff approve`): approval gates, steps,
+    /// criteria, a phase's alerts, points of no return.
+    pub fn decision_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for phase in &self.phases {
+            keys.extend(phase.approvals.iter().map(|(key, _)| key.clone()));
+            keys.extend(phase.stages.iter().flatten().chain(&phase.rollback).map(|s| format!("{}/{}", phase.id, s.id)));
+            keys.extend(phase.criteria.iter().map(|c| format!("{}/{}", phase.id, c.id)));
+            if !phase.alerts.is_empty() {
+                keys.push(format!("{}/alerts", phase.id));
+            }
+            if !phase.reversible {
+                keys.push(format!("{}/irreversible", phase.id));
+            }
+        }
+        keys
+    }
+
     /// The step with this id in a phase (forward or rollback).
     pub fn step(&self, phase: &str, step: &str) -> Option<&StepNode> {
         let phase = self.phases.iter().find(|p| p.id == phase)?;

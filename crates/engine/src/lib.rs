@@ -45,7 +45,9 @@ pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// There is no run of this plan in this environment.
-    #[error("no run of this plan in this environment yet (state in {0}); start one with `handoff run`")]
+    #[error(
+        "no run of this plan in this environment yet (looked in {0}); start one with `handoff run`, or pass the `--state-dir` it used"
+    )]
     NoRun(String),
     /// The latest run already ended.
     #[error("run {run} already ended ({status}); start a new one with `handoff run`")]
@@ -76,6 +78,14 @@ pub enum EngineError {
     /// The run's policy refuses some steps.
     #[error("the run would refuse these steps, so it does not start:\n{}", .0.join("\n"))]
     Refused(Vec<String>),
+    /// A decision key the plan does not have.
+    #[error("`{key}` is nothing this plan asks a person to decide; it asks about: {}", .known.join(", "))]
+    UnknownKey {
+        /// The key given.
+        key: String,
+        /// The keys the plan has.
+        known: Vec<String>,
+    },
     /// `--settle` named something that is not an interrupted step.
     #[error("--settle {0}: not a step that was running when the run stopped")]
     Settle(String),
@@ -172,7 +182,7 @@ impl<'e> Engine<'e> {
     }
 
     fn latest(&self) -> Result<(String, RunState), EngineError> {
-        let run = self.store.latest_run()?.ok_or_else(|| EngineError::NoRun(String::new()))?;
+        let run = self.store.latest_run()?.ok_or_else(|| EngineError::NoRun(self.store.location()))?;
         let state = RunState::replay(&self.store.load(&run)?);
         Ok((run, state))
     }
@@ -186,6 +196,19 @@ impl<'e> Engine<'e> {
         Ok((run, state))
     }
 
+    /// What the run's policy refuses, one line per reason with the steps it concerns
+    /// (empty when the run can start).
+    pub fn preflight(&self, options: &RunOptions) -> Vec<String> {
+        let mut refused = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (phase, step) in self.graph.steps() {
+            let Some(executor) = self.executors.find(&step.executor) else { continue };
+            if let Err(why) = executor.preflight(&step.action, &options.policy) {
+                refused.entry(why).or_default().push(format!("{phase}/{}", step.id));
+            }
+        }
+        refused.into_iter().map(|(why, steps)| format!("  {}: {why}", steps.join(", "))).collect()
+    }
+
     /// Takes the lock, runs `work`, heartbeats meanwhile, and always releases it.
     async fn locked<T>(
         &self,
@@ -194,17 +217,9 @@ impl<'e> Engine<'e> {
         reason: &Arc<Mutex<String>>,
         work: impl Future<Output = Result<T, EngineError>>,
     ) -> Result<T, EngineError> {
-        let mut refused = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for (phase, step) in self.graph.steps() {
-            let Some(executor) = self.executors.find(&step.executor) else { continue };
-            if let Err(why) = executor.preflight(&step.action, &options.policy) {
-                refused.entry(why).or_default().push(format!("{phase}/{}", step.id));
-            }
-        }
+        let refused = self.preflight(options);
         if !refused.is_empty() {
-            return Err(EngineError::Refused(
-                refused.into_iter().map(|(why, steps)| format!("  {}: {why}", steps.join(", "))).collect(),
-            ));
+            return Err(EngineError::Refused(refused));
         }
         let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
         let id = record.id.clone();
@@ -417,6 +432,10 @@ impl<'e> Engine<'e> {
         key: &str,
         decision: handoff_executor::Decision,
     ) -> Result<String, EngineError> {
+        let known = self.graph.decision_keys();
+        if !known.iter().any(|k| k == key) {
+            return Err(EngineError::UnknownKey { key: key.to_owned(), known });
+        }
         let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
         let id = record.id.clone();
         self.store.lock(&LockRequest { record, force_unlock: None })?;

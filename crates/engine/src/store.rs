@@ -122,6 +122,8 @@ pub struct LockRequest {
 
 /// Where runs of one plan in one environment keep their state.
 pub trait Store: Send + Sync {
+    /// Where the store keeps its state, for messages.
+    fn location(&self) -> String;
     /// Takes the lock; returns the lock that was taken over, if a stale one was.
     fn lock(&self, request: &LockRequest) -> Result<Option<LockRecord>, StoreError>;
     /// Refreshes the heartbeat; `false` when the lock is no longer ours.
@@ -209,6 +211,10 @@ fn sync_dir(path: &Path) -> Result<(), StoreError> {
 }
 
 impl Store for DirStore {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
     fn lock(&self, request: &LockRequest) -> Result<Option<LockRecord>, StoreError> {
         self.guarded(|path| {
             let current = read_lock(path)?;

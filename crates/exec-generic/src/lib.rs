@@ -169,6 +169,15 @@ impl Executor for Shell {
     fn executes(&self, _: &str) -> bool {
         true
     }
+    fn describe(&self, call: Call<'_>) -> String {
+        match parse::<ShellRun>(call) {
+            Ok(run) => {
+                let undo = run.undo.map(|u| format!("; undo: `{}`", u.join(" "))).unwrap_or_default();
+                format!("run `{}`, expect exit {}{undo}", run.command.join(" "), run.expect_exit)
+            }
+            Err(e) => e.to_string(),
+        }
+    }
     fn preflight(&self, _: &str, policy: &Policy) -> Result<(), String> {
         if policy.allow_shell { Ok(()) } else { Err(run::SHELL_REFUSED.to_owned()) }
     }
@@ -243,6 +252,18 @@ impl Executor for Http {
     fn executes(&self, _: &str) -> bool {
         true
     }
+    fn describe(&self, call: Call<'_>) -> String {
+        match call.action {
+            "request" => parse::<HttpRequest>(call).map_or_else(
+                |e| e.to_string(),
+                |r| format!("{} {}, expect status {}", run::method(r.method), r.url, r.expect_status),
+            ),
+            _ => parse::<HttpHealth>(call).map_or_else(
+                |e| e.to_string(),
+                |h| format!("poll {} until status {} (within {})", h.url, h.expect_status, h.within),
+            ),
+        }
+    }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
             match call.action {
@@ -279,6 +300,9 @@ impl Executor for Wait {
     fn executes(&self, _: &str) -> bool {
         true
     }
+    fn describe(&self, call: Call<'_>) -> String {
+        parse::<WaitSoak>(call).map_or_else(|e| e.to_string(), |w| format!("wait {}", w.duration))
+    }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
             let soak = parse::<WaitSoak>(call)?;
@@ -305,6 +329,9 @@ impl Executor for Gate {
     }
     fn executes(&self, _: &str) -> bool {
         true
+    }
+    fn describe(&self, call: Call<'_>) -> String {
+        parse::<GateManual>(call).map_or_else(|e| e.to_string(), |g| format!("ask a person: {}", g.prompt))
     }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
@@ -348,6 +375,9 @@ impl Executor for Notify {
     }
     fn executes(&self, _: &str) -> bool {
         true
+    }
+    fn describe(&self, call: Call<'_>) -> String {
+        parse::<NotifyWebhook>(call).map_or_else(|e| e.to_string(), |n| format!("post \"{}\" to {}", n.message, n.url))
     }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move { run::notify(&parse::<NotifyWebhook>(call)?, cx).await })

@@ -73,7 +73,7 @@ pub(crate) async fn shell(command: &[String], run: &ShellRun, cx: &Context) -> R
     }
 }
 
-fn method(method: HttpMethod) -> &'static str {
+pub(crate) fn method(method: HttpMethod) -> &'static str {
     match method {
         HttpMethod::Get => "GET",
         HttpMethod::Post => "POST",
