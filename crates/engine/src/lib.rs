@@ -264,6 +264,7 @@ impl<'e> Engine<'e> {
             clock: options.clock.clone(),
             policy: Arc::new(options.policy.clone()),
             endpoints,
+            resources: Arc::new(self.graph.plan.resources.clone()),
             cancel: cancel.clone(),
             confirm_irreversible: options.confirm_irreversible,
             interrupt_reason: reason,

@@ -96,6 +96,7 @@ pub(crate) struct Runner<'e> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: Arc<Policy>,
     pub(crate) endpoints: Arc<Endpoints>,
+    pub(crate) resources: Arc<std::collections::BTreeMap<handoff_plan::model::Id, handoff_plan::model::Resource>>,
     pub(crate) metrics: Metrics,
     pub(crate) cancel: CancellationToken,
     pub(crate) confirm_irreversible: bool,
@@ -303,6 +304,7 @@ impl Runner<'_> {
             cancel: cancel.clone(),
             checkpoint,
             endpoints: self.endpoints.clone(),
+            resources: self.resources.clone(),
             policy: self.policy.clone(),
             sink: self.journal.clone(),
         }

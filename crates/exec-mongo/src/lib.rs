@@ -2,7 +2,7 @@
 //! move — initial copy, continuous change-stream sync, full verification, reconciliation,
 //! reverse sync for the rollback window, archive/restore, and a guarded drop.
 
-use handoff_executor::{Action, Executor, params};
+use handoff_executor::{Action, BoxFuture, Call, Context, Executor, StepError, params};
 use handoff_plan::Effect;
 use handoff_plan::codes;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref};
@@ -183,8 +183,17 @@ const SYNC_METRICS: &[&str] = &["sync_lag_seconds", "sync_applied_ops_per_second
 /// Metrics `mongo.verify` emits.
 const VERIFY_METRICS: &[&str] = &["data_discrepancies", "data_consistency_percent", "documents_verified"];
 
-/// The `mongo` executor.
-pub struct Mongo;
+mod run;
+
+/// The `mongo` executor. It keeps one client per endpoint for the whole run.
+#[derive(Default)]
+pub struct Mongo {
+    clients: run::Clients,
+}
+
+fn parse<P: serde::de::DeserializeOwned>(call: Call<'_>) -> Result<P, StepError> {
+    P::deserialize(call.with).map_err(|e| StepError::Refused(format!("invalid parameters: {e}")))
+}
 
 impl Executor for Mongo {
     fn name(&self) -> &'static str {
@@ -198,6 +207,7 @@ impl Executor for Mongo {
     fn actions(&self) -> &'static [Action] {
         const ACTIONS: &[Action] = &[
             Action::new::<Copy>("copy", "Initial copy in parallel _id ranges, resumable.", Effect::Change)
+                .resumable()
                 .emitting(&["documents_copied"]),
             Action::new::<Sync>("sync", "Continuous change-stream sync in the background.", Effect::Change)
                 .emitting(SYNC_METRICS),
@@ -220,6 +230,20 @@ impl Executor for Mongo {
             Action::new::<Drop>("drop", "Drop a collection that has a verified archive.", Effect::Destroy),
         ];
         ACTIONS
+    }
+
+    fn executes(&self, action: &str) -> bool {
+        matches!(action, "copy" | "verify")
+    }
+
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            match call.action {
+                "copy" => run::copy::run(&parse::<Copy>(call)?, cx, &self.clients).await,
+                "verify" => run::verify::run(&parse::<Verify>(call)?, cx, &self.clients).await,
+                other => Err(StepError::Refused(format!("mongo.{other} cannot execute in this release"))),
+            }
+        })
     }
 
     fn check(&self, action: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {

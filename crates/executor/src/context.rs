@@ -127,6 +127,8 @@ pub struct Context {
     pub checkpoint: Option<Value>,
     /// The environment's endpoints.
     pub endpoints: Arc<Endpoints>,
+    /// The plan's resources (what a step's `resource:` names).
+    pub resources: Arc<BTreeMap<handoff_plan::model::Id, handoff_plan::model::Resource>>,
     /// What the run allows.
     pub policy: Arc<Policy>,
     /// Where reports go.

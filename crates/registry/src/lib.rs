@@ -24,7 +24,7 @@ impl Registry {
     /// The executors built into handoff.
     pub fn builtin() -> Registry {
         let mut executors = handoff_exec_generic::executors();
-        executors.push(Box::new(handoff_exec_mongo::Mongo));
+        executors.push(Box::new(handoff_exec_mongo::Mongo::default()));
         executors.push(Box::new(handoff_exec_kafka::Kafka));
         executors.push(Box::new(handoff_exec_redis::Redis));
         executors.push(Box::new(handoff_exec_traffic::Traffic));

@@ -1,0 +1,97 @@
+//! Execution of the `mongo` actions against real servers.
+//!
+//! Errors name resources and collections as the plan does (`restaurant_db.menu_items`),
+//! never the connection string, which may hold a password.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use handoff_executor::{Context, StepError};
+use mongodb::bson::{Bson, RawDocumentBuf};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection};
+use tokio::sync::Mutex;
+
+use crate::Side;
+
+pub(crate) mod copy;
+pub(crate) mod partition;
+pub(crate) mod verify;
+
+/// Connections, one client per endpoint, shared by every step of a run.
+#[derive(Default)]
+pub(crate) struct Clients(Mutex<HashMap<String, Client>>);
+
+/// A collection a step acts on.
+pub(crate) struct Coll {
+    /// The collection, read and written as raw BSON (no decoding on the copy path).
+    pub(crate) raw: Collection<RawDocumentBuf>,
+    /// `resource.collection`, for messages.
+    pub(crate) label: String,
+}
+
+/// A failed MongoDB call, with what it was doing.
+pub(crate) fn failed(what: &str, error: impl std::fmt::Display) -> StepError {
+    StepError::Failed(format!("{what}: {error}"))
+}
+
+impl Clients {
+    async fn client(&self, endpoint: &str, uri: &str) -> Result<Client, StepError> {
+        let mut clients = self.0.lock().await;
+        if let Some(client) = clients.get(uri) {
+            return Ok(client.clone());
+        }
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            StepError::Refused(format!("endpoint `{endpoint}` is not a MongoDB connection string: {}", e.kind))
+        })?;
+        options.app_name = Some("handoff".to_owned());
+        options.server_selection_timeout = Some(Duration::from_secs(15));
+        let client = Client::with_options(options).map_err(|e| failed(&format!("endpoint `{endpoint}`"), e))?;
+        clients.insert(uri.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// The collection a side names: its resource's endpoint and database, and its own
+    /// collection (or the other side's, or the resource's only one).
+    pub(crate) async fn resolve(&self, cx: &Context, side: &Side, other: &Side) -> Result<Coll, StepError> {
+        let resource = cx
+            .resources
+            .get(&side.resource)
+            .ok_or_else(|| StepError::Refused(format!("no resource `{}` in the plan", side.resource)))?;
+        let endpoint = resource
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| StepError::Refused(format!("resource `{}` names no endpoint", side.resource)))?;
+        let uri = cx.endpoints.get(endpoint.as_str()).ok_or_else(|| {
+            StepError::Refused(format!(
+                "the environment has no endpoint `{endpoint}` (for resource `{}`)",
+                side.resource
+            ))
+        })?;
+        let client = self.client(endpoint.as_str(), uri).await?;
+        let database = match &resource.database {
+            Some(name) => client.database(name),
+            None => client.default_database().ok_or_else(|| {
+                StepError::Refused(format!("resource `{}` names no database, and its endpoint has none", side.resource))
+            })?,
+        };
+        let only = match resource.collections.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        };
+        let name = side.collection.clone().or_else(|| other.collection.clone()).or(only).ok_or_else(|| {
+            StepError::Refused(format!("say which collection of `{}` (`collection:`)", side.resource))
+        })?;
+        Ok(Coll { raw: database.collection(&name), label: format!("{}.{name}", side.resource) })
+    }
+}
+
+/// A BSON value as canonical extended JSON (for checkpoints and reports).
+pub(crate) fn to_json(value: &Bson) -> serde_json::Value {
+    value.clone().into_canonical_extjson()
+}
+
+/// A value from canonical extended JSON.
+pub(crate) fn from_json(value: &serde_json::Value) -> Result<Bson, StepError> {
+    Bson::try_from(value.clone()).map_err(|e| StepError::Refused(format!("unreadable checkpoint value {value}: {e}")))
+}

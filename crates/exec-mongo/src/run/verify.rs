@@ -1,0 +1,288 @@
+//! `mongo.verify`: exact counts and a comparison of every document (or a sample).
+//!
+//! Full and hashed modes split the key space like the copy and, per range, join the two
+//! sides by `_id` in memory (a digest per target document), so they need no common sort
+//! order across servers and read each side exactly once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures_util::{StreamExt, TryStreamExt};
+use handoff_executor::{Context, StepError};
+use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::partition::{self, Range};
+use super::{Clients, Coll, failed, to_json};
+use crate::{Verify, VerifyMode};
+
+/// How documents are compared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Canon {
+    /// `{a, b}` equals `{b, a}`.
+    pub(crate) ignore_field_order: bool,
+    /// `int 5` equals `long 5` equals `double 5.0`.
+    pub(crate) numeric_by_value: bool,
+}
+
+impl Canon {
+    fn value(self, value: Bson) -> Bson {
+        match value {
+            Bson::Document(document) => Bson::Document(self.document(document)),
+            Bson::Array(items) => Bson::Array(items.into_iter().map(|v| self.value(v)).collect()),
+            Bson::Int32(n) if self.numeric_by_value => Bson::Int64(i64::from(n)),
+            Bson::Double(f) if self.numeric_by_value && f.fract() == 0.0 && f.abs() < 9.0e15 => Bson::Int64(f as i64),
+            other => other,
+        }
+    }
+
+    /// The canonical form of a document.
+    pub(crate) fn document(self, document: Document) -> Document {
+        let mut fields: Vec<(String, Bson)> = document.into_iter().map(|(k, v)| (k, self.value(v))).collect();
+        if self.ignore_field_order {
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        fields.into_iter().collect()
+    }
+
+    fn digest(self, raw: &RawDocumentBuf) -> Result<[u8; 32], StepError> {
+        let document = raw.to_document().map_err(|e| StepError::Failed(format!("undecodable document: {e}")))?;
+        let bytes = mongodb::bson::to_vec(&self.document(document)).unwrap_or_default();
+        Ok(Sha256::digest(&bytes).into())
+    }
+}
+
+/// The `_id` of a raw document and its key in the join.
+fn id_of(raw: &RawDocumentBuf) -> (String, Bson) {
+    let id = raw.get("_id").ok().flatten().and_then(|id| Bson::try_from(id.to_raw_bson()).ok()).unwrap_or(Bson::Null);
+    (to_json(&id).to_string(), id)
+}
+
+/// What a comparison found.
+#[derive(Debug, Default)]
+struct Findings {
+    compared: u64,
+    matched: u64,
+    missing: u64,
+    extra: u64,
+    different: u64,
+    missing_examples: Vec<Value>,
+    extra_examples: Vec<Value>,
+    /// Ids of differing documents (fields are worked out for the examples at the end).
+    different_ids: Vec<Bson>,
+}
+
+impl Findings {
+    fn merge(&mut self, other: Findings, limit: usize) {
+        self.compared += other.compared;
+        self.matched += other.matched;
+        self.missing += other.missing;
+        self.extra += other.extra;
+        self.different += other.different;
+        for (mine, theirs) in
+            [(&mut self.missing_examples, other.missing_examples), (&mut self.extra_examples, other.extra_examples)]
+        {
+            mine.extend(theirs.into_iter().take(limit.saturating_sub(mine.len())));
+        }
+        let room = limit.saturating_sub(self.different_ids.len());
+        self.different_ids.extend(other.different_ids.into_iter().take(room));
+    }
+}
+
+async fn compare_range(
+    source: &Coll,
+    target: &Coll,
+    range: &Range,
+    canon: Canon,
+    limit: usize,
+    cx: &Context,
+) -> Result<Findings, StepError> {
+    let filter = range.filter()?;
+    let mut theirs: HashMap<String, (Bson, [u8; 32])> = HashMap::new();
+    let what = |coll: &Coll| format!("reading {}", coll.label);
+    let mut cursor = target.raw.find(filter.clone()).batch_size(1000).await.map_err(|e| failed(&what(target), e))?;
+    while let Some(raw) = cursor.try_next().await.map_err(|e| failed(&what(target), e))? {
+        let (key, id) = id_of(&raw);
+        theirs.insert(key, (id, canon.digest(&raw)?));
+        if cx.cancel.is_cancelled() {
+            return Err(StepError::Cancelled);
+        }
+    }
+    let mut findings = Findings::default();
+    let mut cursor = source.raw.find(filter).batch_size(1000).await.map_err(|e| failed(&what(source), e))?;
+    while let Some(raw) = cursor.try_next().await.map_err(|e| failed(&what(source), e))? {
+        findings.compared += 1;
+        let (key, id) = id_of(&raw);
+        match theirs.remove(&key) {
+            None => {
+                findings.missing += 1;
+                if findings.missing_examples.len() < limit {
+                    findings.missing_examples.push(to_json(&id));
+                }
+            }
+            Some((_, digest)) if digest == canon.digest(&raw)? => findings.matched += 1,
+            Some(_) => {
+                findings.different += 1;
+                if findings.different_ids.len() < limit {
+                    findings.different_ids.push(id);
+                }
+            }
+        }
+    }
+    findings.extra = theirs.len() as u64;
+    findings.extra_examples = theirs.into_values().take(limit).map(|(id, _)| to_json(&id)).collect();
+    Ok(findings)
+}
+
+/// Top-level fields that differ between the two sides' versions of a document.
+async fn differing_fields(source: &Coll, target: &Coll, id: &Bson, canon: Canon) -> Value {
+    let fetch = |coll: &Coll| {
+        let coll = coll.raw.clone_with_type::<Document>();
+        let id = id.clone();
+        async move { coll.find_one(doc! { "_id": id }).await.ok().flatten().map(|d| canon.document(d)) }
+    };
+    let (Some(ours), Some(theirs)) = (fetch(source).await, fetch(target).await) else {
+        return json!({ "_id": to_json(id), "fields": "changed while verifying" });
+    };
+    let mut fields: Vec<&String> = ours.keys().filter(|k| ours.get(*k) != theirs.get(*k)).collect();
+    fields.extend(theirs.keys().filter(|k| !ours.contains_key(*k)));
+    let order_only = fields.is_empty();
+    json!({
+        "_id": to_json(id),
+        "fields": if order_only { json!("field order") } else { json!(fields) },
+    })
+}
+
+async fn count(coll: &Coll) -> Result<u64, StepError> {
+    coll.raw.count_documents(doc! {}).await.map_err(|e| failed(&format!("counting {}", coll.label), e))
+}
+
+/// Runs `mongo.verify`.
+pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+    let source = clients.resolve(cx, &params.source, &params.target).await?;
+    let target = clients.resolve(cx, &params.target, &params.source).await?;
+    let canon = Canon { ignore_field_order: params.ignore_field_order, numeric_by_value: params.numeric_by_value };
+    let limit = params.max_examples.unwrap_or(10) as usize;
+    let (source_count, target_count) = (count(&source).await?, count(&target).await?);
+    let findings = match params.mode {
+        VerifyMode::Full | VerifyMode::Hashed => {
+            let mut ranges = partition::plan(&source, 16).await?;
+            // Types only the target has hold extra documents: check those wholesale.
+            for (bson_type, documents) in partition::types(&target).await? {
+                if !ranges.iter().any(|r| r.bson_type == bson_type) {
+                    ranges.push(Range { bson_type, lo: None, hi: None, documents });
+                }
+            }
+            let total = Mutex::new(Findings::default());
+            futures_util::stream::iter(ranges)
+                .map(|range| {
+                    let (source, target, total) = (&source, &target, &total);
+                    async move {
+                        let found = compare_range(source, target, &range, canon, limit, cx).await?;
+                        total.lock().unwrap_or_else(std::sync::PoisonError::into_inner).merge(found, limit);
+                        Ok::<(), StepError>(())
+                    }
+                })
+                .buffer_unordered(4)
+                .try_collect::<()>()
+                .await?;
+            total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+        VerifyMode::Sample => sample(&source, &target, params.sample_size.unwrap_or(1000), canon, limit).await?,
+    };
+    let examples_of_differences = if matches!(params.mode, VerifyMode::Hashed) {
+        findings.different_ids.iter().map(|id| json!({ "_id": to_json(id) })).collect::<Vec<_>>()
+    } else {
+        let mut out = Vec::new();
+        for id in &findings.different_ids {
+            out.push(differing_fields(&source, &target, id, canon).await);
+        }
+        out
+    };
+    let count_gap = source_count.abs_diff(target_count);
+    let discrepancies = match params.mode {
+        VerifyMode::Sample => findings.missing + findings.different + count_gap.saturating_sub(params.count_tolerance),
+        _ => findings.missing + findings.extra + findings.different,
+    };
+    let basis = match params.mode {
+        VerifyMode::Sample => findings.compared,
+        _ => source_count.max(target_count),
+    };
+    let consistency = if basis == 0 { 100.0 } else { 100.0 * findings.matched as f64 / basis as f64 };
+    cx.emit("data_discrepancies", discrepancies as f64);
+    cx.emit("data_consistency_percent", consistency);
+    cx.emit("documents_verified", findings.compared as f64);
+    Ok(json!({
+        "source": source.label,
+        "target": target.label,
+        "mode": format!("{:?}", params.mode).to_lowercase(),
+        "source_count": source_count,
+        "target_count": target_count,
+        "compared": findings.compared,
+        "matched": findings.matched,
+        "missing": findings.missing,
+        "extra": findings.extra,
+        "different": findings.different,
+        "discrepancies": discrepancies,
+        "consistency_percent": consistency,
+        "examples": {
+            "missing": findings.missing_examples,
+            "extra": findings.extra_examples,
+            "different": examples_of_differences,
+        },
+    }))
+}
+
+/// The seed's check, batched: `size` random source documents looked up in the target,
+/// 100 per round trip.
+async fn sample(source: &Coll, target: &Coll, size: u64, canon: Canon, limit: usize) -> Result<Findings, StepError> {
+    let what = || format!("sampling {}", source.label);
+    let pipeline = [doc! { "$sample": { "size": i64::try_from(size).unwrap_or(i64::MAX) } }];
+    let picked: Vec<RawDocumentBuf> = source
+        .raw
+        .aggregate(pipeline)
+        .with_type::<RawDocumentBuf>()
+        .await
+        .map_err(|e| failed(&what(), e))?
+        .try_collect()
+        .await
+        .map_err(|e| failed(&what(), e))?;
+    let mut findings = Findings::default();
+    for chunk in picked.chunks(100) {
+        let ids: Vec<Bson> = chunk.iter().map(|d| id_of(d).1).collect();
+        let lookup = || format!("looking up samples in {}", target.label);
+        let found: Vec<RawDocumentBuf> = target
+            .raw
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(|e| failed(&lookup(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(&lookup(), e))?;
+        let mut theirs: HashMap<String, [u8; 32]> = HashMap::new();
+        for raw in &found {
+            theirs.insert(id_of(raw).0, canon.digest(raw)?);
+        }
+        for raw in chunk {
+            findings.compared += 1;
+            let (key, id) = id_of(raw);
+            match theirs.get(&key) {
+                None => {
+                    findings.missing += 1;
+                    if findings.missing_examples.len() < limit {
+                        findings.missing_examples.push(to_json(&id));
+                    }
+                }
+                Some(digest) if *digest == canon.digest(raw)? => findings.matched += 1,
+                Some(_) => {
+                    findings.different += 1;
+                    if findings.different_ids.len() < limit {
+                        findings.different_ids.push(id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(findings)
+}
