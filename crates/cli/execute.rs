@@ -394,6 +394,7 @@ fn line(record: &Record) -> Option<String> {
         Event::StepFailed { step, error, retrying, .. } => {
             format!("  ✗ {step}: {error}{}", if *retrying { " (retrying)" } else { "" })
         }
+        Event::BackgroundRestarted { step, .. } => format!("  ↻ {step} started again in the background"),
         Event::StepSettled { step, done, .. } => {
             format!("  = {step} settled as {}", if *done { "done" } else { "to retry" })
         }

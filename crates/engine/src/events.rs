@@ -152,6 +152,13 @@ pub enum Event {
         /// `true`: it took effect, count it as finished; `false`: run it again.
         done: bool,
     },
+    /// A background step that finished before the run stopped was started again.
+    BackgroundRestarted {
+        /// Phase id.
+        phase: String,
+        /// Step id.
+        step: String,
+    },
     /// A completed step was undone (or found to need no undoing).
     StepCompensated {
         /// Phase id.
@@ -257,6 +264,7 @@ impl Event {
             | Event::StepFinished { phase, .. }
             | Event::StepFailed { phase, .. }
             | Event::StepSettled { phase, .. }
+            | Event::BackgroundRestarted { phase, .. }
             | Event::StepCompensated { phase, .. }
             | Event::GateOpened { phase, .. }
             | Event::CriterionEvaluated { phase, .. }

@@ -97,6 +97,8 @@ pub struct StepNode {
     pub idempotent: bool,
     /// It continues from checkpoints.
     pub resumable: bool,
+    /// It keeps working in the background after it finished.
+    pub background: bool,
     /// What it would do (for dry runs).
     pub describe: String,
     /// `sha256:` of the step's canonical form (resume refuses when it changed).
@@ -182,6 +184,7 @@ impl Graph {
                     backoff: step.retry.as_ref().map_or(Duration::ZERO, |r| r.backoff.get()),
                     idempotent: step.idempotent.unwrap_or(declared.is_some_and(|a| a.idempotent)),
                     resumable: declared.is_some_and(|a| a.resumable),
+                    background: declared.is_some_and(|a| a.background),
                     describe,
                     digest: digest(&step_identity(step)),
                     with,
@@ -367,7 +370,9 @@ fn flags(step: &StepNode) -> String {
     if !step.idempotent {
         flags.push("not idempotent".to_owned());
     }
-    if step.resumable {
+    if step.background {
+        flags.push("runs in the background".to_owned());
+    } else if step.resumable {
         flags.push("resumable".to_owned());
     }
     flags.join(", ")

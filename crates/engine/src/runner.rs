@@ -123,8 +123,44 @@ impl Runner<'_> {
         Ok(Outcome::Paused { key, reason })
     }
 
+    /// Starts again the background steps that were running when the run stopped (they
+    /// finished, and no later step stopped them). A failure is a failure of the phase in
+    /// progress.
+    async fn restart_background(&self) -> Result<Option<String>, EngineError> {
+        let state = self.journal.state();
+        for phase in &state.phases {
+            for (id, step_state) in &phase.steps {
+                let Some(step) = self.graph.step(&phase.id, id) else { continue };
+                if !step.background || !step_state.finished || state.stopped.contains(id) || phase.rollback.is_some() {
+                    continue;
+                }
+                let Some(executor) = self.executors.find(&step.executor) else { continue };
+                self.record(Event::BackgroundRestarted { phase: phase.id.clone(), step: id.clone() })?;
+                let attempt = step_state.attempts + 1;
+                let cx =
+                    self.context(&phase.id, id, attempt, step_state.checkpoint.clone(), step_state.role, &self.cancel);
+                if let Err(error) = executor.execute(step.call(), &cx).await {
+                    return Ok(Some(format!(
+                        "background step `{id}` ({}) could not start again: {error}",
+                        step.uses()
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Runs (or continues) the plan from wherever the journal stands.
     pub(crate) async fn drive(&self) -> Result<Outcome, EngineError> {
+        if let Some(failure) = self.restart_background().await? {
+            let current = self.journal.read(|s| s.phases.iter().rev().find(|p| !p.passed).map(|p| p.id.clone()));
+            if let Some(phase) = current.and_then(|id| self.graph.phases.iter().find(|p| p.id == id)) {
+                return self
+                    .rollback(phase, failure)
+                    .instrument(tracing::info_span!("rollback", phase = %phase.id))
+                    .await;
+            }
+        }
         for phase in &self.graph.phases {
             let state = self.journal.state();
             let phase_state = state.phase(&phase.id);

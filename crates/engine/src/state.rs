@@ -38,6 +38,8 @@ pub struct RunState {
     pub decisions: BTreeMap<String, Decision>,
     /// Latest value of every emitted metric.
     pub metrics: BTreeMap<String, f64>,
+    /// Background steps a later step stopped (its output's `stops`).
+    pub stopped: BTreeSet<String>,
     /// Sequence number of the next record.
     pub next_seq: u64,
 }
@@ -176,6 +178,8 @@ impl RunState {
                 self.metrics.insert(name.clone(), *value);
             }
             Event::StepFinished { phase, step, role, output } => {
+                let stops = output.get("stops").and_then(Value::as_array).into_iter().flatten();
+                self.stopped.extend(stops.filter_map(Value::as_str).map(str::to_owned));
                 let phase = self.phase_mut(phase);
                 if *role == Role::Forward {
                     phase.finished_order.push(step.clone());
@@ -233,6 +237,7 @@ impl RunState {
             }
             Event::PhasePassed { phase } => self.phase_mut(phase).passed = true,
             Event::RunFinished { status } => self.finished = Some(*status),
+            Event::BackgroundRestarted { .. } => {}
         }
     }
 

@@ -65,6 +65,8 @@ impl Executor for Probe {
             Action::new::<Params>("hang", "Waits until cancelled, checkpointing first.", Effect::Change).resumable(),
             Action::new::<Params>("once", "Succeeds; not idempotent.", Effect::Change).not_idempotent(),
             Action::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
+            Action::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
+            Action::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
         ];
         ACTIONS
     }
@@ -82,6 +84,15 @@ impl Executor for Probe {
                 "fail" if params.fail_times.is_none_or(|n| cx.attempt <= n) => {
                     self.note(format!("fail {at} #{}", cx.attempt));
                     Err(StepError::Failed(format!("attempt {} failed on purpose", cx.attempt)))
+                }
+                "bg" => {
+                    self.note(format!("background {at} from {:?}", cx.checkpoint));
+                    cx.save_checkpoint(&json!({ "position": cx.attempt })).unwrap();
+                    Ok(Value::Null)
+                }
+                "stop" => {
+                    self.note(format!("stop {at}"));
+                    Ok(json!({ "stops": ["bg"] }))
                 }
                 "emit" => {
                     cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
@@ -202,6 +213,7 @@ fn line(event: &Event) -> Option<String> {
             format!("  failed {phase}/{step}: {error} (retrying: {retrying})")
         }
         Event::StepCompensated { phase, step, outcome } => format!("  compensated {phase}/{step}: {outcome}"),
+        Event::BackgroundRestarted { phase, step } => format!("  restarted {phase}/{step}"),
         Event::StepSettled { phase, step, done } => format!("  settled {phase}/{step} done={done}"),
         Event::Checkpoint { step, data, .. } => format!("  checkpoint {step} {data}"),
         Event::Metric { name, value, .. } => format!("  metric {name}={value}"),
@@ -436,19 +448,24 @@ phases:
     rollback: {max_duration: 1m, steps: []}
 ";
 
-/// Interrupts a run while `copy` hangs, then resumes it.
-async fn interrupted(harness: &Harness, phases: &str) -> Outcome {
-    let graph = harness.graph(phases);
-    let engine = Engine::new(&graph, &harness.registry, harness.store());
+/// A token cancelled once the test executor has recorded an effect starting with `prefix`.
+fn cancel_at(probe: &Probe, prefix: &'static str) -> CancellationToken {
     let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let probe = harness.probe.clone();
+    let (stop, probe) = (cancel.clone(), probe.clone());
     tokio::spawn(async move {
-        while !probe.effects.lock().unwrap().iter().any(|e| e.starts_with("hang") || e.starts_with("run one/copy")) {
+        while !probe.effects.lock().unwrap().iter().any(|e| e.starts_with(prefix)) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         stop.cancel();
     });
+    cancel
+}
+
+/// Interrupts a run while `copy` hangs.
+async fn interrupted(harness: &Harness, phases: &str) -> Outcome {
+    let graph = harness.graph(phases);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let cancel = cancel_at(&harness.probe, "hang one/copy");
     engine.start(&harness.options(), &cancel).await.unwrap().1
 }
 
@@ -528,4 +545,29 @@ async fn a_second_run_cannot_start_while_the_first_holds_the_lock() {
     let message = refused.to_string();
     assert!(message.starts_with("the plan is locked by"), "{message}");
     assert!(message.contains("--force-unlock"), "{message}");
+}
+
+#[tokio::test]
+async fn background_steps_start_again_on_resume_until_a_step_stops_them() {
+    let phases = "
+phases:
+  - id: one
+    name: One
+    steps:
+      - {id: bg, uses: test.bg}
+      - {id: copy, uses: test.hang}
+      - {id: halt, uses: test.stop}
+      - {id: copy2, uses: test.hang, idempotent: true}
+    rollback: {max_duration: 1m, steps: []}
+";
+    let harness = Harness::new();
+    interrupted(&harness, phases).await;
+    let graph = harness.graph(phases);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    // Resumed: `bg` starts again from its checkpoint; `copy` resumes; `halt` stops `bg`;
+    // interrupted again in `copy2`, the next resume leaves `bg` alone.
+    let cancel = cancel_at(&harness.probe, "hang one/copy2");
+    engine.resume(&harness.options(), &[], &cancel).await.unwrap();
+    let (_, outcome) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
+    insta::assert_snapshot!("background", harness.transcript(&outcome, 0));
 }

@@ -189,6 +189,7 @@ mod run;
 #[derive(Default)]
 pub struct Mongo {
     clients: run::Clients,
+    syncs: run::sync::Syncs,
 }
 
 fn parse<P: serde::de::DeserializeOwned>(call: Call<'_>) -> Result<P, StepError> {
@@ -210,6 +211,7 @@ impl Executor for Mongo {
                 .resumable()
                 .emitting(&["documents_copied"]),
             Action::new::<Sync>("sync", "Continuous change-stream sync in the background.", Effect::Change)
+                .background()
                 .emitting(SYNC_METRICS),
             Action::new::<StopSync>("stop_sync", "Stop a background sync, after draining it.", Effect::Change),
             Action::new::<Verify>(
@@ -224,6 +226,7 @@ impl Executor for Mongo {
                 "Sync the new owner back to the old one for the rollback window.",
                 Effect::Change,
             )
+            .background()
             .emitting(SYNC_METRICS),
             Action::new::<Archive>("archive", "Dump a collection to a verified, compressed archive.", Effect::Backup),
             Action::new::<Restore>("restore", "Restore an archive.", Effect::Change),
@@ -233,7 +236,7 @@ impl Executor for Mongo {
     }
 
     fn executes(&self, action: &str) -> bool {
-        matches!(action, "copy" | "verify")
+        matches!(action, "copy" | "verify" | "sync" | "reverse_sync" | "stop_sync")
     }
 
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
@@ -241,6 +244,10 @@ impl Executor for Mongo {
             match call.action {
                 "copy" => run::copy::run(&parse::<Copy>(call)?, cx, &self.clients).await,
                 "verify" => run::verify::run(&parse::<Verify>(call)?, cx, &self.clients).await,
+                "sync" | "reverse_sync" => {
+                    run::sync::start(&parse::<Sync>(call)?, cx, &self.clients, &self.syncs).await
+                }
+                "stop_sync" => run::sync::stop(&parse::<StopSync>(call)?, cx, &self.syncs).await,
                 other => Err(StepError::Refused(format!("mongo.{other} cannot execute in this release"))),
             }
         })

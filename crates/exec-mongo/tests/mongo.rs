@@ -3,37 +3,15 @@
 //! that detects every kind of discrepancy (and nothing on identical collections).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use handoff_exec_mongo::Mongo;
-use handoff_executor::{Call, Context, Decision, Endpoints, Executor, Policy, Sink, SystemClock};
-use handoff_plan::model::{Id, Resource, ResourceKind};
+use handoff_executor::{Call, Context, Endpoints, Executor, Recorder};
+use handoff_plan::model::{Id, Resource};
 use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-/// Collects what a step reports.
-#[derive(Default)]
-struct Reports {
-    checkpoints: Mutex<Vec<Value>>,
-    metrics: Mutex<BTreeMap<String, f64>>,
-}
-
-impl Sink for Reports {
-    fn checkpoint(&self, _: &str, _: &str, data: &Value) -> std::io::Result<()> {
-        self.checkpoints.lock().unwrap().push(data.clone());
-        Ok(())
-    }
-    fn metric(&self, _: &str, _: &str, name: &str, value: f64) {
-        self.metrics.lock().unwrap().insert(name.to_owned(), value);
-    }
-    fn progress(&self, _: &str, _: &str, _: &str, _: Option<f64>) {}
-    fn decision(&self, _: &str) -> Option<Decision> {
-        None
-    }
-}
 
 struct World {
     sandbox: Sandbox,
@@ -61,7 +39,7 @@ impl World {
         World { sandbox, mongo: Mongo::default(), old, new }
     }
 
-    fn context(&self, reports: Arc<Reports>, checkpoint: Option<Value>) -> Context {
+    fn context(&self, reports: Arc<Recorder>, checkpoint: Option<Value>) -> Context {
         let mut endpoints = BTreeMap::new();
         let mut resources = BTreeMap::new();
         for (name, db) in [("old_db", "restaurant"), ("new_db", "menu")] {
@@ -70,28 +48,13 @@ impl World {
                 "kind": "mongodb", "endpoint": name, "database": db, "collections": ["menu_items"]
             }))
             .unwrap();
-            assert_eq!(resource.kind, ResourceKind::Mongodb);
             resources.insert(Id(name.to_owned()), resource);
         }
-        Context {
-            plan: "test".to_owned(),
-            run_id: "run".to_owned(),
-            phase: "p".to_owned(),
-            step: "s".to_owned(),
-            attempt: 1,
-            rolling_back: false,
-            clock: Arc::new(SystemClock),
-            cancel: CancellationToken::new(),
-            checkpoint,
-            endpoints: Arc::new(Endpoints::new(endpoints)),
-            resources: Arc::new(resources),
-            policy: Arc::new(Policy::default()),
-            sink: reports,
-        }
+        Context::detached("s", Endpoints::new(endpoints), resources, checkpoint, reports)
     }
 
-    async fn step(&self, action: &str, with: Value, checkpoint: Option<Value>) -> (Value, Arc<Reports>) {
-        let reports = Arc::new(Reports::default());
+    async fn step(&self, action: &str, with: Value, checkpoint: Option<Value>) -> (Value, Arc<Recorder>) {
+        let reports = Arc::new(Recorder::default());
         let cx = self.context(reports.clone(), checkpoint);
         let output = self
             .mongo
@@ -235,4 +198,64 @@ async fn verify_finds_every_kind_of_discrepancy() {
     let sampled = world.verify(json!({"mode": "sample", "sample_size": 1000, "count_tolerance": 10})).await;
     assert_eq!(sampled["compared"], json!(400));
     assert!(sampled["discrepancies"].as_u64().unwrap() >= 2, "{sampled}");
+}
+
+fn sync_params(every: &str) -> Value {
+    json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "checkpoint_every": every})
+}
+
+/// Inserts, updates, replaces and deletes on the source (ids from `from`).
+async fn churn(coll: &mongodb::Collection<Document>, from: i32) {
+    for i in from..from + 30 {
+        let mut document = doc! { "_id": i };
+        document.extend(item(i64::from(i)));
+        coll.insert_one(document).await.unwrap();
+    }
+    coll.update_many(doc! {"_id": {"$gte": from, "$lt": from + 10}}, doc! {"$set": {"available": false}})
+        .await
+        .unwrap();
+    coll.replace_one(doc! {"_id": from + 10}, doc! {"name": "replaced"}).await.unwrap();
+    coll.delete_many(doc! {"_id": {"$gte": from + 20, "$lt": from + 25}}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_applies_every_change_since_the_copy_started_and_stop_drains_it() {
+    let world = World::start().await;
+    seed(&world.old, 300).await;
+    world.step("copy", copy_params(), None).await;
+    churn(&world.old, 10_000).await; // after the copy, before the sync starts
+    let (started, reports) = world.step("sync", sync_params("100ms"), None).await;
+    assert_eq!(started["from"], json!("where the copy started"), "{started}");
+    churn(&world.old, 20_000).await; // while it runs
+    let (stopped, _) = world.step("stop_sync", json!({"sync": "s", "drain": true}), None).await;
+    assert_eq!(stopped["stops"], json!(["s"]));
+    assert!(stopped["applied"].as_u64().unwrap() >= 2 * 44, "{stopped}");
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["discrepancies"], json!(0), "{verified}");
+    let lag = reports.metrics.lock().unwrap()["sync_lag_seconds"];
+    assert!(lag < 1.0e9, "a healthy sync reports its lag, not the failure value: {lag}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sync_resumes_from_its_checkpoint_without_losing_changes() {
+    let world = World::start().await;
+    seed(&world.old, 100).await;
+    world.step("copy", copy_params(), None).await;
+    let (_, reports) = world.step("sync", sync_params("100ms"), None).await;
+    churn(&world.old, 10_000).await;
+    let token = loop {
+        let last = reports.checkpoints.lock().unwrap().last().cloned();
+        if let Some(checkpoint) = last.filter(|c| c["applied"].as_u64() >= Some(40)) {
+            break checkpoint;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Stopped without draining, as a crash would; then more changes arrive.
+    world.step("stop_sync", json!({"sync": "s", "drain": false}), None).await;
+    churn(&world.old, 20_000).await;
+    let (resumed, _) = world.step("sync", sync_params("100ms"), Some(token)).await;
+    assert_eq!(resumed["from"], json!("its checkpoint"));
+    world.step("stop_sync", json!({"sync": "s", "drain": true}), None).await;
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["discrepancies"], json!(0), "{verified}");
 }

@@ -174,3 +174,58 @@ mod tests {
         assert_eq!(expand_with("${PASS}", lookup).unwrap_err().0, "PASS");
     }
 }
+
+/// A sink that keeps everything in memory: for running a step outside a plan run (tools,
+/// benchmarks, an executor's own tests).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// Every checkpoint saved, in order.
+    pub checkpoints: std::sync::Mutex<Vec<Value>>,
+    /// The latest value of every metric emitted.
+    pub metrics: std::sync::Mutex<BTreeMap<String, f64>>,
+}
+
+impl Sink for Recorder {
+    fn checkpoint(&self, _: &str, _: &str, data: &Value) -> std::io::Result<()> {
+        self.checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(data.clone());
+        Ok(())
+    }
+
+    fn metric(&self, _: &str, _: &str, name: &str, value: f64) {
+        self.metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned(), value);
+    }
+
+    fn progress(&self, _: &str, _: &str, _: &str, _: Option<f64>) {}
+
+    fn decision(&self, _: &str) -> Option<Decision> {
+        None
+    }
+}
+
+impl Context {
+    /// A context for running one step outside a plan run: wall-clock time, nothing
+    /// allowed beyond the defaults, reports to `sink`.
+    pub fn detached(
+        step: &str,
+        endpoints: Endpoints,
+        resources: BTreeMap<handoff_plan::model::Id, handoff_plan::model::Resource>,
+        checkpoint: Option<Value>,
+        sink: Arc<dyn Sink>,
+    ) -> Context {
+        Context {
+            plan: "detached".to_owned(),
+            run_id: "detached".to_owned(),
+            phase: "detached".to_owned(),
+            step: step.to_owned(),
+            attempt: 1,
+            rolling_back: false,
+            clock: Arc::new(crate::SystemClock),
+            cancel: CancellationToken::new(),
+            checkpoint,
+            endpoints: Arc::new(endpoints),
+            resources: Arc::new(resources),
+            policy: Arc::new(Policy::default()),
+            sink,
+        }
+    }
+}

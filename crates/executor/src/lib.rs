@@ -23,7 +23,7 @@ pub mod context;
 pub mod http;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use context::{Context, Decision, Endpoints, Policy, Sink, expand_env};
+pub use context::{Context, Decision, Endpoints, Policy, Recorder, Sink, expand_env};
 
 /// A boxed, sendable future (the executor trait stays object-safe).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -42,6 +42,10 @@ pub struct Action {
     /// Whether an interrupted run continues from its last checkpoint instead of starting
     /// over.
     pub resumable: bool,
+    /// Whether the step keeps working in the background after it finished (a continuous
+    /// sync): the engine starts it again, from its checkpoint, when a run resumes, until a
+    /// later step's output names it under `stops`.
+    pub background: bool,
     /// Metrics the action emits while it runs.
     pub emits: &'static [&'static str],
     /// JSON Schema of its `with:` parameters.
@@ -61,12 +65,18 @@ impl Action {
     }
 
     const fn with_schema(name: &'static str, summary: &'static str, effect: Effect, params: ParamsSchema) -> Action {
-        Action { name, summary, effect, idempotent: true, resumable: false, emits: &[], params }
+        Action { name, summary, effect, idempotent: true, resumable: false, background: false, emits: &[], params }
     }
 
     /// Declares an action whose `with:` parameters deserialize into `P`.
     pub const fn new<P: JsonSchema>(name: &'static str, summary: &'static str, effect: Effect) -> Action {
         Action::with_schema(name, summary, effect, ParamsSchema::Typed(schema_of::<P>))
+    }
+
+    /// The same action, declared to keep working in the background after it finished
+    /// (and to resume from its checkpoints).
+    pub const fn background(self) -> Action {
+        Action { background: true, resumable: true, ..self }
     }
 
     /// The same action, declared to resume from its checkpoints.

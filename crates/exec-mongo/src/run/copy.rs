@@ -49,11 +49,14 @@ async fn write(target: &Coll, batch: Vec<RawDocumentBuf>) -> Result<u64, StepErr
     }
 }
 
-/// The source's change stream position now, so a sync started later misses nothing.
-async fn change_stream_start(source: &Coll) -> Result<Option<Value>, StepError> {
+/// The source's change stream position now, recorded in the target database, so a sync
+/// started later misses nothing written during the copy.
+async fn change_stream_start(source: &Coll, target: &Coll) -> Result<Option<Value>, StepError> {
     let stream =
         source.raw.watch().await.map_err(|e| failed(&format!("opening the change stream of {}", source.label), e))?;
-    Ok(stream.resume_token().and_then(|t| serde_json::to_value(t).ok()))
+    let Some(token) = stream.resume_token() else { return Ok(None) };
+    super::sync::mark_copy_start(source, target, &token).await?;
+    Ok(serde_json::to_value(token).ok())
 }
 
 async fn copy_indexes(source: &Coll, target: &Coll) -> Result<usize, StepError> {
@@ -85,7 +88,7 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
     let progress = match resumed {
         Some(progress) => progress,
         None => {
-            let change_stream_start = change_stream_start(&source).await?;
+            let change_stream_start = change_stream_start(&source, &target).await?;
             let ranges = partition::plan(&source, parallelism * 4).await?;
             let progress = Progress { ranges, change_stream_start, ..Progress::default() };
             cx.save_checkpoint(&serde_json::to_value(&progress).unwrap_or_default())

@@ -16,6 +16,7 @@ use crate::Side;
 
 pub(crate) mod copy;
 pub(crate) mod partition;
+pub(crate) mod sync;
 pub(crate) mod verify;
 
 /// Connections, one client per endpoint, shared by every step of a run.

@@ -1,0 +1,184 @@
+//! The MongoDB data executors against two real MongoDB-API servers from the sandbox.
+//!
+//! Every figure is a ratio to a physical limit measured in the same run, with the same
+//! driver, on the same servers: raw read (drain a `find`), raw write (unordered
+//! `insert_many` of prebuilt documents, as parallel as the copy), raw parallel scan of both
+//! sides. Medians of several runs. `HANDOFF_BENCH_DOCS` sets the collection size.
+//! Run with `cargo bench --bench mongo`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use handoff_executor::{Call, Context, Endpoints, Executor, Recorder};
+use handoff_plan::model::{Id, Resource};
+use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use serde_json::{Value, json};
+
+const RUNS: usize = 3;
+const PARALLELISM: usize = 4;
+const BATCH: usize = 1000;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// A menu item of realistic shape, about 1 KB.
+fn item(n: usize, id: Bson) -> Document {
+    let modifiers: Vec<Document> = (0..6)
+        .map(|m| doc! { "name": format!("modifier {m} of dish {n}"), "price": m * 50, "available": m % 3 != 0 })
+        .collect();
+    doc! {
+        "_id": id,
+        "restaurant_id": format!("restaurant-{:05}", n % 5000),
+        "name": format!("Dish number {n}"),
+        "description": "Slow-cooked, served with seasonal vegetables and a choice of sauce; contains nuts.",
+        "price": { "amount": (500 + n % 2500) as i32, "currency": "EUR" },
+        "modifiers": modifiers,
+        "availability": { "days": ["mon", "tue", "wed", "thu", "fri", "sat"], "from": "11:30", "to": "22:00" },
+        "tags": ["house special", "vegetarian", "spicy"],
+        "updated_at": mongodb::bson::DateTime::now(),
+    }
+}
+
+fn id(n: usize, mixed: bool) -> Bson {
+    match (mixed, n % 4) {
+        (false, _) | (true, 0) => Bson::ObjectId(ObjectId::new()),
+        (true, 1) => Bson::String(format!("item-{n:08}")),
+        (true, 2) => Bson::Int32(n as i32),
+        _ => Bson::Int64(10_000_000_000 + n as i64),
+    }
+}
+
+async fn raw_write(coll: &mongodb::Collection<Document>, docs: &[Document]) -> Duration {
+    coll.drop().await.unwrap();
+    let started = Instant::now();
+    let chunks: Vec<Vec<Document>> = docs.chunks(BATCH).map(<[Document]>::to_vec).collect();
+    futures_util::stream::iter(chunks)
+        .map(|chunk| async move { coll.insert_many(chunk).ordered(false).await.map(drop) })
+        .buffer_unordered(PARALLELISM)
+        .try_collect::<()>()
+        .await
+        .unwrap();
+    started.elapsed()
+}
+
+async fn drain(coll: &mongodb::Collection<Document>) -> usize {
+    let raw = coll.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+    let mut cursor = raw.find(doc! {}).batch_size(BATCH as u32).await.unwrap();
+    let mut n = 0;
+    while cursor.advance().await.unwrap() {
+        n += 1;
+    }
+    n
+}
+
+struct Bench {
+    _sandbox: Sandbox,
+    old: mongodb::Collection<Document>,
+    new: mongodb::Collection<Document>,
+    scratch: mongodb::Collection<Document>,
+    endpoints: BTreeMap<String, String>,
+    resources: BTreeMap<Id, Resource>,
+    mongo: handoff_exec_mongo::Mongo,
+}
+
+impl Bench {
+    async fn step(&self, action: &str, with: Value) -> (Value, Duration) {
+        let cx = Context::detached(
+            "bench",
+            Endpoints::new(self.endpoints.clone()),
+            self.resources.clone(),
+            None,
+            Arc::new(Recorder::default()),
+        );
+        let started = Instant::now();
+        let output =
+            self.mongo.execute(Call { action, with: &with }, &cx).await.unwrap_or_else(|e| panic!("{action}: {e}"));
+        (output, started.elapsed())
+    }
+}
+
+fn main() {
+    let docs: usize = std::env::var("HANDOFF_BENCH_DOCS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let specs = [ServiceSpec::new("old_db", ServiceKind::Mongo), ServiceSpec::new("new_db", ServiceKind::Mongo)];
+        let sandbox = Sandbox::start(&specs, &Options::default()).await.expect("the sandbox starts");
+        let url = |name: &str| sandbox.service(name).unwrap().endpoint().url.clone();
+        let client = |name: &str| {
+            let url = url(name);
+            async move { mongodb::Client::with_uri_str(&url).await.unwrap() }
+        };
+        let (old_client, new_client) = (client("old_db").await, client("new_db").await);
+        let mut endpoints = BTreeMap::new();
+        let mut resources = BTreeMap::new();
+        for (name, db) in [("old_db", "restaurant"), ("new_db", "menu")] {
+            endpoints.insert(name.to_owned(), url(name));
+            let resource: Resource = serde_json::from_value(json!({"kind": "mongodb", "endpoint": name, "database": db, "collections": ["menu_items"]})).unwrap();
+            resources.insert(Id(name.to_owned()), resource);
+        }
+        let bench = Bench {
+            old: old_client.database("restaurant").collection("menu_items"),
+            new: new_client.database("menu").collection("menu_items"),
+            scratch: new_client.database("menu").collection("scratch"),
+            _sandbox: sandbox,
+            endpoints,
+            resources,
+            mongo: handoff_exec_mongo::Mongo::default(),
+        };
+        let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}});
+        let with = |extra: Value| {
+            let mut value = pair.clone();
+            value.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            value
+        };
+        for mixed in [false, true] {
+            let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, mixed))).collect();
+            let bytes = mongodb::bson::to_vec(&prebuilt[0]).unwrap().len();
+            raw_write(&bench.old, &prebuilt).await;
+            let label = if mixed { "mixed _id types" } else { "ObjectId _ids" };
+            println!("{docs} documents of {bytes} bytes, {label}; medians of {RUNS} runs");
+            let (mut reads, mut writes, mut copies, mut scans, mut verifies) = (vec![], vec![], vec![], vec![], vec![]);
+            for _ in 0..RUNS {
+                let started = Instant::now();
+                assert_eq!(drain(&bench.old).await, docs);
+                reads.push(started.elapsed());
+                writes.push(raw_write(&bench.scratch, &prebuilt).await);
+                bench.new.drop().await.unwrap();
+                let (output, took) = bench.step("copy", with(json!({"parallelism": PARALLELISM, "batch_size": BATCH, "copy_indexes": false}))).await;
+                assert_eq!(output["documents_copied"], json!(docs));
+                copies.push(took);
+                let started = Instant::now();
+                let (a, b) = tokio::join!(drain(&bench.old), drain(&bench.new));
+                assert_eq!((a, b), (docs, docs));
+                scans.push(started.elapsed());
+                let (output, took) = bench.step("verify", with(json!({"mode": "full"}))).await;
+                assert_eq!(output["discrepancies"], json!(0), "{output}");
+                verifies.push(took);
+            }
+            let (read, write, copy, scan, verify) = (median(reads), median(writes), median(copies), median(scans), median(verifies));
+            let limit = read.max(write);
+            println!("  raw read {:.2} s, raw write {:.2} s (parallel {PARALLELISM}, batches of {BATCH})", read.as_secs_f64(), write.as_secs_f64());
+            println!("  copy     {:.2} s   copy / max(read, write)      {:.2}", copy.as_secs_f64(), copy.as_secs_f64() / limit.as_secs_f64());
+            println!("  scan both sides {:.2} s", scan.as_secs_f64());
+            println!("  verify   {:.2} s   verify / parallel scan        {:.2}   ({:.0} documents/s)", verify.as_secs_f64(), verify.as_secs_f64() / scan.as_secs_f64(), docs as f64 / verify.as_secs_f64());
+            if !mixed {
+                // The seed's check: 1,000 random documents, one round trip each.
+                let ids: Vec<Bson> = bench.old.find(doc! {}).projection(doc! {"_id": 1}).limit(1000).await.unwrap().try_collect::<Vec<_>>().await.unwrap().into_iter().map(|d| d.get("_id").unwrap().clone()).collect();
+                let started = Instant::now();
+                for id in &ids {
+                    let _ = bench.old.find_one(doc! {"_id": id}).await.unwrap();
+                    let _ = bench.new.find_one(doc! {"_id": id}).await.unwrap();
+                }
+                let seed = ids.len() as f64 / started.elapsed().as_secs_f64();
+                println!("  seed method (1,000 samples, a round trip per document per side): {seed:.0} documents/s; verify 100% is {:.1}x faster per document", docs as f64 / verify.as_secs_f64() / seed);
+            }
+            bench.old.drop().await.unwrap();
+            bench.new.drop().await.unwrap();
+        }
+    });
+}

@@ -1,0 +1,264 @@
+//! `mongo.sync` and `mongo.reverse_sync`: apply a collection's change stream to another
+//! collection continuously, in the background, until `mongo.stop_sync`.
+//!
+//! The sync starts from its checkpoint (a resumed run), else from the position an earlier
+//! `mongo.copy` of the same source recorded in the target database (so nothing written
+//! during the copy is missed), else from now. Every event is applied idempotently — an
+//! insert, update or replace becomes a replace-with-upsert of the document's current
+//! version, a delete a delete — so replaying events already applied is harmless.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use handoff_executor::{Context, StepError};
+use mongodb::bson::{Document, doc};
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::error::ErrorKind;
+use mongodb::options::FullDocumentType;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{Clients, Coll, failed};
+use crate::{StopSync, Sync};
+
+/// Collection (in the target database) where `mongo.copy` leaves its change stream start.
+pub(crate) const MARKERS: &str = "_handoff_sync";
+
+/// Server error codes meaning the change stream's history is gone.
+const HISTORY_LOST: [i32; 2] = [286, 280];
+
+/// Lag reported when a sync has failed, so any lag criterion fails.
+const FAILED_LAG: f64 = 1.0e9;
+
+/// Counters of one sync.
+#[derive(Debug, Default, Clone, Serialize)]
+struct Stats {
+    applied: u64,
+    upserted: u64,
+    deleted: u64,
+}
+
+struct Running {
+    /// `Some(drain)` asks the sync to stop (after catching up when `drain`).
+    stop: watch::Sender<Option<bool>>,
+    task: tokio::task::JoinHandle<Result<Stats, StepError>>,
+}
+
+/// The syncs running in this process, by step id.
+#[derive(Default)]
+pub(crate) struct Syncs(std::sync::Mutex<HashMap<String, Running>>);
+
+/// Records where a copy's change stream started, for the sync that follows it.
+pub(crate) async fn mark_copy_start(source: &Coll, target: &Coll, token: &ResumeToken) -> Result<(), StepError> {
+    let markers = target.raw.clone_with_type::<Document>();
+    let markers = markers.client().database(markers.namespace().db.as_str()).collection::<Document>(MARKERS);
+    let token = mongodb::bson::to_bson(token).map_err(|e| failed("encoding the change stream position", e))?;
+    markers
+        .replace_one(doc! { "_id": &source.label }, doc! { "_id": &source.label, "change_stream_start": token })
+        .upsert(true)
+        .await
+        .map_err(|e| failed(&format!("recording the copy's start in {}", target.label), e))?;
+    Ok(())
+}
+
+async fn copy_start(source: &Coll, target: &Coll) -> Option<ResumeToken> {
+    let markers = target.raw.clone_with_type::<Document>();
+    let markers = markers.client().database(markers.namespace().db.as_str()).collection::<Document>(MARKERS);
+    let marker = markers.find_one(doc! { "_id": &source.label }).await.ok().flatten()?;
+    mongodb::bson::from_bson(marker.get("change_stream_start")?.clone()).ok()
+}
+
+fn lost_history(error: &mongodb::error::Error) -> bool {
+    matches!(&*error.kind, ErrorKind::Command(e) if HISTORY_LOST.contains(&e.code))
+}
+
+fn history_message(source: &Coll) -> String {
+    format!(
+        "the change stream history of {} is gone (the oplog moved past the sync's position): run `mongo.copy` again, then start the sync anew (a new run, or a new step)",
+        source.label
+    )
+}
+
+/// Applies one event to the target.
+async fn apply(
+    event: ChangeStreamEvent<Document>,
+    target: &mongodb::Collection<Document>,
+    label: &str,
+    stats: &mut Stats,
+) -> Result<(), StepError> {
+    let id = event.document_key.as_ref().and_then(|k| k.get("_id").cloned());
+    let what = || format!("applying a change to {label}");
+    match (event.operation_type.clone(), id) {
+        (OperationType::Insert | OperationType::Update | OperationType::Replace, Some(id)) => {
+            match event.full_document {
+                Some(document) => {
+                    target
+                        .replace_one(doc! { "_id": &id }, document)
+                        .upsert(true)
+                        .await
+                        .map_err(|e| failed(&what(), e))?;
+                    stats.upserted += 1;
+                }
+                // Updated, then deleted before the lookup: the delete event follows.
+                None => {
+                    target.delete_one(doc! { "_id": &id }).await.map_err(|e| failed(&what(), e))?;
+                    stats.deleted += 1;
+                }
+            }
+        }
+        (OperationType::Delete, Some(id)) => {
+            target.delete_one(doc! { "_id": &id }).await.map_err(|e| failed(&what(), e))?;
+            stats.deleted += 1;
+        }
+        (OperationType::Drop | OperationType::DropDatabase | OperationType::Rename | OperationType::Invalidate, _) => {
+            return Err(StepError::Failed(format!(
+                "the source collection was dropped or renamed ({:?}); the sync into {label} stopped",
+                event.operation_type
+            )));
+        }
+        _ => return Ok(()),
+    }
+    stats.applied += 1;
+    Ok(())
+}
+
+/// Seconds between an event and now.
+fn lag_of(event: &ChangeStreamEvent<Document>) -> Option<f64> {
+    let now = mongodb::bson::DateTime::now().timestamp_millis();
+    let at = event
+        .wall_time
+        .map(|t| t.timestamp_millis())
+        .or_else(|| event.cluster_time.map(|t| i64::from(t.time) * 1000))?;
+    Some(((now - at) as f64 / 1000.0).max(0.0))
+}
+
+/// The background loop: apply, checkpoint, report, until stopped.
+async fn apply_loop(
+    mut stream: ChangeStream<ChangeStreamEvent<Document>>,
+    source: Coll,
+    target: Coll,
+    cx: Context,
+    every: Duration,
+    mut stop: watch::Receiver<Option<bool>>,
+) -> Result<Stats, StepError> {
+    let target_docs = target.raw.clone_with_type::<Document>();
+    let mut stats = Stats::default();
+    let mut lag = 0.0;
+    let mut last_report = Instant::now();
+    let mut applied_at_report = 0;
+    let checkpoint = |stream: &ChangeStream<ChangeStreamEvent<Document>>, stats: &Stats| {
+        let token = stream.resume_token().and_then(|t| serde_json::to_value(t).ok());
+        cx.save_checkpoint(&json!({ "resume_token": token, "applied": stats.applied }))
+    };
+    let result = loop {
+        let asked = *stop.borrow_and_update();
+        let caught_up = match stream.next_if_any().await {
+            Ok(Some(event)) => {
+                lag = lag_of(&event).unwrap_or(lag);
+                if let Err(error) = apply(event, &target_docs, &target.label, &mut stats).await {
+                    break Err(error);
+                }
+                false
+            }
+            Ok(None) => {
+                lag = 0.0;
+                true
+            }
+            Err(error) if lost_history(&error) => break Err(StepError::Failed(history_message(&source))),
+            Err(error) => break Err(failed(&format!("reading the change stream of {}", source.label), error)),
+        };
+        if last_report.elapsed() >= every {
+            let rate = (stats.applied - applied_at_report) as f64 / last_report.elapsed().as_secs_f64();
+            (last_report, applied_at_report) = (Instant::now(), stats.applied);
+            cx.emit("sync_lag_seconds", lag);
+            cx.emit("sync_applied_ops_per_second", rate);
+            if let Err(error) = checkpoint(&stream, &stats) {
+                break Err(failed("saving the sync position", error));
+            }
+        }
+        match asked {
+            Some(false) => break Ok(()),
+            Some(true) if caught_up => break Ok(()),
+            _ if cx.cancel.is_cancelled() => break Ok(()),
+            _ => {}
+        }
+    };
+    match result {
+        Ok(()) => {
+            cx.emit("sync_lag_seconds", lag);
+            checkpoint(&stream, &stats).map_err(|e| failed("saving the sync position", e))?;
+            Ok(stats)
+        }
+        Err(error) => {
+            cx.emit("sync_lag_seconds", FAILED_LAG);
+            cx.progress(&format!("sync stopped: {error}"), None);
+            Err(error)
+        }
+    }
+}
+
+/// Starts `mongo.sync` (or `mongo.reverse_sync`): opens the change stream, then applies it
+/// in the background.
+pub(crate) async fn start(params: &Sync, cx: &Context, clients: &Clients, syncs: &Syncs) -> Result<Value, StepError> {
+    let source = clients.resolve(cx, &params.source, &params.target).await?;
+    let target = clients.resolve(cx, &params.target, &params.source).await?;
+    let checkpointed = cx
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.get("resume_token"))
+        .and_then(|t| serde_json::from_value::<ResumeToken>(t.clone()).ok());
+    let (token, from) = match checkpointed {
+        Some(token) => (Some(token), "its checkpoint"),
+        None => match copy_start(&source, &target).await {
+            Some(token) => (Some(token), "where the copy started"),
+            None => (None, "now"),
+        },
+    };
+    let stream = source
+        .raw
+        .clone_with_type::<Document>()
+        .watch()
+        .full_document(FullDocumentType::UpdateLookup)
+        .resume_after(token)
+        .await
+        .map_err(|e| {
+            if lost_history(&e) {
+                StepError::Failed(history_message(&source))
+            } else {
+                failed(&format!("opening the change stream of {}", source.label), e)
+            }
+        })?;
+    let every =
+        params.checkpoint_every.as_ref().map_or(Duration::from_secs(5), |d| d.get()).max(Duration::from_millis(100));
+    let (stop, stop_rx) = watch::channel(None);
+    let labels = (source.label.clone(), target.label.clone());
+    let task = tokio::spawn(apply_loop(stream, source, target, cx.clone(), every, stop_rx));
+    let previous = syncs
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(cx.step.clone(), Running { stop, task });
+    if let Some(previous) = previous {
+        previous.task.abort();
+    }
+    Ok(json!({ "source": labels.0, "target": labels.1, "from": from, "background": true }))
+}
+
+/// `mongo.stop_sync`: stops a running sync, draining it first when asked.
+pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Result<Value, StepError> {
+    let id = params.sync.to_string();
+    let running = syncs.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+    let Some(running) = running else {
+        return Ok(json!({ "stops": [id], "was_running": false }));
+    };
+    let _ = running.stop.send(Some(params.drain));
+    let stats = tokio::select! {
+        joined = running.task => joined.map_err(|e| StepError::Failed(format!("the sync `{id}` crashed: {e}")))??,
+        () = cx.cancel.cancelled() => return Err(StepError::Cancelled),
+    };
+    Ok(
+        json!({ "stops": [id], "was_running": true, "drained": params.drain, "applied": stats.applied, "upserted": stats.upserted, "deleted": stats.deleted }),
+    )
+}
