@@ -220,7 +220,8 @@ impl Executor for Mongo {
                 Effect::Observe,
             )
             .emitting(VERIFY_METRICS),
-            Action::new::<Reconcile>("reconcile", "Repair the differences verify finds.", Effect::Change),
+            Action::new::<Reconcile>("reconcile", "Repair the differences verify finds.", Effect::Change)
+                .emitting(&["documents_reconciled"]),
             Action::new::<Sync>(
                 "reverse_sync",
                 "Sync the new owner back to the old one for the rollback window.",
@@ -236,7 +237,7 @@ impl Executor for Mongo {
     }
 
     fn executes(&self, action: &str) -> bool {
-        matches!(action, "copy" | "verify" | "sync" | "reverse_sync" | "stop_sync")
+        matches!(action, "copy" | "verify" | "reconcile" | "sync" | "reverse_sync" | "stop_sync")
     }
 
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
@@ -244,6 +245,7 @@ impl Executor for Mongo {
             match call.action {
                 "copy" => run::copy::run(&parse::<Copy>(call)?, cx, &self.clients).await,
                 "verify" => run::verify::run(&parse::<Verify>(call)?, cx, &self.clients).await,
+                "reconcile" => run::verify::reconcile(&parse::<Reconcile>(call)?, cx, &self.clients).await,
                 "sync" | "reverse_sync" => {
                     run::sync::start(&parse::<Sync>(call)?, cx, &self.clients, &self.syncs).await
                 }

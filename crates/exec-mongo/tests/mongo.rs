@@ -198,6 +198,15 @@ async fn verify_finds_every_kind_of_discrepancy() {
     let sampled = world.verify(json!({"mode": "sample", "sample_size": 1000, "count_tolerance": 10})).await;
     assert_eq!(sampled["compared"], json!(400));
     assert!(sampled["discrepancies"].as_u64().unwrap() >= 2, "{sampled}");
+
+    // Reconcile makes the target equal the source; a second pass has nothing to do.
+    let with = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "direction": "source_to_target", "delete_extra": true});
+    let (repaired, _) = world.step("reconcile", with.clone(), None).await;
+    assert_eq!((repaired["copied"].clone(), repaired["deleted"].clone()), (json!(3), json!(1)), "{repaired}");
+    let (again, _) = world.step("reconcile", with, None).await;
+    assert_eq!((again["copied"].clone(), again["deleted"].clone()), (json!(0), json!(0)), "{again}");
+    let clean = world.verify(json!({"mode": "full", "ignore_field_order": true})).await;
+    assert_eq!(clean["discrepancies"], json!(0), "missing, changed and int→long repaired, extra deleted: {clean}");
 }
 
 fn sync_params(every: &str) -> Value {

@@ -67,9 +67,10 @@ struct Findings {
     missing: u64,
     extra: u64,
     different: u64,
-    missing_examples: Vec<Value>,
-    extra_examples: Vec<Value>,
-    /// Ids of differing documents (fields are worked out for the examples at the end).
+    /// Ids of missing, extra and differing documents, up to the limit (fields are worked
+    /// out for the examples at the end).
+    missing_ids: Vec<Bson>,
+    extra_ids: Vec<Bson>,
     different_ids: Vec<Bson>,
 }
 
@@ -80,13 +81,13 @@ impl Findings {
         self.missing += other.missing;
         self.extra += other.extra;
         self.different += other.different;
-        for (mine, theirs) in
-            [(&mut self.missing_examples, other.missing_examples), (&mut self.extra_examples, other.extra_examples)]
-        {
+        for (mine, theirs) in [
+            (&mut self.missing_ids, other.missing_ids),
+            (&mut self.extra_ids, other.extra_ids),
+            (&mut self.different_ids, other.different_ids),
+        ] {
             mine.extend(theirs.into_iter().take(limit.saturating_sub(mine.len())));
         }
-        let room = limit.saturating_sub(self.different_ids.len());
-        self.different_ids.extend(other.different_ids.into_iter().take(room));
     }
 }
 
@@ -117,8 +118,8 @@ async fn compare_range(
         match theirs.remove(&key) {
             None => {
                 findings.missing += 1;
-                if findings.missing_examples.len() < limit {
-                    findings.missing_examples.push(to_json(&id));
+                if findings.missing_ids.len() < limit {
+                    findings.missing_ids.push(id);
                 }
             }
             Some((_, digest)) if digest == canon.digest(&raw)? => findings.matched += 1,
@@ -131,8 +132,91 @@ async fn compare_range(
         }
     }
     findings.extra = theirs.len() as u64;
-    findings.extra_examples = theirs.into_values().take(limit).map(|(id, _)| to_json(&id)).collect();
+    findings.extra_ids = theirs.into_values().take(limit).map(|(id, _)| id).collect();
     Ok(findings)
+}
+
+/// Compares every document of the two collections, range by range, in parallel.
+async fn compare_all(
+    source: &Coll,
+    target: &Coll,
+    canon: Canon,
+    limit: usize,
+    cx: &Context,
+) -> Result<Findings, StepError> {
+    let mut ranges = partition::plan(source, 16).await?;
+    // Types only the target has hold extra documents: check those wholesale.
+    for (bson_type, documents) in partition::types(target).await? {
+        if !ranges.iter().any(|r| r.bson_type == bson_type) {
+            ranges.push(Range { bson_type, lo: None, hi: None, documents });
+        }
+    }
+    let total = Mutex::new(Findings::default());
+    futures_util::stream::iter(ranges)
+        .map(|range| {
+            let total = &total;
+            async move {
+                let found = compare_range(source, target, &range, canon, limit, cx).await?;
+                total.lock().unwrap_or_else(std::sync::PoisonError::into_inner).merge(found, limit);
+                Ok::<(), StepError>(())
+            }
+        })
+        .buffer_unordered(4)
+        .try_collect::<()>()
+        .await?;
+    Ok(total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// `mongo.reconcile`: makes one side equal the other — copies missing and differing
+/// documents from the side of truth, and deletes the repaired side's extra documents when
+/// asked. Idempotent: a second run finds nothing to do.
+pub(crate) async fn reconcile(params: &crate::Reconcile, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+    let (truth_side, repaired_side) = match params.direction {
+        crate::ReconcileDirection::SourceToTarget => (&params.source, &params.target),
+        crate::ReconcileDirection::TargetToSource => (&params.target, &params.source),
+    };
+    let truth = clients.resolve(cx, truth_side, repaired_side).await?;
+    let repaired = clients.resolve(cx, repaired_side, truth_side).await?;
+    let canon = Canon { ignore_field_order: true, numeric_by_value: false };
+    let findings = compare_all(&truth, &repaired, canon, usize::MAX, cx).await?;
+    let mut copied = 0u64;
+    let stale: Vec<Bson> = findings.missing_ids.iter().chain(&findings.different_ids).cloned().collect();
+    let documents = repaired.raw.clone_with_type::<Document>();
+    for chunk in stale.chunks(500) {
+        let what = || format!("repairing {} from {}", repaired.label, truth.label);
+        let mut cursor = truth
+            .raw
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$in": chunk.to_vec() } })
+            .await
+            .map_err(|e| failed(&what(), e))?;
+        while let Some(document) = cursor.try_next().await.map_err(|e| failed(&what(), e))? {
+            let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+            documents.replace_one(doc! { "_id": id }, document).upsert(true).await.map_err(|e| failed(&what(), e))?;
+            copied += 1;
+        }
+    }
+    let mut deleted = 0;
+    if params.delete_extra && !findings.extra_ids.is_empty() {
+        for chunk in findings.extra_ids.chunks(500) {
+            let result = documents
+                .delete_many(doc! { "_id": { "$in": chunk.to_vec() } })
+                .await
+                .map_err(|e| failed(&format!("deleting extra documents of {}", repaired.label), e))?;
+            deleted += result.deleted_count;
+        }
+    }
+    cx.emit("documents_reconciled", (copied + deleted) as f64);
+    Ok(json!({
+        "from": truth.label,
+        "repaired": repaired.label,
+        "missing": findings.missing,
+        "different": findings.different,
+        "extra": findings.extra,
+        "copied": copied,
+        "deleted": deleted,
+        "extra_left": if params.delete_extra { 0 } else { findings.extra },
+    }))
 }
 
 /// Top-level fields that differ between the two sides' versions of a document.
@@ -166,29 +250,7 @@ pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Res
     let limit = params.max_examples.unwrap_or(10) as usize;
     let (source_count, target_count) = (count(&source).await?, count(&target).await?);
     let findings = match params.mode {
-        VerifyMode::Full | VerifyMode::Hashed => {
-            let mut ranges = partition::plan(&source, 16).await?;
-            // Types only the target has hold extra documents: check those wholesale.
-            for (bson_type, documents) in partition::types(&target).await? {
-                if !ranges.iter().any(|r| r.bson_type == bson_type) {
-                    ranges.push(Range { bson_type, lo: None, hi: None, documents });
-                }
-            }
-            let total = Mutex::new(Findings::default());
-            futures_util::stream::iter(ranges)
-                .map(|range| {
-                    let (source, target, total) = (&source, &target, &total);
-                    async move {
-                        let found = compare_range(source, target, &range, canon, limit, cx).await?;
-                        total.lock().unwrap_or_else(std::sync::PoisonError::into_inner).merge(found, limit);
-                        Ok::<(), StepError>(())
-                    }
-                })
-                .buffer_unordered(4)
-                .try_collect::<()>()
-                .await?;
-            total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
-        }
+        VerifyMode::Full | VerifyMode::Hashed => compare_all(&source, &target, canon, limit, cx).await?,
         VerifyMode::Sample => sample(&source, &target, params.sample_size.unwrap_or(1000), canon, limit).await?,
     };
     let examples_of_differences = if matches!(params.mode, VerifyMode::Hashed) {
@@ -227,8 +289,8 @@ pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Res
         "discrepancies": discrepancies,
         "consistency_percent": consistency,
         "examples": {
-            "missing": findings.missing_examples,
-            "extra": findings.extra_examples,
+            "missing": findings.missing_ids.iter().map(to_json).collect::<Vec<_>>(),
+            "extra": findings.extra_ids.iter().map(to_json).collect::<Vec<_>>(),
             "different": examples_of_differences,
         },
     }))
@@ -270,8 +332,8 @@ async fn sample(source: &Coll, target: &Coll, size: u64, canon: Canon, limit: us
             match theirs.get(&key) {
                 None => {
                     findings.missing += 1;
-                    if findings.missing_examples.len() < limit {
-                        findings.missing_examples.push(to_json(&id));
+                    if findings.missing_ids.len() < limit {
+                        findings.missing_ids.push(id);
                     }
                 }
                 Some(digest) if *digest == canon.digest(raw)? => findings.matched += 1,
