@@ -116,6 +116,10 @@ impl Sink for Journal {
         });
     }
 
+    fn output(&self, step: &str) -> Option<Value> {
+        self.read(|s| s.phases.iter().find_map(|p| p.steps.get(step).filter(|s| s.finished).map(|s| s.output.clone())))
+    }
+
     fn decision(&self, key: &str) -> Option<Decision> {
         self.decision(key).unwrap_or_else(|error| {
             self.fail(&error);

@@ -38,6 +38,11 @@ pub struct Copy {
     #[serde(default)]
     #[schemars(range(min = 1, max = 100000))]
     pub batch_size: Option<u32>,
+    /// Fewest documents in a range (default 25000): a smaller range costs one more query
+    /// than it saves. Ranges per `_id` type are at most `parallelism`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub range_size: Option<u64>,
     /// Copy the source's indexes and collection options.
     #[serde(default = "yes")]
     pub copy_indexes: bool,
@@ -236,8 +241,8 @@ impl Executor for Mongo {
         ACTIONS
     }
 
-    fn executes(&self, action: &str) -> bool {
-        matches!(action, "copy" | "verify" | "reconcile" | "sync" | "reverse_sync" | "stop_sync")
+    fn executes(&self, _: &str) -> bool {
+        true
     }
 
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
@@ -250,7 +255,10 @@ impl Executor for Mongo {
                     run::sync::start(&parse::<Sync>(call)?, cx, &self.clients, &self.syncs).await
                 }
                 "stop_sync" => run::sync::stop(&parse::<StopSync>(call)?, cx, &self.syncs).await,
-                other => Err(StepError::Refused(format!("mongo.{other} cannot execute in this release"))),
+                "archive" => run::archive::archive(&parse::<Archive>(call)?, cx, &self.clients).await,
+                "restore" => run::archive::restore(&parse::<Restore>(call)?, cx, &self.clients).await,
+                "drop" => run::archive::drop(&parse::<Drop>(call)?, cx, &self.clients).await,
+                other => Err(StepError::Refused(format!("mongo has no action `{other}`"))),
             }
         })
     }

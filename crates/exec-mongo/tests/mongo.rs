@@ -55,13 +55,24 @@ impl World {
 
     async fn step(&self, action: &str, with: Value, checkpoint: Option<Value>) -> (Value, Arc<Recorder>) {
         let reports = Arc::new(Recorder::default());
-        let cx = self.context(reports.clone(), checkpoint);
         let output = self
-            .mongo
-            .execute(Call { action, with: &with }, &cx)
+            .try_step(action, with, checkpoint, reports.clone(), false)
             .await
             .unwrap_or_else(|e| panic!("mongo.{action}: {e}"));
         (output, reports)
+    }
+
+    async fn try_step(
+        &self,
+        action: &str,
+        with: Value,
+        checkpoint: Option<Value>,
+        reports: Arc<Recorder>,
+        simulation: bool,
+    ) -> Result<Value, handoff_executor::StepError> {
+        let mut cx = self.context(reports, checkpoint);
+        cx.policy = Arc::new(handoff_executor::Policy { simulation, ..handoff_executor::Policy::default() });
+        self.mongo.execute(Call { action, with: &with }, &cx).await
     }
 
     async fn verify(&self, extra: Value) -> Value {
@@ -104,8 +115,9 @@ async fn seed(coll: &mongodb::Collection<Document>, n: i64) -> u64 {
     n as u64
 }
 
+/// Small ranges, so that every `_id` type is split into several.
 fn copy_params() -> Value {
-    json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "parallelism": 3, "batch_size": 100})
+    json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "parallelism": 3, "batch_size": 100, "range_size": 50})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +129,7 @@ async fn copy_moves_every_document_of_every_id_type_and_verify_proves_it() {
     let (output, reports) = world.step("copy", copy_params(), None).await;
     assert_eq!(output["documents_copied"], json!(count), "{output}");
     assert_eq!(output["id_types"], json!(["int", "long", "objectId", "string"]));
+    assert_eq!(output["ranges"], json!(12), "three ranges per type: {output}");
     assert_eq!(output["indexes"], json!(1));
     assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count);
     assert_eq!(reports.metrics.lock().unwrap()["documents_copied"], count as f64);
@@ -267,4 +280,51 @@ async fn a_stopped_sync_resumes_from_its_checkpoint_without_losing_changes() {
     world.step("stop_sync", json!({"sync": "s", "drain": true}), None).await;
     let verified = world.verify(json!({"mode": "full"})).await;
     assert_eq!(verified["discrepancies"], json!(0), "{verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_restores_identically_and_drop_needs_it_and_a_person() {
+    let world = World::start().await;
+    let count = seed(&world.old, 300).await;
+    world.old.create_index(mongodb::IndexModel::builder().keys(doc! {"name": 1}).build()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("menu-archive");
+    let (archived, _) = world.step("archive", json!({"source": {"resource": "old_db"}, "path": path}), None).await;
+    assert_eq!(
+        (archived["documents"].clone(), archived["verified"].clone()),
+        (json!(count), json!(true)),
+        "{archived}"
+    );
+    assert!(path.join("menu_items.bson.gz").is_file() && path.join("manifest.json").is_file());
+
+    let reports = Arc::new(Recorder::default());
+    reports.outputs.lock().unwrap().insert("arch".to_owned(), archived.clone());
+    let drop = json!({"target": {"resource": "old_db"}, "archive": "arch"});
+    // A write after the archive: the drop is refused.
+    world.old.insert_one(doc! {"_id": "late", "name": "late"}).await.unwrap();
+    let refused = world.try_step("drop", drop.clone(), None, reports.clone(), true).await.unwrap_err().to_string();
+    assert!(refused.contains("changed since it was archived"), "{refused}");
+    world.old.delete_one(doc! {"_id": "late"}).await.unwrap();
+    // Outside simulation a person must confirm.
+    let asked = world.try_step("drop", drop.clone(), None, reports.clone(), false).await.unwrap_err().to_string();
+    assert!(asked.starts_with("waiting for a person: drop old_db.menu_items for good?"), "{asked}");
+    // Without an archive step in the run, nothing is dropped.
+    let none = world
+        .try_step("drop", json!({"target": {"resource": "old_db"}, "archive": "nope"}), None, reports.clone(), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(none.contains("has not archived anything"), "{none}");
+    let dropped = world.try_step("drop", drop, None, reports, true).await.unwrap();
+    assert_eq!(dropped["documents"], json!(count));
+    assert_eq!(world.old.count_documents(doc! {}).await.unwrap(), 0);
+
+    // The archive brings it all back, indexes included.
+    let (restored, _) = world.step("restore", json!({"path": path, "target": {"resource": "old_db"}}), None).await;
+    assert_eq!(restored["restored"], json!(count), "{restored}");
+    let indexes = world.old.list_index_names().await.unwrap();
+    assert!(indexes.iter().any(|n| n.starts_with("name")), "{indexes:?}");
+    world.step("copy", copy_params(), None).await;
+    let same = world.verify(json!({"mode": "full", "ignore_field_order": false})).await;
+    assert_eq!(same["discrepancies"], json!(0), "{same}");
 }

@@ -24,6 +24,12 @@ pub trait Sink: Send + Sync {
 
     /// What a person decided about `key` (`<phase>/<step>` for a step), if anything.
     fn decision(&self, key: &str) -> Option<Decision>;
+
+    /// The output of an earlier step of the run that finished (`step` is its id).
+    fn output(&self, step: &str) -> Option<Value> {
+        let _ = step;
+        None
+    }
 }
 
 /// A person's decision on an approval or confirmation.
@@ -156,6 +162,11 @@ impl Context {
         self.sink.decision(&format!("{}/{}", self.phase, self.step))
     }
 
+    /// The output of an earlier, finished step of the run.
+    pub fn output_of(&self, step: &str) -> Option<Value> {
+        self.sink.output(step)
+    }
+
     /// The key people use to decide about this step (`handoff approve … <key>`).
     pub fn decision_key(&self) -> String {
         format!("{}/{}", self.phase, self.step)
@@ -183,6 +194,8 @@ pub struct Recorder {
     pub checkpoints: std::sync::Mutex<Vec<Value>>,
     /// The latest value of every metric emitted.
     pub metrics: std::sync::Mutex<BTreeMap<String, f64>>,
+    /// Outputs of earlier steps, by step id, as a run would hold them.
+    pub outputs: std::sync::Mutex<BTreeMap<String, Value>>,
 }
 
 impl Sink for Recorder {
@@ -199,6 +212,10 @@ impl Sink for Recorder {
 
     fn decision(&self, _: &str) -> Option<Decision> {
         None
+    }
+
+    fn output(&self, step: &str) -> Option<Value> {
+        self.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(step).cloned()
     }
 }
 

@@ -78,6 +78,99 @@ async fn copy_indexes(source: &Coll, target: &Coll) -> Result<usize, StepError> 
     Ok(count)
 }
 
+/// What the ranges of one copy share.
+struct Shared<'a> {
+    source: &'a Coll,
+    target: &'a Coll,
+    cx: &'a Context,
+    params: &'a Copy,
+    copied: &'a AtomicU64,
+    state: &'a Mutex<Progress>,
+    last_report: &'a Mutex<Instant>,
+    started: Instant,
+    total: u64,
+    batch_size: usize,
+    parallelism: u32,
+}
+
+/// Reads batches of a range into `batches` (until the range ends or the receiver is gone).
+async fn read_range(
+    range: &Range,
+    shared: &Shared<'_>,
+    batches: tokio::sync::mpsc::Sender<Vec<RawDocumentBuf>>,
+) -> Result<(), StepError> {
+    let what = || format!("reading {}", shared.source.label);
+    let mut cursor = shared
+        .source
+        .raw
+        .find(range.filter()?)
+        .batch_size(shared.batch_size as u32)
+        .await
+        .map_err(|e| failed(&what(), e))?;
+    let mut batch = Vec::with_capacity(shared.batch_size);
+    loop {
+        let next = tokio::select! {
+            next = cursor.try_next() => next.map_err(|e| failed(&what(), e))?,
+            () = shared.cx.cancel.cancelled() => return Err(StepError::Cancelled),
+        };
+        let end = next.is_none();
+        batch.extend(next);
+        if (batch.len() >= shared.batch_size || end)
+            && !batch.is_empty()
+            && batches.send(std::mem::take(&mut batch)).await.is_err()
+        {
+            return Ok(());
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes one batch and reports progress (throttled when asked).
+async fn write_batch(batch: Vec<RawDocumentBuf>, shared: &Shared<'_>) -> Result<(), StepError> {
+    let written = batch.len() as u64;
+    write(shared.target, batch).await?;
+    let now = shared.copied.fetch_add(written, Ordering::Relaxed) + written;
+    if let Some(limit) = shared.params.max_docs_per_second {
+        // Each of the parallel writers takes its share of the budget.
+        let share = limit as f64 / f64::from(shared.parallelism);
+        shared.cx.clock.sleep(Duration::from_secs_f64(written as f64 / share)).await;
+    }
+    let mut last = shared.last_report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.elapsed() >= Duration::from_secs(1) {
+        *last = Instant::now();
+        let rate = now as f64 / shared.started.elapsed().as_secs_f64().max(1e-3);
+        let eta = shared.total.saturating_sub(now) as f64 / rate.max(1.0);
+        shared.cx.progress(
+            &format!("{now}/{} documents, {rate:.0}/s, about {eta:.0}s left", shared.total),
+            Some(now as f64 / shared.total.max(1) as f64),
+        );
+    }
+    Ok(())
+}
+
+/// Copies one range: batches are read while earlier ones are written, `parallelism`
+/// writes at once; the range is checkpointed as done at the end.
+async fn copy_range(index: usize, range: Range, shared: &Shared<'_>) -> Result<(), StepError> {
+    let (send, receive) = tokio::sync::mpsc::channel(shared.parallelism as usize);
+    let batches =
+        futures_util::stream::unfold(receive, |mut receive| async move { receive.recv().await.map(|b| (b, receive)) });
+    let writes = batches
+        .map(|batch| write_batch(batch, shared))
+        .buffer_unordered(shared.parallelism as usize)
+        .try_collect::<()>();
+    let (read, written) = tokio::join!(read_range(&range, shared, send), writes);
+    read.and(written)?;
+    let snapshot = {
+        let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.done.insert(index);
+        state.copied = shared.copied.load(Ordering::Relaxed);
+        serde_json::to_value(&*state).unwrap_or_default()
+    };
+    shared.cx.save_checkpoint(&snapshot).map_err(|e| failed("saving copy progress", e))
+}
+
 /// Runs `mongo.copy`.
 pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
     let source = clients.resolve(cx, &params.source, &params.target).await?;
@@ -89,7 +182,8 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         Some(progress) => progress,
         None => {
             let change_stream_start = change_stream_start(&source, &target).await?;
-            let ranges = partition::plan(&source, parallelism * 4).await?;
+            let min_size = params.range_size.unwrap_or(partition::MIN_RANGE_DOCUMENTS);
+            let ranges = partition::plan(&source, parallelism, min_size).await?;
             let progress = Progress { ranges, change_stream_start, ..Progress::default() };
             cx.save_checkpoint(&serde_json::to_value(&progress).unwrap_or_default())
                 .map_err(|e| failed("saving the copy plan", e))?;
@@ -107,58 +201,22 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.ranges.iter().cloned().enumerate().filter(|(i, _)| !state.done.contains(i)).collect()
     };
-    let copy_range = |(index, range): (usize, Range)| {
-        let (source, target, copied, state, last_report) = (&source, &target, &copied, &state, &last_report);
-        async move {
-            let what = || format!("reading {}", source.label);
-            let mut cursor =
-                source.raw.find(range.filter()?).batch_size(batch_size as u32).await.map_err(|e| failed(&what(), e))?;
-            let mut batch = Vec::with_capacity(batch_size);
-            loop {
-                let next = tokio::select! {
-                    next = cursor.try_next() => next.map_err(|e| failed(&what(), e))?,
-                    () = cx.cancel.cancelled() => return Err(StepError::Cancelled),
-                };
-                let end = next.is_none();
-                if let Some(document) = next {
-                    batch.push(document);
-                }
-                if batch.len() >= batch_size || (end && !batch.is_empty()) {
-                    let written = batch.len() as u64;
-                    write(target, std::mem::take(&mut batch)).await?;
-                    let now = copied.fetch_add(written, Ordering::Relaxed) + written;
-                    if let Some(limit) = params.max_docs_per_second {
-                        // Each of the parallel readers takes its share of the budget.
-                        let share = limit as f64 / f64::from(parallelism);
-                        cx.clock.sleep(Duration::from_secs_f64(written as f64 / share)).await;
-                    }
-                    let mut last = last_report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if last.elapsed() >= Duration::from_secs(1) {
-                        *last = Instant::now();
-                        let rate = now as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                        let eta = total.saturating_sub(now) as f64 / rate.max(1.0);
-                        cx.progress(
-                            &format!("{now}/{total} documents, {rate:.0}/s, about {eta:.0}s left"),
-                            Some(now as f64 / total.max(1) as f64),
-                        );
-                    }
-                }
-                if end {
-                    break;
-                }
-            }
-            let snapshot = {
-                let mut state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                state.done.insert(index);
-                state.copied = copied.load(Ordering::Relaxed);
-                serde_json::to_value(&*state).unwrap_or_default()
-            };
-            cx.save_checkpoint(&snapshot).map_err(|e| failed("saving copy progress", e))?;
-            Ok::<(), StepError>(())
-        }
+    let shared = Shared {
+        source: &source,
+        target: &target,
+        cx,
+        params,
+        copied: &copied,
+        state: &state,
+        last_report: &last_report,
+        started,
+        total,
+        batch_size,
+        parallelism,
     };
+    let shared = &shared;
     futures_util::stream::iter(pending)
-        .map(copy_range)
+        .map(|(index, range)| copy_range(index, range, shared))
         .buffer_unordered(parallelism as usize)
         .try_collect::<()>()
         .await?;
@@ -173,7 +231,7 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         "ranges_resumed_as_done": skipped,
         "indexes": indexes,
         "change_stream_start": state.change_stream_start,
-        "id_types": state.ranges.iter().map(|r| r.bson_type.clone()).collect::<BTreeSet<_>>(),
+        "id_types": state.ranges.iter().filter(|r| !r.bson_type.is_empty()).map(|r| r.bson_type.clone()).collect::<BTreeSet<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     }))
 }

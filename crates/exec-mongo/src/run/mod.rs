@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use crate::Side;
 
+pub(crate) mod archive;
 pub(crate) mod copy;
 pub(crate) mod partition;
 pub(crate) mod sync;

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::{Coll, failed, from_json, to_json};
 use handoff_executor::StepError;
 
-/// One range: documents whose `_id` has type `bson_type` and lies in `[lo, hi)`.
+/// One range: documents whose `_id` has type `bson_type` and lies in `[lo, hi)`, or the
+/// whole collection when `bson_type` is empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Range {
-    /// `$type` alias of the `_id`s (`objectId`, `string`, `int`, …).
+    /// `$type` alias of the `_id`s (`objectId`, `string`, `int`, …); empty for all.
     pub(crate) bson_type: String,
     /// Inclusive lower bound (canonical extended JSON); open when absent.
     pub(crate) lo: Option<serde_json::Value>,
@@ -29,6 +30,9 @@ pub(crate) struct Range {
 impl Range {
     /// The query filter selecting the range.
     pub(crate) fn filter(&self) -> Result<Document, StepError> {
+        if self.bson_type.is_empty() {
+            return Ok(doc! {});
+        }
         let mut condition = doc! { "$type": &self.bson_type };
         if let Some(lo) = &self.lo {
             condition.insert("$gte", from_json(lo)?);
@@ -61,35 +65,60 @@ pub(crate) async fn types(coll: &Coll) -> Result<Vec<(String, u64)>, StepError> 
     Ok(types)
 }
 
-/// Splits a collection into about `parts` ranges of similar size.
-pub(crate) async fn plan(coll: &Coll, parts: u32) -> Result<Vec<Range>, StepError> {
-    let types = types(coll).await?;
-    let total: u64 = types.iter().map(|(_, n)| n).sum::<u64>().max(1);
+/// Fewest documents worth a range of their own: below this, another range costs more (one
+/// more query, and on servers without a usable `_id` index one more scan) than it saves.
+pub(crate) const MIN_RANGE_DOCUMENTS: u64 = 25_000;
+
+/// Splits a collection into at most `parts` ranges per `_id` type, of similar size and
+/// none smaller than `min_size`. The bounds of a type come from one pass over its `_id`s in
+/// order (an index-only scan on MongoDB), not from a query per bound.
+pub(crate) async fn plan(coll: &Coll, parts: u32, min_size: u64) -> Result<Vec<Range>, StepError> {
+    // A collection too small to split is one range: no need to know its _id types.
+    let estimate =
+        coll.raw.estimated_document_count().await.map_err(|e| failed(&format!("counting {}", coll.label), e))?;
+    if estimate < min_size {
+        return Ok(vec![Range { bson_type: String::new(), lo: None, hi: None, documents: estimate }]);
+    }
     let mut ranges = Vec::new();
-    for (bson_type, count) in types {
-        let pieces = ((u64::from(parts) * count).div_ceil(total)).clamp(1, count.max(1));
-        let step = count / pieces;
-        let mut bounds = Vec::new();
-        for piece in 1..pieces {
-            let what = || format!("splitting {} into ranges", coll.label);
-            let found = coll
-                .raw
-                .clone_with_type::<Document>()
-                .find_one(doc! { "_id": { "$type": &bson_type } })
-                .sort(doc! { "_id": 1 })
-                .skip(piece * step)
-                .projection(doc! { "_id": 1 })
-                .await
-                .map_err(|e| failed(&what(), e))?;
-            if let Some(id) = found.and_then(|d| d.get("_id").cloned()) {
-                bounds.push(to_json(&id));
-            }
+    for (bson_type, count) in types(coll).await? {
+        let pieces = u64::from(parts).min(count.div_ceil(min_size.max(1))).max(1);
+        if pieces == 1 {
+            ranges.push(Range { bson_type, lo: None, hi: None, documents: count });
+            continue;
         }
-        bounds.dedup();
-        let mut lo = None;
-        for (index, hi) in bounds.iter().cloned().map(Some).chain([None]).enumerate() {
-            let documents = if index + 1 < pieces as usize { step } else { count - step * (pieces - 1) };
-            ranges.push(Range { bson_type: bson_type.clone(), lo: lo.clone(), hi: hi.clone(), documents });
+        let step = count / pieces;
+        let what = || format!("splitting {} into ranges", coll.label);
+        let mut ids = coll
+            .raw
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$type": &bson_type } })
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1 })
+            .batch_size(10_000)
+            .await
+            .map_err(|e| failed(&what(), e))?;
+        let mut bounds = Vec::new();
+        let mut seen = 0u64;
+        while let Some(row) = ids.try_next().await.map_err(|e| failed(&what(), e))? {
+            if seen > 0
+                && seen.is_multiple_of(step)
+                && (bounds.len() as u64) < pieces - 1
+                && let Some(id) = row.get("_id")
+            {
+                bounds.push((to_json(id), seen));
+            }
+            seen += 1;
+        }
+        let mut lo: Option<(serde_json::Value, u64)> = None;
+        for hi in bounds.into_iter().map(Some).chain([None]) {
+            let start = lo.as_ref().map_or(0, |(_, at)| *at);
+            let end = hi.as_ref().map_or(seen, |(_, at)| *at);
+            ranges.push(Range {
+                bson_type: bson_type.clone(),
+                lo: lo.as_ref().map(|(id, _)| id.clone()),
+                hi: hi.as_ref().map(|(id, _)| id.clone()),
+                documents: end - start,
+            });
             lo = hi;
         }
     }

@@ -47,6 +47,10 @@ impl Canon {
     }
 
     fn digest(self, raw: &RawDocumentBuf) -> Result<[u8; 32], StepError> {
+        if !self.ignore_field_order && !self.numeric_by_value {
+            // Byte-for-byte comparison: no decoding needed.
+            return Ok(Sha256::digest(raw.as_bytes()).into());
+        }
         let document = raw.to_document().map_err(|e| StepError::Failed(format!("undecodable document: {e}")))?;
         let bytes = mongodb::bson::to_vec(&self.document(document)).unwrap_or_default();
         Ok(Sha256::digest(&bytes).into())
@@ -61,12 +65,12 @@ fn id_of(raw: &RawDocumentBuf) -> (String, Bson) {
 
 /// What a comparison found.
 #[derive(Debug, Default)]
-struct Findings {
+pub(crate) struct Findings {
     compared: u64,
     matched: u64,
-    missing: u64,
-    extra: u64,
-    different: u64,
+    pub(crate) missing: u64,
+    pub(crate) extra: u64,
+    pub(crate) different: u64,
     /// Ids of missing, extra and differing documents, up to the limit (fields are worked
     /// out for the examples at the end).
     missing_ids: Vec<Bson>,
@@ -91,30 +95,37 @@ impl Findings {
     }
 }
 
-async fn compare_range(
-    source: &Coll,
-    target: &Coll,
+async fn compare_range<'a>(
+    source: &'a Coll,
+    target: &'a Coll,
     range: &Range,
     canon: Canon,
     limit: usize,
-    cx: &Context,
+    cx: &'a Context,
 ) -> Result<Findings, StepError> {
     let filter = range.filter()?;
-    let mut theirs: HashMap<String, (Bson, [u8; 32])> = HashMap::new();
-    let what = |coll: &Coll| format!("reading {}", coll.label);
-    let mut cursor = target.raw.find(filter.clone()).batch_size(1000).await.map_err(|e| failed(&what(target), e))?;
-    while let Some(raw) = cursor.try_next().await.map_err(|e| failed(&what(target), e))? {
-        let (key, id) = id_of(&raw);
-        theirs.insert(key, (id, canon.digest(&raw)?));
-        if cx.cancel.is_cancelled() {
-            return Err(StepError::Cancelled);
+    // Both sides are read at once; each document becomes (key, id, digest).
+    let read = |coll: &'a Coll| {
+        let filter = filter.clone();
+        async move {
+            let what = || format!("reading {}", coll.label);
+            let mut cursor = coll.raw.find(filter).batch_size(1000).await.map_err(|e| failed(&what(), e))?;
+            let mut rows = Vec::new();
+            while let Some(raw) = cursor.try_next().await.map_err(|e| failed(&what(), e))? {
+                let (key, id) = id_of(&raw);
+                rows.push((key, id, canon.digest(&raw)?));
+                if cx.cancel.is_cancelled() {
+                    return Err(StepError::Cancelled);
+                }
+            }
+            Ok::<_, StepError>(rows)
         }
-    }
+    };
+    let (ours, theirs) = tokio::join!(read(source), read(target));
+    let mut theirs: HashMap<String, (Bson, [u8; 32])> = theirs?.into_iter().map(|(k, id, d)| (k, (id, d))).collect();
     let mut findings = Findings::default();
-    let mut cursor = source.raw.find(filter).batch_size(1000).await.map_err(|e| failed(&what(source), e))?;
-    while let Some(raw) = cursor.try_next().await.map_err(|e| failed(&what(source), e))? {
+    for (key, id, digest) in ours? {
         findings.compared += 1;
-        let (key, id) = id_of(&raw);
         match theirs.remove(&key) {
             None => {
                 findings.missing += 1;
@@ -122,7 +133,7 @@ async fn compare_range(
                     findings.missing_ids.push(id);
                 }
             }
-            Some((_, digest)) if digest == canon.digest(&raw)? => findings.matched += 1,
+            Some((_, theirs)) if theirs == digest => findings.matched += 1,
             Some(_) => {
                 findings.different += 1;
                 if findings.different_ids.len() < limit {
@@ -137,18 +148,21 @@ async fn compare_range(
 }
 
 /// Compares every document of the two collections, range by range, in parallel.
-async fn compare_all(
+pub(crate) async fn compare_all(
     source: &Coll,
     target: &Coll,
     canon: Canon,
     limit: usize,
     cx: &Context,
 ) -> Result<Findings, StepError> {
-    let mut ranges = partition::plan(source, 16).await?;
-    // Types only the target has hold extra documents: check those wholesale.
-    for (bson_type, documents) in partition::types(target).await? {
-        if !ranges.iter().any(|r| r.bson_type == bson_type) {
-            ranges.push(Range { bson_type, lo: None, hi: None, documents });
+    let mut ranges = partition::plan(source, 4, partition::MIN_RANGE_DOCUMENTS).await?;
+    // Types only the target has hold extra documents: check those wholesale (a single
+    // range over everything already covers them).
+    if ranges.iter().all(|r| !r.bson_type.is_empty()) {
+        for (bson_type, documents) in partition::types(target).await? {
+            if !ranges.iter().any(|r| r.bson_type == bson_type) {
+                ranges.push(Range { bson_type, lo: None, hi: None, documents });
+            }
         }
     }
     let total = Mutex::new(Findings::default());
@@ -248,10 +262,14 @@ pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Res
     let target = clients.resolve(cx, &params.target, &params.source).await?;
     let canon = Canon { ignore_field_order: params.ignore_field_order, numeric_by_value: params.numeric_by_value };
     let limit = params.max_examples.unwrap_or(10) as usize;
-    let (source_count, target_count) = (count(&source).await?, count(&target).await?);
     let findings = match params.mode {
         VerifyMode::Full | VerifyMode::Hashed => compare_all(&source, &target, canon, limit, cx).await?,
         VerifyMode::Sample => sample(&source, &target, params.sample_size.unwrap_or(1000), canon, limit).await?,
+    };
+    // A full comparison reads every document of both sides: the exact counts come with it.
+    let (source_count, target_count) = match params.mode {
+        VerifyMode::Sample => (count(&source).await?, count(&target).await?),
+        _ => (findings.compared, findings.matched + findings.different + findings.extra),
     };
     let examples_of_differences = if matches!(params.mode, VerifyMode::Hashed) {
         findings.different_ids.iter().map(|id| json!({ "_id": to_json(id) })).collect::<Vec<_>>()
