@@ -102,8 +102,84 @@ impl Bench {
     }
 }
 
+/// Percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Sync lag under a steady write load: documents carry their write time; a change stream
+/// on the target sees them arrive. Returns (p50, p99, achieved writes per second).
+async fn sync_lag(bench: &Bench, rate: u64, seconds: u64) -> (f64, f64, f64) {
+    let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "checkpoint_every": "1s"});
+    bench.step("sync", pair).await;
+    let mut arrivals = bench.new.watch().await.unwrap();
+    let total = rate * seconds;
+    let writer = async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        let started = Instant::now();
+        for n in 0..total {
+            tick.tick().await;
+            let now = mongodb::bson::DateTime::now().timestamp_millis();
+            bench.old.insert_one(doc! {"_id": format!("lag-{rate}-{n}"), "t": now}).await.unwrap();
+        }
+        total as f64 / started.elapsed().as_secs_f64()
+    };
+    let reader = async {
+        let mut lags = Vec::new();
+        while (lags.len() as u64) < total {
+            let Some(event) = arrivals.next().await.transpose().unwrap() else { break };
+            if let Some(t) = event.full_document.as_ref().and_then(|d| d.get_i64("t").ok()) {
+                lags.push((mongodb::bson::DateTime::now().timestamp_millis() - t) as f64 / 1000.0);
+            }
+        }
+        lags
+    };
+    let (achieved, mut lags) = tokio::join!(writer, reader);
+    bench.step("stop_sync", json!({"sync": "bench", "drain": true})).await;
+    lags.sort_by(f64::total_cmp);
+    (percentile(&lags, 0.5), percentile(&lags, 0.99), achieved)
+}
+
+/// A copy interrupted halfway (its cancellation token fired, as a kill would stop it),
+/// then resumed from its last checkpoint. Returns the share of documents written twice.
+async fn interrupted_copy(bench: &Bench, docs: usize) -> f64 {
+    bench.new.drop().await.unwrap();
+    let with = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "parallelism": PARALLELISM, "batch_size": BATCH, "copy_indexes": false});
+    let recorder = Arc::new(Recorder::default());
+    let cx = Context::detached(
+        "bench",
+        Endpoints::new(bench.endpoints.clone()),
+        bench.resources.clone(),
+        None,
+        recorder.clone(),
+    );
+    let watcher = async {
+        while bench.new.estimated_document_count().await.unwrap() < docs as u64 / 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cx.cancel.cancel();
+    };
+    let (first, ()) = tokio::join!(bench.mongo.execute(Call { action: "copy", with: &with }, &cx), watcher);
+    assert!(first.is_err(), "the copy was interrupted");
+    let written_before = bench.new.count_documents(doc! {}).await.unwrap();
+    let checkpoint = recorder.checkpoints.lock().unwrap().last().cloned();
+    let credited = checkpoint.as_ref().and_then(|c| c["copied"].as_u64()).unwrap_or(0);
+    let cx = Context::detached(
+        "bench",
+        Endpoints::new(bench.endpoints.clone()),
+        bench.resources.clone(),
+        checkpoint,
+        Arc::new(Recorder::default()),
+    );
+    let second = bench.mongo.execute(Call { action: "copy", with: &with }, &cx).await.unwrap();
+    let processed_again = second["documents_copied"].as_u64().unwrap() - credited;
+    assert_eq!(bench.new.count_documents(doc! {}).await.unwrap(), docs as u64, "nothing lost");
+    (written_before + processed_again - docs as u64) as f64 / docs as f64
+}
+
 fn main() {
     let docs: usize = std::env::var("HANDOFF_BENCH_DOCS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let parts = std::env::var("HANDOFF_BENCH_PARTS").unwrap_or_else(|_| "sync,resume,copy".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let specs = [ServiceSpec::new("old_db", ServiceKind::Mongo), ServiceSpec::new("new_db", ServiceKind::Mongo)];
@@ -136,7 +212,33 @@ fn main() {
             value.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             value
         };
+        if parts.contains("sync") {
+            println!("sync lag under a steady insert load (a change stream on the target times arrivals), 10 s per rate:");
+            for rate in [100, 300, 1000] {
+                let (p50, p99, achieved) = sync_lag(&bench, rate, 10).await;
+                println!("  {rate:>5}/s asked, {achieved:>6.0}/s achieved: lag p50 {p50:.3} s, p99 {p99:.3} s");
+            }
+            bench.old.drop().await.unwrap();
+            bench.new.drop().await.unwrap();
+        }
+        if parts.contains("resume") {
+            let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, true))).collect();
+            raw_write(&bench.old, &prebuilt).await;
+            let redone = interrupted_copy(&bench, docs).await;
+            let verified = bench.step("verify", with(json!({"mode": "full"}))).await.0;
+            println!(
+                "copy of {docs} documents (mixed _ids) interrupted halfway, then resumed: {:.2}% written twice, {} discrepancies after",
+                redone * 100.0,
+                verified["discrepancies"]
+            );
+            bench.old.drop().await.unwrap();
+            bench.new.drop().await.unwrap();
+        }
         for mixed in [false, true] {
+            let wanted = parts.contains("copy") || parts.contains(if mixed { "mixed" } else { "objectid" });
+            if !wanted {
+                continue;
+            }
             let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, mixed))).collect();
             let bytes = mongodb::bson::to_vec(&prebuilt[0]).unwrap().len();
             raw_write(&bench.old, &prebuilt).await;

@@ -38,8 +38,10 @@ pub struct Copy {
     #[serde(default)]
     #[schemars(range(min = 1, max = 100000))]
     pub batch_size: Option<u32>,
-    /// Fewest documents in a range (default 25000): a smaller range costs one more query
-    /// than it saves. Ranges per `_id` type are at most `parallelism`.
+    /// Fewest documents in a range read in parallel with others (default 500000): a
+    /// smaller range costs one more query than it saves. Ranges per `_id` type are at most
+    /// `parallelism`; a copy resumes inside a range, so small ranges are never needed for
+    /// checkpoints.
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub range_size: Option<u64>,

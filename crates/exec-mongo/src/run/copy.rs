@@ -21,11 +21,18 @@ use crate::Copy;
 /// copied it, or the sync wrote it); the copy is idempotent on overlap.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// How often a range's position is checkpointed: work redone after a kill is at most
+/// about this much writing per range.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// What a copy checkpoints: its plan and the ranges that are done.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Progress {
     ranges: Vec<Range>,
     done: BTreeSet<usize>,
+    /// Per unfinished range: the `_id` up to which (in `_id` order) everything is written.
+    #[serde(default)]
+    positions: std::collections::BTreeMap<usize, Value>,
     copied: u64,
     /// Where a later `mongo.sync` starts: the source's change stream position taken
     /// before the first document was read.
@@ -86,40 +93,52 @@ struct Shared<'a> {
     params: &'a Copy,
     copied: &'a AtomicU64,
     state: &'a Mutex<Progress>,
-    last_report: &'a Mutex<Instant>,
     started: Instant,
     total: u64,
     batch_size: usize,
     parallelism: u32,
 }
 
-/// Reads batches of a range into `batches` (until the range ends or the receiver is gone).
+/// A batch with its place in the range.
+struct Batch {
+    seq: u64,
+    documents: Vec<RawDocumentBuf>,
+    /// `_id` of its last document (extended JSON).
+    last: Value,
+}
+
+/// Reads a range in `_id` order, after `after` when resuming, into `batches`.
 async fn read_range(
     range: &Range,
+    after: Option<&Value>,
     shared: &Shared<'_>,
-    batches: tokio::sync::mpsc::Sender<Vec<RawDocumentBuf>>,
+    batches: tokio::sync::mpsc::Sender<Batch>,
 ) -> Result<(), StepError> {
     let what = || format!("reading {}", shared.source.label);
     let mut cursor = shared
         .source
         .raw
-        .find(range.filter()?)
+        .find(range.filter(after)?)
+        .sort(mongodb::bson::doc! { "_id": 1 })
         .batch_size(shared.batch_size as u32)
         .await
         .map_err(|e| failed(&what(), e))?;
-    let mut batch = Vec::with_capacity(shared.batch_size);
+    let mut documents = Vec::with_capacity(shared.batch_size);
+    let mut seq = 0;
     loop {
         let next = tokio::select! {
             next = cursor.try_next() => next.map_err(|e| failed(&what(), e))?,
             () = shared.cx.cancel.cancelled() => return Err(StepError::Cancelled),
         };
         let end = next.is_none();
-        batch.extend(next);
-        if (batch.len() >= shared.batch_size || end)
-            && !batch.is_empty()
-            && batches.send(std::mem::take(&mut batch)).await.is_err()
-        {
-            return Ok(());
+        documents.extend(next);
+        if (documents.len() >= shared.batch_size || end) && !documents.is_empty() {
+            let last = documents.last().map_or(Value::Null, id_json);
+            let batch = Batch { seq, documents: std::mem::take(&mut documents), last };
+            seq += 1;
+            if batches.send(batch).await.is_err() {
+                return Ok(());
+            }
         }
         if end {
             return Ok(());
@@ -127,19 +146,64 @@ async fn read_range(
     }
 }
 
-/// Writes one batch and reports progress (throttled when asked).
-async fn write_batch(batch: Vec<RawDocumentBuf>, shared: &Shared<'_>) -> Result<(), StepError> {
-    let written = batch.len() as u64;
-    write(shared.target, batch).await?;
-    let now = shared.copied.fetch_add(written, Ordering::Relaxed) + written;
+/// The `_id` of a raw document as extended JSON.
+fn id_json(document: &RawDocumentBuf) -> Value {
+    document
+        .get("_id")
+        .ok()
+        .flatten()
+        .and_then(|id| mongodb::bson::Bson::try_from(id.to_raw_bson()).ok())
+        .map_or(Value::Null, |id| super::to_json(&id))
+}
+
+/// Batches written out of order, and the prefix of the range written in full.
+#[derive(Default)]
+struct Written {
+    next: u64,
+    pending: std::collections::BTreeMap<u64, Value>,
+    last_saved: Option<Instant>,
+}
+
+/// Writes one batch, advances the range's position, reports progress and checkpoints
+/// (at most every [`CHECKPOINT_EVERY`]).
+async fn write_batch(
+    index: usize,
+    batch: Batch,
+    written: &Mutex<Written>,
+    shared: &Shared<'_>,
+) -> Result<(), StepError> {
+    let count = batch.documents.len() as u64;
+    write(shared.target, batch.documents).await?;
+    let now = shared.copied.fetch_add(count, Ordering::Relaxed) + count;
     if let Some(limit) = shared.params.max_docs_per_second {
         // Each of the parallel writers takes its share of the budget.
         let share = limit as f64 / f64::from(shared.parallelism);
-        shared.cx.clock.sleep(Duration::from_secs_f64(written as f64 / share)).await;
+        shared.cx.clock.sleep(Duration::from_secs_f64(count as f64 / share)).await;
     }
-    let mut last = shared.last_report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if last.elapsed() >= Duration::from_secs(1) {
-        *last = Instant::now();
+    let snapshot = {
+        let mut written = written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        written.pending.insert(batch.seq, batch.last);
+        let mut position = None;
+        loop {
+            let next = written.next;
+            let Some(last) = written.pending.remove(&next) else { break };
+            written.next += 1;
+            position = Some(last);
+        }
+        let due = written.last_saved.is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY);
+        match position.filter(|_| due) {
+            Some(position) => {
+                written.last_saved = Some(Instant::now());
+                let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.positions.insert(index, position);
+                state.copied = now;
+                Some(serde_json::to_value(&*state).unwrap_or_default())
+            }
+            None => None,
+        }
+    };
+    if let Some(snapshot) = snapshot {
+        shared.cx.save_checkpoint(&snapshot).map_err(|e| failed("saving copy progress", e))?;
         let rate = now as f64 / shared.started.elapsed().as_secs_f64().max(1e-3);
         let eta = shared.total.saturating_sub(now) as f64 / rate.max(1.0);
         shared.cx.progress(
@@ -150,21 +214,24 @@ async fn write_batch(batch: Vec<RawDocumentBuf>, shared: &Shared<'_>) -> Result<
     Ok(())
 }
 
-/// Copies one range: batches are read while earlier ones are written, `parallelism`
-/// writes at once; the range is checkpointed as done at the end.
+/// Copies one range: read in `_id` order while `parallelism` earlier batches are written;
+/// its position is checkpointed as batches complete, and the range as done at the end.
 async fn copy_range(index: usize, range: Range, shared: &Shared<'_>) -> Result<(), StepError> {
+    let after = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).positions.get(&index).cloned();
     let (send, receive) = tokio::sync::mpsc::channel(shared.parallelism as usize);
     let batches =
         futures_util::stream::unfold(receive, |mut receive| async move { receive.recv().await.map(|b| (b, receive)) });
+    let written = Mutex::new(Written::default());
     let writes = batches
-        .map(|batch| write_batch(batch, shared))
+        .map(|batch| write_batch(index, batch, &written, shared))
         .buffer_unordered(shared.parallelism as usize)
         .try_collect::<()>();
-    let (read, written) = tokio::join!(read_range(&range, shared, send), writes);
-    read.and(written)?;
+    let (read, wrote) = tokio::join!(read_range(&range, after.as_ref(), shared, send), writes);
+    read.and(wrote)?;
     let snapshot = {
         let mut state = shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.done.insert(index);
+        state.positions.remove(&index);
         state.copied = shared.copied.load(Ordering::Relaxed);
         serde_json::to_value(&*state).unwrap_or_default()
     };
@@ -183,7 +250,7 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         None => {
             let change_stream_start = change_stream_start(&source, &target).await?;
             let min_size = params.range_size.unwrap_or(partition::MIN_RANGE_DOCUMENTS);
-            let ranges = partition::plan(&source, parallelism, min_size).await?;
+            let ranges = partition::plan(&source, parallelism, min_size, true).await?;
             let progress = Progress { ranges, change_stream_start, ..Progress::default() };
             cx.save_checkpoint(&serde_json::to_value(&progress).unwrap_or_default())
                 .map_err(|e| failed("saving the copy plan", e))?;
@@ -193,10 +260,10 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
     let indexes = if params.copy_indexes { copy_indexes(&source, &target).await? } else { 0 };
     let total: u64 = progress.ranges.iter().map(|r| r.documents).sum();
     let skipped = progress.done.len();
+    let resumed_inside = progress.positions.len();
     let copied = AtomicU64::new(progress.copied);
     let state = Mutex::new(progress);
     let started = Instant::now();
-    let last_report = Mutex::new(Instant::now());
     let pending: Vec<(usize, Range)> = {
         let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.ranges.iter().cloned().enumerate().filter(|(i, _)| !state.done.contains(i)).collect()
@@ -208,7 +275,6 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         params,
         copied: &copied,
         state: &state,
-        last_report: &last_report,
         started,
         total,
         batch_size,
@@ -229,6 +295,7 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         "documents_copied": copied,
         "ranges": state.ranges.len(),
         "ranges_resumed_as_done": skipped,
+        "ranges_resumed_inside": resumed_inside,
         "indexes": indexes,
         "change_stream_start": state.change_stream_start,
         "id_types": state.ranges.iter().filter(|r| !r.bson_type.is_empty()).map(|r| r.bson_type.clone()).collect::<BTreeSet<_>>(),

@@ -48,6 +48,9 @@ impl Clients {
         })?;
         options.app_name = Some("handoff".to_owned());
         options.server_selection_timeout = Some(Duration::from_secs(15));
+        // A server busy with a migration's scans answers heartbeats late; do not drop its
+        // connections (and the copy in flight) for that.
+        options.connect_timeout = Some(Duration::from_secs(30));
         let client = Client::with_options(options).map_err(|e| failed(&format!("endpoint `{endpoint}`"), e))?;
         clients.insert(uri.to_owned(), client.clone());
         Ok(client)

@@ -28,14 +28,20 @@ pub(crate) struct Range {
 }
 
 impl Range {
-    /// The query filter selecting the range.
-    pub(crate) fn filter(&self) -> Result<Document, StepError> {
+    /// The query filter selecting the range, or its part after `after` (exclusive).
+    pub(crate) fn filter(&self, after: Option<&serde_json::Value>) -> Result<Document, StepError> {
         if self.bson_type.is_empty() {
             return Ok(doc! {});
         }
         let mut condition = doc! { "$type": &self.bson_type };
-        if let Some(lo) = &self.lo {
-            condition.insert("$gte", from_json(lo)?);
+        match (after, &self.lo) {
+            (Some(after), _) => {
+                condition.insert("$gt", from_json(after)?);
+            }
+            (None, Some(lo)) => {
+                condition.insert("$gte", from_json(lo)?);
+            }
+            (None, None) => {}
         }
         if let Some(hi) = &self.hi {
             condition.insert("$lt", from_json(hi)?);
@@ -67,17 +73,22 @@ pub(crate) async fn types(coll: &Coll) -> Result<Vec<(String, u64)>, StepError> 
 
 /// Fewest documents worth a range of their own: below this, another range costs more (one
 /// more query, and on servers without a usable `_id` index one more scan) than it saves.
-pub(crate) const MIN_RANGE_DOCUMENTS: u64 = 25_000;
+/// A copy resumes within a range, so ranges are for parallel reads, not for checkpoints.
+pub(crate) const MIN_RANGE_DOCUMENTS: u64 = 500_000;
 
 /// Splits a collection into at most `parts` ranges per `_id` type, of similar size and
 /// none smaller than `min_size`. The bounds of a type come from one pass over its `_id`s in
 /// order (an index-only scan on MongoDB), not from a query per bound.
-pub(crate) async fn plan(coll: &Coll, parts: u32, min_size: u64) -> Result<Vec<Range>, StepError> {
-    // A collection too small to split is one range: no need to know its _id types.
-    let estimate =
-        coll.raw.estimated_document_count().await.map_err(|e| failed(&format!("counting {}", coll.label), e))?;
-    if estimate < min_size {
-        return Ok(vec![Range { bson_type: String::new(), lo: None, hi: None, documents: estimate }]);
+///
+/// With `typed: false`, a collection too small to split is one range over every type (no
+/// need to know its _id types); a copy asks for typed ranges, which it can resume inside.
+pub(crate) async fn plan(coll: &Coll, parts: u32, min_size: u64, typed: bool) -> Result<Vec<Range>, StepError> {
+    if !typed {
+        let estimate =
+            coll.raw.estimated_document_count().await.map_err(|e| failed(&format!("counting {}", coll.label), e))?;
+        if estimate < min_size {
+            return Ok(vec![Range { bson_type: String::new(), lo: None, hi: None, documents: estimate }]);
+        }
     }
     let mut ranges = Vec::new();
     for (bson_type, count) in types(coll).await? {

@@ -103,7 +103,7 @@ async fn compare_range<'a>(
     limit: usize,
     cx: &'a Context,
 ) -> Result<Findings, StepError> {
-    let filter = range.filter()?;
+    let filter = range.filter(None)?;
     // Both sides are read at once; each document becomes (key, id, digest).
     let read = |coll: &'a Coll| {
         let filter = filter.clone();
@@ -155,7 +155,7 @@ pub(crate) async fn compare_all(
     limit: usize,
     cx: &Context,
 ) -> Result<Findings, StepError> {
-    let mut ranges = partition::plan(source, 4, partition::MIN_RANGE_DOCUMENTS).await?;
+    let mut ranges = partition::plan(source, 4, partition::MIN_RANGE_DOCUMENTS, false).await?;
     // Types only the target has hold extra documents: check those wholesale (a single
     // range over everything already covers them).
     if ranges.iter().all(|r| !r.bson_type.is_empty()) {
