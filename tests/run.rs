@@ -438,3 +438,38 @@ fn a_data_phase_copies_and_verifies_against_real_mongodb_servers() {
     assert!(!text.contains(&old) && !text.contains(&new), "endpoints never appear in output");
     runtime.block_on(sandbox.shutdown());
 }
+
+#[test]
+fn what_a_command_prints_of_a_secret_is_masked_in_the_log() {
+    let work = tempfile::tempdir().unwrap();
+    let plan = work.path().join("leak.yaml");
+    std::fs::write(
+        &plan,
+        "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: leak}\nenvironments: {local: {endpoints: {}}}\n\
+phases:\n  - {id: one, name: One, rollback: {max_duration: 1m, steps: []}, steps: [{id: echo, uses: shell.run, \
+with: {command: [sh, -c, 'echo \"connecting with $TOKEN\"; echo \"bad $TOKEN\" >&2'], env: {TOKEN: \"${SECRET_TOKEN}\"}}}]}\n",
+    )
+    .unwrap();
+    let state = work.path().join("state");
+    let secret = "s3cr3t-value-42";
+    let output = handoff_with(
+        &[
+            "run",
+            plan.to_str().unwrap(),
+            "--env",
+            "local",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--allow-shell",
+            "--log-format",
+            "json",
+        ],
+        &[("SECRET_TOKEN", OsStr::new(secret))],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", transcript(&output));
+    let log =
+        std::fs::read_dir(state.join("leak/local/runs")).unwrap().next().unwrap().unwrap().path().join("events.jsonl");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("connecting with ${TOKEN}"), "{log}");
+    assert!(!log.contains(secret) && !transcript(&output).contains(secret), "the secret leaked");
+}

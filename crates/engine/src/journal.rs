@@ -55,7 +55,11 @@ impl Journal {
         }
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let record = Record { seq: state.next_seq, at: self.clock.now(), event };
-        self.store.append(&self.run, &record)?;
+        if let Err(error) = self.store.append(&self.run, &record) {
+            drop(state);
+            self.fail(&error);
+            return Err(error);
+        }
         state.apply(&record);
         drop(state);
         tracing::debug!(seq = record.seq, event = ?record.event, "recorded");

@@ -86,6 +86,11 @@ pub enum EngineError {
         /// The keys the plan has.
         known: Vec<String>,
     },
+    /// The run lost its lock while it ran; it stopped at once.
+    #[error(
+        "the run lost its lock (another process took it, or the lock file could not be written) and stopped; see `handoff status`, then `handoff resume` when no other run is active"
+    )]
+    LostLock,
     /// `--settle` named something that is not an interrupted step.
     #[error("--settle {0}: not a step that was running when the run stopped")]
     Settle(String),
@@ -228,13 +233,19 @@ impl<'e> Engine<'e> {
         }
         let heartbeat = async {
             let every = options.lock_ttl / 3;
+            let mut failures = 0;
             loop {
                 tokio::time::sleep(every).await;
                 match self.store.heartbeat(&id) {
-                    Ok(true) => {}
+                    Ok(true) => failures = 0,
+                    // A passing I/O error is retried; two in a row leave too little of the TTL.
+                    Err(error) if failures == 0 => {
+                        tracing::warn!(%error, "lock heartbeat failed; retrying");
+                        failures += 1;
+                    }
                     Ok(false) | Err(_) => {
                         *reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            "lost the lock (another process forced it)".to_owned();
+                            "lost the lock (another process took it, or its file could not be written)".to_owned();
                         cancel.cancel();
                         return;
                     }
@@ -243,7 +254,7 @@ impl<'e> Engine<'e> {
         };
         let result = tokio::select! {
             result = work => result,
-            () = heartbeat => Err(EngineError::Store(StoreError::WrongLock { given: id.clone(), current: "another".to_owned() })),
+            () = heartbeat => Err(EngineError::LostLock),
         };
         self.store.unlock(&id)?;
         result
@@ -291,10 +302,13 @@ impl<'e> Engine<'e> {
     ) -> Result<(String, Outcome), EngineError> {
         let reason = signal_reason();
         self.locked(options, cancel, &reason, async {
-            if let Ok((run, state)) = self.latest()
-                && state.finished.is_none()
-            {
-                return Err(EngineError::Unfinished { run, status: state.status_word().to_owned() });
+            match self.latest() {
+                Ok((run, state)) if state.finished.is_none() => {
+                    return Err(EngineError::Unfinished { run, status: state.status_word().to_owned() });
+                }
+                // A log that cannot be read is not a reason to start over.
+                Ok(_) | Err(EngineError::NoRun(_)) => {}
+                Err(error) => return Err(error),
             }
             let run = run_id();
             self.store.create_run(&run, &self.graph.canonical)?;

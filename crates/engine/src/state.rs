@@ -168,6 +168,8 @@ impl RunState {
                 });
                 state.attempts = *attempt;
                 state.error = None;
+                // A person's "run it again" covers one attempt, not every later crash.
+                state.retry_settled = false;
             }
             Event::Checkpoint { phase, step, data } => {
                 if let Some(state) = self.phase_mut(phase).steps.get_mut(step) {

@@ -261,7 +261,8 @@ impl Store for DirStore {
         write_atomic(&dir.join("plan.json"), &serde_json::to_vec_pretty(plan).unwrap_or_default())?;
         let events = dir.join("events.jsonl");
         File::create(&events).map_err(io(&events))?;
-        sync_dir(&events)
+        sync_dir(&events)?;
+        sync_dir(&dir)
     }
 
     fn latest_run(&self) -> Result<Option<String>, StoreError> {
@@ -319,7 +320,12 @@ impl Store for DirStore {
         let Some((_, file)) = open.as_mut() else { unreachable!("opened above") };
         let mut line = serde_json::to_vec(record).unwrap_or_default();
         line.push(b'\n');
-        file.write_all(&line).and_then(|()| file.sync_data()).map_err(io(&path))
+        let before = file.metadata().map_err(io(&path))?.len();
+        file.write_all(&line).and_then(|()| file.sync_data()).map_err(|error| {
+            // Never leave half a record in the middle of the log: cut it off again.
+            let _ = file.set_len(before);
+            StoreError::Io { path: path.clone(), source: error }
+        })
     }
 }
 

@@ -53,10 +53,17 @@ pub(crate) async fn shell(command: &[String], run: &ShellRun, cx: &Context) -> R
         .env("HANDOFF_RUN_ID", &cx.run_id)
         .env("HANDOFF_PHASE", &cx.phase)
         .env("HANDOFF_STEP", &cx.step);
-    for (name, value) in &run.env {
-        let value = expand_env(value).map_err(|e| StepError::Refused(format!("env `{name}`: {e}")))?;
+    // Expanded values may be secrets: whatever the command prints is masked before it is
+    // kept in the run's log.
+    let mut secrets = Vec::new();
+    for (name, template) in &run.env {
+        let value = expand_env(template).map_err(|e| StepError::Refused(format!("env `{name}`: {e}")))?;
+        if value != *template && !value.is_empty() {
+            secrets.push((value.clone(), format!("${{{name}}}")));
+        }
         process.env(name, value);
     }
+    let tail = |bytes: &[u8]| secrets.iter().fold(tail(bytes), |text, (secret, name)| text.replace(secret, name));
     let child = process.spawn().map_err(|e| StepError::Failed(format!("cannot start `{program}`: {e}")))?;
     let output = cancellable(cx, child.wait_with_output())
         .await?

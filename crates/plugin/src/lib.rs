@@ -306,9 +306,16 @@ impl Plugin {
                 final_message => break Some(final_message),
             }
         };
-        let status = child.wait().await.map_err(|e| failed(e.to_string()))?;
+        // After its final message a plugin has a few seconds to exit (and to close stderr).
+        let status = match tokio::time::timeout(QUICK, child.wait()).await {
+            Ok(status) => status.map_err(|e| failed(e.to_string()))?,
+            Err(_) => {
+                let _ = child.kill().await;
+                child.wait().await.map_err(|e| failed(e.to_string()))?
+            }
+        };
         let stderr = match stderr {
-            Some(task) => task.await.unwrap_or_default(),
+            Some(task) => tokio::time::timeout(QUICK, task).await.ok().and_then(Result::ok).unwrap_or_default(),
             None => String::new(),
         };
         last.ok_or_else(|| failed(format!("exited ({status}) without a final message; stderr: {stderr}")))

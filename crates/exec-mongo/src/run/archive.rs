@@ -183,21 +183,12 @@ async fn load(dir: &Path, manifest: &Manifest, target: &Coll) -> Result<u64, Ste
         batch.push(document);
         count += 1;
         if batch.len() == 1000 {
-            target
-                .raw
-                .insert_many(std::mem::take(&mut batch))
-                .ordered(false)
-                .await
-                .map_err(|e| failed(&format!("restoring into {}", target.label), e))?;
+            // Documents already there (a restore run again after a crash) are not errors.
+            super::copy::write(target, std::mem::take(&mut batch)).await?;
         }
     }
     if !batch.is_empty() {
-        target
-            .raw
-            .insert_many(batch)
-            .ordered(false)
-            .await
-            .map_err(|e| failed(&format!("restoring into {}", target.label), e))?;
+        super::copy::write(target, batch).await?;
     }
     if hex(&hash.finalize()) != manifest.sha256 || count != manifest.documents {
         return Err(StepError::Failed(format!(
@@ -265,6 +256,16 @@ pub(crate) async fn drop(params: &Drop, cx: &Context, clients: &Clients) -> Resu
         )));
     }
     let (content, count) = content_digest(&target).await?;
+    let database = target.raw.client().database(target.raw.namespace().db.as_str());
+    let exists = database
+        .list_collection_names()
+        .await
+        .map_err(|e| failed(&format!("listing the collections of {}", target.label), e))?
+        .contains(&collection_name(&target));
+    if !exists {
+        // Dropped already (the step ran before a crash): nothing left to do.
+        return Ok(json!({ "dropped": target.label, "documents": 0, "archive": dir, "already_dropped": true }));
+    }
     if content != manifest.content {
         return Err(StepError::Refused(format!(
             "{} changed since it was archived ({count} documents now, {} archived): archive it again before dropping",

@@ -40,7 +40,7 @@ struct Progress {
 }
 
 /// Inserts a batch unordered; documents already present are not errors.
-async fn write(target: &Coll, batch: Vec<RawDocumentBuf>) -> Result<u64, StepError> {
+pub(crate) async fn write(target: &Coll, batch: Vec<RawDocumentBuf>) -> Result<u64, StepError> {
     let size = batch.len() as u64;
     match target.raw.insert_many(batch).ordered(false).await {
         Ok(_) => Ok(size),
@@ -257,7 +257,6 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
             progress
         }
     };
-    let indexes = if params.copy_indexes { copy_indexes(&source, &target).await? } else { 0 };
     let total: u64 = progress.ranges.iter().map(|r| r.documents).sum();
     let skipped = progress.done.len();
     let resumed_inside = progress.positions.len();
@@ -286,6 +285,9 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         .buffer_unordered(parallelism as usize)
         .try_collect::<()>()
         .await?;
+    // Secondary indexes come last: a unique one built first would turn a clash into a
+    // duplicate-key error that the copy takes for "already copied", and skip a document.
+    let indexes = if params.copy_indexes { copy_indexes(&source, &target).await? } else { 0 };
     let copied = copied.load(Ordering::Relaxed);
     cx.emit("documents_copied", copied as f64);
     let state = state.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
