@@ -311,8 +311,10 @@ fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps(
             assert!(!executions[seen..].contains(&step), "{step} ran again after it finished");
         }
     }
+    // A kill interrupts at most the steps running at that moment: two in a parallel group.
+    let widest_group = 2;
     assert!(
-        executions.len() - steps.len() <= kills,
+        executions.len() - steps.len() <= kills * widest_group,
         "{} extra executions for {kills} kills",
         executions.len() - steps.len()
     );
