@@ -501,26 +501,42 @@ async fn resume_refuses_a_plan_changed_for_completed_steps() {
 async fn an_interrupted_step_that_is_not_idempotent_must_be_settled() {
     let phases =
         RESUMABLE.replace("uses: test.hang}", "uses: test.hang, idempotent: false}").replace("test.hang", "test.once");
-    let harness = Harness::new();
-    // `once` finishes at once; interrupt it by hand: a started record with no finish.
-    let graph = harness.graph(&phases);
-    let store = harness.store();
-    let engine = Engine::new(&graph, &harness.registry, store.clone());
-    let (run, _) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
-    let mut records = store.load(&run).unwrap();
-    let cut =
-        records.iter().position(|r| matches!(&r.event, Event::StepFinished { step, .. } if step == "copy")).unwrap();
-    records.truncate(cut);
-    let path = harness.dir.path().join("t/test/runs").join(&run).join("events.jsonl");
-    let text: String = records.iter().map(|r| format!("{}\n", serde_json::to_string(r).unwrap())).collect();
-    std::fs::write(path, text).unwrap();
-    harness.probe.effects.lock().unwrap().clear();
-    let before = records.len();
-
-    let (_, paused) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
-    let settle = [("one".to_owned(), "copy".to_owned(), true)];
-    let (_, done) = engine.resume(&harness.options(), &settle, &CancellationToken::new()).await.unwrap();
-    insta::assert_snapshot!("settle", format!("{}\n== settled: {done:?}", harness.transcript(&paused, before)));
+    for done in [true, false] {
+        let harness = Harness::new();
+        let graph = harness.graph(&phases);
+        let store = harness.store();
+        let engine = Engine::new(&graph, &harness.registry, store.clone());
+        let (run, _) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
+        // `once` finishes at once; interrupt it by hand: its last start with no finish.
+        let interrupt = || {
+            let mut records = store.load(&run).unwrap();
+            let cut = records
+                .iter()
+                .rposition(|r| matches!(&r.event, Event::StepFinished { step, .. } if step == "copy"))
+                .unwrap();
+            records.truncate(cut);
+            let path = harness.dir.path().join("t/test/runs").join(&run).join("events.jsonl");
+            let text: String = records.iter().map(|r| format!("{}\n", serde_json::to_string(r).unwrap())).collect();
+            std::fs::write(path, text).unwrap();
+            harness.probe.effects.lock().unwrap().clear();
+            records.len()
+        };
+        let before = interrupt();
+        let (_, paused) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
+        let settle = [("one".to_owned(), "copy".to_owned(), done)];
+        let (_, settled) = engine.resume(&harness.options(), &settle, &CancellationToken::new()).await.unwrap();
+        if done {
+            let text = format!("{}\n== settled: {settled:?}", harness.transcript(&paused, before));
+            insta::assert_snapshot!("settle", text);
+        } else {
+            // Settled as "retry", it runs again; interrupted again, it asks again.
+            assert_eq!(settled, Outcome::Completed);
+            assert!(harness.probe.effects.lock().unwrap().contains(&"run one/copy".to_owned()), "it ran again");
+            interrupt();
+            let (_, asked) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
+            assert!(matches!(asked, Outcome::Paused { ref key, .. } if key == "one/copy"), "{asked:?}");
+        }
+    }
 }
 
 #[tokio::test]
