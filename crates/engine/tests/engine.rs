@@ -407,22 +407,13 @@ phases:
 
 #[tokio::test]
 async fn a_point_of_no_return_waits_for_confirmation_and_approvals_for_a_person() {
-    let harness = check(
-        "irreversible",
-        "
+    const PHASES: &str = "
 phases:
   - {id: one, name: One, steps: [{id: a, uses: test.backup}], gates: [{approval: {prompt: go on?}}], rollback: {max_duration: 1m, steps: []}}
   - {id: two, name: Two, steps: [{id: b, uses: test.ok}], reversible: false, restore: from backup}
-",
-    )
-    .await;
-    let graph = harness.graph(
-        "
-phases:
-  - {id: one, name: One, steps: [{id: a, uses: test.backup}], gates: [{approval: {prompt: go on?}}], rollback: {max_duration: 1m, steps: []}}
-  - {id: two, name: Two, steps: [{id: b, uses: test.ok}], reversible: false, restore: from backup}
-",
-    );
+";
+    let harness = check("irreversible", PHASES).await;
+    let graph = harness.graph(PHASES);
     let engine = Engine::new(&graph, &harness.registry, harness.store());
     let options = harness.options();
     let decide = |key: &str, approved: bool| {
