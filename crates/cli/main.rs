@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod execute;
+mod render;
 mod sandbox;
 mod validate;
 
@@ -143,6 +144,17 @@ Codes are documented in docs/lints.md.")]
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Render a plan's artifacts from tera templates: the VirtualService of every traffic
+    /// weight, the runbook, Prometheus alert rules, the Gantt chart of the timeline.
+    #[command(after_help = "\
+Examples:
+  handoff render plans/menu-service.yaml --out rendered/
+  handoff render plans/menu-service.yaml --out rendered/ --templates my-templates/ --env staging
+
+Templates: templates/{virtualservice.yaml,runbook.md,alert-rules.yaml,timeline.md}.tera;
+a file of the same name in --templates replaces the built-in one.
+Exit codes: 0 rendered, 1 invalid plan, 2 template, I/O or usage error.")]
+    Render(render::Args),
     /// Throwaway real MongoDB, Kafka and Redis servers for simulations and debugging.
     #[command(subcommand)]
     Sandbox(sandbox::Command),
@@ -266,6 +278,7 @@ fn dispatch(
     match command {
         Command::Plan(command) => return execute::show(command, registry, stdout),
         Command::Validate(args) => return validate::run(&args, registry, color, stdout),
+        Command::Render(args) => return render::run(&args, registry, stdout),
         Command::Sandbox(command) => return sandbox::run(command, registry, stdout),
         Command::Schema => stdout.write_all(registry.schema_text().as_bytes())?,
         Command::Executors => {

@@ -306,7 +306,7 @@ impl Executor for Wait {
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
             let soak = parse::<WaitSoak>(call)?;
-            run::cancellable(cx, cx.clock.sleep(soak.duration.get())).await?;
+            cx.cancellable(cx.clock.sleep(soak.duration.get())).await?;
             Ok(serde_json::json!({ "waited": soak.duration.as_str() }))
         })
     }

@@ -19,14 +19,6 @@ const OUTPUT_TAIL: usize = 2048;
 pub(crate) const SHELL_REFUSED: &str =
     "shell steps are refused unless the run allows them: review the commands, then pass `--allow-shell`";
 
-/// Awaits `work` unless the run is cancelled first.
-pub(crate) async fn cancellable<T>(cx: &Context, work: impl Future<Output = T>) -> Result<T, StepError> {
-    tokio::select! {
-        value = work => Ok(value),
-        () = cx.cancel.cancelled() => Err(StepError::Cancelled),
-    }
-}
-
 fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let start = text.len().saturating_sub(OUTPUT_TAIL);
@@ -65,7 +57,8 @@ pub(crate) async fn shell(command: &[String], run: &ShellRun, cx: &Context) -> R
     }
     let tail = |bytes: &[u8]| secrets.iter().fold(tail(bytes), |text, (secret, name)| text.replace(secret, name));
     let child = process.spawn().map_err(|e| StepError::Failed(format!("cannot start `{program}`: {e}")))?;
-    let output = cancellable(cx, child.wait_with_output())
+    let output = cx
+        .cancellable(child.wait_with_output())
         .await?
         .map_err(|e| StepError::Failed(format!("`{program}` failed: {e}")))?;
     let code = output.status.code();
@@ -108,7 +101,7 @@ pub(crate) async fn http_request(request: &HttpRequest, cx: &Context) -> Result<
         body: request.body.clone(),
         timeout: HTTP_TIMEOUT,
     };
-    let response = cancellable(cx, send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
+    let response = cx.cancellable(send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
     let problems = judge(&response, request.expect_status, &request.expect_json);
     if problems.is_empty() {
         Ok(json!({ "status": response.status, "body": response.json }))
@@ -123,7 +116,7 @@ pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Val
     let mut polls = 0u32;
     loop {
         polls += 1;
-        let last = match cancellable(cx, Request::get(&health.url, HTTP_TIMEOUT).send()).await? {
+        let last = match cx.cancellable(Request::get(&health.url, HTTP_TIMEOUT).send()).await? {
             Ok(response) => {
                 let problems = judge(&response, health.expect_status, &health.expect_json);
                 if problems.is_empty() {
@@ -141,7 +134,7 @@ pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Val
             )));
         }
         cx.progress(&format!("not healthy yet: {last}"), None);
-        cancellable(cx, cx.clock.sleep(interval)).await?;
+        cx.cancellable(cx.clock.sleep(interval)).await?;
     }
 }
 
@@ -163,7 +156,7 @@ pub(crate) async fn notify(webhook: &NotifyWebhook, cx: &Context) -> Result<Valu
         body: Some(json!({ "text": text })),
         timeout: HTTP_TIMEOUT,
     };
-    let response = cancellable(cx, send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
+    let response = cx.cancellable(send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
     if (200..300).contains(&response.status) {
         Ok(json!({ "text": text, "sent": true }))
     } else {

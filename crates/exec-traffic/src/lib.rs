@@ -1,12 +1,23 @@
 //! The `traffic` executor: move read or write traffic between two services by weight, with
 //! a header route that forces the new service.
+//!
+//! Weights reach the traffic through the route's endpoint (see [`route`](crate::route)): a
+//! VirtualService applied with kubectl, a file in a GitOps checkout, or a router's JSON
+//! API (the simulator's). The VirtualService comes from the `virtualservice.yaml.tera`
+//! template that `handoff render` uses too.
 
-use handoff_executor::{Action, Executor, params};
+use std::sync::OnceLock;
+
+use handoff_executor::{Action, BoxFuture, Call, Compensation, Context, Executor, StepError, params};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref, traffic_schedule};
-use handoff_plan::model::{Id, ResourceKind, TrafficSchedule};
+use handoff_plan::model::{Id, Plan, ResourceKind, TrafficSchedule};
+use handoff_render::{Origin, Templates, VirtualService};
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+mod route;
+mod run;
 
 /// How weights reach the traffic.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
@@ -49,10 +60,63 @@ pub struct Shift {
     /// How the weights are applied.
     #[serde(default)]
     pub backend: Backend,
+    /// Hosts the VirtualService routes (`spec.hosts`); the VirtualService's name when
+    /// empty.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// The `traffic` executor.
-pub struct Traffic;
+#[derive(Default)]
+pub struct Traffic {
+    templates: OnceLock<Result<Templates, String>>,
+}
+
+impl Traffic {
+    fn templates(&self) -> Result<&Templates, StepError> {
+        self.templates
+            .get_or_init(|| Templates::load(None).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| StepError::Failed(e.clone()))
+    }
+}
+
+fn parse(call: Call<'_>) -> Result<Shift, StepError> {
+    Shift::deserialize(call.with).map_err(|e| StepError::Refused(format!("traffic.{}: {e}", call.action)))
+}
+
+/// The VirtualServices a plan's `traffic.shift` steps apply, one per weight, with file
+/// names (`<phase>--<step>--<weight>.yaml`), for `handoff render`. Endpoints are looked up
+/// with `endpoint` (an environment's values as written); steps whose route is not a
+/// VirtualService (a router URL) are left out.
+pub fn virtual_services(
+    plan: &Plan,
+    endpoint: &dyn Fn(&str) -> Option<String>,
+    base: &std::path::Path,
+) -> Result<Vec<(String, VirtualService)>, String> {
+    let mut out = Vec::new();
+    for (phase, step) in plan.all_steps().filter(|(_, step)| step.uses == "traffic.shift") {
+        let shift = Shift::deserialize(&step.with).map_err(|e| format!("step `{}`: {e}", step.id))?;
+        let at = |e: String| format!("step `{}/{}`: {e}", phase.id, step.id);
+        let route = plan.resources.get(&shift.route).and_then(|r| r.endpoint.as_ref());
+        let value = route
+            .and_then(|name| endpoint(&name.0))
+            .ok_or_else(|| at(format!("route `{}` has no endpoint", shift.route)))?;
+        let target = route::Target::parse(&value, base).map_err(at)?;
+        if matches!(target, route::Target::Router(_)) {
+            continue;
+        }
+        let host = |service: &Id| route::service_host(&plan.resources, endpoint, service).map_err(at);
+        let hosts = (host(&shift.from)?, host(&shift.to)?);
+        for weight in shift.schedule.steps.iter().map(|s| s.weight) {
+            let origin =
+                Origin { plan: plan.metadata.name.0.clone(), phase: phase.id.0.clone(), step: step.id.0.clone() };
+            let service = route::virtual_service(&shift, weight, &target, origin, hosts.clone());
+            out.push((format!("{}--{}--{weight:03}.yaml", phase.id, step.id), service));
+        }
+    }
+    Ok(out)
+}
 
 impl Executor for Traffic {
     fn name(&self) -> &'static str {
@@ -68,8 +132,49 @@ impl Executor for Traffic {
             "shift",
             "Shift traffic by a weight schedule; compensation restores the previous weights.",
             Effect::Change,
-        )];
+        )
+        .resumable()
+        .emitting(&["traffic_weight"])];
         ACTIONS
+    }
+
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+
+    fn describe(&self, call: Call<'_>) -> String {
+        let Ok(shift) = parse(call) else { return String::new() };
+        let weights: Vec<String> = shift.schedule.steps.iter().map(|s| format!("{}% ({})", s.weight, s.soak)).collect();
+        let header = shift
+            .schedule
+            .header_route
+            .as_ref()
+            .map(|h| format!("; `{}: {}` always goes to `{}`", h.header, h.value, shift.to))
+            .unwrap_or_default();
+        let what = match shift.direction {
+            TrafficDirection::Reads => "reads",
+            TrafficDirection::Writes => "writes",
+        };
+        format!(
+            "send {what} on `{}` from `{}` to `{}`: {}{header}",
+            shift.route,
+            shift.from,
+            shift.to,
+            weights.join(" → ")
+        )
+    }
+
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move { run::shift(&parse(call)?, cx, self.templates()?).await })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: Call<'a>,
+        output: &'a serde_json::Value,
+        cx: &'a Context,
+    ) -> BoxFuture<'a, Result<Compensation, StepError>> {
+        Box::pin(async move { run::undo(&parse(call)?, output, cx, self.templates()?).await })
     }
 
     fn check(&self, _: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {

@@ -167,6 +167,31 @@ impl Context {
         self.sink.output(step)
     }
 
+    /// A resource of the plan with the name and resolved value of its endpoint; refused
+    /// (naming the resource and endpoint, never the value) when any is missing.
+    pub fn resource_endpoint(
+        &self,
+        id: &handoff_plan::model::Id,
+    ) -> Result<(&handoff_plan::model::Resource, &str, &str), crate::StepError> {
+        let refused = |message: String| crate::StepError::Refused(message);
+        let resource = self.resources.get(id).ok_or_else(|| refused(format!("no resource `{id}` in the plan")))?;
+        let name =
+            resource.endpoint.as_ref().ok_or_else(|| refused(format!("resource `{id}` names no endpoint")))?.as_str();
+        let value = self
+            .endpoints
+            .get(name)
+            .ok_or_else(|| refused(format!("the environment has no endpoint `{name}` (for resource `{id}`)")))?;
+        Ok((resource, name, value))
+    }
+
+    /// Awaits `work` unless the run is cancelled first.
+    pub async fn cancellable<T>(&self, work: impl Future<Output = T>) -> Result<T, crate::StepError> {
+        tokio::select! {
+            value = work => Ok(value),
+            () = self.cancel.cancelled() => Err(crate::StepError::Cancelled),
+        }
+    }
+
     /// The key people use to decide about this step (`handoff approve … <key>`).
     pub fn decision_key(&self) -> String {
         format!("{}/{}", self.phase, self.step)

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use crate::codes::{self, Code};
 use crate::diagnostic::Diagnostic;
-use crate::model::{Alert, Comparator, Criterion, Id, MetricSource, Phase, Plan, ResourceKind, Step, TrafficSchedule};
+use crate::model::{
+    Alert, Comparator, Criterion, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule,
+};
 use crate::redact::{is_reference, is_referenced_value, is_secret_key};
 use crate::units::Dimension;
 use crate::{Catalog, Effect};
@@ -613,40 +615,29 @@ fn contradictions(plan: &Plan, phase: &Phase, at: &str, out: &mut Vec<Diagnostic
 }
 
 fn timeline(plan: &Plan, out: &mut Vec<Diagnostic>) {
-    let mut previous_end = plan.timeline.as_ref().map(|t| (t.start, None::<&Id>));
-    for (p, phase) in plan.phases.iter().enumerate() {
-        let Some(schedule) = &phase.schedule else {
-            previous_end = None;
+    for (p, dates) in plan.calendar().iter().enumerate() {
+        let Some(PhaseDates { start, expected: Some((end, after)), .. }) = dates else { continue };
+        if plan.phases[p].schedule.as_ref().and_then(|s| s.start).is_none() {
             continue;
-        };
-        let start = match (schedule.start, previous_end) {
-            (Some(start), Some((end, after))) => {
-                let at = format!("/phases/{p}/schedule/start");
-                let days = end.days_until(start);
-                let what = after.map_or_else(|| "the timeline starts".to_owned(), |id| format!("phase `{id}` ends"));
-                if days < 0 {
-                    out.push(Diagnostic::new(
-                        codes::TIMELINE_OVERLAP,
-                        at,
-                        format!("phase `{}` starts {start}, {} days before {what} ({end})", phase.id, -days),
-                    ));
-                } else if days > 0 && after.is_some() {
-                    out.push(Diagnostic::new(
-                        codes::TIMELINE_GAP,
-                        at,
-                        format!("phase `{}` starts {start}, {days} days after {what} ({end})", phase.id),
-                    ));
-                }
-                start
-            }
-            (Some(start), None) => start,
-            (None, Some((end, _))) => end,
-            (None, None) => {
-                previous_end = None;
-                continue;
-            }
-        };
-        previous_end = Some((start.plus(&schedule.duration), Some(&phase.id)));
+        }
+        let (start, end) = (*start, *end);
+        let phase = &plan.phases[p];
+        let at = format!("/phases/{p}/schedule/start");
+        let days = end.days_until(start);
+        let what = after.map_or_else(|| "the timeline starts".to_owned(), |id| format!("phase `{id}` ends"));
+        if days < 0 {
+            out.push(Diagnostic::new(
+                codes::TIMELINE_OVERLAP,
+                at,
+                format!("phase `{}` starts {start}, {} days before {what} ({end})", phase.id, -days),
+            ));
+        } else if days > 0 && after.is_some() {
+            out.push(Diagnostic::new(
+                codes::TIMELINE_GAP,
+                at,
+                format!("phase `{}` starts {start}, {days} days after {what} ({end})", phase.id),
+            ));
+        }
     }
 }
 

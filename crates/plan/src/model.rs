@@ -687,7 +687,37 @@ pub struct HeaderRoute {
     pub value: String,
 }
 
+/// When a phase runs, from its schedule and the phases before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseDates<'a> {
+    /// First day: the declared start, else the previous phase's end (or the timeline's
+    /// start for the first phase).
+    pub start: Date,
+    /// Day after the last: start plus the planned duration.
+    pub end: Date,
+    /// Where the phase would start by default: the previous phase's end (with its id) or
+    /// the timeline's start (no id); `None` when nothing before it is dated.
+    pub expected: Option<(Date, Option<&'a Id>)>,
+}
+
 impl Plan {
+    /// The dates of every phase, in order; `None` for a phase without a schedule or whose
+    /// start cannot be known (no declared start and nothing dated before it).
+    pub fn calendar(&self) -> Vec<Option<PhaseDates<'_>>> {
+        let mut previous_end = self.timeline.as_ref().map(|t| (t.start, None::<&Id>));
+        let mut out = Vec::with_capacity(self.phases.len());
+        for phase in &self.phases {
+            let expected = previous_end;
+            let dates = phase.schedule.as_ref().and_then(|schedule| {
+                let start = schedule.start.or(expected.map(|(end, _)| end))?;
+                Some(PhaseDates { start, end: start.plus(&schedule.duration), expected })
+            });
+            previous_end = dates.map(|d| (d.end, Some(&phase.id)));
+            out.push(dates);
+        }
+        out
+    }
+
     /// Every step of the plan with its phase: phase steps first, then rollback steps.
     pub fn all_steps(&self) -> impl Iterator<Item = (&Phase, &Step)> {
         self.phases.iter().flat_map(|phase| {

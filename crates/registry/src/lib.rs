@@ -27,7 +27,7 @@ impl Registry {
         executors.push(Box::new(handoff_exec_mongo::Mongo::default()));
         executors.push(Box::new(handoff_exec_kafka::Kafka));
         executors.push(Box::new(handoff_exec_redis::Redis));
-        executors.push(Box::new(handoff_exec_traffic::Traffic));
+        executors.push(Box::new(handoff_exec_traffic::Traffic::default()));
         Registry { executors }
     }
 

@@ -59,21 +59,8 @@ impl Clients {
     /// The collection a side names: its resource's endpoint and database, and its own
     /// collection (or the other side's, or the resource's only one).
     pub(crate) async fn resolve(&self, cx: &Context, side: &Side, other: &Side) -> Result<Coll, StepError> {
-        let resource = cx
-            .resources
-            .get(&side.resource)
-            .ok_or_else(|| StepError::Refused(format!("no resource `{}` in the plan", side.resource)))?;
-        let endpoint = resource
-            .endpoint
-            .as_ref()
-            .ok_or_else(|| StepError::Refused(format!("resource `{}` names no endpoint", side.resource)))?;
-        let uri = cx.endpoints.get(endpoint.as_str()).ok_or_else(|| {
-            StepError::Refused(format!(
-                "the environment has no endpoint `{endpoint}` (for resource `{}`)",
-                side.resource
-            ))
-        })?;
-        let client = self.client(endpoint.as_str(), uri).await?;
+        let (resource, endpoint, uri) = cx.resource_endpoint(&side.resource)?;
+        let client = self.client(endpoint, uri).await?;
         let database = match &resource.database {
             Some(name) => client.database(name),
             None => client.default_database().ok_or_else(|| {

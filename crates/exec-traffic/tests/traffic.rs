@@ -1,0 +1,122 @@
+//! `traffic.shift` against a VirtualService file in a GitOps checkout. The kubectl path is
+//! tested through the binary (tests/traffic.rs, with a stand-in kubectl on PATH); the
+//! router backend with the simulator's router, in the simulation tests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use handoff_exec_traffic::Traffic;
+use handoff_executor::{Call, Compensation, Context, Endpoints, Executor, Policy, Recorder, StepError, VirtualClock};
+use handoff_plan::model::{Id, Resource};
+use serde_json::{Value, json};
+
+fn context(route: &str, dir: &Path, checkpoint: Option<Value>, simulation: bool) -> (Context, Arc<Recorder>) {
+    let endpoints = BTreeMap::from([
+        ("route".to_owned(), route.to_owned()),
+        ("old".to_owned(), "http://restaurant-service.restaurant.svc:8080".to_owned()),
+        ("new".to_owned(), "http://menu-service.menu.svc:8080/api".to_owned()),
+    ]);
+    let resource = |kind: &str, endpoint: &str| -> Resource {
+        serde_json::from_value(json!({"kind": kind, "endpoint": endpoint})).unwrap()
+    };
+    let resources = BTreeMap::from([
+        (Id("reads".to_owned()), resource("mesh", "route")),
+        (Id("restaurant".to_owned()), resource("service", "old")),
+        (Id("menu".to_owned()), resource("service", "new")),
+    ]);
+    let reports = Arc::new(Recorder::default());
+    let mut cx = Context::detached("p3-canary", Endpoints::new(endpoints), resources, checkpoint, reports.clone());
+    cx.plan = "menu".to_owned();
+    cx.phase = "switch-reads".to_owned();
+    cx.clock = Arc::new(VirtualClock::new());
+    cx.policy = Arc::new(Policy { simulation, base_dir: dir.to_owned(), ..Policy::default() });
+    (cx, reports)
+}
+
+fn canary() -> Value {
+    json!({
+        "route": "reads", "from": "restaurant", "to": "menu",
+        "hosts": ["menu-api"],
+        "schedule": {
+            "header_route": {"header": "x-canary", "value": "true"},
+            "steps": [{"weight": 10, "soak": "1d"}, {"weight": 25, "soak": "1d"}, {"weight": 50, "soak": "1d"}],
+        },
+    })
+}
+
+fn weighted(file: &Path) -> Vec<(String, u64)> {
+    let vs: Value = serde_saphyr::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let http = vs["spec"]["http"].as_array().unwrap();
+    http.last().unwrap()["route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["destination"]["host"].as_str().unwrap().to_owned(), d["weight"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn gitops_file_walks_the_schedule_and_compensation_removes_what_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cx, reports) = context("file:gitops/menu/reads.yaml", dir.path(), None, false);
+    let traffic = Traffic::default();
+    let with = canary();
+    let output = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
+    let file = dir.path().join("gitops/menu/reads.yaml");
+    assert_eq!(
+        weighted(&file),
+        [("restaurant-service.restaurant.svc".to_owned(), 50), ("menu-service.menu.svc".to_owned(), 50)]
+    );
+    let vs: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(vs["metadata"]["name"], "reads");
+    assert_eq!(vs["spec"]["hosts"], json!(["menu-api"]));
+    assert_eq!(vs["spec"]["http"][0]["route"][0]["destination"]["host"], "menu-service.menu.svc");
+    // One checkpoint per weight, the last weight emitted, virtual time spent soaking.
+    let checkpoints = reports.checkpoints.lock().unwrap().clone();
+    assert_eq!(checkpoints.iter().map(|c| c["next"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(reports.metrics.lock().unwrap()["traffic_weight"], 50.0);
+    assert_eq!(output["weights"], json!([10, 25, 50]));
+    assert_eq!(output["previous"], Value::Null);
+
+    let undone = traffic.compensate(Call { action: "shift", with: &with }, &output, &cx).await.unwrap();
+    assert!(matches!(undone, Compensation::Undone(_)), "{undone:?}");
+    assert!(!file.exists(), "there was no VirtualService before the shift");
+}
+
+#[tokio::test]
+async fn compensation_restores_the_previous_file_exactly_and_resume_skips_applied_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reads.yaml");
+    let before = "# hand-written\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reads}\nspec:\n  hosts: [menu-api]\n  http:\n    - route:\n        - destination: {host: restaurant-service.restaurant.svc}\n          weight: 95\n        - destination: {host: menu-service.menu.svc}\n          weight: 5\n";
+    std::fs::write(&file, before).unwrap();
+    let traffic = Traffic::default();
+    let with = canary();
+    let (cx, _) = context("file:reads.yaml", dir.path(), None, false);
+    let output = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
+    assert_eq!(output["previous"]["weight"], 5);
+
+    // A resumed step continues at the checkpointed weight.
+    let checkpoint = json!({"next": 2, "previous": output["previous"]});
+    let (cx, reports) = context("file:reads.yaml", dir.path(), Some(checkpoint), false);
+    let resumed = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
+    assert_eq!(resumed["weights"], json!([50]));
+    assert_eq!(reports.checkpoints.lock().unwrap().len(), 1);
+
+    let undone = traffic.compensate(Call { action: "shift", with: &with }, &resumed, &cx).await.unwrap();
+    assert_eq!(undone, Compensation::Undone("route `reads` back to its previous weights (5% to `menu`)".to_owned()));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_simulation_never_touches_a_cluster_or_a_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let traffic = Traffic::default();
+    let with = canary();
+    for route in ["kubernetes://prod/menu/virtualservices/r", "file:reads.yaml"] {
+        let (cx, _) = context(route, dir.path(), None, true);
+        let error = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap_err();
+        assert!(matches!(&error, StepError::Refused(m) if m.contains("simulator's router")), "{error}");
+    }
+    assert!(!dir.path().join("reads.yaml").exists());
+}
