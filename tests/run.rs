@@ -175,13 +175,13 @@ fn shell_steps_are_refused_unless_allowed_and_a_missing_variable_is_named() {
 }
 
 #[test]
-fn plans_with_steps_that_cannot_execute_yet_are_refused_before_anything_runs() {
+fn an_environment_with_unset_variables_is_refused_before_anything_runs() {
     let state = tempfile::tempdir().unwrap();
     let output =
         handoff(&["run", "plans/menu-service.yaml", "--env", "staging", "--state-dir", state.path().to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot execute in this release"), "{stderr}");
+    assert!(stderr.contains("environment variable `MENU_MONGO_URI` is not set"), "{stderr}");
     assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0, "nothing was written");
 }
 

@@ -254,6 +254,32 @@ pub enum Event {
 }
 
 impl Event {
+    /// The event as a lifecycle change (for `kafka.publish_lifecycle` and the like), if it
+    /// is one.
+    pub fn lifecycle(&self) -> Option<(&'static str, Option<String>, Value)> {
+        let phase = |p: &String| Some(p.clone());
+        Some(match self {
+            Event::RunStarted { run, env, simulation, .. } => {
+                ("run_started", None, serde_json::json!({"run": run, "env": env, "simulation": simulation}))
+            }
+            Event::RunResumed { .. } => ("run_resumed", None, Value::Null),
+            Event::PhaseStarted { phase: p } => ("phase_started", phase(p), Value::Null),
+            Event::PhasePassed { phase: p } => ("phase_passed", phase(p), Value::Null),
+            Event::RollbackStarted { phase: p, reason } => {
+                ("phase_failed", phase(p), serde_json::json!({"reason": reason}))
+            }
+            Event::RollbackFinished { phase: p, ok, seconds, budget_seconds, breached } => (
+                "phase_rolled_back",
+                phase(p),
+                serde_json::json!({"ok": ok, "seconds": seconds, "budget_seconds": budget_seconds, "breached": breached}),
+            ),
+            Event::Paused { key, reason } => ("run_paused", None, serde_json::json!({"key": key, "reason": reason})),
+            Event::Interrupted { reason } => ("run_interrupted", None, serde_json::json!({"reason": reason})),
+            Event::RunFinished { status } => ("run_finished", None, serde_json::json!({"status": status})),
+            _ => return None,
+        })
+    }
+
     /// The phase the event belongs to, if any.
     pub fn phase(&self) -> Option<&str> {
         match self {

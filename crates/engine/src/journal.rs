@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use handoff_executor::{Clock, Decision, Sink};
+use handoff_executor::{Clock, Decision, Lifecycle, LifecycleFeed, Sink};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -24,7 +24,20 @@ pub(crate) struct Journal {
     state: Mutex<RunState>,
     /// The first append that failed outside a `Result` path (metrics from a sink).
     failure: Mutex<Option<String>>,
+    lifecycle: Mutex<Lifecycles>,
 }
+
+/// The lifecycle so far and its subscribers; closed when the run stops in this process.
+struct Lifecycles {
+    history: Vec<Lifecycle>,
+    /// `None` once closed.
+    open: Option<(broadcast::Sender<Lifecycle>, tokio::sync::mpsc::Sender<()>)>,
+    /// Ends when every subscriber has dropped its `done` sender.
+    drained: Option<tokio::sync::mpsc::Receiver<()>>,
+}
+
+/// How long the end of a run waits for lifecycle subscribers to handle the last event.
+const LIFECYCLE_DRAIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Journal {
     pub(crate) fn new(
@@ -45,6 +58,39 @@ impl Journal {
             auto_decide,
             state: Mutex::new(state),
             failure: Mutex::new(None),
+            lifecycle: Mutex::new({
+                let (done, drained) = tokio::sync::mpsc::channel(1);
+                Lifecycles {
+                    history: Vec::new(),
+                    open: Some((broadcast::channel(256).0, done)),
+                    drained: Some(drained),
+                }
+            }),
+        }
+    }
+
+    /// Ends the lifecycle feed (the run stopped in this process) and waits, a bounded
+    /// time, for its subscribers to handle the last event.
+    pub(crate) async fn close_lifecycle(&self) {
+        let drained = {
+            let mut lifecycle = self.lifecycle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            lifecycle.open = None;
+            lifecycle.drained.take()
+        };
+        if let Some(mut drained) = drained
+            && tokio::time::timeout(LIFECYCLE_DRAIN, drained.recv()).await.is_err()
+        {
+            tracing::warn!("a lifecycle subscriber did not finish within {LIFECYCLE_DRAIN:?}");
+        }
+    }
+
+    fn announce_lifecycle(&self, record: &Record) {
+        let Some((event, phase, detail)) = record.event.lifecycle() else { return };
+        let change = Lifecycle { seq: record.seq, at: record.at, event, phase, detail };
+        let mut lifecycle = self.lifecycle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((sender, _)) = &lifecycle.open {
+            let _ = sender.send(change.clone());
+            lifecycle.history.push(change);
         }
     }
 
@@ -63,6 +109,7 @@ impl Journal {
         state.apply(&record);
         drop(state);
         tracing::debug!(seq = record.seq, event = ?record.event, "recorded");
+        self.announce_lifecycle(&record);
         let _ = self.notices.send(Notice::Record(record.clone()));
         Ok(record)
     }
@@ -122,6 +169,12 @@ impl Sink for Journal {
 
     fn output(&self, step: &str) -> Option<Value> {
         self.read(|s| s.phases.iter().find_map(|p| p.steps.get(step).filter(|s| s.finished).map(|s| s.output.clone())))
+    }
+
+    fn lifecycle(&self) -> Option<LifecycleFeed> {
+        let lifecycle = self.lifecycle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (sender, done) = lifecycle.open.as_ref()?;
+        Some(LifecycleFeed { history: lifecycle.history.clone(), events: sender.subscribe(), done: done.clone() })
     }
 
     fn decision(&self, key: &str) -> Option<Decision> {

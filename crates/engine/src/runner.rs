@@ -150,8 +150,15 @@ impl Runner<'_> {
         Ok(None)
     }
 
-    /// Runs (or continues) the plan from wherever the journal stands.
+    /// Runs (or continues) the plan from wherever the journal stands; then ends the
+    /// lifecycle feed (its subscribers publish the last events before this returns).
     pub(crate) async fn drive(&self) -> Result<Outcome, EngineError> {
+        let outcome = self.drive_phases().await;
+        self.journal.close_lifecycle().await;
+        outcome
+    }
+
+    async fn drive_phases(&self) -> Result<Outcome, EngineError> {
         if let Some(failure) = self.restart_background().await? {
             let current = self.journal.read(|s| s.phases.iter().rev().find(|p| !p.passed).map(|p| p.id.clone()));
             if let Some(phase) = current.and_then(|id| self.graph.phases.iter().find(|p| p.id == id)) {

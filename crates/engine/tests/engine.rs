@@ -41,6 +41,8 @@ struct Params {
 #[derive(Clone, Default)]
 struct Probe {
     effects: Arc<Mutex<Vec<String>>>,
+    /// What `listen` heard of the run's lifecycle, in order.
+    heard: Arc<Mutex<Vec<String>>>,
 }
 
 impl Probe {
@@ -67,6 +69,7 @@ impl Executor for Probe {
             Action::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
             Action::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
             Action::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
+            Action::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
         ];
         ACTIONS
     }
@@ -88,6 +91,24 @@ impl Executor for Probe {
                 "bg" => {
                     self.note(format!("background {at} from {:?}", cx.checkpoint));
                     cx.save_checkpoint(&json!({ "position": cx.attempt })).unwrap();
+                    Ok(Value::Null)
+                }
+                "listen" => {
+                    let feed = cx.sink.lifecycle().expect("the engine has a lifecycle");
+                    let probe = self.clone();
+                    let note = |change: &handoff_executor::Lifecycle| {
+                        format!("lifecycle {} {}", change.event, change.phase.as_deref().unwrap_or("-"))
+                    };
+                    probe.heard.lock().unwrap().extend(feed.history.iter().map(note));
+                    tokio::spawn(async move {
+                        let mut events = feed.events;
+                        while let Ok(change) = events.recv().await {
+                            // Handling takes time; the engine waits for it at the end.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            probe.heard.lock().unwrap().push(note(&change));
+                        }
+                        drop(feed.done);
+                    });
                     Ok(Value::Null)
                 }
                 "stop" => {
@@ -187,6 +208,11 @@ impl Harness {
         let mut lines: Vec<String> = self.records().iter().skip(from).filter_map(|r| line(&r.event)).collect();
         lines.push("-- effects".to_owned());
         lines.extend(self.probe.effects.lock().unwrap().drain(..));
+        let heard: Vec<String> = self.probe.heard.lock().unwrap().drain(..).collect();
+        if !heard.is_empty() {
+            lines.push("-- lifecycle heard".to_owned());
+            lines.extend(heard);
+        }
         lines.push(format!("-- {}", shown(outcome)));
         lines.join("\n")
     }
@@ -255,6 +281,19 @@ async fn phases_run_in_order_and_a_group_runs_together() {
 phases:
   - {id: one, name: One, steps: [{id: a, uses: test.ok}, {id: b, uses: test.ok, group: g}, {id: c, uses: test.ok, group: g}, {id: d, uses: test.ok}], rollback: {max_duration: 1m, steps: []}}
   - {id: two, name: Two, steps: [{id: e, uses: test.ok}], rollback: {max_duration: 1m, steps: []}}
+",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn lifecycle_subscribers_see_every_change_and_the_engine_waits_for_them() {
+    check(
+        "lifecycle",
+        "
+phases:
+  - {id: one, name: One, steps: [{id: a, uses: test.ok}, {id: listen, uses: test.listen}], rollback: {max_duration: 1m, steps: []}}
+  - {id: two, name: Two, steps: [{id: bad, uses: test.fail}], rollback: {max_duration: 1m, steps: []}}
 ",
     )
     .await;

@@ -170,7 +170,7 @@ impl Executor for Shell {
         true
     }
     fn describe(&self, call: Call<'_>) -> String {
-        match parse::<ShellRun>(call) {
+        match call.params::<ShellRun>() {
             Ok(run) => {
                 let undo = run.undo.map(|u| format!("; undo: `{}`", u.join(" "))).unwrap_or_default();
                 format!("run `{}`, expect exit {}{undo}", run.command.join(" "), run.expect_exit)
@@ -183,7 +183,7 @@ impl Executor for Shell {
     }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
-            let run = parse::<ShellRun>(call)?;
+            let run = call.params::<ShellRun>()?;
             run::shell(&run.command, &run, cx).await
         })
     }
@@ -194,7 +194,7 @@ impl Executor for Shell {
         cx: &'a Context,
     ) -> BoxFuture<'a, Result<Compensation, StepError>> {
         Box::pin(async move {
-            let run = parse::<ShellRun>(call)?;
+            let run = call.params::<ShellRun>()?;
             match &run.undo {
                 Some(undo) => {
                     run::shell(undo, &run, cx).await?;
@@ -208,10 +208,6 @@ impl Executor for Shell {
 
 /// Deserializes a call's parameters (already schema-checked; a failure is a bug in the
 /// plan's schema, reported as a refusal).
-fn parse<P: serde::de::DeserializeOwned>(call: Call<'_>) -> Result<P, StepError> {
-    P::deserialize(call.with).map_err(|e| StepError::Refused(format!("invalid parameters: {e}")))
-}
-
 impl Executor for Http {
     fn name(&self) -> &'static str {
         "http"
@@ -254,11 +250,11 @@ impl Executor for Http {
     }
     fn describe(&self, call: Call<'_>) -> String {
         match call.action {
-            "request" => parse::<HttpRequest>(call).map_or_else(
+            "request" => call.params::<HttpRequest>().map_or_else(
                 |e| e.to_string(),
                 |r| format!("{} {}, expect status {}", run::method(r.method), r.url, r.expect_status),
             ),
-            _ => parse::<HttpHealth>(call).map_or_else(
+            _ => call.params::<HttpHealth>().map_or_else(
                 |e| e.to_string(),
                 |h| format!("poll {} until status {} (within {})", h.url, h.expect_status, h.within),
             ),
@@ -267,8 +263,8 @@ impl Executor for Http {
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
             match call.action {
-                "request" => run::http_request(&parse::<HttpRequest>(call)?, cx).await,
-                _ => run::http_health(&parse::<HttpHealth>(call)?, cx).await,
+                "request" => run::http_request(&call.params::<HttpRequest>()?, cx).await,
+                _ => run::http_health(&call.params::<HttpHealth>()?, cx).await,
             }
         })
     }
@@ -301,11 +297,11 @@ impl Executor for Wait {
         true
     }
     fn describe(&self, call: Call<'_>) -> String {
-        parse::<WaitSoak>(call).map_or_else(|e| e.to_string(), |w| format!("wait {}", w.duration))
+        call.params::<WaitSoak>().map_or_else(|e| e.to_string(), |w| format!("wait {}", w.duration))
     }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
-            let soak = parse::<WaitSoak>(call)?;
+            let soak = call.params::<WaitSoak>()?;
             cx.cancellable(cx.clock.sleep(soak.duration.get())).await?;
             Ok(serde_json::json!({ "waited": soak.duration.as_str() }))
         })
@@ -331,11 +327,11 @@ impl Executor for Gate {
         true
     }
     fn describe(&self, call: Call<'_>) -> String {
-        parse::<GateManual>(call).map_or_else(|e| e.to_string(), |g| format!("ask a person: {}", g.prompt))
+        call.params::<GateManual>().map_or_else(|e| e.to_string(), |g| format!("ask a person: {}", g.prompt))
     }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
-            let gate = parse::<GateManual>(call)?;
+            let gate = call.params::<GateManual>()?;
             match cx.decision() {
                 Some(decision) if decision.approved => Ok(serde_json::json!({ "approved_by": decision.by })),
                 Some(decision) => Err(StepError::Failed(format!(
@@ -377,9 +373,10 @@ impl Executor for Notify {
         true
     }
     fn describe(&self, call: Call<'_>) -> String {
-        parse::<NotifyWebhook>(call).map_or_else(|e| e.to_string(), |n| format!("post \"{}\" to {}", n.message, n.url))
+        call.params::<NotifyWebhook>()
+            .map_or_else(|e| e.to_string(), |n| format!("post \"{}\" to {}", n.message, n.url))
     }
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move { run::notify(&parse::<NotifyWebhook>(call)?, cx).await })
+        Box::pin(async move { run::notify(&call.params::<NotifyWebhook>()?, cx).await })
     }
 }

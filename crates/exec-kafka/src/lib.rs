@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use handoff_executor::{Action, Executor, params};
+use handoff_executor::{Action, BoxFuture, Call, Context, Executor, StepError, params};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref};
 use handoff_plan::model::{Id, ResourceKind};
 use handoff_plan::units::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+mod run;
 
 /// `kafka.ensure_topic`: create a topic, or check an existing one matches.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -104,6 +106,7 @@ impl Executor for Kafka {
                 "Publish the run's lifecycle events from now on.",
                 Effect::Change,
             )
+            .background()
             .emitting(&["event_publish_success_rate"]),
             Action::new::<Publish>("publish", "Publish keyed domain events, idempotently.", Effect::Change)
                 .emitting(&["event_publish_success_rate"]),
@@ -115,6 +118,50 @@ impl Executor for Kafka {
             .emitting(&["consumer_lag"]),
         ];
         ACTIONS
+    }
+
+    fn executes(&self, _: &str) -> bool {
+        true
+    }
+
+    fn describe(&self, call: Call<'_>) -> String {
+        let with = call.with;
+        let text = |key: &str| with.get(key).and_then(serde_json::Value::as_str).unwrap_or("?").to_owned();
+        match call.action {
+            "ensure_topic" => format!(
+                "ensure topic `{}` on `{}` with {} partitions",
+                text("topic"),
+                text("broker"),
+                with.get("partitions").and_then(serde_json::Value::as_u64).unwrap_or(0)
+            ),
+            "publish_lifecycle" => {
+                format!("publish the run's lifecycle events to `{}` from now on (in the background)", text("topic"))
+            }
+            "publish" => format!(
+                "publish {} `{}` event(s) to `{}`",
+                with.get("events").and_then(serde_json::Value::as_array).map_or(0, Vec::len),
+                text("event_type"),
+                text("topic")
+            ),
+            _ => format!(
+                "check that group `{}` is at most {} messages behind on `{}`",
+                text("group"),
+                with.get("max_lag").and_then(serde_json::Value::as_u64).unwrap_or(0),
+                text("topic")
+            ),
+        }
+    }
+
+    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            match call.action {
+                "ensure_topic" => run::ensure_topic(&call.params()?, cx).await,
+                "publish_lifecycle" => run::publish_lifecycle(&call.params()?, cx).await,
+                "publish" => run::publish(&call.params()?, cx).await,
+                "verify_consumption" => run::verify_consumption(&call.params()?, cx).await,
+                other => Err(StepError::Refused(format!("kafka has no action `{other}`"))),
+            }
+        })
     }
 
     fn check(&self, action: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {

@@ -199,10 +199,6 @@ pub struct Mongo {
     syncs: run::sync::Syncs,
 }
 
-fn parse<P: serde::de::DeserializeOwned>(call: Call<'_>) -> Result<P, StepError> {
-    P::deserialize(call.with).map_err(|e| StepError::Refused(format!("invalid parameters: {e}")))
-}
-
 impl Executor for Mongo {
     fn name(&self) -> &'static str {
         "mongo"
@@ -247,19 +243,57 @@ impl Executor for Mongo {
         true
     }
 
+    fn describe(&self, call: Call<'_>) -> String {
+        fn side(with: &serde_json::Value, key: &str) -> String {
+            let side = with.get(key).unwrap_or(&serde_json::Value::Null);
+            let resource = side.get("resource").and_then(serde_json::Value::as_str).unwrap_or("?");
+            match side.get("collection").and_then(serde_json::Value::as_str) {
+                Some(collection) => format!("`{resource}.{collection}`"),
+                None => format!("`{resource}`"),
+            }
+        }
+        let with = call.with;
+        let text = |key: &str| with.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let (source, target) = (side(with, "source"), side(with, "target"));
+        match call.action {
+            "copy" => format!("copy {source} to {target} in parallel `_id` ranges (resumable), then its indexes"),
+            "sync" | "reverse_sync" => {
+                format!("apply {source}'s change stream to {target} continuously, in the background")
+            }
+            "stop_sync" => format!(
+                "stop the sync `{}`{}",
+                text("sync"),
+                if with.get("drain") == Some(&false.into()) { "" } else { " after draining it" }
+            ),
+            "verify" => match text("mode").as_str() {
+                "sample" => format!("compare a random sample of {source} with {target}"),
+                "hashed" => format!("compare every document of {source} with {target} by hash, plus exact counts"),
+                _ => format!("compare every document of {source} with {target}, field by field, plus exact counts"),
+            },
+            "reconcile" if text("direction") == "target_to_source" => format!("repair {source} from {target}"),
+            "reconcile" => format!("repair {target} from {source}"),
+            "archive" => {
+                format!("archive {source} to `{}` (compressed, with a manifest, restore-verified)", text("path"))
+            }
+            "restore" => format!("restore the archive `{}` into {target}", text("path")),
+            "drop" => format!("drop {target}, archived by step `{}`", text("archive")),
+            other => format!("mongo.{other}"),
+        }
+    }
+
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
             match call.action {
-                "copy" => run::copy::run(&parse::<Copy>(call)?, cx, &self.clients).await,
-                "verify" => run::verify::run(&parse::<Verify>(call)?, cx, &self.clients).await,
-                "reconcile" => run::verify::reconcile(&parse::<Reconcile>(call)?, cx, &self.clients).await,
+                "copy" => run::copy::run(&call.params::<Copy>()?, cx, &self.clients).await,
+                "verify" => run::verify::run(&call.params::<Verify>()?, cx, &self.clients).await,
+                "reconcile" => run::verify::reconcile(&call.params::<Reconcile>()?, cx, &self.clients).await,
                 "sync" | "reverse_sync" => {
-                    run::sync::start(&parse::<Sync>(call)?, cx, &self.clients, &self.syncs).await
+                    run::sync::start(&call.params::<Sync>()?, cx, &self.clients, &self.syncs).await
                 }
-                "stop_sync" => run::sync::stop(&parse::<StopSync>(call)?, cx, &self.syncs).await,
-                "archive" => run::archive::archive(&parse::<Archive>(call)?, cx, &self.clients).await,
-                "restore" => run::archive::restore(&parse::<Restore>(call)?, cx, &self.clients).await,
-                "drop" => run::archive::drop(&parse::<Drop>(call)?, cx, &self.clients).await,
+                "stop_sync" => run::sync::stop(&call.params::<StopSync>()?, cx, &self.syncs).await,
+                "archive" => run::archive::archive(&call.params::<Archive>()?, cx, &self.clients).await,
+                "restore" => run::archive::restore(&call.params::<Restore>()?, cx, &self.clients).await,
+                "drop" => run::archive::drop(&call.params::<Drop>()?, cx, &self.clients).await,
                 other => Err(StepError::Refused(format!("mongo has no action `{other}`"))),
             }
         })

@@ -81,10 +81,6 @@ impl Traffic {
     }
 }
 
-fn parse(call: Call<'_>) -> Result<Shift, StepError> {
-    Shift::deserialize(call.with).map_err(|e| StepError::Refused(format!("traffic.{}: {e}", call.action)))
-}
-
 /// The VirtualServices a plan's `traffic.shift` steps apply, one per weight, with file
 /// names (`<phase>--<step>--<weight>.yaml`), for `handoff render`. Endpoints are looked up
 /// with `endpoint` (an environment's values as written); steps whose route is not a
@@ -143,7 +139,7 @@ impl Executor for Traffic {
     }
 
     fn describe(&self, call: Call<'_>) -> String {
-        let Ok(shift) = parse(call) else { return String::new() };
+        let Ok(shift) = call.params::<Shift>() else { return String::new() };
         let weights: Vec<String> = shift.schedule.steps.iter().map(|s| format!("{}% ({})", s.weight, s.soak)).collect();
         let header = shift
             .schedule
@@ -165,7 +161,7 @@ impl Executor for Traffic {
     }
 
     fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move { run::shift(&parse(call)?, cx, self.templates()?).await })
+        Box::pin(async move { run::shift(&call.params::<Shift>()?, cx, self.templates()?).await })
     }
 
     fn compensate<'a>(
@@ -174,7 +170,7 @@ impl Executor for Traffic {
         output: &'a serde_json::Value,
         cx: &'a Context,
     ) -> BoxFuture<'a, Result<Compensation, StepError>> {
-        Box::pin(async move { run::undo(&parse(call)?, output, cx, self.templates()?).await })
+        Box::pin(async move { run::undo(&call.params::<Shift>()?, output, cx, self.templates()?).await })
     }
 
     fn check(&self, _: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {

@@ -30,6 +30,42 @@ pub trait Sink: Send + Sync {
         let _ = step;
         None
     }
+
+    /// The run's lifecycle (phases started, passed, failed, rolled back; the run paused,
+    /// interrupted or finished), from the start of this process's part of the run, for a
+    /// step that publishes it. `None` when the sink has no lifecycle.
+    fn lifecycle(&self) -> Option<LifecycleFeed> {
+        None
+    }
+}
+
+/// A change in a run's life.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Lifecycle {
+    /// Sequence number of the record in the run's log (unique within the run).
+    pub seq: u64,
+    /// When, on the run's clock.
+    pub at: jiff::Timestamp,
+    /// What happened: `run_started`, `run_resumed`, `phase_started`, `phase_passed`,
+    /// `phase_failed`, `phase_rolled_back`, `run_paused`, `run_interrupted`,
+    /// `run_finished`.
+    pub event: &'static str,
+    /// The phase, for phase events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Event details (a failure's reason, a rollback's duration and budget, a status).
+    pub detail: Value,
+}
+
+/// A subscription to a run's lifecycle.
+pub struct LifecycleFeed {
+    /// Events that happened before the subscription (in this process), in order.
+    pub history: Vec<Lifecycle>,
+    /// Events from now on; closed when the run stops in this process.
+    pub events: tokio::sync::broadcast::Receiver<Lifecycle>,
+    /// Dropped by the subscriber once it has handled the last event: the engine waits
+    /// for that (a bounded time) before it returns, so nothing is lost at exit.
+    pub done: tokio::sync::mpsc::Sender<()>,
 }
 
 /// A person's decision on an approval or confirmation.

@@ -23,7 +23,7 @@ pub mod context;
 pub mod http;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use context::{Context, Decision, Endpoints, Policy, Recorder, Sink, expand_env};
+pub use context::{Context, Decision, Endpoints, Lifecycle, LifecycleFeed, Policy, Recorder, Sink, expand_env};
 
 /// A boxed, sendable future (the executor trait stays object-safe).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -106,6 +106,15 @@ pub struct Call<'a> {
     pub action: &'a str,
     /// The step's `with:` parameters, already validated against the action's schema.
     pub with: &'a Value,
+}
+
+impl Call<'_> {
+    /// The step's parameters as the action's type; refused (the schema should have caught
+    /// it) when they do not fit.
+    pub fn params<P: DeserializeOwned>(&self) -> Result<P, StepError> {
+        P::deserialize(self.with)
+            .map_err(|e| StepError::Refused(format!("invalid parameters of `{}`: {e}", self.action)))
+    }
 }
 
 /// Why a step did not succeed.
