@@ -177,9 +177,138 @@ async fn interrupted_copy(bench: &Bench, docs: usize) -> f64 {
     (written_before + processed_again - docs as u64) as f64 / docs as f64
 }
 
+/// A sync killed halfway through a steady load (its task aborted without draining, so only its checkpoints
+/// survive, as after SIGKILL) and started again from its last checkpoint. Returns (changes
+/// made, changes applied twice, discrepancies after).
+async fn interrupted_sync(bench: &Bench, every: &str) -> (u64, u64, Value) {
+    bench.old.drop().await.unwrap();
+    bench.new.drop().await.unwrap();
+    let seed: Vec<Document> = (0..2000).map(|n| item(n, Bson::Int64(n as i64))).collect();
+    raw_write(&bench.old, &seed).await;
+    let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "checkpoint_every": every});
+    bench.step("copy", json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}})).await;
+    let recorder = Arc::new(Recorder::default());
+    let cx = |checkpoint: Option<Value>, sink: Arc<Recorder>| {
+        Context::detached("bench", Endpoints::new(bench.endpoints.clone()), bench.resources.clone(), checkpoint, sink)
+    };
+    bench.mongo.execute(Call { action: "sync", with: &pair }, &cx(None, recorder.clone())).await.unwrap();
+    // 6,000 changes at ~300/s (20 s): inserts, then updates of what was inserted.
+    let changes = 6000_u64;
+    let writer = async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / 300.0));
+        for n in 0..changes {
+            tick.tick().await;
+            if n % 2 == 0 {
+                bench.old.insert_one(doc! {"_id": format!("s-{n}"), "v": 0}).await.unwrap();
+            } else {
+                bench.old.update_one(doc! {"_id": format!("s-{}", n - 1)}, doc! {"$set": {"v": 1}}).await.unwrap();
+            }
+        }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // What a killed process leaves: the checkpoints saved until now. The stop below
+        // saves one more, which a kill would not; it is not used.
+        let durable = recorder.checkpoints.lock().unwrap().last().cloned();
+        let stop = json!({"sync": "bench", "drain": false});
+        let stopped = bench
+            .mongo
+            .execute(Call { action: "stop_sync", with: &stop }, &cx(None, Arc::new(Recorder::default())))
+            .await
+            .unwrap();
+        (durable, stopped)
+    };
+    let ((), (checkpoint, killed)) = tokio::join!(writer, killer);
+    let credited = checkpoint.as_ref().and_then(|c| c["applied"].as_u64()).unwrap_or(0);
+    let applied_before = killed["applied"].as_u64().unwrap_or(0);
+    bench
+        .mongo
+        .execute(Call { action: "sync", with: &pair }, &cx(checkpoint, Arc::new(Recorder::default())))
+        .await
+        .unwrap();
+    let stop = json!({"sync": "bench", "drain": true});
+    let resumed = bench
+        .mongo
+        .execute(Call { action: "stop_sync", with: &stop }, &cx(None, Arc::new(Recorder::default())))
+        .await
+        .unwrap();
+    let applied_after = resumed["applied"].as_u64().unwrap_or(0);
+    let verified = bench
+        .step("verify", json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "mode": "full"}))
+        .await
+        .0;
+    // Applied before the kill but after the last checkpoint: applied again after it.
+    debug_assert!(applied_before >= credited);
+    (changes, (applied_before + applied_after).saturating_sub(changes), verified["discrepancies"].clone())
+}
+
+/// Injects each kind of discrepancy into an exact copy; returns lines of what verify found
+/// (strict, and lenient on field order and numeric types) against what was injected.
+async fn accuracy(bench: &Bench, docs: usize) -> Vec<String> {
+    bench.old.drop().await.unwrap();
+    bench.new.drop().await.unwrap();
+    let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, true))).collect();
+    raw_write(&bench.old, &prebuilt).await;
+    let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}});
+    bench.step("copy", pair.clone()).await;
+    let verify = |extra: Value| {
+        let mut with = pair.clone();
+        with.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        with
+    };
+    let aa = bench.step("verify", verify(json!({"mode": "full"}))).await.0;
+    let mut lines = vec![format!("A/A (identical collections): {} discrepancies", aa["discrepancies"])];
+    // 50 of each kind, on distinct documents.
+    let ids: Vec<Bson> = prebuilt.iter().step_by(docs / 250).take(250).map(|d| d.get("_id").unwrap().clone()).collect();
+    for id in &ids[0..50] {
+        bench.new.delete_one(doc! {"_id": id}).await.unwrap();
+    }
+    for n in 0..50 {
+        bench.new.insert_one(doc! {"_id": format!("extra-{n}"), "name": "extra"}).await.unwrap();
+    }
+    for id in &ids[50..100] {
+        bench.new.update_one(doc! {"_id": id}, doc! {"$set": {"name": "changed"}}).await.unwrap();
+    }
+    for id in &ids[100..150] {
+        let current = bench.new.find_one(doc! {"_id": id}).await.unwrap().unwrap();
+        // The same price, stored as a long where the source has an int.
+        let mut changed = current.clone();
+        let mut price = current.get_document("price").unwrap().clone();
+        price.insert("amount", Bson::Int64(i64::from(price.get_i32("amount").unwrap())));
+        changed.insert("price", price);
+        bench.new.replace_one(doc! {"_id": id}, changed).await.unwrap();
+    }
+    for id in &ids[150..200] {
+        let current = bench.new.find_one(doc! {"_id": id}).await.unwrap().unwrap();
+        let mut reordered = Document::new();
+        reordered.insert("_id", current.get("_id").unwrap().clone());
+        let fields: Vec<_> = current.iter().filter(|(k, _)| *k != "_id").collect();
+        for (key, value) in fields.into_iter().rev() {
+            reordered.insert(key, value.clone());
+        }
+        bench.new.replace_one(doc! {"_id": id}, reordered).await.unwrap();
+    }
+    let strict =
+        bench.step("verify", verify(json!({"mode": "full", "ignore_field_order": false, "max_examples": 1}))).await.0;
+    let lenient = bench
+        .step(
+            "verify",
+            verify(json!({"mode": "full", "ignore_field_order": true, "numeric_by_value": true, "max_examples": 1})),
+        )
+        .await
+        .0;
+    let counts = |v: &Value| format!("missing {}, extra {}, different {}", v["missing"], v["extra"], v["different"]);
+    lines.push("injected: 50 missing, 50 extra, 50 changed, 50 int→long, 50 reordered".to_owned());
+    lines.push(format!("strict verify found:  {} (expected missing 50, extra 50, different 150)", counts(&strict)));
+    lines.push(format!("lenient verify found: {} (expected missing 50, extra 50, different 50)", counts(&lenient)));
+    lines
+}
+
 fn main() {
     let docs: usize = std::env::var("HANDOFF_BENCH_DOCS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
-    let parts = std::env::var("HANDOFF_BENCH_PARTS").unwrap_or_else(|_| "sync,resume,copy".to_owned());
+    let parts =
+        std::env::var("HANDOFF_BENCH_PARTS").unwrap_or_else(|_| "sync,sync-resume,accuracy,resume,copy".to_owned());
+    let wants = |part: &str| parts.split(',').any(|p| p == part);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let specs = [ServiceSpec::new("old_db", ServiceKind::Mongo), ServiceSpec::new("new_db", ServiceKind::Mongo)];
@@ -212,7 +341,7 @@ fn main() {
             value.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             value
         };
-        if parts.contains("sync") {
+        if wants("sync") {
             println!("sync lag under a steady insert load (a change stream on the target times arrivals), 10 s per rate:");
             for rate in [100, 300, 1000] {
                 let (p50, p99, achieved) = sync_lag(&bench, rate, 10).await;
@@ -221,7 +350,23 @@ fn main() {
             bench.old.drop().await.unwrap();
             bench.new.drop().await.unwrap();
         }
-        if parts.contains("resume") {
+        if wants("sync-resume") {
+            for every in ["1s", "250ms"] {
+                let (changes, redone, discrepancies) = interrupted_sync(&bench, every).await;
+                println!(
+                    "sync killed 10 s into a 6,000-change load (~300/s), started again from its last checkpoint (every {every}): {redone} of {changes} changes applied twice ({:.2}%; at most one checkpoint interval of changes), {discrepancies} discrepancies after",
+                    100.0 * redone as f64 / changes as f64
+                );
+            }
+        }
+        if wants("accuracy") {
+            for line in accuracy(&bench, docs.min(20_000)).await {
+                println!("accuracy: {line}");
+            }
+            bench.old.drop().await.unwrap();
+            bench.new.drop().await.unwrap();
+        }
+        if wants("resume") {
             let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, true))).collect();
             raw_write(&bench.old, &prebuilt).await;
             let redone = interrupted_copy(&bench, docs).await;
@@ -235,7 +380,7 @@ fn main() {
             bench.new.drop().await.unwrap();
         }
         for mixed in [false, true] {
-            let wanted = parts.contains("copy") || parts.contains(if mixed { "mixed" } else { "objectid" });
+            let wanted = wants("copy") || wants(if mixed { "mixed" } else { "objectid" });
             if !wanted {
                 continue;
             }

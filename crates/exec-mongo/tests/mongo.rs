@@ -354,3 +354,61 @@ async fn archive_restores_identically_and_drop_needs_it_and_a_person() {
     let same = world.verify(json!({"mode": "full", "ignore_field_order": false})).await;
     assert_eq!(same["discrepancies"], json!(0), "{same}");
 }
+
+/// Waits until `coll` holds at least `at_least` documents (a copy is filling it).
+async fn wait_for(coll: &mongodb::Collection<Document>, at_least: u64) {
+    while coll.estimated_document_count().await.unwrap() < at_least {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_cut_off_from_its_target_resumes_from_its_checkpoint_and_loses_nothing() {
+    let world = World::start().await;
+    let count = seed(&world.old, 6000).await;
+    let proxy = world.sandbox.service("new_db").unwrap().proxy().unwrap();
+    let reports = Arc::new(Recorder::default());
+    let copy = world.try_step("copy", copy_params(), None, reports.clone(), false);
+    let fault = async {
+        wait_for(&world.new, 1500).await;
+        // Every connection to the target drops, and new ones are refused for a while.
+        proxy.set_refuse(true);
+        proxy.cut_connections();
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        proxy.heal();
+    };
+    let (first, ()) = tokio::join!(copy, fault);
+    // The driver may retry its way through the cut; if not, the step fails and resumes.
+    if let Err(error) = first {
+        eprintln!("the copy failed on the cut ({error}); resuming it from its checkpoint");
+        let checkpoint = reports.checkpoints.lock().unwrap().last().cloned();
+        assert!(checkpoint.is_some(), "the cut copy checkpointed its progress");
+        world.step("copy", copy_params(), checkpoint).await;
+    }
+    assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count);
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["discrepancies"], json!(0), "{verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_source_drops_its_connections_catches_up_without_loss() {
+    let world = World::start().await;
+    seed(&world.old, 200).await;
+    world.step("copy", copy_params(), None).await;
+    let (_, reports) = world.step("sync", sync_params("100ms"), None).await;
+    churn(&world.old, 10_000).await;
+    let proxy = world.sandbox.service("old_db").unwrap().proxy().unwrap();
+    proxy.cut_connections();
+    churn(&world.old, 20_000).await; // through fresh connections, while the stream recovers
+    // The running sync either resumes its stream by itself or stops with an error; a
+    // sync started again from its last checkpoint must then catch up.
+    let stop = json!({"sync": "s", "drain": true});
+    if let Err(error) = world.try_step("stop_sync", stop.clone(), None, Arc::new(Recorder::default()), false).await {
+        eprintln!("the sync stopped on the cut ({error}); starting it again from its checkpoint");
+        let checkpoint = reports.checkpoints.lock().unwrap().last().cloned();
+        world.step("sync", sync_params("100ms"), checkpoint).await;
+        world.step("stop_sync", stop, None).await;
+    }
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["discrepancies"], json!(0), "{verified}");
+}
