@@ -378,7 +378,7 @@ impl Printer<'_> {
 }
 
 /// One human line per record (some records are not worth a line).
-fn line(record: &Record) -> Option<String> {
+pub(crate) fn line(record: &Record) -> Option<String> {
     Some(match &record.event {
         Event::RunStarted { run, plan, env, digest, .. } => format!("run {run}: plan {plan} in {env} ({digest})"),
         Event::RunResumed { .. } => "resumed".to_owned(),

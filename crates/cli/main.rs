@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod execute;
 mod render;
 mod sandbox;
+mod simulate;
 mod validate;
 
 /// Exit code: success (plans valid).
@@ -144,6 +145,17 @@ Codes are documented in docs/lints.md.")]
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Simulate a plan against throwaway real services: seeded data, an application
+    /// model under load, faults, compressed time; prints the report.
+    #[command(after_help = "\
+Examples:
+  handoff simulate plans/menu-service.yaml
+  handoff simulate plans/menu-service.yaml --scenario dual-write-failures --report out/
+  handoff simulate plans/menu-service.yaml --format json --time-scale 500ms
+
+Exit codes: 0 every phase passed, 1 something failed (a criterion, a rollback, a
+scenario's failing phase), 2 the simulation could not run, 130 interrupted.")]
+    Simulate(simulate::Args),
     /// Render a plan's artifacts from tera templates: the VirtualService of every traffic
     /// weight, the runbook, Prometheus alert rules, the Gantt chart of the timeline.
     #[command(after_help = "\
@@ -279,6 +291,7 @@ fn dispatch(
         Command::Plan(command) => return execute::show(command, registry, stdout),
         Command::Validate(args) => return validate::run(&args, registry, color, stdout),
         Command::Render(args) => return render::run(&args, registry, stdout),
+        Command::Simulate(args) => return simulate::run(args, registry, stdout),
         Command::Sandbox(command) => return sandbox::run(command, registry, stdout),
         Command::Schema => stdout.write_all(registry.schema_text().as_bytes())?,
         Command::Executors => {

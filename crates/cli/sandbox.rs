@@ -52,7 +52,7 @@ pub(crate) struct Up {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum ProviderArg {
+pub(crate) enum ProviderArg {
     /// Real server processes on this machine, provisioned into the cache when missing.
     Local,
     /// Endpoints you run yourself (`--endpoint NAME=URL`); nothing is started or stopped.
@@ -68,7 +68,7 @@ pub(crate) enum Format {
     Json,
 }
 
-fn parse_endpoint(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_endpoint(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .filter(|(name, url)| !name.is_empty() && !url.is_empty())
         .map(|(name, url)| (name.to_owned(), url.to_owned()))

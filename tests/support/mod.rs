@@ -20,6 +20,11 @@ pub fn handoff(args: &[&str]) -> Output {
 
 /// [`handoff`] with extra environment variables.
 pub fn handoff_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    handoff_within(args, env, Duration::from_secs(60))
+}
+
+/// [`handoff_with`] for a command that may take up to `limit` (a simulation).
+pub fn handoff_within(args: &[&str], env: &[(&str, &std::ffi::OsStr)], limit: Duration) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
         .args(args)
         .current_dir(root())
@@ -44,9 +49,9 @@ pub fn handoff_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
         if let Some(status) = child.try_wait().expect("wait for handoff") {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > limit {
             let _ = child.kill();
-            panic!("handoff {args:?} hung for a minute");
+            panic!("handoff {args:?} hung for {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
     };

@@ -566,7 +566,10 @@ impl Runner<'_> {
         // A simulation samples each series at most about 500 times per observation.
         let floor = if self.clock.is_virtual() { total / 500 } else { Duration::ZERO };
         for p in &mut pending {
-            p.interval = p.interval.max(floor).max(Duration::from_millis(1));
+            // The floor never leaves a criterion fewer samples than it needs.
+            let needed = p.criterion.min_samples.unwrap_or(1).max(1);
+            let coarsest = if p.window.is_zero() { floor } else { (p.window / (needed + 1)).max(p.interval) };
+            p.interval = p.interval.max(floor.min(coarsest)).max(Duration::from_millis(1));
             p.next = end - SignedDuration::try_from(p.window).unwrap_or_default();
         }
         let alarm = Alarm::default();

@@ -297,6 +297,8 @@ struct Lag {
 
 /// Records read at most to confirm a partition's end offset.
 const END_READ_LIMIT: u64 = 100_000;
+/// Time spent at most confirming a partition's end offset.
+const END_READ_TIME: Duration = Duration::from_secs(3);
 
 /// The partition's end offset: the broker's listed high watermark, checked by reading
 /// from it to the end of the partition. With Kafka the read ends at once; some Kafka-API
@@ -308,16 +310,18 @@ fn end_offset(reader: &BaseConsumer, topic: &str, partition: i32, listed: i64) -
         .add_partition_offset(topic, partition, Offset::Offset(listed))
         .map_err(|e| failed("partition end offsets", e))?;
     reader.assign(&assignment).map_err(|e| failed("partition end offsets", e))?;
-    let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+    let deadline = std::time::Instant::now() + END_READ_TIME;
     let (mut end, mut read) = (listed, 0_u64);
     while std::time::Instant::now() < deadline && read < END_READ_LIMIT {
-        match reader.poll(Duration::from_millis(500)) {
+        match reader.poll(Duration::from_millis(300)) {
             Some(Ok(message)) => {
                 end = end.max(message.offset() + 1);
                 read += 1;
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
             Some(Err(error)) => return Err(failed("reading the partition's end", error)),
+            // Nothing more within the poll: at the end (the broker may not report EOF).
+            None if read > 0 || end > listed => break,
             None => {}
         }
     }

@@ -46,15 +46,24 @@ impl Clock for SystemClock {
 ///
 /// Concurrent waits are skipped one after the other, so a parallel group's waits add up in
 /// plan time: a simulated phase may look longer than it would really take, never shorter.
+/// Real work (a copy, a query) takes its real time in plan time too.
 #[derive(Debug, Default)]
 pub struct VirtualClock {
     skipped: Mutex<SignedDuration>,
+    /// Real seconds a waited plan second takes (`None`: waits take no real time).
+    pace: Option<f64>,
 }
 
 impl VirtualClock {
     /// A virtual clock that starts at the wall clock's time.
     pub fn new() -> VirtualClock {
         VirtualClock::default()
+    }
+
+    /// A virtual clock whose waits take real time at this pace: `day` of real time per
+    /// simulated day (a simulation's time scale, so load keeps running during soaks).
+    pub fn paced(day: Duration) -> VirtualClock {
+        VirtualClock { skipped: Mutex::default(), pace: Some(day.as_secs_f64() / 86_400.0) }
     }
 
     fn skipped(&self) -> SignedDuration {
@@ -68,13 +77,18 @@ impl Clock for VirtualClock {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let real = self.pace.map_or(Duration::ZERO, |pace| duration.mul_f64(pace.min(1.0)));
         {
             let mut skipped = self.skipped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let step = SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX);
+            let step = SignedDuration::try_from(duration - real).unwrap_or(SignedDuration::MAX);
             *skipped = skipped.saturating_add(step);
         }
-        // Yield, so a loop of waits cannot starve the runtime.
-        Box::pin(tokio::task::yield_now())
+        if real.is_zero() {
+            // Yield, so a loop of waits cannot starve the runtime.
+            Box::pin(tokio::task::yield_now())
+        } else {
+            Box::pin(tokio::time::sleep(real))
+        }
     }
 
     fn is_virtual(&self) -> bool {
@@ -95,5 +109,15 @@ mod tests {
         }
         let moved = clock.now().duration_since(before);
         assert!(moved >= SignedDuration::from_hours(49 * 24), "moved {moved:?}");
+    }
+
+    #[tokio::test]
+    async fn paced_waits_take_their_scaled_real_time() {
+        // One simulated day per 100 ms of real time.
+        let clock = VirtualClock::paced(Duration::from_millis(100));
+        let (before, wall) = (clock.now(), std::time::Instant::now());
+        clock.sleep(Duration::from_secs(2 * 86_400)).await;
+        assert!(wall.elapsed() >= Duration::from_millis(200), "really waited the scaled time");
+        assert!(clock.now().duration_since(before) >= SignedDuration::from_hours(48));
     }
 }

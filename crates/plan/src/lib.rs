@@ -16,6 +16,7 @@ pub mod lint;
 pub mod model;
 pub mod redact;
 pub mod schema;
+pub mod simulation;
 pub mod source;
 pub mod units;
 

@@ -170,8 +170,83 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
         contradictions(plan, phase, &at, &mut out);
     }
     timeline(plan, &mut out);
+    if let Some(simulation) = &plan.simulation {
+        simulation_refs(plan, simulation, &mut out);
+    }
     credentials(raw, &mut String::new(), &mut out);
     out
+}
+
+/// Every resource, phase and metric the `simulation:` section names exists and has the
+/// right kind.
+fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out: &mut Vec<Diagnostic>) {
+    use crate::simulation::{FaultKind, Measure};
+    use ResourceKind::{Kafka, Mesh, Mongodb, Redis, Service};
+    let mut refs: Vec<(String, &Id, &[ResourceKind])> = Vec::new();
+    for (i, dataset) in simulation.dataset.iter().enumerate() {
+        refs.push((format!("/simulation/dataset/{i}/resource"), &dataset.resource, &[Mongodb]));
+    }
+    let app = &simulation.app;
+    for (service, store) in &app.stores {
+        refs.push((format!("/simulation/app/stores/{service}"), service, &[Service]));
+        refs.push((format!("/simulation/app/stores/{service}"), store, &[Mongodb]));
+    }
+    refs.push(("/simulation/app/owner".to_owned(), &app.owner, &[Service]));
+    if let Some(route) = &app.reads {
+        refs.push(("/simulation/app/reads".to_owned(), route, &[Mesh]));
+    }
+    if let Some(route) = &app.writes {
+        refs.push(("/simulation/app/writes".to_owned(), route, &[Mesh]));
+    }
+    if let Some(cache) = &app.cache {
+        refs.push(("/simulation/app/cache/resource".to_owned(), &cache.resource, &[Redis]));
+    }
+    if let Some(events) = &app.events {
+        refs.push(("/simulation/app/events/broker".to_owned(), &events.broker, &[Kafka]));
+    }
+    let any = [Mongodb, Kafka, Redis];
+    for (i, fault) in simulation.faults.iter().enumerate() {
+        let (resource, kinds): (&Id, &[ResourceKind]) = match &fault.fault {
+            FaultKind::WriteErrors { resource, .. } => (resource, &[Mongodb]),
+            FaultKind::CacheFlush { resource } => (resource, &[Redis]),
+            FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => (resource, &any),
+        };
+        refs.push((format!("/simulation/faults/{i}/fault"), resource, kinds));
+        if !plan.phases.iter().any(|p| p.id == fault.phase) {
+            out.push(Diagnostic::new(
+                codes::UNDEFINED_PHASE,
+                format!("/simulation/faults/{i}/phase"),
+                format!("no phase has the id `{}`", fault.phase),
+            ));
+        }
+    }
+    for (metric, measure) in &simulation.measures {
+        let at = format!("/simulation/measures/{metric}");
+        if !plan.metrics.contains_key(metric) {
+            out.push(Diagnostic::new(
+                codes::UNDEFINED_METRIC,
+                at.clone(),
+                format!("metric `{metric}` is not defined under `metrics:`"),
+            ));
+        }
+        match measure {
+            Measure::ServiceUp(service) => refs.push((at, service, &[Service])),
+            Measure::Collections(store) | Measure::StoreReads(store) => refs.push((at, store, &[Mongodb])),
+            _ => {}
+        }
+    }
+    if !app.stores.contains_key(&app.owner) {
+        out.push(Diagnostic::new(
+            codes::UNDEFINED_RESOURCE,
+            "/simulation/app/owner",
+            format!("the owner `{}` has no store under `app.stores`", app.owner),
+        ));
+    }
+    for (at, id, kinds) in refs {
+        if let Some(issue) = resource_ref(plan, "", id, kinds) {
+            out.push(Diagnostic::new(issue.code, at, issue.message));
+        }
+    }
 }
 
 fn duplicate<'a>(seen: &mut HashMap<&'a str, String>, id: &'a str, at: String, what: &str, out: &mut Vec<Diagnostic>) {

@@ -49,6 +49,9 @@ pub struct Plan {
     /// Who is told what, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub communication: Option<Communication>,
+    /// How `handoff simulate` exercises the plan (data, load, faults, time scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<crate::simulation::Simulation>,
 }
 
 /// Version of the plan language.

@@ -22,6 +22,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (RUNBOOK, include_str!("../../../templates/runbook.md.tera")),
     (ALERT_RULES, include_str!("../../../templates/alert-rules.yaml.tera")),
     (GANTT, include_str!("../../../templates/timeline.md.tera")),
+    (REPORT, include_str!("../../../templates/report.md.tera")),
 ];
 
 /// Template of an Istio VirtualService.
@@ -32,6 +33,8 @@ pub const RUNBOOK: &str = "runbook.md.tera";
 pub const ALERT_RULES: &str = "alert-rules.yaml.tera";
 /// Template of the Gantt chart.
 pub const GANTT: &str = "timeline.md.tera";
+/// Template of the simulation report (`handoff simulate`).
+pub const REPORT: &str = "report.md.tera";
 
 /// Why rendering failed.
 #[derive(Debug, thiserror::Error)]

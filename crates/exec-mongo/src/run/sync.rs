@@ -124,14 +124,15 @@ async fn apply(
     Ok(())
 }
 
+/// When an event happened on the server (ms since the epoch).
+fn event_ms(event: &ChangeStreamEvent<Document>) -> Option<i64> {
+    event.wall_time.map(|t| t.timestamp_millis()).or_else(|| event.cluster_time.map(|t| i64::from(t.time) * 1000))
+}
+
 /// Seconds between an event and now.
 fn lag_of(event: &ChangeStreamEvent<Document>) -> Option<f64> {
     let now = mongodb::bson::DateTime::now().timestamp_millis();
-    let at = event
-        .wall_time
-        .map(|t| t.timestamp_millis())
-        .or_else(|| event.cluster_time.map(|t| i64::from(t.time) * 1000))?;
-    Some(((now - at) as f64 / 1000.0).max(0.0))
+    Some(((now - event_ms(event)?) as f64 / 1000.0).max(0.0))
 }
 
 /// The background loop: apply, checkpoint, report, until stopped.
@@ -152,11 +153,20 @@ async fn apply_loop(
         let token = stream.resume_token().and_then(|t| serde_json::to_value(t).ok());
         cx.save_checkpoint(&json!({ "resume_token": token, "applied": stats.applied }))
     };
+    // When a drained stop was asked (wall clock, ms): changes up to then are applied. On a
+    // busy source the stream never runs dry, so reaching an event written after the ask
+    // ends the drain too (the server's and this host's clocks are assumed close).
+    let mut drain_from: Option<i64> = None;
+    let mut last_event_ms: Option<i64> = None;
     let result = loop {
         let asked = *stop.borrow_and_update();
+        if asked == Some(true) && drain_from.is_none() {
+            drain_from = Some(mongodb::bson::DateTime::now().timestamp_millis());
+        }
         let caught_up = match stream.next_if_any().await {
             Ok(Some(event)) => {
                 lag = lag_of(&event).unwrap_or(lag);
+                last_event_ms = event_ms(&event).or(last_event_ms);
                 if let Err(error) = apply(event, &target_docs, &target.label, &mut stats).await {
                     break Err(error);
                 }
@@ -180,7 +190,9 @@ async fn apply_loop(
         }
         match asked {
             Some(false) => break Ok(()),
-            Some(true) if caught_up => break Ok(()),
+            Some(true) if caught_up || last_event_ms.zip(drain_from).is_some_and(|(at, from)| at >= from) => {
+                break Ok(());
+            }
             _ if cx.cancel.is_cancelled() => break Ok(()),
             _ => {}
         }

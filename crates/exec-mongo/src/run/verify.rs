@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use handoff_executor::{Context, StepError};
@@ -79,6 +80,13 @@ pub(crate) struct Findings {
 }
 
 impl Findings {
+    /// Keeps at most `limit` example ids of each kind.
+    fn truncate(&mut self, limit: usize) {
+        self.missing_ids.truncate(limit);
+        self.extra_ids.truncate(limit);
+        self.different_ids.truncate(limit);
+    }
+
     fn merge(&mut self, other: Findings, limit: usize) {
         self.compared += other.compared;
         self.matched += other.matched;
@@ -256,6 +264,65 @@ async fn count(coll: &Coll) -> Result<u64, StepError> {
     coll.raw.count_documents(doc! {}).await.map_err(|e| failed(&format!("counting {}", coll.label), e))
 }
 
+/// Differences rechecked before they count (more are counted as found).
+const RECHECK_LIMIT: usize = 10_000;
+/// Waits before each recheck: a change in flight (the sync, a dual write) lands within
+/// them; a real difference stays.
+const RECHECK_WAITS: [Duration; 3] = [Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)];
+
+/// Checks the differences found again, by id, after short waits: a document written
+/// while the comparison ran (on a live collection, with a sync or dual writes applying
+/// it) is not a discrepancy unless it stays different.
+async fn recheck(
+    findings: &mut Findings,
+    source: &Coll,
+    target: &Coll,
+    canon: Canon,
+    cx: &Context,
+) -> Result<(), StepError> {
+    for wait in RECHECK_WAITS {
+        let tracked: Vec<Bson> =
+            findings.missing_ids.iter().chain(&findings.extra_ids).chain(&findings.different_ids).cloned().collect();
+        if tracked.is_empty() {
+            return Ok(());
+        }
+        cx.cancellable(tokio::time::sleep(wait)).await?;
+        let fetch = |coll: &Coll| {
+            let coll = coll.raw.clone();
+            let ids = tracked.clone();
+            async move {
+                let mut out = HashMap::new();
+                for chunk in ids.chunks(500) {
+                    let mut cursor = coll.find(doc! { "_id": { "$in": chunk.to_vec() } }).await?;
+                    while let Some(raw) = cursor.try_next().await? {
+                        let (key, _) = id_of(&raw);
+                        out.insert(key, raw);
+                    }
+                }
+                Ok::<_, mongodb::error::Error>(out)
+            }
+        };
+        let (ours, theirs) = tokio::try_join!(fetch(source), fetch(target))
+            .map_err(|e| failed(&format!("rechecking {} against {}", source.label, target.label), e))?;
+        let before = (findings.missing_ids.len(), findings.extra_ids.len(), findings.different_ids.len());
+        let (mut missing, mut extra, mut different) = (Vec::new(), Vec::new(), Vec::new());
+        for id in tracked {
+            let key = to_json(&id).to_string();
+            match (ours.get(&key), theirs.get(&key)) {
+                (Some(_), None) => missing.push(id),
+                (None, Some(_)) => extra.push(id),
+                (Some(a), Some(b)) if canon.digest(a)? != canon.digest(b)? => different.push(id),
+                _ => findings.matched += 1,
+            }
+        }
+        findings.missing = findings.missing - before.0 as u64 + missing.len() as u64;
+        findings.extra = findings.extra - before.1 as u64 + extra.len() as u64;
+        findings.different = findings.different - before.2 as u64 + different.len() as u64;
+        (findings.missing_ids, findings.extra_ids, findings.different_ids) = (missing, extra, different);
+    }
+    Ok(())
+}
+
 /// Runs `mongo.verify`.
 pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
     let source = clients.resolve(cx, &params.source, &params.target).await?;
@@ -263,7 +330,12 @@ pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Res
     let canon = Canon { ignore_field_order: params.ignore_field_order, numeric_by_value: params.numeric_by_value };
     let limit = params.max_examples.unwrap_or(10) as usize;
     let findings = match params.mode {
-        VerifyMode::Full | VerifyMode::Hashed => compare_all(&source, &target, canon, limit, cx).await?,
+        VerifyMode::Full | VerifyMode::Hashed => {
+            let mut findings = compare_all(&source, &target, canon, limit.max(RECHECK_LIMIT), cx).await?;
+            recheck(&mut findings, &source, &target, canon, cx).await?;
+            findings.truncate(limit);
+            findings
+        }
         VerifyMode::Sample => sample(&source, &target, params.sample_size.unwrap_or(1000), canon, limit).await?,
     };
     // A full comparison reads every document of both sides: the exact counts come with it.

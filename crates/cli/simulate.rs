@@ -1,0 +1,137 @@
+//! `handoff simulate`: the plan against a sandbox, with load, faults and compressed time;
+//! the report as Markdown (a PR comment), JSON and JUnit XML.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use handoff_engine::Notice;
+use handoff_plan::simulation::Scenario;
+use handoff_registry::Registry;
+use handoff_sandbox::Provider;
+use tokio_util::sync::CancellationToken;
+
+use crate::sandbox::{ProviderArg, Signals};
+use crate::{EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK};
+
+/// Exit code of a simulation in which something failed.
+const EXIT_FAILED: u8 = 1;
+
+/// Arguments of `handoff simulate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The plan (it needs a `simulation:` section).
+    plan: PathBuf,
+    /// Faults to inject: a scenario file, or the name of one in
+    /// `<plan dir>/scenarios/<plan name>/<NAME>.yaml`.
+    #[arg(long, value_name = "NAME|FILE")]
+    scenario: Option<String>,
+    /// Where services come from.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
+    provider: ProviderArg,
+    /// With `--provider external`: a service's endpoint, as NAME=URL (repeat per service).
+    #[arg(long = "endpoint", value_name = "NAME=URL", value_parser = crate::sandbox::parse_endpoint)]
+    endpoints: Vec<(String, String)>,
+    /// Real time one simulated day takes (overrides the plan's `simulation.day`), e.g.
+    /// `500ms`, `2s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    time_scale: Option<std::time::Duration>,
+    /// Write report.md, report.json and junit.xml into this directory.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// What is printed at the end.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Leave the sandbox running afterwards (for debugging).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// Progress lines, then the Markdown report.
+    Text,
+    /// The report as JSON (no progress lines).
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    handoff_plan::units::Duration::parse(text)
+        .map(|d| d.get())
+        .ok_or_else(|| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))
+}
+
+/// Reads a scenario: a file, or a name looked up next to the plan.
+fn scenario(plan_path: &Path, plan: &str, arg: &str) -> anyhow::Result<Scenario> {
+    let as_file = Path::new(arg);
+    let path = if as_file.is_file() {
+        as_file.to_owned()
+    } else {
+        plan_path.parent().unwrap_or(Path::new(".")).join("scenarios").join(plan).join(format!("{arg}.yaml"))
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("scenario `{arg}`: cannot read {} (give a file, or a name of a file there)", path.display())
+    })?;
+    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(EXIT_INVALID) };
+    let scenario = args.scenario.as_deref().map(|s| scenario(&args.plan, &plan.metadata.name.0, s)).transpose()?;
+    let work =
+        tempfile::Builder::new().prefix("handoff-simulate-").tempdir().context("cannot create a work directory")?;
+    let provider = match args.provider {
+        ProviderArg::Local => Provider::Local,
+        ProviderArg::External => Provider::External(args.endpoints.clone()),
+    };
+    let options = handoff_simulate::Options {
+        scenario,
+        sandbox: handoff_sandbox::Options { provider, keep: args.keep, ..handoff_sandbox::Options::default() },
+        day: args.time_scale,
+        work_dir: work.path().to_owned(),
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let text = args.format == Format::Text;
+    let report = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let mut signals = Signals::new()?;
+        let mut progress = |notice: &Notice| {
+            if let (true, Notice::Record(record)) = (text, notice)
+                && let Some(line) = crate::execute::line(record)
+            {
+                eprintln!("{line}");
+            }
+        };
+        let simulation = handoff_simulate::simulate(&plan, registry, &options, &mut progress, &cancel);
+        tokio::pin!(simulation);
+        loop {
+            tokio::select! {
+                result = &mut simulation => break result.map(Some).map_err(anyhow::Error::from),
+                () = signals.next() => {
+                    if cancel.is_cancelled() {
+                        return Ok(None);
+                    }
+                    eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)");
+                    cancel.cancel();
+                }
+            }
+        }
+    })?;
+    let Some(report) = report else { return Ok(EXIT_INTERRUPTED) };
+    let templates = handoff_render::Templates::load(None)?;
+    let markdown = report.markdown(&templates)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(dir) = &args.report {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, text) in [("report.md", &markdown), ("report.json", &json), ("junit.xml", &report.junit())] {
+            std::fs::write(dir.join(name), text)
+                .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+        }
+    }
+    match args.format {
+        Format::Text => write!(out, "{markdown}")?,
+        Format::Json => writeln!(out, "{json}")?,
+    }
+    Ok(if report.verdict == "pass" { EXIT_OK } else { EXIT_FAILED })
+}

@@ -1,0 +1,215 @@
+//! The `simulation:` section: how `handoff simulate` exercises a plan — the data the old
+//! owner starts with, the application's data paths, the load, what the simulator measures
+//! for the plan's metrics, faults, and how fast simulated time runs.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Id;
+use crate::units::Duration;
+
+/// How `handoff simulate` exercises the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Simulation {
+    /// Real time one simulated day takes (default `1s`): a plan of eight weeks then
+    /// simulates in about a minute. Waits, soaks and criteria windows are scaled by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<Duration>,
+    /// Documents the stores hold when the simulation starts.
+    pub dataset: Vec<Dataset>,
+    /// Environment variables the plan's steps and metrics use as URLs (`FLAGS_API_URL`,
+    /// `MENU_SERVICE_URL`, …): each points at the simulator's stand-in HTTP service, which
+    /// answers health checks, keeps feature flags and records every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stand_ins: Vec<String>,
+    /// The application whose data moves: its stores, routes, cache and events.
+    pub app: App,
+    /// The load the application serves during the simulation.
+    pub workload: Workload,
+    /// Plan metrics the simulator measures itself (instead of their Prometheus or HTTP
+    /// source, which does not exist in a sandbox).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub measures: BTreeMap<Id, Measure>,
+    /// Faults injected into the services while the plan runs (a scenario adds its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// Generated documents in a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// The `mongodb` resource.
+    pub resource: Id,
+    /// Collection.
+    pub collection: String,
+    /// Number of documents.
+    #[schemars(range(min = 1, max = 10000000))]
+    pub documents: u64,
+}
+
+/// The application's data paths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// Each `service` resource with the `mongodb` resource it reads and writes.
+    pub stores: BTreeMap<Id, Id>,
+    /// The collection that changes owner.
+    pub collection: String,
+    /// The service that owns reads and writes when the simulation starts.
+    pub owner: Id,
+    /// The `mesh` route that splits reads between the services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<Id>,
+    /// The `mesh` route that decides which service takes writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<Id>,
+    /// Reads go through this cache (cache-aside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheModel>,
+    /// While this feature flag (as set through the `FLAGS_API_URL` stand-in) is on, the
+    /// owner also writes every change to the other service's store, which may fail without
+    /// failing the write (the seed's `Promise.allSettled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dual_write_flag: Option<String>,
+    /// Events the new owner publishes for each write once it owns writes, and the
+    /// downstream consumer groups that read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsModel>,
+}
+
+/// A cache in front of the reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheModel {
+    /// The `redis` resource.
+    pub resource: Id,
+    /// Key of a document; `{_id}` is replaced by its id.
+    pub key: String,
+    /// Time to live of a cached document (simulated time).
+    pub ttl: Duration,
+}
+
+/// Events published on writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsModel {
+    /// The `kafka` resource.
+    pub broker: Id,
+    /// Topic.
+    pub topic: String,
+    /// Consumer groups that read the topic (search indexing, booking, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
+}
+
+/// The load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Reads per second (real time).
+    #[schemars(range(min = 0, max = 100000))]
+    pub reads_per_second: u32,
+    /// Writes per second (real time).
+    #[schemars(range(min = 0, max = 100000))]
+    pub writes_per_second: u32,
+    /// Skew of the keys read and written: the exponent of a Zipf distribution over the
+    /// dataset (0 = uniform; 1 ≈ a few hot items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipf: Option<f64>,
+}
+
+/// What the simulator measures for a plan metric, over the metric's evaluation window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Measure {
+    /// 1 when the service answers (no outage or freeze injected), else 0.
+    ServiceUp(Id),
+    /// Documents in the new owner's store as a percent of the old owner's.
+    Completion,
+    /// Percent of dual writes to the other store that succeeded.
+    DualWriteSuccess,
+    /// Extra write latency of dual writes, in milliseconds: the p95 of writes now minus
+    /// the p95 measured before dual writes began.
+    DualWriteLatency,
+    /// Percent of reads served by the new owner that differ from the old owner's
+    /// document.
+    ShadowMismatch,
+    /// Percent of requests (reads and writes) that failed.
+    ErrorRate,
+    /// p95 read latency in milliseconds, as the client sees it.
+    ReadP95,
+    /// Percent of writes that succeeded.
+    WriteSuccess,
+    /// Percent of the events the application published that the broker acknowledged.
+    EventPublishSuccess,
+    /// Collections of a `mongodb` resource whose name starts with the app's collection.
+    Collections(Id),
+    /// Reads served from a `mongodb` resource.
+    StoreReads(Id),
+    /// How far (seconds) the slowest consumer group trails the topic.
+    ConsumerLagSeconds,
+    /// A fixed value (for a metric nothing in the sandbox moves, e.g. failed bookings).
+    Constant(f64),
+}
+
+/// A fault injected while a phase runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// The phase during which the fault holds (from its start until the phase ends).
+    pub phase: Id,
+    /// What goes wrong.
+    pub fault: FaultKind,
+}
+
+/// Kinds of faults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultKind {
+    /// This percent of writes to a store's collection fail (the application's writes).
+    WriteErrors {
+        /// The `mongodb` resource.
+        resource: Id,
+        /// Percent of writes that fail.
+        percent: f64,
+    },
+    /// Every request to a server takes this much longer (on the network path, through
+    /// the sandbox's fault proxy).
+    Latency {
+        /// The resource (any sandboxed kind).
+        resource: Id,
+        /// Added latency.
+        added: Duration,
+    },
+    /// The server is stopped (an outage); it starts again when the phase ends.
+    Outage {
+        /// The resource.
+        resource: Id,
+    },
+    /// The cache is emptied once, when the phase starts.
+    CacheFlush {
+        /// The `redis` resource.
+        resource: Id,
+    },
+}
+
+/// A scenario: faults (and optionally a different load) applied to a plan's simulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Scenario name.
+    pub name: String,
+    /// What it shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Faults added to the plan's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+    /// The phase expected to fail and roll back (tests and the report check it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_rollback: Option<Id>,
+}

@@ -1,0 +1,100 @@
+//! The plan as the simulation runs it: one `simulation` environment whose endpoints are the
+//! sandbox's servers, the router and the stand-in service; every `${VAR}` resolved to a
+//! stand-in URL or a placeholder (a simulation never reads real secrets); metrics the
+//! simulator measures read from the stand-in; file paths moved into the scratch directory.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use handoff_plan::model::{Plan, ResourceKind};
+use serde_json::{Value, json};
+
+/// What a `${VAR}` the simulation does not stand in for becomes.
+pub const PLACEHOLDER: &str = "simulated";
+
+/// The derived plan and its environment's endpoints.
+pub struct Derived {
+    /// The plan to run.
+    pub plan: Plan,
+    /// Endpoint name → value.
+    pub endpoints: BTreeMap<String, String>,
+}
+
+/// Derives the plan to run from `plan`; `server` gives a sandboxed resource's URL,
+/// `standin` is the stand-in service's base URL.
+pub fn derive(
+    plan: &Plan,
+    server: &dyn Fn(&str) -> Option<String>,
+    standin: &str,
+    scratch: &Path,
+) -> Result<Derived, String> {
+    let simulation = plan.simulation.as_ref().ok_or("the plan has no `simulation:` section")?;
+    let mut endpoints = BTreeMap::new();
+    for (id, resource) in &plan.resources {
+        let Some(endpoint) = &resource.endpoint else { continue };
+        let value = match resource.kind {
+            ResourceKind::Mongodb | ResourceKind::Kafka | ResourceKind::Redis => {
+                server(&id.0).ok_or_else(|| format!("the sandbox has no server for resource `{id}`"))?
+            }
+            ResourceKind::Mesh => format!("{standin}/routes/{id}"),
+            ResourceKind::Service | ResourceKind::Prometheus => format!("{standin}/svc/{endpoint}"),
+        };
+        // Resources sharing an endpoint share the first one's server, as they would.
+        endpoints.entry(endpoint.0.clone()).or_insert(value);
+    }
+    let mut value = serde_json::to_value(plan).map_err(|e| e.to_string())?;
+    let stand_ins: Vec<&str> = simulation.stand_ins.iter().map(String::as_str).collect();
+    resolve(&mut value, &|name| {
+        if stand_ins.contains(&name) { format!("{standin}/svc/{name}") } else { PLACEHOLDER.to_owned() }
+    });
+    value["environments"] = json!({"simulation": {"description": "handoff simulate", "endpoints": endpoints}});
+    for metric in simulation.measures.keys() {
+        if let Some(entry) = value.pointer_mut(&format!("/metrics/{metric}/source")) {
+            *entry = json!({"http_json": {"url": format!("{standin}/measures/{metric}"), "pointer": "/value"}});
+        }
+    }
+    relocate_paths(&mut value, scratch);
+    let plan = serde_json::from_value(value).map_err(|e| format!("the derived plan does not load: {e}"))?;
+    Ok(Derived { plan, endpoints })
+}
+
+/// Replaces every `${NAME}` in every string of `value`.
+fn resolve(value: &mut Value, lookup: &dyn Fn(&str) -> String) {
+    match value {
+        Value::String(text) if text.contains("${") => {
+            if let Ok(resolved) = handoff_executor::context::expand_with(text, |name| Some(lookup(name))) {
+                *text = resolved;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| resolve(v, lookup)),
+        Value::Object(map) => map.values_mut().for_each(|v| resolve(v, lookup)),
+        _ => {}
+    }
+}
+
+/// Archive paths of `mongo.archive` / `mongo.restore` steps go under `scratch`.
+fn relocate_paths(plan: &mut Value, scratch: &Path) {
+    let Some(phases) = plan.get_mut("phases").and_then(Value::as_array_mut) else { return };
+    for phase in phases {
+        if let Some(steps) = phase.get_mut("steps") {
+            relocate_in(steps, scratch);
+        }
+        if let Some(steps) = phase.pointer_mut("/rollback/steps") {
+            relocate_in(steps, scratch);
+        }
+    }
+}
+
+fn relocate_in(steps: &mut Value, scratch: &Path) {
+    for step in steps.as_array_mut().into_iter().flatten() {
+        let uses = step.get("uses").and_then(Value::as_str).unwrap_or_default();
+        if !matches!(uses, "mongo.archive" | "mongo.restore") {
+            continue;
+        }
+        if let Some(path) = step.pointer_mut("/with/path")
+            && let Some(text) = path.as_str()
+        {
+            *path = Value::String(scratch.join(text.trim_start_matches('/')).display().to_string());
+        }
+    }
+}

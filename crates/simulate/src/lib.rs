@@ -1,0 +1,323 @@
+//! `handoff simulate`: a plan run for real against throwaway services.
+//!
+//! The sandbox starts the plan's MongoDB, Kafka and Redis servers; the stores are seeded;
+//! an application model serves a steady load through them, routed by the plan's traffic
+//! steps and feature flags; the engine runs the plan with the real executors on a paced
+//! virtual clock (one simulated day per `simulation.day` of real time) while faults are
+//! injected at the phases a scenario names; the run's log becomes the report.
+//!
+//! Architecture invariant: the simulation runs the same engine and executors as
+//! `handoff run`; it changes only what the plan points at (the derived plan), never how a
+//! step executes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use handoff_engine::{DirStore, Engine, Event, Graph, Notice, Record, RunOptions, Store};
+use handoff_executor::{Clock, Endpoints, Executors, Policy, VirtualClock};
+use handoff_plan::model::Plan;
+use handoff_plan::simulation::{Fault, FaultKind, Scenario};
+use handoff_sandbox::{Sandbox, ServiceSpec};
+use mongodb::bson::{Document, doc};
+use tokio_util::sync::CancellationToken;
+
+pub mod app;
+pub mod derive;
+pub mod report;
+pub mod standin;
+
+pub use report::Report;
+
+/// Why a simulation could not run (as opposed to a plan that fails in it).
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The plan says nothing about how to simulate it.
+    #[error(
+        "plan `{0}` has no `simulation:` section; add one (see plans/menu-service.yaml) to describe the data, load and time scale"
+    )]
+    NoSimulation(String),
+    /// The sandbox did not start.
+    #[error("the sandbox did not start")]
+    Sandbox(#[from] handoff_sandbox::SandboxError),
+    /// Something the simulation set up failed.
+    #[error("{0}")]
+    Setup(String),
+    /// The engine could not run the plan.
+    #[error("the run could not proceed")]
+    Engine(#[from] handoff_engine::EngineError),
+}
+
+/// How to simulate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Faults (and expectations) on top of the plan's.
+    pub scenario: Option<Scenario>,
+    /// The sandbox's options (provider, keep).
+    pub sandbox: handoff_sandbox::Options,
+    /// Real time per simulated day, overriding the plan's `simulation.day`.
+    pub day: Option<Duration>,
+    /// Where the run's log and scratch files go.
+    pub work_dir: PathBuf,
+}
+
+/// Wall time of each stage.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    /// Sandbox start.
+    pub sandbox_seconds: f64,
+    /// Seeding the stores.
+    pub seed_seconds: f64,
+    /// The plan's run.
+    pub run_seconds: f64,
+}
+
+fn setup(what: &str) -> impl Fn(String) -> SimulateError + '_ {
+    move |e| SimulateError::Setup(format!("{what}: {e}"))
+}
+
+/// Runs the simulation; `progress` sees every notice of the run as it happens.
+pub async fn simulate(
+    plan: &Plan,
+    executors: &dyn Executors,
+    options: &Options,
+    progress: &mut (dyn FnMut(&Notice) + Send),
+    cancel: &CancellationToken,
+) -> Result<Report, SimulateError> {
+    let spec = plan.simulation.as_ref().ok_or_else(|| SimulateError::NoSimulation(plan.metadata.name.0.clone()))?;
+    let day = options.day.or_else(|| spec.day.as_ref().map(|d| d.get())).unwrap_or(Duration::from_secs(1));
+    let mut faults: Vec<Fault> = spec.faults.clone();
+    if let Some(scenario) = &options.scenario {
+        faults.extend(scenario.faults.iter().cloned());
+    }
+    let mut timings = Timings::default();
+
+    let started = Instant::now();
+    let sandbox = Sandbox::start(&ServiceSpec::for_plan(plan), &options.sandbox).await?;
+    timings.sandbox_seconds = started.elapsed().as_secs_f64();
+    // Resources that share an endpoint share a server, as in production: the one of the
+    // resource the simulation seeds or stores data in, else the first.
+    let mut serving: BTreeMap<&str, &str> = BTreeMap::new();
+    let preferred: Vec<&str> = spec
+        .dataset
+        .iter()
+        .map(|d| d.resource.0.as_str())
+        .chain(spec.app.stores.values().map(|s| s.0.as_str()))
+        .collect();
+    let mut resources: Vec<_> = plan.resources.iter().collect();
+    resources.sort_by_key(|(id, _)| !preferred.contains(&id.0.as_str()));
+    for (id, resource) in resources {
+        if let Some(endpoint) = &resource.endpoint {
+            serving.entry(endpoint.0.as_str()).or_insert(id.0.as_str());
+        }
+    }
+    let url = |id: &str| {
+        let endpoint = plan.resources.get(id).and_then(|r| r.endpoint.as_ref())?;
+        let server = serving.get(endpoint.0.as_str()).copied().unwrap_or(id);
+        sandbox.service(server).ok().map(|s| s.endpoint().url.clone())
+    };
+    let standin = standin::StandIn::start().map_err(|e| setup("the stand-in service")(e.to_string()))?;
+
+    // Seed the stores.
+    let started = Instant::now();
+    let mut databases = BTreeMap::new();
+    for (id, resource) in plan.resources.iter().filter(|(_, r)| r.kind == handoff_plan::model::ResourceKind::Mongodb) {
+        let Some(address) = url(&id.0) else { continue };
+        let client = mongodb::Client::with_uri_str(&address)
+            .await
+            .map_err(|e| setup(&format!("connecting to `{id}`"))(e.to_string()))?;
+        let name = resource.database.clone().unwrap_or_else(|| "test".to_owned());
+        databases.insert(id.0.clone(), client.database(&name));
+    }
+    let mut ids = Vec::new();
+    for dataset in &spec.dataset {
+        let database = databases
+            .get(&dataset.resource.0)
+            .ok_or_else(|| setup("seeding")(format!("no server for `{}`", dataset.resource)))?;
+        let collection = database.collection::<Document>(&dataset.collection);
+        let documents: Vec<Document> = (0..dataset.documents).map(menu_item).collect();
+        for chunk in documents.chunks(1000) {
+            collection.insert_many(chunk.to_vec()).await.map_err(|e| setup("seeding")(e.to_string()))?;
+        }
+        if dataset.collection == spec.app.collection {
+            ids.extend((0..dataset.documents).map(item_id));
+        }
+    }
+    timings.seed_seconds = started.elapsed().as_secs_f64();
+
+    let scratch = options.work_dir.join("scratch");
+    let derived = derive::derive(plan, &|id| url(id), &standin.url, &scratch).map_err(SimulateError::Setup)?;
+    let graph = Graph::compile(&derived.plan, executors, true).map_err(|errors| {
+        SimulateError::Setup(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
+
+    // The application and its measures.
+    let cache = match &spec.app.cache {
+        Some(model) => match url(&model.resource.0) {
+            Some(address) => {
+                let client = redis::Client::open(address).map_err(|e| setup("the cache")(e.to_string()))?;
+                Some(client.get_multiplexed_async_connection().await.map_err(|e| setup("the cache")(e.to_string()))?)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let kafka = spec.app.events.as_ref().and_then(|e| url(&e.broker.0));
+    let connections = app::Connections { databases, cache: cache.clone(), kafka: kafka.clone() };
+    let model = Arc::new(
+        app::Model::new(&spec.app, &spec.workload, connections, ids, standin.state.clone(), day)
+            .map_err(SimulateError::Setup)?,
+    );
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(model.clone().serve(stop.clone()));
+    let consumers = kafka.as_deref().map(|k| model.consume(k, &stop)).unwrap_or_default();
+    let measures = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
+    let measuring = tokio::spawn(model.clone().measure(measures, stop.clone()));
+
+    // The run.
+    let store: Arc<dyn Store> =
+        Arc::new(DirStore::new(&options.work_dir.join("state"), &plan.metadata.name.0, "simulation"));
+    let clock: Arc<dyn Clock> = Arc::new(VirtualClock::paced(day));
+    let mut run = RunOptions::new("simulation", clock);
+    run.policy = Policy { allow_shell: false, simulation: true, base_dir: scratch.clone() };
+    run.endpoints = Endpoints::new(derived.endpoints.clone());
+    run.confirm_irreversible = true;
+    run.auto_decide = Some("simulation".to_owned());
+    run.command = "handoff simulate".to_owned();
+    let engine = Engine::new(&graph, executors, store.clone());
+    let mut notices = engine.subscribe();
+    let started = Instant::now();
+    let work = engine.start(&run, cancel);
+    tokio::pin!(work);
+    let mut applied: Vec<String> = Vec::new();
+    let faults_at = |phase: &str| faults.iter().filter(|f| f.phase.0 == phase).cloned().collect::<Vec<_>>();
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            notice = notices.recv() => {
+                let Ok(notice) = notice else { continue };
+                if let Notice::Record(Record { event, .. }) = &notice {
+                    match event {
+                        Event::PhaseStarted { phase } => {
+                            for fault in faults_at(phase) {
+                                applied.push(inject(&sandbox, &model, cache.as_ref(), &fault.fault, true).await);
+                            }
+                        }
+                        Event::PhasePassed { phase } | Event::RollbackStarted { phase, .. } => {
+                            for fault in faults_at(phase) {
+                                inject(&sandbox, &model, cache.as_ref(), &fault.fault, false).await;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                progress(&notice);
+            }
+        }
+    };
+    while let Ok(notice) = notices.try_recv() {
+        progress(&notice);
+    }
+    timings.run_seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = serving.await;
+    let _ = measuring.await;
+    for consumer in consumers {
+        let _ = consumer.await;
+    }
+    let (run_id, outcome) = result?;
+    let records = store.load(&run_id).map_err(handoff_engine::EngineError::from)?;
+    let totals = model.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).totals.clone();
+    let report = report::build(
+        plan,
+        &derived.plan,
+        &records,
+        &outcome,
+        options.scenario.as_ref(),
+        applied,
+        totals,
+        timings,
+        day,
+    );
+    if !options.sandbox.keep {
+        sandbox.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// Applies (or lifts) a fault; returns what it did, for the report.
+async fn inject(
+    sandbox: &Sandbox,
+    model: &app::Model,
+    cache: Option<&redis::aio::MultiplexedConnection>,
+    fault: &FaultKind,
+    on: bool,
+) -> String {
+    {
+        let mut faults = model.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fault {
+            FaultKind::WriteErrors { resource, percent } if on => {
+                faults.write_errors.insert(resource.0.clone(), *percent);
+            }
+            FaultKind::WriteErrors { resource, .. } => {
+                faults.write_errors.remove(&resource.0);
+            }
+            FaultKind::Outage { resource } if on => faults.down.push(resource.0.clone()),
+            FaultKind::Outage { resource } => faults.down.retain(|d| *d != resource.0),
+            FaultKind::Latency { .. } | FaultKind::CacheFlush { .. } => {}
+        }
+    }
+    match fault {
+        FaultKind::WriteErrors { resource, percent } => format!("{percent}% of writes to `{resource}` fail"),
+        FaultKind::Latency { resource, added } => {
+            if let Ok(proxy) = sandbox.service(&resource.0).and_then(|s| s.proxy()) {
+                proxy.set_latency(if on { added.get() } else { Duration::ZERO });
+            }
+            format!("`{resource}` answers {added} later")
+        }
+        FaultKind::Outage { resource } => {
+            if let Ok(service) = sandbox.service(&resource.0) {
+                let kind = service.endpoint().kind.as_str().to_owned();
+                {
+                    let mut state = model.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if on {
+                        state.dependencies_down.push(kind);
+                    } else if let Some(i) = state.dependencies_down.iter().position(|d| *d == kind) {
+                        state.dependencies_down.remove(i);
+                    }
+                }
+                let _ = if on { service.stop().await } else { service.restart(Duration::from_secs(30)).await };
+            }
+            format!("`{resource}` is down")
+        }
+        FaultKind::CacheFlush { resource } => {
+            if let (true, Some(connection)) = (on, cache) {
+                let mut connection = connection.clone();
+                let _: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut connection).await;
+            }
+            format!("`{resource}` flushed")
+        }
+    }
+}
+
+/// The id of the `n`th generated document.
+fn item_id(n: u64) -> String {
+    format!("item-{n:07}")
+}
+
+/// A generated menu item (~800 bytes): names, prices, modifiers, availability.
+fn menu_item(n: u64) -> Document {
+    let modifiers: Vec<Document> =
+        (0..4).map(|m| doc! { "name": format!("modifier {m} of dish {n}"), "price": m * 50 }).collect();
+    doc! {
+        "_id": item_id(n),
+        "restaurant_id": format!("restaurant-{:05}", n % 5000),
+        "name": format!("Dish number {n}"),
+        "description": "Slow-cooked, served with seasonal vegetables and a choice of sauce.",
+        "price": { "amount": (500 + n % 2500) as i32, "currency": "EUR" },
+        "modifiers": modifiers,
+        "available": !n.is_multiple_of(11),
+        "updated_at": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + n as i64 * 1000),
+    }
+}

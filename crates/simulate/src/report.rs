@@ -1,0 +1,377 @@
+//! The simulation report, built from the run's log: verdict, per phase the criteria
+//! (target, measured, verdict), the rollback against its budget, data-integrity checks
+//! and what was assumed; rendered as Markdown (a PR comment), JSON and JUnit XML.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use handoff_engine::{Event, Outcome, Record, Verdict};
+use handoff_plan::model::Plan;
+use handoff_plan::simulation::Scenario;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::Timings;
+
+/// The hidden marker that lets CI update one PR comment in place.
+pub const MARKER: &str = "<!-- handoff-simulate-report -->";
+
+/// What a simulation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Plan name.
+    pub plan: String,
+    /// Scenario name, if any.
+    pub scenario: Option<String>,
+    /// `pass` when every phase passed; otherwise `fail`.
+    pub verdict: &'static str,
+    /// What the scenario expected, and whether it happened.
+    pub expectation: Option<Expectation>,
+    /// How the run ended, in words.
+    pub outcome: String,
+    /// Simulated time the run covered, in days.
+    pub simulated_days: f64,
+    /// Real seconds per simulated day.
+    pub day_seconds: f64,
+    /// Wall time of each stage.
+    pub timings: Timings,
+    /// Every phase of the plan.
+    pub phases: Vec<PhaseReport>,
+    /// Faults injected.
+    pub faults: Vec<String>,
+    /// Requests the application model made, and how many failed, by kind.
+    pub load: Vec<LoadLine>,
+}
+
+/// A scenario's expectation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expectation {
+    /// The phase expected to fail and roll back.
+    pub phase: String,
+    /// Whether it failed, rolled back within budget and lost nothing (each phase's last
+    /// full comparison found no discrepancy).
+    pub met: bool,
+    /// Why not, when not.
+    pub detail: String,
+}
+
+/// One kind of request of the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadLine {
+    /// Reads, writes, dual writes, events, shadow reads.
+    pub kind: String,
+    /// Requests made.
+    pub requests: u64,
+    /// Requests that failed.
+    pub failed: u64,
+}
+
+/// One phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    /// Phase id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `passed`, `rolled back`, `rollback failed`, `not reached`, `stopped`.
+    pub status: &'static str,
+    /// Simulated start (day number from the run's start).
+    pub start_day: Option<f64>,
+    /// Simulated duration in days.
+    pub days: Option<f64>,
+    /// Criteria.
+    pub criteria: Vec<CriterionReport>,
+    /// The rollback, when one ran.
+    pub rollback: Option<RollbackReport>,
+    /// Full comparisons made by the phase's `mongo.verify` steps.
+    pub integrity: Vec<IntegrityReport>,
+    /// What the simulation could not do for real and assumed (shell commands, people).
+    pub assumed: Vec<String>,
+}
+
+/// One criterion.
+#[derive(Debug, Clone, Serialize)]
+pub struct CriterionReport {
+    /// Criterion id.
+    pub id: String,
+    /// In words.
+    pub description: String,
+    /// `metric op threshold`, or the person's check.
+    pub target: String,
+    /// What was measured.
+    pub measured: String,
+    /// `pass`, `fail`, `inconclusive`, `provider error`, or `assumed in simulation`.
+    pub verdict: String,
+}
+
+/// A rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    /// Why the phase rolled back.
+    pub reason: String,
+    /// Budget, in simulated seconds.
+    pub budget_seconds: Option<f64>,
+    /// Time it took, in simulated seconds.
+    pub seconds: f64,
+    /// Whether it overran its budget.
+    pub breached: bool,
+    /// Whether every compensation and rollback step succeeded.
+    pub ok: bool,
+}
+
+/// A `mongo.verify` result.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityReport {
+    /// Step id.
+    pub step: String,
+    /// `source` vs `target`.
+    pub compared: String,
+    /// Documents compared.
+    pub documents: u64,
+    /// Missing + extra + different.
+    pub discrepancies: u64,
+}
+
+/// Builds the report from the run's records.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build(
+    plan: &Plan,
+    derived: &Plan,
+    records: &[Record],
+    outcome: &Outcome,
+    scenario: Option<&Scenario>,
+    faults: Vec<String>,
+    totals: BTreeMap<&'static str, (u64, u64)>,
+    timings: Timings,
+    day: Duration,
+) -> Report {
+    let start = records.first().map(|r| r.at);
+    let days_since = |at: jiff::Timestamp| start.map(|s| at.duration_since(s).as_secs_f64() / 86_400.0);
+    let mut phases: Vec<PhaseReport> = plan
+        .phases
+        .iter()
+        .map(|p| PhaseReport {
+            id: p.id.0.clone(),
+            name: p.name.clone(),
+            status: "not reached",
+            start_day: None,
+            days: None,
+            criteria: Vec::new(),
+            rollback: None,
+            integrity: Vec::new(),
+            assumed: Vec::new(),
+        })
+        .collect();
+    let index = |id: &str| plan.phases.iter().position(|p| p.id.0 == id);
+    let step_uses = |phase: &str, step: &str| {
+        derived.all_steps().find(|(p, s)| p.id.0 == phase && s.id.0 == step).map(|(_, s)| s.uses.clone())
+    };
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    for record in records {
+        let Some(phase) = record.event.phase().and_then(index) else { continue };
+        let report = &mut phases[phase];
+        let ended = |report: &mut PhaseReport| {
+            if let (Some(start), Some(now)) = (report.start_day, days_since(record.at)) {
+                report.days = Some(now - start);
+            }
+        };
+        match &record.event {
+            Event::PhaseStarted { .. } => {
+                report.status = "stopped";
+                report.start_day = days_since(record.at);
+            }
+            Event::PhasePassed { .. } => {
+                report.status = "passed";
+                ended(report);
+            }
+            Event::RollbackStarted { phase, reason } => {
+                reasons.insert(phase.clone(), reason.clone());
+            }
+            Event::RollbackFinished { phase, ok, seconds, budget_seconds, breached } => {
+                report.status = if *ok && !*breached { "rolled back" } else { "rollback failed" };
+                report.rollback = Some(RollbackReport {
+                    reason: reasons.get(phase).cloned().unwrap_or_default(),
+                    budget_seconds: *budget_seconds,
+                    seconds: *seconds,
+                    breached: *breached,
+                    ok: *ok,
+                });
+                ended(report);
+            }
+            Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
+                let declared = plan.phases[phase].criteria.iter().find(|c| c.id.0 == *criterion);
+                let confirm = declared.and_then(|c| c.confirm.as_ref());
+                let target = match (declared, confirm) {
+                    (_, Some(confirm)) => format!("confirmed: {}", confirm.prompt),
+                    (Some(c), None) => format!(
+                        "{} {} {}",
+                        c.metric.as_ref().map(|m| m.0.as_str()).unwrap_or("?"),
+                        c.op.map(|o| o.symbol()).unwrap_or("?"),
+                        c.threshold.as_ref().map(ToString::to_string).unwrap_or_default()
+                    ),
+                    _ => String::new(),
+                };
+                let verdict = match (confirm, verdict) {
+                    (Some(_), _) => "assumed in simulation".to_owned(),
+                    (None, Verdict::Pass) => "pass".to_owned(),
+                    (None, Verdict::Fail) => "fail".to_owned(),
+                    (None, Verdict::Inconclusive) => "inconclusive".to_owned(),
+                    (None, Verdict::ProviderError) => "provider error".to_owned(),
+                };
+                report.criteria.push(CriterionReport {
+                    id: criterion.clone(),
+                    description: declared.map(|c| c.description.clone()).unwrap_or_default(),
+                    target,
+                    measured: detail.clone(),
+                    verdict,
+                });
+            }
+            Event::StepFinished { phase: p, step, output, .. } => match step_uses(p, step).as_deref() {
+                Some("mongo.verify") => report.integrity.push(IntegrityReport {
+                    step: step.clone(),
+                    compared: format!(
+                        "{} vs {}",
+                        output["source"].as_str().unwrap_or("?"),
+                        output["target"].as_str().unwrap_or("?")
+                    ),
+                    documents: output["compared"].as_u64().unwrap_or(0),
+                    discrepancies: output["discrepancies"].as_u64().unwrap_or(0),
+                }),
+                _ if output.get("assumed_in_simulation") == Some(&Value::Bool(true)) => {
+                    let command: Vec<&str> =
+                        output["command"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    report.assumed.push(format!("`{step}`: `{}` (command not run)", command.join(" ")));
+                }
+                _ => {}
+            },
+            Event::Decided { key, decision } if decision.by == "simulation" => {
+                report.assumed.push(format!("`{key}`: a person's decision (approved by the simulation)"));
+            }
+            _ => {}
+        }
+    }
+    let simulated_days = match (records.first(), records.last()) {
+        (Some(first), Some(last)) => last.at.duration_since(first.at).as_secs_f64() / 86_400.0,
+        _ => 0.0,
+    };
+    let (verdict, outcome_text) = match outcome {
+        Outcome::Completed => ("pass", "every phase passed".to_owned()),
+        Outcome::RolledBack { phase, reason, .. } => {
+            ("fail", format!("phase `{phase}` failed and was rolled back within its budget: {reason}"))
+        }
+        Outcome::RollbackFailed { phase, reason } => ("fail", format!("phase `{phase}`'s rollback failed: {reason}")),
+        Outcome::Paused { reason, .. } => ("fail", format!("paused: {reason}")),
+        Outcome::Interrupted { reason } => ("fail", format!("interrupted: {reason}")),
+        Outcome::Aborted => ("fail", "aborted".to_owned()),
+    };
+    let expectation = scenario.and_then(|s| s.expect_rollback.as_ref()).map(|expected| {
+        let phase = phases.iter().find(|p| p.id == expected.0);
+        // Intermediate comparisons find drift the plan then repairs; what counts is each
+        // phase's last comparison.
+        let lost: u64 = phases.iter().filter_map(|p| p.integrity.last()).map(|i| i.discrepancies).sum();
+        let (met, detail) = match phase.map(|p| (p.status, &p.rollback)) {
+            Some(("rolled back", Some(rollback))) if !rollback.breached && lost == 0 => (true, String::new()),
+            Some(("rolled back", _)) => (false, format!("{lost} discrepancies found by verification")),
+            Some((status, _)) => (false, format!("phase `{expected}` is {status}, not rolled back")),
+            None => (false, format!("no phase `{expected}`")),
+        };
+        Expectation { phase: expected.0.clone(), met, detail }
+    });
+    Report {
+        plan: plan.metadata.name.0.clone(),
+        scenario: scenario.map(|s| s.name.clone()),
+        verdict,
+        expectation,
+        outcome: outcome_text,
+        simulated_days,
+        day_seconds: day.as_secs_f64(),
+        timings,
+        phases,
+        faults,
+        load: totals
+            .into_iter()
+            .map(|(kind, (requests, failed))| LoadLine { kind: kind.to_owned(), requests, failed })
+            .collect(),
+    }
+}
+
+impl Report {
+    /// The report as Markdown for a PR comment (the `report.md.tera` template).
+    pub fn markdown(&self, templates: &handoff_render::Templates) -> Result<String, handoff_render::RenderError> {
+        let mut view = serde_json::to_value(self).unwrap_or_default();
+        view["marker"] = Value::String(MARKER.to_owned());
+        // Mermaid's Gantt reads plain numbers as seconds since the epoch (`dateFormat X`).
+        for (phase, shown) in self.phases.iter().zip(view["phases"].as_array_mut().into_iter().flatten()) {
+            shown["passed_criteria"] = phase.criteria.iter().filter(|c| c.verdict == "pass").count().into();
+            shown["discrepancies"] = phase.integrity.iter().map(|i| i.discrepancies).sum::<u64>().into();
+            if let (Some(start), Some(days)) = (phase.start_day, phase.days) {
+                shown["gantt"] = serde_json::json!({
+                    "start": (start * 86_400.0).round() as u64,
+                    "hours": (days * 24.0).round().max(1.0) as u64,
+                });
+            }
+        }
+        templates.render(handoff_render::REPORT, &view)
+    }
+
+    /// The report as JUnit XML: a test suite per phase, a test case per criterion and
+    /// rollback.
+    pub fn junit(&self) -> String {
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let failures = |p: &PhaseReport| {
+            p.criteria.iter().filter(|c| c.verdict != "pass" && c.verdict != "assumed in simulation").count()
+                + usize::from(p.rollback.as_ref().is_some_and(|r| r.breached || !r.ok))
+        };
+        let total: usize = self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum();
+        let failed: usize = self.phases.iter().map(failures).sum();
+        out.push_str(&format!(
+            "<testsuites name=\"handoff simulate {}\" tests=\"{total}\" failures=\"{failed}\">\n",
+            escape(&self.plan)
+        ));
+        for phase in &self.phases {
+            let tests = phase.criteria.len() + usize::from(phase.rollback.is_some());
+            out.push_str(&format!(
+                "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{}\">\n",
+                escape(&phase.id),
+                failures(phase)
+            ));
+            for criterion in &phase.criteria {
+                out.push_str(&format!(
+                    "    <testcase classname=\"{}\" name=\"{}\">",
+                    escape(&phase.id),
+                    escape(&criterion.id)
+                ));
+                match criterion.verdict.as_str() {
+                    "pass" => {}
+                    "assumed in simulation" => out.push_str("<skipped message=\"assumed in simulation\"/>"),
+                    verdict => out.push_str(&format!(
+                        "<failure message=\"{}\">{}: {}</failure>",
+                        escape(verdict),
+                        escape(&criterion.target),
+                        escape(&criterion.measured)
+                    )),
+                }
+                out.push_str("</testcase>\n");
+            }
+            if let Some(rollback) = &phase.rollback {
+                out.push_str(&format!("    <testcase classname=\"{}\" name=\"rollback\">", escape(&phase.id)));
+                if rollback.breached || !rollback.ok {
+                    out.push_str(&format!(
+                        "<failure message=\"rollback {}\">{:.0} s against a budget of {:.0} s</failure>",
+                        if rollback.ok { "over budget" } else { "failed" },
+                        rollback.seconds,
+                        rollback.budget_seconds.unwrap_or(0.0)
+                    ));
+                }
+                out.push_str("</testcase>\n");
+            }
+            out.push_str("  </testsuite>\n");
+        }
+        out.push_str("</testsuites>\n");
+        out
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
