@@ -1,6 +1,6 @@
-//! `traffic.shift` against a VirtualService file in a GitOps checkout. The kubectl path is
-//! tested through the binary (tests/traffic.rs, with a stand-in kubectl on PATH); the
-//! router backend with the simulator's router, in the simulation tests.
+//! `traffic.shift` against a VirtualService file in a GitOps checkout and against the
+//! simulator's router (its real HTTP service). The kubectl path is tested through the
+//! binary (tests/traffic.rs, with a stand-in kubectl on PATH).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -119,4 +119,28 @@ async fn a_simulation_never_touches_a_cluster_or_a_checkout() {
         assert!(matches!(&error, StepError::Refused(m) if m.contains("simulator's router")), "{error}");
     }
     assert!(!dir.path().join("reads.yaml").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_backend_drives_the_simulators_router_and_compensation_restores_it() {
+    let standin = handoff_simulate::standin::StandIn::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let route = format!("{}/routes/reads", standin.url);
+    let traffic = Traffic::default();
+    let mut with = canary();
+    with["backend"] = json!("simulated");
+    // Before the shift, the route sends 5% to `menu` (an earlier step's weights).
+    standin.state.lock().unwrap().routes.insert("reads".into(), json!({"weights": {"restaurant": 95, "menu": 5}}));
+    let (cx, reports) = context(&route, dir.path(), None, true);
+    let output = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
+    {
+        let state = standin.state.lock().unwrap();
+        assert_eq!((state.weight("reads", "restaurant"), state.weight("reads", "menu")), (Some(50.0), Some(50.0)));
+        assert_eq!(state.routes["reads"]["header_route"]["service"], "menu");
+    }
+    assert_eq!(output["previous"]["weight"], 5);
+    assert_eq!(reports.checkpoints.lock().unwrap().len(), 3);
+    traffic.compensate(Call { action: "shift", with: &with }, &output, &cx).await.unwrap();
+    let state = standin.state.lock().unwrap();
+    assert_eq!((state.weight("reads", "restaurant"), state.weight("reads", "menu")), (Some(95.0), Some(5.0)));
 }
