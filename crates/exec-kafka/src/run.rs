@@ -263,8 +263,8 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
     let started = cx.clock.now();
     let mut samples = Vec::new();
     let last = loop {
-        let (consumer, config, topic, group) = (consumer.clone(), config.clone(), p.topic.clone(), p.group.clone());
-        let lag = blocking(cx, move || lag(&consumer, &config, &topic, &group)).await?;
+        let (consumer, config, topic) = (consumer.clone(), config.clone(), p.topic.clone());
+        let lag = blocking(cx, move || lag(&consumer, &config, &topic)).await?;
         cx.emit("consumer_lag", lag.total as f64);
         samples.push(lag.total);
         let elapsed = cx.clock.now().duration_since(started).unsigned_abs();
@@ -279,6 +279,13 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
         "topic": p.topic, "group": p.group, "lag": last.total, "max_seen": samples.iter().max(),
         "samples": samples.len(), "partitions": last.partitions,
     });
+    // Early in the window a group may not have committed yet; at its end it must have.
+    if last.uncommitted {
+        return Err(StepError::Failed(format!(
+            "consumer group `{}` has committed no offset on `{}`: is it running and consuming this topic?",
+            p.group, p.topic
+        )));
+    }
     if last.total > p.max_lag {
         return Err(StepError::Failed(format!(
             "consumer group `{}` is {} messages behind on `{}` (at most {} passes): {output}",
@@ -291,6 +298,8 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
 /// A group's lag on a topic.
 struct Lag {
     total: u64,
+    /// The group has committed nothing on the topic (yet).
+    uncommitted: bool,
     /// Per partition: (partition, end offset, committed offset).
     partitions: Vec<(i32, i64, Option<i64>)>,
 }
@@ -328,7 +337,7 @@ fn end_offset(reader: &BaseConsumer, topic: &str, partition: i32, listed: i64) -
     Ok(end)
 }
 
-fn lag(consumer: &BaseConsumer, bootstrap: &ClientConfig, topic: &str, group: &str) -> Result<Lag, StepError> {
+fn lag(consumer: &BaseConsumer, bootstrap: &ClientConfig, topic: &str) -> Result<Lag, StepError> {
     let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT).map_err(|e| failed("topic metadata", e))?;
     let ids: Vec<i32> =
         metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
@@ -339,10 +348,9 @@ fn lag(consumer: &BaseConsumer, bootstrap: &ClientConfig, topic: &str, group: &s
     for id in &ids {
         wanted.add_partition(topic, *id);
     }
-    let committed = consumer
-        .committed_offsets(wanted, CALL_TIMEOUT)
-        .map_err(|e| failed(&format!("offsets of group `{group}`"), e))?;
-    let mut out = Lag { total: 0, partitions: Vec::new() };
+    let committed =
+        consumer.committed_offsets(wanted, CALL_TIMEOUT).map_err(|e| failed("the group's committed offsets", e))?;
+    let mut out = Lag { total: 0, uncommitted: false, partitions: Vec::new() };
     let reader: BaseConsumer = bootstrap
         .clone()
         .set("group.id", "handoff-end-offsets")
@@ -361,10 +369,6 @@ fn lag(consumer: &BaseConsumer, bootstrap: &ClientConfig, topic: &str, group: &s
         out.total += (high - position.unwrap_or(low)).max(0) as u64;
         out.partitions.push((id, high, position));
     }
-    if out.partitions.iter().all(|(_, _, committed)| committed.is_none()) && out.total > 0 {
-        return Err(StepError::Failed(format!(
-            "consumer group `{group}` has committed no offset on `{topic}`: is it running and consuming this topic?"
-        )));
-    }
+    out.uncommitted = out.partitions.iter().all(|(_, _, committed)| committed.is_none()) && out.total > 0;
     Ok(out)
 }
