@@ -3,8 +3,8 @@
 //!
 //! - `/svc/<VAR>/…`: the service an environment variable names (`FLAGS_API_URL`,
 //!   `MENU_SERVICE_URL`, …). Writes (`PUT`, `POST`, `PATCH`) keep their JSON body under
-//!   their path; a `GET` of that path answers it; any other `GET` answers 200 (health
-//!   checks), or 503 while the service is down. A `GET` of a path with `/health` answers
+//!   their path; a `GET` of that path answers it; any other `GET` answers 200. A `GET` of
+//!   a path with `/health` answers
 //!   `{"status", "checks": {"mongodb", "redis", "kafka"}}`: `up`, or `down` for a kind of
 //!   dependency whose server is out.
 //! - `/routes/<route>`: the router's weights (`GET`, `PUT` of `{"weights", "header_route"}`)
@@ -27,12 +27,8 @@ pub struct State {
     pub routes: BTreeMap<String, Value>,
     /// Measured values by metric id.
     pub measures: BTreeMap<String, f64>,
-    /// Environment variables whose service is down.
-    pub down: Vec<String>,
     /// Kinds of dependency (`mongodb`, `redis`, `kafka`) with a server out.
     pub dependencies_down: Vec<String>,
-    /// Requests served, by method and path (for the report).
-    pub requests: u64,
 }
 
 impl State {
@@ -75,11 +71,6 @@ impl StandIn {
         })?;
         Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, server, thread: Some(thread) })
     }
-
-    /// The URL standing in for an environment variable.
-    pub fn service_url(&self, var: &str) -> String {
-        format!("{}/svc/{var}", self.url)
-    }
 }
 
 impl Drop for StandIn {
@@ -101,11 +92,7 @@ fn answer(mut request: tiny_http::Request, state: &Mutex<State>) {
     let mut text = String::new();
     let _ = request.as_reader().take(1 << 20).read_to_string(&mut text);
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let (status, reply) = {
-        let mut state = lock(state);
-        state.requests += 1;
-        route(&mut state, &method, &path, body)
-    };
+    let (status, reply) = { route(&mut lock(state), &method, &path, body) };
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
     let mut response = tiny_http::Response::from_string(reply.to_string()).with_status_code(status);
     if let Ok(header) = header {
@@ -132,11 +119,7 @@ fn route(state: &mut State, method: &str, path: &str, body: Value) -> (u16, Valu
             None => (404, json!({"error": "not measured yet"})),
         };
     }
-    if let Some(rest) = path.strip_prefix("/svc/") {
-        let var = rest.split('/').next().unwrap_or_default();
-        if state.down.iter().any(|d| d == var) {
-            return (503, json!({"status": "down"}));
-        }
+    if path.starts_with("/svc/") {
         if writes {
             state.written.insert(path.to_owned(), body.clone());
             return (200, body);
@@ -175,7 +158,5 @@ mod tests {
         assert_eq!(route(&mut state, "GET", "/measures/p95", Value::Null).0, 404);
         state.measures.insert("p95".into(), 12.5);
         assert_eq!(route(&mut state, "GET", "/measures/p95", Value::Null).1, json!({"value": 12.5}));
-        state.down.push("MENU".into());
-        assert_eq!(route(&mut state, "GET", "/svc/MENU/health/ready", Value::Null).0, 503);
     }
 }
