@@ -1,8 +1,9 @@
 //! `handoff simulate` through the binary: the menu plan against a real sandbox (two
-//! MongoDB-API servers, a Kafka-API broker, Redis) with the application model under load,
-//! and a fault scenario that must fail its phase and roll back within budget, losing
-//! nothing. The reports (Markdown, JSON, JUnit) are checked for their shape; the
-//! Markdown's structure is a snapshot with the measured numbers masked.
+//! MongoDB-API servers, a Kafka-API broker, Redis) with the application model under load —
+//! every phase passing, and each fault scenario failing its phase and rolling back within
+//! budget — losing no acknowledged write. The reports (Markdown, JSON, JUnit) are checked
+//! for their shape; the Markdown's structure is a snapshot with the measured numbers
+//! masked.
 
 mod support;
 
@@ -45,28 +46,91 @@ fn masked(text: &str) -> String {
     out
 }
 
+/// The end-of-run audit found every acknowledged write in `store`.
+fn nothing_lost(json: &Value, store: &str) {
+    let audit = &json["audit"];
+    assert_eq!((audit["store"].as_str(), audit["lost"].as_u64()), (Some(store), Some(0)), "{audit}");
+    assert!(audit["documents"].as_u64().unwrap() > 100, "{audit}");
+}
+
+/// The ids of a phase's criteria with this verdict.
+fn criteria(phase: &Value, verdict: &str) -> Vec<String> {
+    let all = phase["criteria"].as_array().unwrap();
+    all.iter().filter(|c| c["verdict"] == verdict).map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A scenario's phase failed for `criterion` (or step) and rolled back within budget; the
+/// phases before it passed, the ones after it were not reached.
+fn rolled_back(json: &Value, phase: usize) {
+    assert_eq!(json["expectation"]["met"], true, "{json:#}");
+    let phases = json["phases"].as_array().unwrap();
+    assert!(phases[..phase].iter().all(|p| p["status"] == "passed"), "{json:#}");
+    assert_eq!(phases[phase]["status"], "rolled back", "{json:#}");
+    let rollback = &phases[phase]["rollback"];
+    assert!(rollback["seconds"].as_f64().unwrap() <= rollback["budget_seconds"].as_f64().unwrap(), "{rollback}");
+    assert!(phases[phase + 1..].iter().all(|p| p["status"] == "not reached"), "{json:#}");
+}
+
+#[test]
+fn the_menu_plan_passes_every_phase_and_loses_nothing() {
+    let (code, json, markdown, junit) = simulate(&[]);
+    assert_eq!(code, Some(0), "{json:#}");
+    assert_eq!(json["verdict"], "pass");
+    for phase in json["phases"].as_array().unwrap() {
+        assert_eq!(phase["status"], "passed", "{phase:#}");
+        let failed: Vec<String> =
+            ["fail", "inconclusive", "provider error"].iter().flat_map(|v| criteria(phase, v)).collect();
+        assert!(failed.is_empty(), "{failed:?} in {phase:#}");
+        for check in phase["integrity"].as_array().unwrap() {
+            assert_eq!(check["discrepancies"], 0, "{check}");
+        }
+    }
+    // Menu Service owns writes at the end; Restaurant DB's collection is gone.
+    nothing_lost(&json, "menu_db");
+    assert!(!junit.contains("<failure"), "{junit}");
+    insta::assert_snapshot!("every_phase_passes", masked(&markdown));
+}
+
+#[test]
+fn a_broker_outage_fails_the_cutover_whose_rollback_hands_writes_back_intact() {
+    let (code, json, _, _) = simulate(&["--scenario", "broker-outage"]);
+    assert_eq!(code, Some(1), "{json:#}");
+    rolled_back(&json, 3);
+    // Writes made to Menu DB during the cutover were carried back: Restaurant DB, owner
+    // again, holds every acknowledged write, and equals Menu DB before taking writes.
+    nothing_lost(&json, "restaurant_db");
+    let cutover = &json["phases"][3];
+    let back = cutover["integrity"].as_array().unwrap().iter().find(|c| c["step"] == "p4-rb-verify-back");
+    assert_eq!(back.map(|c| &c["discrepancies"]), Some(&Value::from(0)), "{cutover:#}");
+}
+
+#[test]
+fn a_slow_menu_service_fails_the_read_canary_and_reads_go_back() {
+    let (code, json, _, _) = simulate(&["--scenario", "slow-menu-service"]);
+    assert_eq!(code, Some(1), "{json:#}");
+    rolled_back(&json, 2);
+    assert!(criteria(&json["phases"][2], "fail").contains(&"p95-latency".to_owned()), "{json:#}");
+    nothing_lost(&json, "restaurant_db");
+}
+
 #[test]
 fn a_scenario_fails_its_phase_and_rolls_back_within_budget_losing_nothing() {
     let (code, json, markdown, junit) = simulate(&["--scenario", "dual-write-failures"]);
     assert_eq!(code, Some(1), "{json:#}");
-    assert_eq!(json["expectation"]["met"], true, "{json:#}");
-    let phases = json["phases"].as_array().unwrap();
-    assert_eq!(phases[0]["status"], "passed", "{json:#}");
-    assert_eq!(phases[1]["status"], "rolled back", "{json:#}");
-    let failed: Vec<&Value> =
-        phases[1]["criteria"].as_array().unwrap().iter().filter(|c| c["verdict"] == "fail").collect();
-    assert!(failed.iter().any(|c| c["id"] == "dual-write-success"), "{json:#}");
-    let rollback = &phases[1]["rollback"];
-    assert!(rollback["seconds"].as_f64().unwrap() <= rollback["budget_seconds"].as_f64().unwrap());
-    // Each phase's last comparison (after its repairs, or its rollback's) found nothing
-    // missing or different.
-    for phase in phases {
-        if let Some(check) = phase["integrity"].as_array().unwrap().last() {
-            assert_eq!(check["discrepancies"], 0, "{check}");
-        }
-    }
-    assert!(phases[2..].iter().all(|p| p["status"] == "not reached"));
+    rolled_back(&json, 1);
+    // Whichever the dropped writes break first ends the observation: the dual-write
+    // success rate, or the consistency the day-1 comparison finds.
+    let failed = criteria(&json["phases"][1], "fail");
+    assert!(failed.iter().any(|c| c == "dual-write-success" || c == "data-consistency"), "{json:#}");
+    // Restaurant DB, which kept owning writes, holds every acknowledged write; and phase
+    // 1's last comparison found the stores equal.
+    nothing_lost(&json, "restaurant_db");
+    let last = json["phases"][0]["integrity"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["discrepancies"], 0, "{last}");
     assert!(markdown.starts_with("<!-- handoff-simulate-report -->"), "{markdown}");
     assert!(junit.contains("<testsuite name=\"shadow-writes\"") && junit.contains("<failure"), "{junit}");
-    insta::assert_snapshot!("dual_write_failures", masked(&markdown));
+    // Which criterion fails first varies from run to run, so the structure is checked
+    // here and snapshotted on the passing run.
+    assert!(markdown.contains("fails and rolls back within budget with nothing lost — **met**"), "{markdown}");
+    assert!(markdown.contains("Nothing lost: the last acknowledged write of each of the "), "{markdown}");
 }

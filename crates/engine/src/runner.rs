@@ -534,6 +534,8 @@ impl Runner<'_> {
         }
         let mut confirmations = Vec::new();
         let mut pending = Vec::new();
+        // The criterion whose failure ended the observation before its end.
+        let mut ended_early: Option<String> = None;
         let mut results: Vec<(&handoff_plan::model::Criterion, Verdict, String)> = Vec::new();
         for criterion in &phase.criteria {
             if let Some((verdict, detail)) = verdicts.get(criterion.id.as_str()) {
@@ -625,9 +627,10 @@ impl Runner<'_> {
                 .unwrap_or(end)
                 .min(end);
             // A criterion that failed for good ends the observation early.
-            if pending.iter().any(|p| {
+            if let Some(failed) = pending.iter().find(|p| {
                 matches!(p.decided, Some((Verdict::Fail, _))) && p.criterion.on_failure == FailureAction::Rollback
             }) {
+                ended_early = Some(failed.criterion.id.to_string());
                 break;
             }
             let wait = next.duration_since(now).unsigned_abs();
@@ -643,7 +646,13 @@ impl Runner<'_> {
             if p.range && p.decided.is_none() {
                 p.decided = Some(self.range_verdict(p.criterion, p.window, p.interval, end).await);
             }
-            let (verdict, detail) = p.decided.take().unwrap_or_else(|| p.tally.verdict(p.criterion));
+            let (verdict, detail) = p.decided.take().unwrap_or_else(|| {
+                let (verdict, detail) = p.tally.verdict(p.criterion);
+                match &ended_early {
+                    Some(failed) => (verdict, format!("{detail}; observation cut short: `{failed}` failed")),
+                    None => (verdict, detail),
+                }
+            });
             self.record(Event::CriterionEvaluated {
                 phase: phase.id.clone(),
                 criterion: p.criterion.id.to_string(),
@@ -704,6 +713,8 @@ impl Runner<'_> {
         phase: &PhaseNode,
         results: &[(&handoff_plan::model::Criterion, Verdict, String)],
     ) -> Result<End, EngineError> {
+        // A failure rolls back even when another criterion would pause for a person.
+        let mut pause = None;
         for (criterion, verdict, detail) in results {
             if *verdict == Verdict::Pass {
                 continue;
@@ -717,10 +728,15 @@ impl Runner<'_> {
                 (_, _, Some(d)) => return Ok(End::Failed(format!("{what}; {} rejected going on", d.by))),
                 (Verdict::Fail, FailureAction::Warn, None) => tracing::warn!("{what}"),
                 (Verdict::Fail, FailureAction::Rollback, None) => return Ok(End::Failed(what)),
-                _ => return Ok(End::Paused { key, reason: format!("{what}; approve to go on, reject to roll back") }),
+                _ => {
+                    pause.get_or_insert(End::Paused {
+                        key,
+                        reason: format!("{what}; approve to go on, reject to roll back"),
+                    });
+                }
             }
         }
-        Ok(End::Done)
+        Ok(pause.unwrap_or(End::Done))
     }
 
     /// Rolls a phase back: completed steps compensated in reverse, then the rollback

@@ -260,11 +260,23 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
             .create()
             .map_err(|e| failed("kafka consumer", e))?,
     );
+    // Reads each partition's end (see `end_offset`); one for every sample.
+    let reader: Arc<BaseConsumer> = Arc::new(
+        config
+            .clone()
+            .set("group.id", "handoff-end-offsets")
+            .set("enable.partition.eof", "true")
+            .set("enable.auto.commit", "false")
+            // An empty fetch answers at once: the end is reached when nothing more comes.
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .map_err(|e| failed("kafka consumer", e))?,
+    );
     let started = cx.clock.now();
     let mut samples = Vec::new();
     let last = loop {
-        let (consumer, config, topic) = (consumer.clone(), config.clone(), p.topic.clone());
-        let lag = blocking(cx, move || lag(&consumer, &config, &topic)).await?;
+        let (consumer, reader, topic) = (consumer.clone(), reader.clone(), p.topic.clone());
+        let lag = blocking(cx, move || lag(&consumer, &reader, &topic)).await?;
         cx.emit("consumer_lag", lag.total as f64);
         samples.push(lag.total);
         let elapsed = cx.clock.now().duration_since(started).unsigned_abs();
@@ -273,8 +285,8 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
         }
         cx.cancellable(cx.clock.sleep(interval.min(window - elapsed))).await?;
     };
-    // A consumer that never joined the group never closes it; nothing to wait for.
-    std::thread::spawn(move || drop(consumer));
+    // Consumers that never joined a group never close it; nothing to wait for.
+    std::thread::spawn(move || drop((consumer, reader)));
     let output = json!({
         "topic": p.topic, "group": p.group, "lag": last.total, "max_seen": samples.iter().max(),
         "samples": samples.len(), "partitions": last.partitions,
@@ -309,11 +321,13 @@ const END_READ_LIMIT: u64 = 100_000;
 /// Time spent at most confirming a partition's end offset.
 const END_READ_TIME: Duration = Duration::from_secs(3);
 
-/// The partition's end offset: the broker's listed high watermark, checked by reading
-/// from it to the end of the partition. With Kafka the read ends at once; some Kafka-API
-/// brokers (Tansu 0.6) list the offset of the last batch rather than of the last record,
-/// and the read finds the records after it.
-fn end_offset(reader: &BaseConsumer, topic: &str, partition: i32, listed: i64) -> Result<i64, StepError> {
+/// The partition's end offset as of `as_of` (milliseconds since the epoch): the broker's
+/// listed high watermark, checked by reading from it to the end of the partition. With
+/// Kafka the read ends at once; some Kafka-API brokers (Tansu 0.6) list the offset of the
+/// last batch rather than of the last record, and the read finds the records after it.
+/// Records produced after `as_of` end the read: under a steady load the end moves on, and
+/// the lag is measured at one instant.
+fn end_offset(reader: &BaseConsumer, topic: &str, partition: i32, listed: i64, as_of: i64) -> Result<i64, StepError> {
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(listed))
@@ -324,6 +338,9 @@ fn end_offset(reader: &BaseConsumer, topic: &str, partition: i32, listed: i64) -
     while std::time::Instant::now() < deadline && read < END_READ_LIMIT {
         match reader.poll(Duration::from_millis(300)) {
             Some(Ok(message)) => {
+                if message.timestamp().to_millis().is_some_and(|at| at > as_of) {
+                    break;
+                }
                 end = end.max(message.offset() + 1);
                 read += 1;
             }
@@ -337,7 +354,10 @@ fn end_offset(reader: &BaseConsumer, topic: &str, partition: i32, listed: i64) -
     Ok(end)
 }
 
-fn lag(consumer: &BaseConsumer, bootstrap: &ClientConfig, topic: &str) -> Result<Lag, StepError> {
+fn lag(consumer: &BaseConsumer, reader: &BaseConsumer, topic: &str) -> Result<Lag, StepError> {
+    let as_of = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
     let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT).map_err(|e| failed("topic metadata", e))?;
     let ids: Vec<i32> =
         metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
@@ -351,17 +371,10 @@ fn lag(consumer: &BaseConsumer, bootstrap: &ClientConfig, topic: &str) -> Result
     let committed =
         consumer.committed_offsets(wanted, CALL_TIMEOUT).map_err(|e| failed("the group's committed offsets", e))?;
     let mut out = Lag { total: 0, uncommitted: false, partitions: Vec::new() };
-    let reader: BaseConsumer = bootstrap
-        .clone()
-        .set("group.id", "handoff-end-offsets")
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| failed("kafka consumer", e))?;
     for id in ids {
         let (low, listed) =
             consumer.fetch_watermarks(topic, id, CALL_TIMEOUT).map_err(|e| failed("partition end offsets", e))?;
-        let high = end_offset(&reader, topic, id, listed)?;
+        let high = end_offset(reader, topic, id, listed, as_of)?;
         let position = match committed.find_partition(topic, id).map(|e| e.offset()) {
             Some(Offset::Offset(offset)) => Some(offset),
             _ => None,

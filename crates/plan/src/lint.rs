@@ -198,6 +198,15 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
     if let Some(route) = &app.writes {
         refs.push(("/simulation/app/writes".to_owned(), route, &[Mesh]));
     }
+    for service in app.read_only_flags.keys() {
+        if !app.stores.contains_key(service) {
+            out.push(Diagnostic::new(
+                codes::UNDEFINED_RESOURCE,
+                format!("/simulation/app/read_only_flags/{service}"),
+                format!("`{service}` has no store under `app.stores`; name a service listed there"),
+            ));
+        }
+    }
     if let Some(cache) = &app.cache {
         refs.push(("/simulation/app/cache/resource".to_owned(), &cache.resource, &[Redis]));
     }
@@ -210,6 +219,7 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
             FaultKind::WriteErrors { resource, .. } => (resource, &[Mongodb]),
             FaultKind::CacheFlush { resource } => (resource, &[Redis]),
             FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => (resource, &any),
+            FaultKind::ServiceLatency { service, .. } => (service, &[Service]),
         };
         refs.push((format!("/simulation/faults/{i}/fault"), resource, kinds));
         if !plan.phases.iter().any(|p| p.id == fault.phase) {
@@ -233,6 +243,44 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
             Measure::ServiceUp(service) => refs.push((at, service, &[Service])),
             Measure::Collections(store) | Measure::StoreReads(store) => refs.push((at, store, &[Mongodb])),
             _ => {}
+        }
+    }
+    for (i, response) in simulation.responses.iter().enumerate() {
+        let at = format!("/simulation/responses/{i}");
+        let variable = response.url.strip_prefix("${").and_then(|rest| rest.split_once('}')).map(|(name, _)| name);
+        if !variable.is_some_and(|name| simulation.stand_ins.iter().any(|s| s == name)) {
+            out.push(Diagnostic::new(
+                codes::INVALID_VALUE,
+                format!("{at}/url"),
+                format!(
+                    "`{}` does not start with a stand-in variable; start it with `${{VAR}}` where VAR is listed under `simulation.stand_ins`",
+                    response.url
+                ),
+            ));
+        }
+        for (pointer, field) in &response.json {
+            let at = format!("{at}/json/{}", pointer.replace('~', "~0").replace('/', "~1"));
+            if !pointer.starts_with('/') {
+                out.push(Diagnostic::new(
+                    codes::INVALID_VALUE,
+                    at.clone(),
+                    format!("`{pointer}` is not a JSON pointer; write it as `/{pointer}`"),
+                ));
+            }
+            if !simulation.measures.contains_key(&field.metric) {
+                out.push(Diagnostic::new(
+                    codes::UNDEFINED_METRIC,
+                    format!("{at}/metric"),
+                    format!("metric `{}` is not measured; add it under `simulation.measures`", field.metric),
+                ));
+            }
+            if field.op.is_some() != field.threshold.is_some() {
+                out.push(Diagnostic::new(
+                    codes::INVALID_VALUE,
+                    at,
+                    "`op` and `threshold` go together: give both for a true/false field, or neither for the value",
+                ));
+            }
         }
     }
     if !app.stores.contains_key(&app.owner) {

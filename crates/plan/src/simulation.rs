@@ -36,6 +36,46 @@ pub struct Simulation {
     /// Faults injected into the services while the plan runs (a scenario adds its own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// What stand-in endpoints answer beyond health and flags: JSON built from measured
+    /// metrics (e.g. a search index's status derived from the indexer's consumer lag).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub responses: Vec<Response>,
+}
+
+/// A stand-in endpoint's answer to `GET`: a JSON object whose fields are measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    /// The URL, under a stand-in variable (`${SEARCH_SERVICE_URL}/internal/status`).
+    pub url: String,
+    /// Each field by JSON pointer (`/up_to_date`). While a field's metric has no value
+    /// yet, the endpoint answers 503.
+    pub json: BTreeMap<String, ResponseField>,
+}
+
+/// A measured field: the metric's value, or with `op` and `threshold` whether the value
+/// meets the threshold (`true` / `false`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseField {
+    /// A metric listed under `measures`.
+    pub metric: Id,
+    /// Comparison that turns the value into a boolean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<crate::model::Comparator>,
+    /// The value compared against (in the metric's unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+}
+
+impl ResponseField {
+    /// The field's JSON value for a measured value.
+    pub fn value(&self, measured: f64) -> serde_json::Value {
+        match (self.op, self.threshold) {
+            (Some(op), Some(threshold)) => op.holds(measured, threshold).into(),
+            _ => measured.into(),
+        }
+    }
 }
 
 /// Generated documents in a collection.
@@ -75,6 +115,16 @@ pub struct App {
     /// failing the write (the seed's `Promise.allSettled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dual_write_flag: Option<String>,
+    /// While this feature flag is on, every fifth read is also read from the other
+    /// service's store and compared (shadow reads). Without it, shadow reads run whenever
+    /// there are two stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_reads_flag: Option<String>,
+    /// Feature flags that stop a service taking writes: while one is on, the service
+    /// refuses every write (its own and dual writes to it) and the client sees an error,
+    /// as a read-only or paused service answers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub read_only_flags: BTreeMap<Id, String>,
     /// Events the new owner publishes for each write once it owns writes, and the
     /// downstream consumer groups that read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,15 +182,15 @@ pub enum Measure {
     Completion,
     /// Percent of dual writes to the other store that succeeded.
     DualWriteSuccess,
-    /// Extra write latency of dual writes, in milliseconds: the p95 of writes now minus
-    /// the p95 measured before dual writes began.
+    /// Extra write latency of dual writes, in milliseconds, while they run: the p95 of
+    /// the last 200 writes minus the p95 of the last 200 writes to one store only.
     DualWriteLatency,
     /// Percent of reads served by the new owner that differ from the old owner's
     /// document.
     ShadowMismatch,
     /// Percent of requests (reads and writes) that failed.
     ErrorRate,
-    /// p95 read latency in milliseconds, as the client sees it.
+    /// p95 read latency in milliseconds over the last 200 reads, as the client sees it.
     ReadP95,
     /// Percent of writes that succeeded.
     WriteSuccess,
@@ -185,7 +235,17 @@ pub enum FaultKind {
         /// Added latency.
         added: Duration,
     },
-    /// The server is stopped (an outage); it starts again when the phase ends.
+    /// A service of the application answers every read and write this much later,
+    /// wherever its data comes from (a slow deploy, an undersized pool) — unlike
+    /// `latency`, which a cache in front of the server hides.
+    ServiceLatency {
+        /// The `service` resource (one of `app.stores`).
+        service: Id,
+        /// Added latency.
+        added: Duration,
+    },
+    /// The server is out (an outage): open connections are cut and new ones refused on
+    /// the network path, until the phase ends.
     Outage {
         /// The resource.
         resource: Id,

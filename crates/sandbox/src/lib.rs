@@ -12,6 +12,7 @@
 //! Architecture invariant: servers bind to 127.0.0.1 only, and every client path goes
 //! through the service's fault proxy.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -285,8 +286,15 @@ impl Service {
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     owner_pid: u32,
+    /// The owner's start time: a reused pid is not the owner.
+    #[serde(default)]
+    owner_started: Option<u64>,
     keep: bool,
     process_groups: Vec<i32>,
+    /// Each group leader's start time: only a group whose leader is still the recorded
+    /// process is killed.
+    #[serde(default)]
+    started: BTreeMap<i32, u64>,
 }
 
 /// Running services; dropped, it stops them and removes its directory (unless kept).
@@ -400,7 +408,14 @@ impl Sandbox {
     }
 
     fn record(&self, process_groups: &[i32]) -> Result<(), SandboxError> {
-        let record = Record { owner_pid: std::process::id(), keep: self.keep, process_groups: process_groups.to_vec() };
+        let owner = std::process::id();
+        let record = Record {
+            owner_pid: owner,
+            owner_started: i32::try_from(owner).ok().and_then(process::start_time),
+            keep: self.keep,
+            process_groups: process_groups.to_vec(),
+            started: process_groups.iter().filter_map(|g| Some((*g, process::start_time(*g)?))).collect(),
+        };
         let text = serde_json::to_string(&record).unwrap_or_default();
         std::fs::write(self.dir.join("sandbox.json"), text).map_err(io("cannot write the sandbox record"))
     }
@@ -439,11 +454,14 @@ pub fn reap(root: &Path) {
         let Ok(text) = std::fs::read_to_string(dir.join("sandbox.json")) else { continue };
         let Ok(record) = serde_json::from_str::<Record>(&text) else { continue };
         let owner = i32::try_from(record.owner_pid).unwrap_or(0);
-        if record.keep || process::alive(owner) {
+        if record.keep || process::alive(owner, record.owner_started) {
             continue;
         }
+        // Servers normally died with their owner (see `process`); this catches the rest.
         for group in record.process_groups {
-            process::kill_group(group);
+            if let Some(started) = record.started.get(&group) {
+                process::kill_group(group, *started);
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -136,15 +136,30 @@ impl Drop for Process {
     }
 }
 
-/// Kills a process group left behind by an earlier run.
-pub(crate) fn kill_group(pgid: i32) {
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+/// Kills a process group left behind by an earlier run, if its leader is still the
+/// process that was recorded (`started`, see [`start_time`]): process ids are reused
+/// (`pid_max` can be as low as 32,768), and a stale id may name someone else's process.
+pub(crate) fn kill_group(pgid: i32, started: u64) {
+    if start_time(pgid) == Some(started) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
 }
 
-/// Whether a process exists.
-pub(crate) fn alive(pid: i32) -> bool {
+/// Whether the process `pid` exists and, when its start time was recorded, is still the
+/// same process.
+pub(crate) fn alive(pid: i32, started: Option<u64>) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+        && started.is_none_or(|started| start_time(pid).is_none_or(|now| now == started))
+}
+
+/// When a process started (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
+/// pid, it names one process for good. `None` where `/proc` does not tell.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The last `lines` lines of a file (reads at most its last 64 KiB).

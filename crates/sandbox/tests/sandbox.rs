@@ -194,12 +194,26 @@ async fn sandboxes_of_dead_owners_are_reaped() {
     let mut leftover = leftover.arg("600").spawn().unwrap();
     let dead = root.path().join("dead-owner");
     std::fs::create_dir_all(&dead).unwrap();
-    let record = serde_json::json!({"owner_pid": i32::MAX, "keep": false, "process_groups": [leftover.id()]});
+    // Another process whose pid the record names with another start time: the process
+    // the record meant is gone and its pid reused, so this one is left alone.
+    let mut bystander = std::process::Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut bystander, 0);
+    let mut bystander = bystander.arg("600").spawn().unwrap();
+    let started = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().parse().unwrap()
+    };
+    let record = serde_json::json!({
+        "owner_pid": i32::MAX, "keep": false, "process_groups": [leftover.id(), bystander.id()],
+        "started": {leftover.id().to_string(): started(leftover.id()), bystander.id().to_string(): started(bystander.id()) + 1},
+    });
     std::fs::write(dead.join("sandbox.json"), record.to_string()).unwrap();
 
     let options = Options { root: root.path().to_owned(), ..Options::default() };
     let sandbox = Sandbox::start(&[ServiceSpec::new("cache", ServiceKind::Redis)], &options).await.unwrap();
     assert!(leftover.wait().unwrap().code().is_none(), "the leftover process was killed");
+    assert!(bystander.try_wait().unwrap().is_none(), "a process that only shares a recorded pid was killed");
+    bystander.kill().unwrap();
     assert!(!dead.exists(), "the leftover sandbox directory was removed");
     sandbox.shutdown().await;
 }

@@ -8,10 +8,11 @@
 //! well, whose failure does not fail the write. Once the new owner takes writes it
 //! publishes an event per write; consumer groups read them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::TryStreamExt;
 use handoff_plan::simulation::{App, Measure, Workload};
 use mongodb::bson::{Document, doc};
 use rand::Rng;
@@ -20,7 +21,7 @@ use rand_distr::Distribution;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::standin::State;
+use crate::standin::{Measurer, State};
 
 /// How far back measures look (real time).
 const WINDOW: Duration = Duration::from_secs(5);
@@ -33,6 +34,18 @@ enum Kind {
     DualWrite,
     Event,
     Shadow,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Read => "reads",
+            Kind::Write => "writes",
+            Kind::DualWrite => "dual_writes",
+            Kind::Event => "events",
+            Kind::Shadow => "shadow_reads",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,20 +66,43 @@ pub struct Stats {
     pub totals: BTreeMap<&'static str, (u64, u64)>,
     /// Publish times of events not yet read, per consumer group.
     pending: BTreeMap<String, VecDeque<Instant>>,
+    /// Latencies (µs) of the last successful requests, by kind: percentiles are taken
+    /// over a number of requests, not a span of time. Time runs compressed while the
+    /// load does not, so a few seconds of requests stand for many sampling intervals;
+    /// a fixed count keeps a single slow request from deciding several samples.
+    latencies: BTreeMap<&'static str, VecDeque<u64>>,
+    /// Latencies (µs) of the last writes that went to one store only: the baseline dual
+    /// writes are compared with.
+    single_writes: VecDeque<u64>,
+}
+
+/// How many requests a latency percentile is taken over.
+const LATENCY_SAMPLES: usize = 200;
+
+fn keep(buffer: &mut VecDeque<u64>, micros: u64) {
+    buffer.push_back(micros);
+    if buffer.len() > LATENCY_SAMPLES {
+        buffer.pop_front();
+    }
+}
+
+fn p95(micros: &mut [u64]) -> Option<f64> {
+    if micros.is_empty() {
+        return None;
+    }
+    micros.sort_unstable();
+    Some(micros[((micros.len() - 1) as f64 * 0.95).round() as usize] as f64 / 1000.0)
 }
 
 impl Stats {
     fn record(&mut self, sample: Sample) {
-        let name = match sample.kind {
-            Kind::Read => "reads",
-            Kind::Write => "writes",
-            Kind::DualWrite => "dual_writes",
-            Kind::Event => "events",
-            Kind::Shadow => "shadow_reads",
-        };
+        let name = sample.kind.name();
         let total = self.totals.entry(name).or_default();
         total.0 += 1;
         total.1 += u64::from(!sample.ok);
+        if sample.ok {
+            keep(self.latencies.entry(name).or_default(), sample.micros);
+        }
         self.recent.push_back(sample);
         while self.recent.front().is_some_and(|s| s.at.elapsed() > WINDOW) {
             self.recent.pop_front();
@@ -83,13 +119,47 @@ impl Stats {
     }
 
     fn p95_ms(&self, kind: Kind) -> Option<f64> {
-        let mut micros: Vec<u64> = self.of(kind).filter(|s| s.ok).map(|s| s.micros).collect();
-        if micros.is_empty() {
-            return None;
-        }
-        micros.sort_unstable();
-        Some(micros[((micros.len() - 1) as f64 * 0.95).round() as usize] as f64 / 1000.0)
+        p95(&mut self.latencies.get(kind.name())?.iter().copied().collect::<Vec<_>>())
     }
+}
+
+/// What each written document must hold: the value of its last acknowledged write, and
+/// the values of later writes whose outcome is unknown (the server failed mid-write, so
+/// the write may or may not have been applied).
+#[derive(Debug, Default)]
+struct Ledger {
+    documents: HashMap<String, Written>,
+    acknowledged: u64,
+}
+
+#[derive(Debug, Default)]
+struct Written {
+    acknowledged: Option<i32>,
+    uncertain: Vec<i32>,
+}
+
+/// The end-of-run audit: every acknowledged write is in the store that owns writes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Audit {
+    /// The resource that owned writes when the run ended.
+    pub store: String,
+    /// Writes the application saw acknowledged during the run.
+    pub acknowledged_writes: u64,
+    /// Documents those writes touched, all checked.
+    pub documents: u64,
+    /// Documents whose last acknowledged write is missing (absent, or an older value).
+    pub lost: u64,
+    /// Up to five of them, with what was expected and found.
+    pub examples: Vec<String>,
+}
+
+/// How a write to one store went.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    ok: bool,
+    /// Refused by an injected fault before reaching the server (certainly not applied).
+    refused: bool,
+    took: Duration,
 }
 
 /// Faults the model applies itself (the others act on the real servers).
@@ -99,6 +169,8 @@ pub struct ModelFaults {
     pub write_errors: BTreeMap<String, f64>,
     /// Resources whose server is stopped.
     pub down: Vec<String>,
+    /// Latency added to every request a service serves, by `service` resource.
+    pub slow: BTreeMap<String, Duration>,
 }
 
 /// The running application.
@@ -117,8 +189,7 @@ pub struct Model {
     /// Model-level faults.
     pub faults: Arc<Mutex<ModelFaults>>,
     databases: BTreeMap<String, mongodb::Database>,
-    /// p95 write latency (ms) while writes went to one store only.
-    baseline: Mutex<Option<f64>>,
+    ledger: Mutex<Ledger>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,40 +252,121 @@ impl Model {
             stats: Arc::default(),
             faults: Arc::default(),
             databases: connections.databases,
-            baseline: Mutex::new(None),
+            ledger: Mutex::default(),
         })
     }
 
-    /// Index of the service at `weight` percent along the route (by its weights), or the
-    /// owner when the route was never set.
-    fn pick(&self, route: Option<&handoff_plan::model::Id>, roll: f64) -> usize {
-        let owner = self.services.iter().position(|(s, _, _)| *s == self.spec.owner.0).unwrap_or(0);
-        let Some(route) = route else { return owner };
+    fn owner(&self) -> usize {
+        self.services.iter().position(|(s, _, _)| *s == self.spec.owner.0).unwrap_or(0)
+    }
+
+    /// The route's weight of each service, when the route was set to any.
+    fn weights(&self, route: Option<&handoff_plan::model::Id>) -> Option<Vec<f64>> {
+        let route = route?;
         let routes = lock(&self.routes);
         let weights: Vec<f64> =
             self.services.iter().map(|(service, _, _)| routes.weight(&route.0, service).unwrap_or(0.0)).collect();
-        let total: f64 = weights.iter().sum();
-        if total <= 0.0 {
-            return owner;
-        }
-        let mut point = roll * total;
+        (weights.iter().sum::<f64>() > 0.0).then_some(weights)
+    }
+
+    /// Index of the service a request goes to for `roll` in [0, 1), by the route's
+    /// weights, or the owner when the route was never set.
+    fn pick(&self, route: Option<&handoff_plan::model::Id>, roll: f64) -> usize {
+        let Some(weights) = self.weights(route) else { return self.owner() };
+        let mut point = roll * weights.iter().sum::<f64>();
         for (i, weight) in weights.iter().enumerate() {
             if point < *weight {
                 return i;
             }
             point -= weight;
         }
-        owner
+        self.owner()
     }
 
-    fn write_fails(&self, store: &str, roll: f64) -> bool {
+    /// The service that takes (most) writes now.
+    fn writer(&self) -> usize {
+        let Some(weights) = self.weights(self.spec.writes.as_ref()) else { return self.owner() };
+        (0..weights.len()).max_by(|a, b| weights[*a].total_cmp(&weights[*b])).unwrap_or_else(|| self.owner())
+    }
+
+    /// Checks that every write the application saw acknowledged is in the store that owns
+    /// writes now; call it once the load has stopped. Documents that do not match are read
+    /// again until `settle` has passed, so a sync still catching up is not counted as loss.
+    pub async fn audit(&self, settle: Duration) -> Result<Audit, String> {
+        let writer = self.writer();
+        let (_, store, collection) = &self.services[writer];
+        let expected: Vec<(String, i32, Vec<i32>)> = {
+            let ledger = lock(&self.ledger);
+            ledger
+                .documents
+                .iter()
+                .filter_map(|(id, w)| Some((id.clone(), w.acknowledged?, w.uncertain.clone())))
+                .collect()
+        };
+        let deadline = Instant::now() + settle;
+        let mut pending: Vec<&(String, i32, Vec<i32>)> = expected.iter().collect();
+        let mut found: HashMap<String, Option<i32>> = HashMap::new();
+        loop {
+            let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
+            let mut cursor = collection
+                .find(doc! {"_id": {"$in": ids}})
+                .projection(doc! {"price.amount": 1})
+                .await
+                .map_err(|e| format!("reading `{store}`: {e}"))?;
+            found.clear();
+            while let Some(document) = cursor.try_next().await.map_err(|e| format!("reading `{store}`: {e}"))? {
+                let id = document.get_str("_id").unwrap_or_default().to_owned();
+                let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
+                found.insert(id, amount);
+            }
+            pending.retain(|(id, acknowledged, uncertain)| {
+                let value = found.get(id).copied().flatten();
+                !value.is_some_and(|v| v == *acknowledged || uncertain.contains(&v))
+            });
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let examples = pending
+            .iter()
+            .take(5)
+            .map(|(id, acknowledged, _)| match found.get(id) {
+                Some(Some(value)) => format!("`{id}`: price.amount {value}, acknowledged {acknowledged}"),
+                _ => format!("`{id}`: missing, acknowledged price.amount {acknowledged}"),
+            })
+            .collect();
+        Ok(Audit {
+            store: store.clone(),
+            acknowledged_writes: lock(&self.ledger).acknowledged,
+            documents: expected.len() as u64,
+            lost: pending.len() as u64,
+            examples,
+        })
+    }
+
+    /// Waits out a `service_latency` fault of service `index`.
+    async fn delay(&self, index: usize) {
+        let added = lock(&self.faults).slow.get(&self.services[index].0).copied();
+        if let Some(added) = added {
+            tokio::time::sleep(added).await;
+        }
+    }
+
+    /// Whether a write to service `index` is refused before it reaches the store: an
+    /// injected write error, or the service is read-only by a flag.
+    fn refuses(&self, index: usize, roll: f64) -> bool {
+        let (service, store, _) = &self.services[index];
+        let read_only =
+            self.spec.read_only_flags.iter().any(|(s, flag)| s.0 == *service && lock(&self.routes).flag(flag));
         let faults = lock(&self.faults);
-        faults.write_errors.get(store).is_some_and(|percent| roll * 100.0 < *percent)
+        read_only || faults.write_errors.get(store).is_some_and(|percent| roll * 100.0 < *percent)
     }
 
     async fn read(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
         let store = self.pick(self.spec.reads.as_ref(), rng.random());
+        self.delay(store).await;
         let key = self.cache.as_ref().map(|(_, key, _)| key.replace("{_id}", id));
         let mut ok = true;
         let mut found = false;
@@ -247,8 +399,9 @@ impl Model {
         let sample =
             Sample { at: Instant::now(), kind: Kind::Read, ok, micros: started.elapsed().as_micros() as u64, store };
         lock(&self.stats).record(sample);
-        // A shadow comparison on every fifth read while both stores are written.
-        if rng.random_ratio(1, 5) && self.services.len() == 2 {
+        // A shadow comparison on every fifth read while shadow reads are on.
+        let shadowing = self.spec.shadow_reads_flag.as_ref().is_none_or(|flag| lock(&self.routes).flag(flag));
+        if shadowing && rng.random_ratio(1, 5) && self.services.len() == 2 {
             self.shadow(id).await;
         }
     }
@@ -276,19 +429,21 @@ impl Model {
     async fn write(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
         let writer = self.pick(self.spec.writes.as_ref(), rng.random());
-        let change = doc! {"$set": {"price.amount": rng.random_range(100..5000_i32), "updated_at": mongodb::bson::DateTime::now()}};
+        let amount = rng.random_range(100..5000_i32);
+        let change = doc! {"$set": {"price.amount": amount, "updated_at": mongodb::bson::DateTime::now()}};
         let dual = self.spec.dual_write_flag.as_ref().is_some_and(|flag| lock(&self.routes).flag(flag))
             && self.services.len() == 2;
         // The owner's write and, while the flag is on, the other store's, at once (the
         // seed's `Promise.allSettled`): the second may fail without failing the write.
         let write_to = |index: usize, roll: f64| {
-            let (_, store, collection) = &self.services[index];
-            let fails = self.write_fails(store, roll);
+            let collection = &self.services[index].2;
+            let refused = self.refuses(index, roll);
             let change = change.clone();
             async move {
                 let started = Instant::now();
-                let ok = !fails && collection.update_one(doc! {"_id": id}, change).await.is_ok();
-                (ok, started.elapsed())
+                self.delay(index).await;
+                let ok = !refused && collection.update_one(doc! {"_id": id}, change).await.is_ok();
+                Attempt { ok, refused, took: started.elapsed() }
             }
         };
         let (primary, secondary) = if dual {
@@ -298,21 +453,33 @@ impl Model {
             (write_to(writer, rng.random()).await, None)
         };
         let at = Instant::now();
-        let ok = primary.0;
-        lock(&self.stats).record(Sample {
-            at,
-            kind: Kind::Write,
-            ok,
-            micros: (at - started).as_micros() as u64,
-            store: writer,
-        });
-        if let Some((dual_ok, took)) = secondary {
+        let ok = primary.ok;
+        {
+            let mut ledger = lock(&self.ledger);
+            let written = ledger.documents.entry(id.to_owned()).or_default();
+            if ok {
+                written.acknowledged = Some(amount);
+                written.uncertain.clear();
+            } else if !primary.refused {
+                written.uncertain.push(amount);
+            }
+            ledger.acknowledged += u64::from(ok);
+        }
+        {
+            let micros = (at - started).as_micros() as u64;
+            let mut stats = lock(&self.stats);
+            stats.record(Sample { at, kind: Kind::Write, ok, micros, store: writer });
+            if ok && secondary.is_none() {
+                keep(&mut stats.single_writes, micros);
+            }
+        }
+        if let Some(secondary) = secondary {
             // What the client waits longer because of the second write.
-            let extra = took.saturating_sub(primary.1);
+            let extra = secondary.took.saturating_sub(primary.took);
             lock(&self.stats).record(Sample {
                 at,
                 kind: Kind::DualWrite,
-                ok: dual_ok,
+                ok: secondary.ok,
                 micros: extra.as_micros() as u64,
                 store: 1 - writer,
             });
@@ -390,15 +557,23 @@ impl Model {
                 .set("enable.auto.commit", "false")
                 .create();
             let Ok(consumer) = consumer else { continue };
+            let consumer = Arc::new(consumer);
             let (model, stop, group, topic) = (self.clone(), stop.clone(), group.clone(), events.topic.clone());
             tasks.push(tokio::spawn(async move {
                 use rdkafka::consumer::Consumer;
                 let mut assignment = rdkafka::TopicPartitionList::new();
-                let partitions = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                    .ok()
-                    .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
-                    .unwrap_or(1);
+                // A blocking call: off the runtime's threads, which serve everything else.
+                let (client, name) = (consumer.clone(), topic.clone());
+                let partitions = tokio::task::spawn_blocking(move || {
+                    client
+                        .fetch_metadata(Some(&name), Duration::from_secs(10))
+                        .ok()
+                        .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+                })
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(1);
                 for partition in 0..partitions {
                     let _ = assignment.add_partition_offset(&topic, partition, rdkafka::Offset::Beginning);
                 }
@@ -434,20 +609,14 @@ impl Model {
         tasks
     }
 
-    /// Measures every mapped metric into the stand-in service, every 250 ms, until `stop`.
-    pub async fn measure(self: Arc<Self>, measures: BTreeMap<String, Measure>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        while !stop.is_cancelled() {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = stop.cancelled() => break,
-            }
-            for (metric, measure) in &measures {
-                if let Some(value) = self.value(measure).await {
-                    lock(&self.routes).measures.insert(metric.clone(), value);
-                }
-            }
-        }
+    /// Measures plan metrics when the stand-in service is asked for them, on the runtime
+    /// of `handle` (the stand-in answers on its own thread).
+    pub fn measurer(self: &Arc<Self>, measures: BTreeMap<String, Measure>, handle: tokio::runtime::Handle) -> Measurer {
+        let model = self.clone();
+        Arc::new(move |metric: &str| {
+            let measure = measures.get(metric)?;
+            handle.block_on(model.value(measure))
+        })
     }
 
     async fn value(&self, measure: &Measure) -> Option<f64> {
@@ -458,7 +627,7 @@ impl Model {
                 Some(if lock(&self.faults).down.contains(&store.0) { 0.0 } else { 1.0 })
             }
             Measure::Completion => {
-                let owner = self.services.iter().position(|(s, _, _)| *s == self.spec.owner.0)?;
+                let owner = self.owner();
                 let other = self.services.iter().position(|(s, _, _)| *s != self.spec.owner.0)?;
                 let total = self.services[owner].2.count_documents(doc! {}).await.ok()?;
                 let copied = self.services[other].2.count_documents(doc! {}).await.ok()?;
@@ -466,15 +635,15 @@ impl Model {
             }
             Measure::DualWriteSuccess => stats().success_percent(Kind::DualWrite),
             Measure::DualWriteLatency => {
-                // The increase over the write latency measured before dual writes began.
+                // While dual writes run: the increase over the last single-store writes.
                 let dual = self.spec.dual_write_flag.as_ref().is_some_and(|flag| lock(&self.routes).flag(flag));
-                let p95 = stats().p95_ms(Kind::Write)?;
-                let mut baseline = lock(&self.baseline);
                 if !dual {
-                    *baseline = Some(p95);
                     return None;
                 }
-                Some((p95 - (*baseline)?).max(0.0))
+                let stats = stats();
+                let now = stats.p95_ms(Kind::Write)?;
+                let before = p95(&mut stats.single_writes.iter().copied().collect::<Vec<_>>())?;
+                Some((now - before).max(0.0))
             }
             Measure::ShadowMismatch => stats().success_percent(Kind::Shadow).map(|ok| 100.0 - ok),
             Measure::ErrorRate => {

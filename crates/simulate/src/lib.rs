@@ -148,6 +148,13 @@ pub async fn simulate(
 
     let scratch = options.work_dir.join("scratch");
     let derived = derive::derive(plan, &|id| url(id), &standin.url, &scratch).map_err(SimulateError::Setup)?;
+    if let Some(simulation) = &derived.plan.simulation {
+        let mut state = standin.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for response in &simulation.responses {
+            let path = response.url.strip_prefix(&standin.url).unwrap_or(&response.url).to_owned();
+            state.responses.insert(path, response.json.clone());
+        }
+    }
     let graph = Graph::compile(&derived.plan, executors, true).map_err(|errors| {
         SimulateError::Setup(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
     })?;
@@ -173,7 +180,7 @@ pub async fn simulate(
     let serving = tokio::spawn(model.clone().serve(stop.clone()));
     let consumers = kafka.as_deref().map(|k| model.consume(k, &stop)).unwrap_or_default();
     let measures = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
-    let measuring = tokio::spawn(model.clone().measure(measures, stop.clone()));
+    standin.measure_with(model.measurer(measures, tokio::runtime::Handle::current()));
 
     // The run.
     let store: Arc<dyn Store> =
@@ -222,11 +229,12 @@ pub async fn simulate(
     timings.run_seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let _ = serving.await;
-    let _ = measuring.await;
     for consumer in consumers {
         let _ = consumer.await;
     }
     let (run_id, outcome) = result?;
+    // A sync the run left going may still be applying the last writes: allow it a moment.
+    let audit = model.audit(Duration::from_secs(5)).await;
     let records = store.load(&run_id).map_err(handoff_engine::EngineError::from)?;
     let totals = model.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).totals.clone();
     let report = report::build(
@@ -235,6 +243,7 @@ pub async fn simulate(
         &records,
         &outcome,
         options.scenario.as_ref(),
+        audit,
         applied,
         totals,
         timings,
@@ -265,6 +274,12 @@ async fn inject(
             }
             FaultKind::Outage { resource } if on => faults.down.push(resource.0.clone()),
             FaultKind::Outage { resource } => faults.down.retain(|d| *d != resource.0),
+            FaultKind::ServiceLatency { service, added } if on => {
+                faults.slow.insert(service.0.clone(), added.get());
+            }
+            FaultKind::ServiceLatency { service, .. } => {
+                faults.slow.remove(&service.0);
+            }
             FaultKind::Latency { .. } | FaultKind::CacheFlush { .. } => {}
         }
     }
@@ -276,6 +291,7 @@ async fn inject(
             }
             format!("`{resource}` answers {added} later")
         }
+        FaultKind::ServiceLatency { service, added } => format!("`{service}` answers {added} later"),
         FaultKind::Outage { resource } => {
             if let Ok(service) = sandbox.service(&resource.0) {
                 let kind = service.endpoint().kind.as_str().to_owned();
@@ -287,7 +303,15 @@ async fn inject(
                         state.dependencies_down.remove(i);
                     }
                 }
-                let _ = if on { service.stop().await } else { service.restart(Duration::from_secs(30)).await };
+                // Through the fault proxy, not by stopping the server: librdkafka 2.12 can
+                // crash (a metadata-cache use after a broker restart, as in
+                // confluentinc/librdkafka#5280), and clients see the same outage either way.
+                if let Ok(proxy) = service.proxy() {
+                    proxy.set_refuse(on);
+                    if on {
+                        proxy.cut_connections();
+                    }
+                }
             }
             format!("`{resource}` is down")
         }

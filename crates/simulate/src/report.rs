@@ -37,6 +37,8 @@ pub struct Report {
     pub timings: Timings,
     /// Every phase of the plan.
     pub phases: Vec<PhaseReport>,
+    /// The end-of-run check that no acknowledged write was lost, or why it could not run.
+    pub audit: AuditOutcome,
     /// Faults injected.
     pub faults: Vec<String>,
     /// Requests the application model made, and how many failed, by kind.
@@ -48,11 +50,24 @@ pub struct Report {
 pub struct Expectation {
     /// The phase expected to fail and roll back.
     pub phase: String,
-    /// Whether it failed, rolled back within budget and lost nothing (each phase's last
-    /// full comparison found no discrepancy).
+    /// Whether it failed, rolled back within budget and lost nothing (the end-of-run audit
+    /// found every acknowledged write).
     pub met: bool,
     /// Why not, when not.
     pub detail: String,
+}
+
+/// The end-of-run loss audit, or why it could not run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AuditOutcome {
+    /// It ran.
+    Done(crate::app::Audit),
+    /// It could not read the store.
+    Failed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// One kind of request of the model.
@@ -140,6 +155,7 @@ pub(crate) fn build(
     records: &[Record],
     outcome: &Outcome,
     scenario: Option<&Scenario>,
+    audit: Result<crate::app::Audit, String>,
     faults: Vec<String>,
     totals: BTreeMap<&'static str, (u64, u64)>,
     timings: Timings,
@@ -254,8 +270,16 @@ pub(crate) fn build(
         (Some(first), Some(last)) => last.at.duration_since(first.at).as_secs_f64() / 86_400.0,
         _ => 0.0,
     };
+    let lost = match &audit {
+        Ok(audit) if audit.lost == 0 => None,
+        Ok(audit) => {
+            Some(format!("the last acknowledged write of {} documents is missing from `{}`", audit.lost, audit.store))
+        }
+        Err(error) => Some(format!("the loss audit could not run: {error}")),
+    };
     let (verdict, outcome_text) = match outcome {
-        Outcome::Completed => ("pass", "every phase passed".to_owned()),
+        Outcome::Completed if lost.is_none() => ("pass", "every phase passed".to_owned()),
+        Outcome::Completed => ("fail", format!("every phase passed, but {}", lost.as_deref().unwrap_or_default())),
         Outcome::RolledBack { phase, reason, .. } => {
             ("fail", format!("phase `{phase}` failed and was rolled back within its budget: {reason}"))
         }
@@ -266,14 +290,12 @@ pub(crate) fn build(
     };
     let expectation = scenario.and_then(|s| s.expect_rollback.as_ref()).map(|expected| {
         let phase = phases.iter().find(|p| p.id == expected.0);
-        // Intermediate comparisons find drift the plan then repairs; what counts is each
-        // phase's last comparison.
-        let lost: u64 = phases.iter().filter_map(|p| p.integrity.last()).map(|i| i.discrepancies).sum();
-        let (met, detail) = match phase.map(|p| (p.status, &p.rollback)) {
-            Some(("rolled back", Some(rollback))) if !rollback.breached && lost == 0 => (true, String::new()),
-            Some(("rolled back", _)) => (false, format!("{lost} discrepancies found by verification")),
-            Some((status, _)) => (false, format!("phase `{expected}` is {status}, not rolled back")),
-            None => (false, format!("no phase `{expected}`")),
+        let (met, detail) = match (phase.map(|p| (p.status, &p.rollback)), &lost) {
+            (Some(("rolled back", Some(rollback))), None) if !rollback.breached => (true, String::new()),
+            (Some(("rolled back", _)), Some(lost)) => (false, lost.clone()),
+            (Some(("rolled back", _)), None) => (false, "the rollback overran its budget".to_owned()),
+            (Some((status, _)), _) => (false, format!("phase `{expected}` is {status}, not rolled back")),
+            (None, _) => (false, format!("no phase `{expected}`")),
         };
         Expectation { phase: expected.0.clone(), met, detail }
     });
@@ -287,6 +309,10 @@ pub(crate) fn build(
         day_seconds: day.as_secs_f64(),
         timings,
         phases,
+        audit: match audit {
+            Ok(audit) => AuditOutcome::Done(audit),
+            Err(error) => AuditOutcome::Failed { error },
+        },
         faults,
         load: totals
             .into_iter()
@@ -322,8 +348,10 @@ impl Report {
             p.criteria.iter().filter(|c| c.verdict != "pass" && c.verdict != "assumed in simulation").count()
                 + usize::from(p.rollback.as_ref().is_some_and(|r| r.breached || !r.ok))
         };
-        let total: usize = self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum();
-        let failed: usize = self.phases.iter().map(failures).sum();
+        let lost = !matches!(&self.audit, AuditOutcome::Done(audit) if audit.lost == 0);
+        let total: usize =
+            1 + self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum::<usize>();
+        let failed: usize = usize::from(lost) + self.phases.iter().map(failures).sum::<usize>();
         out.push_str(&format!(
             "<testsuites name=\"handoff simulate {}\" tests=\"{total}\" failures=\"{failed}\">\n",
             escape(&self.plan)
@@ -367,7 +395,25 @@ impl Report {
             }
             out.push_str("  </testsuite>\n");
         }
-        out.push_str("</testsuites>\n");
+        let lost = match &self.audit {
+            AuditOutcome::Done(audit) if audit.lost == 0 => None,
+            AuditOutcome::Done(audit) => Some(format!(
+                "{} of {} documents lack their last acknowledged write in {}: {}",
+                audit.lost,
+                audit.documents,
+                audit.store,
+                audit.examples.join("; ")
+            )),
+            AuditOutcome::Failed { error } => Some(error.clone()),
+        };
+        out.push_str(&format!(
+            "  <testsuite name=\"audit\" tests=\"1\" failures=\"{}\">\n    <testcase classname=\"audit\" name=\"no-acknowledged-write-lost\">",
+            usize::from(lost.is_some())
+        ));
+        if let Some(lost) = lost {
+            out.push_str(&format!("<failure message=\"acknowledged writes lost\">{}</failure>", escape(&lost)));
+        }
+        out.push_str("</testcase>\n  </testsuite>\n</testsuites>\n");
         out
     }
 }

@@ -9,13 +9,16 @@
 //!   dependency whose server is out.
 //! - `/routes/<route>`: the router's weights (`GET`, `PUT` of `{"weights", "header_route"}`)
 //!   that `traffic.shift` drives and the application model reads.
-//! - `/measures/<metric>`: what the simulator measured for a plan metric (`{"value": x}`;
-//!   404 while there is no value yet).
+//! - `/measures/<metric>`: what the simulator measures for a plan metric, measured when
+//!   asked (`{"value": x}`; 404 while there is no value).
+//! - A path the plan's `simulation.responses` declare answers `GET` with its JSON built
+//!   from measures (503 while one of them has no value).
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use handoff_plan::simulation::ResponseField;
 use serde_json::{Value, json};
 
 /// Shared state of the stand-in service.
@@ -25,10 +28,10 @@ pub struct State {
     pub written: BTreeMap<String, Value>,
     /// Router weights by route id: service id → percent.
     pub routes: BTreeMap<String, Value>,
-    /// Measured values by metric id.
-    pub measures: BTreeMap<String, f64>,
     /// Kinds of dependency (`mongodb`, `redis`, `kafka`) with a server out.
     pub dependencies_down: Vec<String>,
+    /// Declared answers by path: JSON pointer → measured field.
+    pub responses: BTreeMap<String, BTreeMap<String, ResponseField>>,
 }
 
 impl State {
@@ -47,12 +50,16 @@ impl State {
     }
 }
 
+/// Measures a plan metric by id, when it is asked for.
+pub type Measurer = Arc<dyn Fn(&str) -> Option<f64> + Send + Sync>;
+
 /// A running stand-in service.
 pub struct StandIn {
     /// Base URL (`http://127.0.0.1:<port>`).
     pub url: String,
     /// Its state.
     pub state: Arc<Mutex<State>>,
+    measurer: Arc<OnceLock<Measurer>>,
     server: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -63,13 +70,20 @@ impl StandIn {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(std::io::Error::other)?);
         let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or_default();
         let state = Arc::new(Mutex::new(State::default()));
-        let (serving, shared) = (server.clone(), state.clone());
+        let measurer: Arc<OnceLock<Measurer>> = Arc::default();
+        let (serving, shared, measuring) = (server.clone(), state.clone(), measurer.clone());
         let thread = std::thread::Builder::new().name("handoff-standin".to_owned()).spawn(move || {
+            let measure = |metric: &str| measuring.get().and_then(|m| m(metric));
             for request in serving.incoming_requests() {
-                answer(request, &shared);
+                answer(request, &shared, &measure);
             }
         })?;
-        Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, server, thread: Some(thread) })
+        Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, measurer, server, thread: Some(thread) })
+    }
+
+    /// Where `/measures/…` and declared responses get their values (set once).
+    pub fn measure_with(&self, measurer: Measurer) {
+        let _ = self.measurer.set(measurer);
     }
 }
 
@@ -86,13 +100,13 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn answer(mut request: tiny_http::Request, state: &Mutex<State>) {
+fn answer(mut request: tiny_http::Request, state: &Mutex<State>, measure: &dyn Fn(&str) -> Option<f64>) {
     let path = request.url().split('?').next().unwrap_or_default().to_owned();
     let method = request.method().as_str().to_ascii_uppercase();
     let mut text = String::new();
     let _ = request.as_reader().take(1 << 20).read_to_string(&mut text);
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let (status, reply) = { route(&mut lock(state), &method, &path, body) };
+    let (status, reply) = route(state, &method, &path, body, measure);
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
     let mut response = tiny_http::Response::from_string(reply.to_string()).with_status_code(status);
     if let Ok(header) = header {
@@ -101,8 +115,33 @@ fn answer(mut request: tiny_http::Request, state: &Mutex<State>) {
     let _ = request.respond(response);
 }
 
-fn route(state: &mut State, method: &str, path: &str, body: Value) -> (u16, Value) {
+/// Answers one request. The state is not locked while measuring: measures read it.
+fn route(
+    state: &Mutex<State>,
+    method: &str,
+    path: &str,
+    body: Value,
+    measure: &dyn Fn(&str) -> Option<f64>,
+) -> (u16, Value) {
     let writes = matches!(method, "PUT" | "POST" | "PATCH");
+    if let Some(metric) = path.strip_prefix("/measures/") {
+        return match measure(metric) {
+            Some(value) => (200, json!({"value": value})),
+            None => (404, json!({"error": "no value measured"})),
+        };
+    }
+    let declared = if writes { None } else { lock(state).responses.get(path).cloned() };
+    if let Some(fields) = declared {
+        let mut body = json!({});
+        for (pointer, field) in fields {
+            let Some(measured) = measure(&field.metric.0) else {
+                return (503, json!({"error": format!("`{}` has no value measured", field.metric)}));
+            };
+            set(&mut body, &pointer, field.value(measured));
+        }
+        return (200, body);
+    }
+    let mut state = lock(state);
     if let Some(route) = path.strip_prefix("/routes/") {
         if writes {
             state.routes.insert(route.to_owned(), body.clone());
@@ -111,12 +150,6 @@ fn route(state: &mut State, method: &str, path: &str, body: Value) -> (u16, Valu
         return match state.routes.get(route) {
             Some(current) => (200, current.clone()),
             None => (404, json!({"error": "no weights set"})),
-        };
-    }
-    if let Some(metric) = path.strip_prefix("/measures/") {
-        return match state.measures.get(metric) {
-            Some(value) => (200, json!({"value": value})),
-            None => (404, json!({"error": "not measured yet"})),
         };
     }
     if path.starts_with("/svc/") {
@@ -138,25 +171,69 @@ fn route(state: &mut State, method: &str, path: &str, body: Value) -> (u16, Valu
     (404, json!({"error": "unknown path"}))
 }
 
+/// Sets `value` at a JSON pointer, creating the objects on the way.
+fn set(body: &mut Value, pointer: &str, value: Value) {
+    let mut at = body;
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        let Some(object) = at.as_object_mut() else { return };
+        if i + 1 == tokens.len() {
+            object.insert(token.clone(), value);
+            return;
+        }
+        at = object.entry(token.clone()).or_insert_with(|| json!({}));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn flags_routes_and_measures_round_trip() {
-        let mut state = State::default();
-        assert_eq!(route(&mut state, "GET", "/svc/MENU/health/ready", Value::Null).1["checks"]["kafka"], "up");
-        state.dependencies_down.push("kafka".into());
-        assert_eq!(route(&mut state, "GET", "/svc/MENU/health/ready", Value::Null).0, 503);
-        state.dependencies_down.clear();
-        route(&mut state, "PUT", "/svc/FLAGS/flags/dual_write", json!({"enabled": true}));
-        assert!(state.flag("dual_write") && !state.flag("read_only"));
-        assert_eq!(route(&mut state, "GET", "/svc/FLAGS/flags/dual_write", Value::Null).1, json!({"enabled": true}));
-        assert_eq!(route(&mut state, "GET", "/routes/reads", Value::Null).0, 404);
-        route(&mut state, "PUT", "/routes/reads", json!({"weights": {"old": 75, "new": 25}}));
-        assert_eq!(state.weight("reads", "new"), Some(25.0));
-        assert_eq!(route(&mut state, "GET", "/measures/p95", Value::Null).0, 404);
-        state.measures.insert("p95".into(), 12.5);
-        assert_eq!(route(&mut state, "GET", "/measures/p95", Value::Null).1, json!({"value": 12.5}));
+        let state = Mutex::new(State::default());
+        let measures = Mutex::new(BTreeMap::<String, f64>::new());
+        let measure = |metric: &str| measures.lock().unwrap().get(metric).copied();
+        let get = |path: &str| route(&state, "GET", path, Value::Null, &measure);
+        let put = |path: &str, body: Value| route(&state, "PUT", path, body, &measure);
+        assert_eq!(get("/svc/MENU/health/ready").1["checks"]["kafka"], "up");
+        lock(&state).dependencies_down.push("kafka".into());
+        assert_eq!(get("/svc/MENU/health/ready").0, 503);
+        lock(&state).dependencies_down.clear();
+        put("/svc/FLAGS/flags/dual_write", json!({"enabled": true}));
+        assert!(lock(&state).flag("dual_write") && !lock(&state).flag("read_only"));
+        assert_eq!(get("/svc/FLAGS/flags/dual_write").1, json!({"enabled": true}));
+        assert_eq!(get("/routes/reads").0, 404);
+        put("/routes/reads", json!({"weights": {"old": 75, "new": 25}}));
+        assert_eq!(lock(&state).weight("reads", "new"), Some(25.0));
+        assert_eq!(get("/measures/p95").0, 404);
+        measures.lock().unwrap().insert("p95".into(), 12.5);
+        assert_eq!(get("/measures/p95").1, json!({"value": 12.5}));
+    }
+
+    #[test]
+    fn declared_responses_are_built_from_measures() {
+        let state = Mutex::new(State::default());
+        let lag = Mutex::new(None);
+        let measure = |metric: &str| (metric == "lag").then(|| *lag.lock().unwrap()).flatten();
+        let field = |op: Option<&str>, threshold: Option<f64>| {
+            serde_json::from_value::<ResponseField>(json!({"metric": "lag", "op": op, "threshold": threshold})).unwrap()
+        };
+        lock(&state).responses.insert(
+            "/svc/SEARCH/index/status".into(),
+            BTreeMap::from([
+                ("/lag_seconds".to_owned(), field(None, None)),
+                ("/index/up_to_date".to_owned(), field(Some("<"), Some(1.0))),
+            ]),
+        );
+        let get = || route(&state, "GET", "/svc/SEARCH/index/status", Value::Null, &measure);
+        assert_eq!(get().0, 503);
+        *lag.lock().unwrap() = Some(0.25);
+        assert_eq!(get(), (200, json!({"lag_seconds": 0.25, "index": {"up_to_date": true}})));
+        *lag.lock().unwrap() = Some(4.0);
+        assert_eq!(get().1["index"]["up_to_date"], false);
     }
 }
