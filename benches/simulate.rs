@@ -33,6 +33,7 @@ fn main() {
             sandbox: handoff_sandbox::Options::default(),
             day: Some(DAY),
             work_dir: work.path().to_owned(),
+            drill: None,
         };
         let report = runtime
             .block_on(handoff_simulate::simulate(&plan, &registry, &options, &mut |_| {}, &CancellationToken::new()))

@@ -114,3 +114,21 @@ fn unreadable_paths_exit_2_and_say_what_to_do() {
     assert_eq!(output.status.code(), Some(2), "{text}");
     insta::assert_snapshot!(text);
 }
+
+#[test]
+fn simulate_refuses_what_it_cannot_run_before_starting_anything() {
+    let cases = [
+        vec!["simulate", "plans/menu-service.yaml", "--scenario", "no-such-scenario"],
+        vec!["simulate", "plans/menu-service.yaml", "--drill-rollbacks", "no-such-phase"],
+        vec!["simulate", "plans/menu-service.yaml", "--drill-rollbacks", "read-only-sync,decommission"],
+        vec!["simulate", "plans/examples/settings-handoff.yaml"],
+    ];
+    let mut shown = Vec::new();
+    for args in cases {
+        let output = handoff(&args);
+        let text = transcript(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        shown.push(format!("$ handoff {}\n{text}", args.join(" ")));
+    }
+    insta::assert_snapshot!(shown.join("\n"));
+}

@@ -87,6 +87,11 @@ fn the_menu_plan_passes_every_phase_and_loses_nothing() {
     }
     // Menu Service owns writes at the end; Restaurant DB's collection is gone.
     nothing_lost(&json, "menu_db");
+    // Every canary step served reads, none failed.
+    let canary = json["canary"].as_array().unwrap();
+    let weights: Vec<u64> = canary.iter().map(|p| p["weight"].as_u64().unwrap()).collect();
+    assert_eq!(weights, [0, 10, 25, 50, 75, 100], "{canary:?}");
+    assert!(canary.iter().all(|p| p["reads"].as_u64().unwrap() > 0 && p["error_percent"] == 0.0), "{canary:?}");
     assert!(!junit.contains("<failure"), "{junit}");
     insta::assert_snapshot!("every_phase_passes", masked(&markdown));
 }
@@ -109,13 +114,21 @@ fn a_slow_menu_service_fails_the_read_canary_and_reads_go_back() {
     let (code, json, _, _) = simulate(&["--scenario", "slow-menu-service"]);
     assert_eq!(code, Some(1), "{json:#}");
     rolled_back(&json, 2);
-    assert!(criteria(&json["phases"][2], "fail").contains(&"p95-latency".to_owned()), "{json:#}");
+    // The canary alert stops it at the first step whose reads are slow, before 100%.
+    let reason = json["phases"][2]["rollback"]["reason"].as_str().unwrap();
+    assert!(reason.contains("CanaryReadLatency") || reason.contains("p95-latency"), "{reason}");
+    let canary = json["canary"].as_array().unwrap();
+    let at = |weight: u64| canary.iter().find(|p| p["weight"] == weight).map(|p| p["p95_ms"].as_f64().unwrap());
+    assert!(at(0).unwrap() < 200.0, "{canary:?}");
+    assert!(canary.iter().any(|p| p["p95_ms"].as_f64().unwrap() > 300.0), "{canary:?}");
+    assert!(at(100).is_none(), "the canary went on to 100%: {canary:?}");
     nothing_lost(&json, "restaurant_db");
 }
 
 #[test]
-fn a_scenario_fails_its_phase_and_rolls_back_within_budget_losing_nothing() {
-    let (code, json, markdown, junit) = simulate(&["--scenario", "dual-write-failures"]);
+fn a_scenario_fails_its_phase_and_rolls_back_within_budget_and_a_drill_rolls_back_phase_1() {
+    let (code, json, markdown, junit) =
+        simulate(&["--scenario", "dual-write-failures", "--drill-rollbacks", "read-only-sync"]);
     assert_eq!(code, Some(1), "{json:#}");
     rolled_back(&json, 1);
     // Whichever the dropped writes break first ends the observation: the dual-write
@@ -129,8 +142,48 @@ fn a_scenario_fails_its_phase_and_rolls_back_within_budget_losing_nothing() {
     assert_eq!(last["discrepancies"], 0, "{last}");
     assert!(markdown.starts_with("<!-- handoff-simulate-report -->"), "{markdown}");
     assert!(junit.contains("<testsuite name=\"shadow-writes\"") && junit.contains("<failure"), "{junit}");
+    // The drill of phase 1, in a run of its own: failed on purpose after its steps, rolled
+    // back within budget, nothing lost.
+    let drills = json["drills"].as_array().unwrap();
+    assert_eq!(drills.len(), 1, "{json:#}");
+    let drill = &drills[0];
+    assert_eq!(
+        (drill["phase"].as_str(), &drill["met"], &drill["lost"]),
+        (Some("read-only-sync"), &Value::from(true), &Value::from(0)),
+        "{drill}"
+    );
+    assert!(drill["rollback"]["seconds"].as_f64().unwrap() <= drill["rollback"]["budget_seconds"].as_f64().unwrap());
+    assert!(markdown.contains("Rollback drills"), "{markdown}");
+    assert!(junit.contains("<testsuite name=\"rollback-drills\" tests=\"1\" failures=\"0\">"), "{junit}");
     // Which criterion fails first varies from run to run, so the structure is checked
     // here and snapshotted on the passing run.
     assert!(markdown.contains("fails and rolls back within budget with nothing lost — **met**"), "{markdown}");
     assert!(markdown.contains("Nothing lost: the last acknowledged write of each of the "), "{markdown}");
+}
+
+#[test]
+fn the_example_ci_workflow_finds_the_report_by_its_marker_and_uses_real_flags() {
+    let text = std::fs::read_to_string(support::root().join("examples/github/handoff-simulate.yml")).unwrap();
+    let workflow: Value = serde_saphyr::from_str(&text).unwrap();
+    let steps = workflow["jobs"]["simulate"]["steps"].as_array().unwrap();
+    let script = steps.iter().find_map(|s| s["with"]["script"].as_str()).unwrap();
+    assert!(script.contains(&format!("'{}'", handoff_simulate::report::MARKER)), "{script}");
+    let commands: Vec<&str> =
+        steps.iter().filter_map(|s| s["run"].as_str()).filter(|r| r.starts_with("handoff ")).collect();
+    assert!(commands.iter().any(|c| c.starts_with("handoff simulate ")), "{commands:?}");
+    for command in commands {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let help = support::handoff(&[words[1], "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        for word in &words[2..] {
+            if word.starts_with("--") {
+                assert!(
+                    help.contains(&format!("{word} ")) || help.contains(&format!("{word}\n")),
+                    "`{word}` in `{command}`"
+                );
+            } else if word.ends_with(".yaml") {
+                assert!(support::root().join(word).is_file(), "`{word}` in `{command}`");
+            }
+        }
+    }
 }

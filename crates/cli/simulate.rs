@@ -45,6 +45,12 @@ pub(crate) struct Args {
     /// Leave the sandbox running afterwards (for debugging).
     #[arg(long)]
     keep: bool,
+    /// After the run, drill the rollback of these phases (comma-separated; every
+    /// reversible phase with a rollback when none is named): each in a run of its own, the
+    /// phase failed on purpose once its steps are done, its rollback timed against its
+    /// budget and checked for lost writes.
+    #[arg(long, value_name = "PHASE", num_args = 0.., value_delimiter = ',')]
+    drill_rollbacks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,14 +76,47 @@ fn scenario(plan_path: &Path, plan: &str, arg: &str) -> anyhow::Result<Scenario>
         plan_path.parent().unwrap_or(Path::new(".")).join("scenarios").join(plan).join(format!("{arg}.yaml"))
     };
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("scenario `{arg}`: cannot read {} (give a file, or a name of a file there)", path.display())
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_owned))
+            .collect();
+        names.sort();
+        let known = if names.is_empty() { "there are none".to_owned() } else { format!("there: {}", names.join(", ")) };
+        format!("scenario `{arg}`: cannot read {} (give a file, or the name of a scenario {known})", path.display())
     })?;
     serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The phases to drill: the named ones (each must exist and be reversible), or every
+/// reversible phase with a rollback.
+fn drills(plan: &handoff_plan::model::Plan, named: &[String]) -> anyhow::Result<Vec<String>> {
+    let drillable = |p: &&handoff_plan::model::Phase| p.reversible && p.rollback.is_some();
+    if named.is_empty() {
+        return Ok(plan.phases.iter().filter(drillable).map(|p| p.id.0.clone()).collect());
+    }
+    for id in named {
+        match plan.phases.iter().find(|p| p.id.0 == *id) {
+            Some(phase) if drillable(&phase) => {}
+            Some(phase) if !phase.reversible => anyhow::bail!(
+                "phase `{id}` is irreversible (`reversible: false`): it has no rollback to drill; rehearse its `restore:` in its steps instead"
+            ),
+            Some(_) => anyhow::bail!("phase `{id}` has no `rollback:` to drill"),
+            None => {
+                let ids: Vec<&str> = plan.phases.iter().map(|p| p.id.0.as_str()).collect();
+                anyhow::bail!("--drill-rollbacks: no phase `{id}`; the phases are {}", ids.join(", "))
+            }
+        }
+    }
+    Ok(named.to_vec())
 }
 
 pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
     let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(EXIT_INVALID) };
     let scenario = args.scenario.as_deref().map(|s| scenario(&args.plan, &plan.metadata.name.0, s)).transpose()?;
+    let drills = args.drill_rollbacks.as_deref().map(|named| drills(&plan, named)).transpose()?.unwrap_or_default();
     let work =
         tempfile::Builder::new().prefix("handoff-simulate-").tempdir().context("cannot create a work directory")?;
     let provider = match args.provider {
@@ -89,36 +128,25 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         sandbox: handoff_sandbox::Options { provider, keep: args.keep, ..handoff_sandbox::Options::default() },
         day: args.time_scale,
         work_dir: work.path().to_owned(),
+        drill: None,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let text = args.format == Format::Text;
-    let report = runtime.block_on(async {
-        let cancel = CancellationToken::new();
-        let mut signals = Signals::new()?;
-        let mut progress = |notice: &Notice| {
-            if let (true, Notice::Record(record)) = (text, notice)
-                && let Some(line) = crate::execute::line(record)
-            {
-                eprintln!("{line}");
-            }
-        };
-        let simulation = handoff_simulate::simulate(&plan, registry, &options, &mut progress, &cancel);
-        tokio::pin!(simulation);
-        loop {
-            tokio::select! {
-                result = &mut simulation => break result.map(Some).map_err(anyhow::Error::from),
-                () = signals.next() => {
-                    if cancel.is_cancelled() {
-                        return Ok(None);
-                    }
-                    eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)");
-                    cancel.cancel();
-                }
-            }
+    let Some(mut report) = simulate(&runtime, &plan, registry, &options, text)? else { return Ok(EXIT_INTERRUPTED) };
+    for (i, phase) in drills.iter().enumerate() {
+        if text {
+            eprintln!("\n── rollback drill {} of {}: `{phase}` ──", i + 1, drills.len());
         }
-    })?;
-    let Some(report) = report else { return Ok(EXIT_INTERRUPTED) };
+        let options = handoff_simulate::Options {
+            scenario: None,
+            work_dir: work.path().join(format!("drill-{phase}")),
+            drill: Some(phase.clone()),
+            ..options.clone()
+        };
+        let Some(drill) = simulate(&runtime, &plan, registry, &options, text)? else { return Ok(EXIT_INTERRUPTED) };
+        report.add_drill(&drill);
+    }
     let templates = handoff_render::Templates::load(None)?;
     let markdown = report.markdown(&templates)?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -134,4 +162,40 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         Format::Json => writeln!(out, "{json}")?,
     }
     Ok(if report.verdict == "pass" { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// One simulation on `runtime`, stopped by Ctrl-C; `None` when interrupted. Progress lines
+/// go to stderr when `text`.
+fn simulate(
+    runtime: &tokio::runtime::Runtime,
+    plan: &handoff_plan::model::Plan,
+    registry: &Registry,
+    options: &handoff_simulate::Options,
+    text: bool,
+) -> anyhow::Result<Option<handoff_simulate::Report>> {
+    runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let mut signals = Signals::new()?;
+        let mut progress = |notice: &Notice| {
+            if let (true, Notice::Record(record)) = (text, notice)
+                && let Some(line) = crate::execute::line(record)
+            {
+                eprintln!("{line}");
+            }
+        };
+        let simulation = handoff_simulate::simulate(plan, registry, options, &mut progress, &cancel);
+        tokio::pin!(simulation);
+        loop {
+            tokio::select! {
+                result = &mut simulation => break result.map(Some).map_err(anyhow::Error::from),
+                () = signals.next() => {
+                    if cancel.is_cancelled() {
+                        return Ok(None);
+                    }
+                    eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)");
+                    cancel.cancel();
+                }
+            }
+        }
+    })
 }

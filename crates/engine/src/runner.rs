@@ -221,11 +221,12 @@ impl Runner<'_> {
         let alarm = Alarm::default();
         let phase_cancel = self.cancel.child_token();
         let steps_done = CancellationToken::new();
-        // On a virtual clock, waits take no real time, so alerts are sampled at every step
-        // boundary (deterministically); on a real clock, a watcher samples them meanwhile.
-        let virtual_time = self.clock.is_virtual();
+        // When waits take real time (a real clock, or a simulation's paced one), a watcher
+        // samples alerts while the steps run; when they take none, alerts are sampled at
+        // every step boundary (deterministically).
+        let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
         let steps = async {
-            let mut watches = if virtual_time { self.alert_watches(phase) } else { Vec::new() };
+            let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
             let mut end = End::Done;
             for stage in &phase.stages {
                 for watch in &mut watches {
@@ -244,7 +245,7 @@ impl Runner<'_> {
             Ok::<End, EngineError>(end)
         };
         let watch = async {
-            if !virtual_time {
+            if watched {
                 self.watch_alerts(phase, &alarm, &phase_cancel, &steps_done).await;
             }
         };
@@ -490,7 +491,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Watches the phase's alerts while its steps run (real clock).
+    /// Watches the phase's alerts while its steps run (when waits take real time).
     async fn watch_alerts(
         &self,
         phase: &PhaseNode,
@@ -502,7 +503,9 @@ impl Runner<'_> {
         if watches.is_empty() {
             return;
         }
-        let tick = watches.iter().map(|w| w.interval).min().unwrap_or(Duration::from_secs(60));
+        let interval = watches.iter().map(|w| w.interval).min().unwrap_or(Duration::from_secs(60));
+        // Each sample is a query; on a fast-paced clock, no more than 20 a second.
+        let tick = self.clock.real_time(interval).unwrap_or(interval).max(Duration::from_millis(50));
         loop {
             for watch in &mut watches {
                 if let Err(error) = self.sample_alert(phase, watch, alarm, phase_cancel).await {

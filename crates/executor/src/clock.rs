@@ -22,6 +22,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 
     /// Whether waits are skipped rather than waited (simulation).
     fn is_virtual(&self) -> bool;
+
+    /// The real time a wait of `plan` takes on this clock; `None` when waits take none
+    /// (whoever watches while others wait must then look at step boundaries instead).
+    fn real_time(&self, plan: Duration) -> Option<Duration> {
+        (!self.is_virtual()).then_some(plan)
+    }
 }
 
 /// Wall-clock time; waits really wait.
@@ -77,7 +83,7 @@ impl Clock for VirtualClock {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        let real = self.pace.map_or(Duration::ZERO, |pace| duration.mul_f64(pace.min(1.0)));
+        let real = self.real_time(duration).unwrap_or(Duration::ZERO);
         {
             let mut skipped = self.skipped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let step = SignedDuration::try_from(duration - real).unwrap_or(SignedDuration::MAX);
@@ -93,6 +99,10 @@ impl Clock for VirtualClock {
 
     fn is_virtual(&self) -> bool {
         true
+    }
+
+    fn real_time(&self, plan: Duration) -> Option<Duration> {
+        self.pace.map(|pace| plan.mul_f64(pace.min(1.0)))
     }
 }
 

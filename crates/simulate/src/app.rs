@@ -74,7 +74,26 @@ pub struct Stats {
     /// Latencies (µs) of the last writes that went to one store only: the baseline dual
     /// writes are compared with.
     single_writes: VecDeque<u64>,
+    /// Reads by the share (percent) of reads the route gave the new owner when they ran:
+    /// (reads, failed, latencies in µs of the successful ones).
+    canary: BTreeMap<u32, (u64, u64, Vec<u64>)>,
 }
+
+/// Reads while the read route gave the new owner one share of them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CanaryPoint {
+    /// Percent of reads routed to the new owner.
+    pub weight: u32,
+    /// Reads made at that weight (all of them, on either service).
+    pub reads: u64,
+    /// Their p95 latency, in milliseconds.
+    pub p95_ms: f64,
+    /// Percent of them that failed.
+    pub error_percent: f64,
+}
+
+/// Reads in flight at most (beyond it, the read load waits).
+const READS_IN_FLIGHT: usize = 256;
 
 /// How many requests a latency percentile is taken over.
 const LATENCY_SAMPLES: usize = 200;
@@ -283,6 +302,33 @@ impl Model {
         self.owner()
     }
 
+    /// Percent of reads the read route gives services other than the original owner.
+    fn new_owner_share(&self) -> u32 {
+        let Some(weights) = self.weights(self.spec.reads.as_ref()) else { return 0 };
+        let total: f64 = weights.iter().sum();
+        let owner = weights.get(self.owner()).copied().unwrap_or(0.0);
+        (100.0 * (total - owner) / total).round() as u32
+    }
+
+    /// Reads by the new owner's share of them, from 0% (none) up; empty when the reads
+    /// never moved.
+    pub fn canary(&self) -> Vec<CanaryPoint> {
+        let stats = lock(&self.stats);
+        if stats.canary.len() < 2 {
+            return Vec::new();
+        }
+        stats
+            .canary
+            .iter()
+            .map(|(weight, (reads, failed, micros))| CanaryPoint {
+                weight: *weight,
+                reads: *reads,
+                p95_ms: p95(&mut micros.clone()).unwrap_or(0.0),
+                error_percent: if *reads == 0 { 0.0 } else { 100.0 * *failed as f64 / *reads as f64 },
+            })
+            .collect()
+    }
+
     /// The service that takes (most) writes now.
     fn writer(&self) -> usize {
         let Some(weights) = self.weights(self.spec.writes.as_ref()) else { return self.owner() };
@@ -398,7 +444,17 @@ impl Model {
         }
         let sample =
             Sample { at: Instant::now(), kind: Kind::Read, ok, micros: started.elapsed().as_micros() as u64, store };
-        lock(&self.stats).record(sample);
+        let share = self.new_owner_share();
+        {
+            let mut stats = lock(&self.stats);
+            stats.record(sample);
+            let point = stats.canary.entry(share).or_default();
+            point.0 += 1;
+            point.1 += u64::from(!ok);
+            if ok {
+                point.2.push(sample.micros);
+            }
+        }
         // A shadow comparison on every fifth read while shadow reads are on.
         let shadowing = self.spec.shadow_reads_flag.as_ref().is_none_or(|flag| lock(&self.routes).flag(flag));
         if shadowing && rng.random_ratio(1, 5) && self.services.len() == 2 {
@@ -527,15 +583,27 @@ impl Model {
                 let mut rng = rand::rngs::SmallRng::from_os_rng();
                 let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // Reads arrive at their rate however slowly they are served (open loop), as
+                // a service's clients do; writes go one after the other, so each document's
+                // last acknowledged write is well defined for the loss audit.
+                let mut reading = tokio::task::JoinSet::new();
                 while !stop.is_cancelled() {
                     tick.tick().await;
                     let n = zipf.map_or(0, |z| z.sample(&mut rng) as usize - 1).min(model.ids.len().saturating_sub(1));
-                    let Some(id) = model.ids.get(n).cloned() else { return };
+                    let Some(id) = model.ids.get(n).cloned() else { break };
                     match kind {
-                        Kind::Read => model.read(&mut rng, &id).await,
+                        Kind::Read => {
+                            while reading.try_join_next().is_some() {}
+                            if reading.len() >= READS_IN_FLIGHT {
+                                let _ = reading.join_next().await;
+                            }
+                            let (model, mut rng) = (model.clone(), rand::rngs::SmallRng::from_rng(&mut rng));
+                            reading.spawn(async move { model.read(&mut rng, &id).await });
+                        }
                         _ => model.write(&mut rng, &id).await,
                     }
                 }
+                while reading.join_next().await.is_some() {}
             }
         };
         tokio::join!(

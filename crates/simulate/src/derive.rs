@@ -21,12 +21,14 @@ pub struct Derived {
 }
 
 /// Derives the plan to run from `plan`; `server` gives a sandboxed resource's URL,
-/// `standin` is the stand-in service's base URL.
+/// `standin` is the stand-in service's base URL; `drill` names a phase whose rollback is
+/// drilled (a criterion that fails once its steps are done).
 pub fn derive(
     plan: &Plan,
     server: &dyn Fn(&str) -> Option<String>,
     standin: &str,
     scratch: &Path,
+    drill: Option<&str>,
 ) -> Result<Derived, String> {
     let simulation = plan.simulation.as_ref().ok_or("the plan has no `simulation:` section")?;
     let mut endpoints = BTreeMap::new();
@@ -53,9 +55,40 @@ pub fn derive(
             *entry = json!({"http_json": {"url": format!("{standin}/measures/{metric}"), "pointer": "/value"}});
         }
     }
+    if let Some(phase) = drill {
+        add_drill(&mut value, phase, standin)?;
+    }
     relocate_paths(&mut value, scratch);
     let plan = serde_json::from_value(value).map_err(|e| format!("the derived plan does not load: {e}"))?;
     Ok(Derived { plan, endpoints })
+}
+
+/// Adds the drill's metric and, to `phase`, a criterion on it that fails at its first
+/// sample (criteria are observed once the phase's steps are done).
+fn add_drill(plan: &mut Value, phase: &str, standin: &str) -> Result<(), String> {
+    let metric = crate::DRILL_METRIC;
+    if let Some(metrics) = plan.get_mut("metrics").and_then(Value::as_object_mut) {
+        metrics.insert(
+            metric.to_owned(),
+            json!({
+                "description": "A rollback drill: 1 while the simulator fails the phase on purpose.",
+                "unit": "count",
+                "source": {"http_json": {"url": format!("{standin}/measures/{metric}"), "pointer": "/value"}},
+            }),
+        );
+    }
+    let phases = plan.get_mut("phases").and_then(Value::as_array_mut).ok_or("the plan has no phases")?;
+    let target = phases.iter_mut().find(|p| p["id"] == phase).ok_or_else(|| format!("no phase `{phase}` to drill"))?;
+    let criterion = json!({
+        "id": "handoff-rollback-drill",
+        "description": "Rollback drill: the simulator fails the phase once its steps are done",
+        "metric": metric, "op": "==", "threshold": 0,
+    });
+    match target.get_mut("criteria").and_then(Value::as_array_mut) {
+        Some(criteria) => criteria.insert(0, criterion),
+        None => target["criteria"] = json!([criterion]),
+    }
+    Ok(())
 }
 
 /// Replaces every `${NAME}` in every string of `value`.

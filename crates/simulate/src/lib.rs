@@ -60,7 +60,14 @@ pub struct Options {
     pub day: Option<Duration>,
     /// Where the run's log and scratch files go.
     pub work_dir: PathBuf,
+    /// A rollback drill of this phase: the simulator fails it once its steps are done, so
+    /// its rollback runs against the sandbox and is timed against its budget. The run
+    /// stops there.
+    pub drill: Option<String>,
 }
+
+/// The metric a rollback drill's criterion reads (always 1, and the criterion wants 0).
+pub const DRILL_METRIC: &str = "handoff_rollback_drill";
 
 /// Wall time of each stage.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -91,6 +98,14 @@ pub async fn simulate(
     if let Some(scenario) = &options.scenario {
         faults.extend(scenario.faults.iter().cloned());
     }
+    // A drill is a scenario whose fault is the drill's criterion.
+    let drill = options.drill.as_ref().map(|phase| Scenario {
+        name: format!("rollback drill of `{phase}`"),
+        description: Some(format!("phase `{phase}` is failed on purpose once its steps are done")),
+        faults: Vec::new(),
+        expect_rollback: Some(handoff_plan::model::Id(phase.clone())),
+    });
+    let scenario = drill.as_ref().or(options.scenario.as_ref());
     let mut timings = Timings::default();
 
     let started = Instant::now();
@@ -147,7 +162,8 @@ pub async fn simulate(
     timings.seed_seconds = started.elapsed().as_secs_f64();
 
     let scratch = options.work_dir.join("scratch");
-    let derived = derive::derive(plan, &|id| url(id), &standin.url, &scratch).map_err(SimulateError::Setup)?;
+    let derived = derive::derive(plan, &|id| url(id), &standin.url, &scratch, options.drill.as_deref())
+        .map_err(SimulateError::Setup)?;
     if let Some(simulation) = &derived.plan.simulation {
         let mut state = standin.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for response in &simulation.responses {
@@ -179,7 +195,8 @@ pub async fn simulate(
     let stop = CancellationToken::new();
     let serving = tokio::spawn(model.clone().serve(stop.clone()));
     let consumers = kafka.as_deref().map(|k| model.consume(k, &stop)).unwrap_or_default();
-    let measures = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
+    let mut measures: BTreeMap<String, _> = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
+    measures.insert(DRILL_METRIC.to_owned(), handoff_plan::simulation::Measure::Constant(1.0));
     standin.measure_with(model.measurer(measures, tokio::runtime::Handle::current()));
 
     // The run.
@@ -235,20 +252,11 @@ pub async fn simulate(
     let (run_id, outcome) = result?;
     // A sync the run left going may still be applying the last writes: allow it a moment.
     let audit = model.audit(Duration::from_secs(5)).await;
+    let canary = model.canary();
     let records = store.load(&run_id).map_err(handoff_engine::EngineError::from)?;
     let totals = model.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).totals.clone();
-    let report = report::build(
-        plan,
-        &derived.plan,
-        &records,
-        &outcome,
-        options.scenario.as_ref(),
-        audit,
-        applied,
-        totals,
-        timings,
-        day,
-    );
+    let report =
+        report::build(plan, &derived.plan, &records, &outcome, scenario, audit, canary, applied, totals, timings, day);
     if !options.sandbox.keep {
         sandbox.shutdown().await;
     }

@@ -39,6 +39,10 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     /// The end-of-run check that no acknowledged write was lost, or why it could not run.
     pub audit: AuditOutcome,
+    /// Rollback drills, each from a run of its own.
+    pub drills: Vec<Drill>,
+    /// Read latency and errors at each share of reads the canary gave the new owner.
+    pub canary: Vec<crate::app::CanaryPoint>,
     /// Faults injected.
     pub faults: Vec<String>,
     /// Requests the application model made, and how many failed, by kind.
@@ -52,6 +56,23 @@ pub struct Expectation {
     pub phase: String,
     /// Whether it failed, rolled back within budget and lost nothing (the end-of-run audit
     /// found every acknowledged write).
+    pub met: bool,
+    /// Why not, when not.
+    pub detail: String,
+}
+
+/// A rollback drill: the phase failed on purpose once its steps were done.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drill {
+    /// The phase.
+    pub phase: String,
+    /// Its rollback, when the drill got that far.
+    pub rollback: Option<RollbackReport>,
+    /// Documents whose last acknowledged write was missing after the rollback (`None`:
+    /// the audit could not run).
+    pub lost: Option<u64>,
+    /// Whether the rollback ran within its budget, every step succeeded and nothing was
+    /// lost.
     pub met: bool,
     /// Why not, when not.
     pub detail: String,
@@ -156,6 +177,7 @@ pub(crate) fn build(
     outcome: &Outcome,
     scenario: Option<&Scenario>,
     audit: Result<crate::app::Audit, String>,
+    canary: Vec<crate::app::CanaryPoint>,
     faults: Vec<String>,
     totals: BTreeMap<&'static str, (u64, u64)>,
     timings: Timings,
@@ -309,6 +331,8 @@ pub(crate) fn build(
         day_seconds: day.as_secs_f64(),
         timings,
         phases,
+        drills: Vec::new(),
+        canary,
         audit: match audit {
             Ok(audit) => AuditOutcome::Done(audit),
             Err(error) => AuditOutcome::Failed { error },
@@ -322,6 +346,32 @@ pub(crate) fn build(
 }
 
 impl Report {
+    /// Adds the result of a drill run (a report whose expectation is its phase's rollback);
+    /// a failed drill fails the report.
+    pub fn add_drill(&mut self, drill: &Report) {
+        let phase = drill.expectation.as_ref().map(|e| e.phase.clone()).unwrap_or_default();
+        let met = drill.expectation.as_ref().is_some_and(|e| e.met);
+        let detail = match &drill.expectation {
+            Some(e) if !e.detail.is_empty() => e.detail.clone(),
+            _ if met => String::new(),
+            _ => drill.outcome.clone(),
+        };
+        self.drills.push(Drill {
+            rollback: drill.phases.iter().find(|p| p.id == phase).and_then(|p| p.rollback.clone()),
+            lost: match &drill.audit {
+                AuditOutcome::Done(audit) => Some(audit.lost),
+                AuditOutcome::Failed { .. } => None,
+            },
+            phase,
+            met,
+            detail,
+        });
+        if !met && self.verdict == "pass" {
+            self.verdict = "fail";
+            self.outcome = format!("{}, but a rollback drill failed", self.outcome);
+        }
+    }
+
     /// The report as Markdown for a PR comment (the `report.md.tera` template).
     pub fn markdown(&self, templates: &handoff_render::Templates) -> Result<String, handoff_render::RenderError> {
         let mut view = serde_json::to_value(self).unwrap_or_default();
@@ -349,9 +399,12 @@ impl Report {
                 + usize::from(p.rollback.as_ref().is_some_and(|r| r.breached || !r.ok))
         };
         let lost = !matches!(&self.audit, AuditOutcome::Done(audit) if audit.lost == 0);
-        let total: usize =
-            1 + self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum::<usize>();
-        let failed: usize = usize::from(lost) + self.phases.iter().map(failures).sum::<usize>();
+        let total: usize = 1
+            + self.drills.len()
+            + self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum::<usize>();
+        let failed: usize = usize::from(lost)
+            + self.drills.iter().filter(|d| !d.met).count()
+            + self.phases.iter().map(failures).sum::<usize>();
         out.push_str(&format!(
             "<testsuites name=\"handoff simulate {}\" tests=\"{total}\" failures=\"{failed}\">\n",
             escape(&self.plan)
@@ -413,7 +466,29 @@ impl Report {
         if let Some(lost) = lost {
             out.push_str(&format!("<failure message=\"acknowledged writes lost\">{}</failure>", escape(&lost)));
         }
-        out.push_str("</testcase>\n  </testsuite>\n</testsuites>\n");
+        out.push_str("</testcase>\n  </testsuite>\n");
+        if !self.drills.is_empty() {
+            let failed = self.drills.iter().filter(|d| !d.met).count();
+            out.push_str(&format!(
+                "  <testsuite name=\"rollback-drills\" tests=\"{}\" failures=\"{failed}\">\n",
+                self.drills.len()
+            ));
+            for drill in &self.drills {
+                out.push_str(&format!(
+                    "    <testcase classname=\"rollback-drills\" name=\"{}\">",
+                    escape(&drill.phase)
+                ));
+                if !drill.met {
+                    out.push_str(&format!(
+                        "<failure message=\"rollback drill failed\">{}</failure>",
+                        escape(&drill.detail)
+                    ));
+                }
+                out.push_str("</testcase>\n");
+            }
+            out.push_str("  </testsuite>\n");
+        }
+        out.push_str("</testsuites>\n");
         out
     }
 }

@@ -270,8 +270,8 @@ const RECHECK_LIMIT: usize = 10_000;
 /// them; a real difference stays.
 const RECHECK_WAITS: [Duration; 3] = [Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(3)];
 
-/// Checks the differences found again, by id, after short waits: a document written
-/// while the comparison ran (on a live collection, with a sync or dual writes applying
+/// Checks the differences found (by a full comparison or a sample) again, by id, after
+/// short waits: a document written while the comparison ran (on a live collection, with a sync or dual writes applying
 /// it) is not a discrepancy unless it stays different.
 async fn recheck(
     findings: &mut Findings,
@@ -329,15 +329,13 @@ pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Res
     let target = clients.resolve(cx, &params.target, &params.source).await?;
     let canon = Canon { ignore_field_order: params.ignore_field_order, numeric_by_value: params.numeric_by_value };
     let limit = params.max_examples.unwrap_or(10) as usize;
-    let findings = match params.mode {
-        VerifyMode::Full | VerifyMode::Hashed => {
-            let mut findings = compare_all(&source, &target, canon, limit.max(RECHECK_LIMIT), cx).await?;
-            recheck(&mut findings, &source, &target, canon, cx).await?;
-            findings.truncate(limit);
-            findings
-        }
-        VerifyMode::Sample => sample(&source, &target, params.sample_size.unwrap_or(1000), canon, limit).await?,
+    let tracked = limit.max(RECHECK_LIMIT);
+    let mut findings = match params.mode {
+        VerifyMode::Full | VerifyMode::Hashed => compare_all(&source, &target, canon, tracked, cx).await?,
+        VerifyMode::Sample => sample(&source, &target, params.sample_size.unwrap_or(1000), canon, tracked).await?,
     };
+    recheck(&mut findings, &source, &target, canon, cx).await?;
+    findings.truncate(limit);
     // A full comparison reads every document of both sides: the exact counts come with it.
     let (source_count, target_count) = match params.mode {
         VerifyMode::Sample => (count(&source).await?, count(&target).await?),
