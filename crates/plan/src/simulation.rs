@@ -185,8 +185,9 @@ pub enum Measure {
     /// Extra write latency of dual writes, in milliseconds, while they run: the p95 of
     /// the last 200 writes minus the p95 of the last 200 writes to one store only.
     DualWriteLatency,
-    /// Percent of reads served by the new owner that differ from the old owner's
-    /// document.
+    /// Percent of shadow reads (every fifth read, while the shadow-read flag is on) whose
+    /// document differs between the two stores, still 200 ms later (a write in flight to
+    /// one of them is not a mismatch).
     ShadowMismatch,
     /// Percent of requests (reads and writes) that failed.
     ErrorRate,

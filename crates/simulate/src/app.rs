@@ -92,6 +92,9 @@ pub struct CanaryPoint {
     pub error_percent: f64,
 }
 
+/// How long a shadow read waits before it reads a difference again.
+const SHADOW_RECHECK: Duration = Duration::from_millis(200);
+
 /// Reads in flight at most (beyond it, the read load waits).
 const READS_IN_FLIGHT: usize = 256;
 
@@ -462,15 +465,27 @@ impl Model {
         }
     }
 
+    /// A shadow comparison of one document in both stores. A difference is read again
+    /// after a moment before it counts: a dual write in flight (one store written, the
+    /// other not yet) is not a mismatch; a dropped one stays.
     async fn shadow(&self, id: &str) {
         let started = Instant::now();
-        let (a, b) =
-            tokio::join!(self.services[0].2.find_one(doc! {"_id": id}), self.services[1].2.find_one(doc! {"_id": id}));
-        if let (Ok(a), Ok(b)) = (a, b)
-            && a.is_some()
-            && b.is_some()
-        {
-            let same = a == b;
+        let both = || async {
+            let (a, b) = tokio::join!(
+                self.services[0].2.find_one(doc! {"_id": id}),
+                self.services[1].2.find_one(doc! {"_id": id})
+            );
+            match (a, b) {
+                (Ok(Some(a)), Ok(Some(b))) => Some(a == b),
+                _ => None,
+            }
+        };
+        let mut same = both().await;
+        if same == Some(false) {
+            tokio::time::sleep(SHADOW_RECHECK).await;
+            same = both().await;
+        }
+        if let Some(same) = same {
             let sample = Sample {
                 at: Instant::now(),
                 kind: Kind::Shadow,
