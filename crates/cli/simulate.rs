@@ -134,6 +134,7 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let text = args.format == Format::Text;
     let Some(mut report) = simulate(&runtime, &plan, registry, &options, text)? else { return Ok(EXIT_INTERRUPTED) };
+    let mut interrupted = false;
     for (i, phase) in drills.iter().enumerate() {
         if text {
             eprintln!("\n── rollback drill {} of {}: `{phase}` ──", i + 1, drills.len());
@@ -144,7 +145,11 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
             drill: Some(phase.clone()),
             ..options.clone()
         };
-        let Some(drill) = simulate(&runtime, &plan, registry, &options, text)? else { return Ok(EXIT_INTERRUPTED) };
+        // Interrupted, the report of what finished is still written.
+        let Some(drill) = simulate(&runtime, &plan, registry, &options, text)? else {
+            interrupted = true;
+            break;
+        };
         report.add_drill(&drill);
     }
     let templates = handoff_render::Templates::load(None)?;
@@ -161,7 +166,11 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         Format::Text => write!(out, "{markdown}")?,
         Format::Json => writeln!(out, "{json}")?,
     }
-    Ok(if report.verdict == "pass" { EXIT_OK } else { EXIT_FAILED })
+    Ok(match report.verdict {
+        _ if interrupted => EXIT_INTERRUPTED,
+        "pass" => EXIT_OK,
+        _ => EXIT_FAILED,
+    })
 }
 
 /// One simulation on `runtime`, stopped by Ctrl-C; `None` when interrupted. Progress lines

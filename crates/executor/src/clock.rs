@@ -102,7 +102,7 @@ impl Clock for VirtualClock {
     }
 
     fn real_time(&self, plan: Duration) -> Option<Duration> {
-        self.pace.map(|pace| plan.mul_f64(pace.min(1.0)))
+        self.pace.filter(|pace| *pace > 0.0).map(|pace| plan.mul_f64(pace.min(1.0)))
     }
 }
 

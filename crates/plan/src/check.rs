@@ -158,7 +158,7 @@ impl<'c> Checker<'c> {
             | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
                 let allowed = self.allowed_keys(error.schema_path().as_str());
                 for key in unexpected {
-                    let key_pointer = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
+                    let key_pointer = crate::source::child(&pointer, key);
                     let mut diagnostic = Diagnostic::new(
                         codes::UNKNOWN_FIELD,
                         key_pointer.clone(),

@@ -259,7 +259,7 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
             ));
         }
         for (pointer, field) in &response.json {
-            let at = format!("{at}/json/{}", pointer.replace('~', "~0").replace('/', "~1"));
+            let at = crate::source::child(&format!("{at}/json"), pointer);
             if !pointer.starts_with('/') {
                 out.push(Diagnostic::new(
                     codes::INVALID_VALUE,
@@ -792,8 +792,7 @@ fn credentials(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
         Value::Object(map) => {
             for (key, item) in map {
                 let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                crate::source::push_token(pointer, key);
                 match item {
                     Value::String(text) if is_secret_key(key) && !text.is_empty() && !is_referenced_value(text) => {
                         out.push(

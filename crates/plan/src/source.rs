@@ -207,7 +207,7 @@ fn span_of(text: &str, location: &Location) -> Option<Span> {
 }
 
 /// Appends a JSON pointer token (RFC 6901 escaping).
-fn push_token(pointer: &mut String, token: &str) {
+pub(crate) fn push_token(pointer: &mut String, token: &str) {
     pointer.push('/');
     for c in token.chars() {
         match c {
@@ -216,6 +216,13 @@ fn push_token(pointer: &mut String, token: &str) {
             c => pointer.push(c),
         }
     }
+}
+
+/// `pointer` with `token` appended (RFC 6901 escaping).
+pub(crate) fn child(pointer: &str, token: &str) -> String {
+    let mut out = pointer.to_owned();
+    push_token(&mut out, token);
+    out
 }
 
 fn lower(

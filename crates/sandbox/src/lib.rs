@@ -480,6 +480,9 @@ async fn free_port() -> Result<u16, SandboxError> {
     Ok(listener.local_addr().map_err(io("cannot find a free port"))?.port())
 }
 
+/// Ports tried for a server whose port was taken before it could bind it.
+const PORT_ATTEMPTS: u32 = 3;
+
 async fn start_local(
     spec: &ServiceSpec,
     engine: Engine,
@@ -489,23 +492,36 @@ async fn start_local(
 ) -> Result<Service, SandboxError> {
     std::fs::create_dir_all(dir.join("data")).map_err(io(format!("cannot create {}", dir.display())))?;
     std::fs::write(dir.join("secantusd.toml"), "").map_err(io(format!("cannot write into {}", dir.display())))?;
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io("cannot open the fault proxy"))?;
-    let server_port = free_port().await?;
-    let proxy = FaultProxy::start(listener, server_port).map_err(io("cannot open the fault proxy"))?;
-    let endpoint = Endpoint {
-        name: spec.name.clone(),
-        kind: spec.kind,
-        url: url(spec.kind, proxy.port(), spec.database.as_deref()),
-        port: proxy.port(),
-        server_port,
-        engine: format!("{} {}", engine.name, engine.version),
+    // A free port can be taken by someone else between finding it and the server binding
+    // it (parallel sandboxes): a server that exits with "address in use" gets another.
+    let mut attempt = 1;
+    let (endpoint, proxy, launch, process) = loop {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io("cannot open the fault proxy"))?;
+        let server_port = free_port().await?;
+        let proxy = FaultProxy::start(listener, server_port).map_err(io("cannot open the fault proxy"))?;
+        let endpoint = Endpoint {
+            name: spec.name.clone(),
+            kind: spec.kind,
+            url: url(spec.kind, proxy.port(), spec.database.as_deref()),
+            port: proxy.port(),
+            server_port,
+            engine: format!("{} {}", engine.name, engine.version),
+        };
+        // A kept sandbox outlives this process and its proxies: clients then use server ports.
+        let advertised = if keep { server_port } else { proxy.port() };
+        let launch = Launch { keep, ..engine.launch(server_port, advertised, &dir) };
+        let mut process = Process::spawn(&launch, &dir, &dir.join("server.log"))
+            .map_err(io(format!("cannot start {} for {}", engine.name, spec.name)))?;
+        match wait_ready(&endpoint, &engine, Some(&mut process), timeout).await {
+            Ok(()) => break (endpoint, proxy, launch, process),
+            Err(_) if attempt < PORT_ATTEMPTS && process.log_tail(20).to_lowercase().contains("in use") => {
+                tracing::warn!(server_port, "port taken before the server bound it; trying another");
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
     };
-    // A kept sandbox outlives this process and its proxies: clients then use server ports.
-    let advertised = if keep { server_port } else { proxy.port() };
-    let launch = Launch { keep, ..engine.launch(server_port, advertised, &dir) };
-    let mut process = Process::spawn(&launch, &dir, &dir.join("server.log"))
-        .map_err(io(format!("cannot start {} for {}", engine.name, spec.name)))?;
-    wait_ready(&endpoint, &engine, Some(&mut process), timeout).await?;
+    let server_port = endpoint.server_port;
     tracing::info!(engine = %endpoint.engine, port = endpoint.port, server_port, "ready");
     if !spec.topics.is_empty() {
         probe::create_topics(&endpoint.url, &spec.topics).await.map_err(|reason| {

@@ -74,6 +74,8 @@ pub struct Stats {
     /// Latencies (µs) of the last writes that went to one store only: the baseline dual
     /// writes are compared with.
     single_writes: VecDeque<u64>,
+    /// Latencies (µs) the client saw of the last writes made while dual writes ran.
+    dual_writes: VecDeque<u64>,
     /// Reads by the share (percent) of reads the route gave the new owner when they ran:
     /// (reads, failed, latencies in µs of the successful ones).
     canary: BTreeMap<u32, (u64, u64, Vec<u64>)>,
@@ -91,6 +93,12 @@ pub struct CanaryPoint {
     /// Percent of them that failed.
     pub error_percent: f64,
 }
+
+/// Documents the loss audit reads per query.
+const AUDIT_BATCH: usize = 5_000;
+
+/// How long a measure may take before the stand-in answers that it has none.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a shadow read waits before it reads a difference again.
 const SHADOW_RECHECK: Duration = Duration::from_millis(200);
@@ -169,7 +177,8 @@ pub struct Audit {
     pub acknowledged_writes: u64,
     /// Documents those writes touched, all checked.
     pub documents: u64,
-    /// Documents whose last acknowledged write is missing (absent, or an older value).
+    /// Documents whose last acknowledged write is not there: absent, or holding a value
+    /// neither that write nor a later one of unknown outcome wrote.
     pub lost: u64,
     /// Up to five of them, with what was expected and found.
     pub examples: Vec<String>,
@@ -356,17 +365,19 @@ impl Model {
         let mut pending: Vec<&(String, i32, Vec<i32>)> = expected.iter().collect();
         let mut found: HashMap<String, Option<i32>> = HashMap::new();
         loop {
-            let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
-            let mut cursor = collection
-                .find(doc! {"_id": {"$in": ids}})
-                .projection(doc! {"price.amount": 1})
-                .await
-                .map_err(|e| format!("reading `{store}`: {e}"))?;
             found.clear();
-            while let Some(document) = cursor.try_next().await.map_err(|e| format!("reading `{store}`: {e}"))? {
-                let id = document.get_str("_id").unwrap_or_default().to_owned();
-                let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
-                found.insert(id, amount);
+            let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
+            for chunk in ids.chunks(AUDIT_BATCH) {
+                let mut cursor = collection
+                    .find(doc! {"_id": {"$in": chunk}})
+                    .projection(doc! {"price.amount": 1})
+                    .await
+                    .map_err(|e| format!("reading `{store}`: {e}"))?;
+                while let Some(document) = cursor.try_next().await.map_err(|e| format!("reading `{store}`: {e}"))? {
+                    let id = document.get_str("_id").unwrap_or_default().to_owned();
+                    let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
+                    found.insert(id, amount);
+                }
             }
             pending.retain(|(id, acknowledged, uncertain)| {
                 let value = found.get(id).copied().flatten();
@@ -382,7 +393,7 @@ impl Model {
             .take(5)
             .map(|(id, acknowledged, _)| match found.get(id) {
                 Some(Some(value)) => format!("`{id}`: price.amount {value}, acknowledged {acknowledged}"),
-                _ => format!("`{id}`: missing, acknowledged price.amount {acknowledged}"),
+                _ => format!("`{id}`: missing (or no int32 price.amount), acknowledged price.amount {acknowledged}"),
             })
             .collect();
         Ok(Audit {
@@ -415,6 +426,7 @@ impl Model {
     async fn read(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
         let store = self.pick(self.spec.reads.as_ref(), rng.random());
+        let share = self.new_owner_share();
         self.delay(store).await;
         let key = self.cache.as_ref().map(|(_, key, _)| key.replace("{_id}", id));
         let mut ok = true;
@@ -447,7 +459,6 @@ impl Model {
         }
         let sample =
             Sample { at: Instant::now(), kind: Kind::Read, ok, micros: started.elapsed().as_micros() as u64, store };
-        let share = self.new_owner_share();
         {
             let mut stats = lock(&self.stats);
             stats.record(sample);
@@ -528,10 +539,13 @@ impl Model {
         {
             let mut ledger = lock(&self.ledger);
             let written = ledger.documents.entry(id.to_owned()).or_default();
+            // A write the client saw fail may still be in a store: the owner failed
+            // mid-write, or the owner refused it and the other store took the dual write.
+            let maybe_applied = !primary.refused || secondary.is_some_and(|s| !s.refused);
             if ok {
                 written.acknowledged = Some(amount);
                 written.uncertain.clear();
-            } else if !primary.refused {
+            } else if maybe_applied {
                 written.uncertain.push(amount);
             }
             ledger.acknowledged += u64::from(ok);
@@ -540,8 +554,10 @@ impl Model {
             let micros = (at - started).as_micros() as u64;
             let mut stats = lock(&self.stats);
             stats.record(Sample { at, kind: Kind::Write, ok, micros, store: writer });
-            if ok && secondary.is_none() {
-                keep(&mut stats.single_writes, micros);
+            match (ok, secondary) {
+                (true, None) => keep(&mut stats.single_writes, micros),
+                (true, Some(_)) => keep(&mut stats.dual_writes, micros),
+                (false, _) => {}
             }
         }
         if let Some(secondary) = secondary {
@@ -698,7 +714,8 @@ impl Model {
         let model = self.clone();
         Arc::new(move |metric: &str| {
             let measure = measures.get(metric)?;
-            handle.block_on(model.value(measure))
+            // The timer is made inside the runtime (`block_on` enters it).
+            handle.block_on(async { tokio::time::timeout(MEASURE_TIMEOUT, model.value(measure)).await }).ok().flatten()
         })
     }
 
@@ -724,9 +741,9 @@ impl Model {
                     return None;
                 }
                 let stats = stats();
-                let now = stats.p95_ms(Kind::Write)?;
-                let before = p95(&mut stats.single_writes.iter().copied().collect::<Vec<_>>())?;
-                Some((now - before).max(0.0))
+                let dual = p95(&mut stats.dual_writes.iter().copied().collect::<Vec<_>>())?;
+                let single = p95(&mut stats.single_writes.iter().copied().collect::<Vec<_>>())?;
+                Some((dual - single).max(0.0))
             }
             Measure::ShadowMismatch => stats().success_percent(Kind::Shadow).map(|ok| 100.0 - ok),
             Measure::ErrorRate => {

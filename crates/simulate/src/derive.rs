@@ -67,7 +67,8 @@ pub fn derive(
 /// sample (criteria are observed once the phase's steps are done).
 fn add_drill(plan: &mut Value, phase: &str, standin: &str) -> Result<(), String> {
     let metric = crate::DRILL_METRIC;
-    if let Some(metrics) = plan.get_mut("metrics").and_then(Value::as_object_mut) {
+    let metrics = plan.as_object_mut().map(|p| p.entry("metrics").or_insert_with(|| json!({})));
+    if let Some(metrics) = metrics.and_then(Value::as_object_mut) {
         metrics.insert(
             metric.to_owned(),
             json!({

@@ -72,10 +72,18 @@ impl StandIn {
         let state = Arc::new(Mutex::new(State::default()));
         let measurer: Arc<OnceLock<Measurer>> = Arc::default();
         let (serving, shared, measuring) = (server.clone(), state.clone(), measurer.clone());
+        // A thread per request: a slow measure (a query to a server that is out) must not
+        // hold up flags, routes and health checks.
         let thread = std::thread::Builder::new().name("handoff-standin".to_owned()).spawn(move || {
-            let measure = |metric: &str| measuring.get().and_then(|m| m(metric));
             for request in serving.incoming_requests() {
-                answer(request, &shared, &measure);
+                let (shared, measuring) = (shared.clone(), measuring.clone());
+                let spawned = std::thread::Builder::new().name("handoff-standin-request".to_owned()).spawn(move || {
+                    let measure = |metric: &str| measuring.get().and_then(|m| m(metric));
+                    answer(request, &shared, &measure);
+                });
+                if let Err(error) = spawned {
+                    tracing::warn!("the stand-in service cannot answer a request: {error}");
+                }
             }
         })?;
         Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, measurer, server, thread: Some(thread) })
@@ -127,7 +135,10 @@ fn route(
     if let Some(metric) = path.strip_prefix("/measures/") {
         return match measure(metric) {
             Some(value) => (200, json!({"value": value})),
-            None => (404, json!({"error": "no value measured"})),
+            None => (
+                404,
+                json!({"error": format!("no value for `{metric}`: is it under `simulation.measures`? A measure of requests has none until such requests ran")}),
+            ),
         };
     }
     let declared = if writes { None } else { lock(state).responses.get(path).cloned() };
@@ -135,7 +146,10 @@ fn route(
         let mut body = json!({});
         for (pointer, field) in fields {
             let Some(measured) = measure(&field.metric.0) else {
-                return (503, json!({"error": format!("`{}` has no value measured", field.metric)}));
+                return (
+                    503,
+                    json!({"error": format!("`{}` has no value yet (no requests of its kind ran)", field.metric)}),
+                );
             };
             set(&mut body, &pointer, field.value(measured));
         }
