@@ -61,6 +61,24 @@ pub struct Expectation {
     pub detail: String,
 }
 
+impl AuditOutcome {
+    /// What was lost, in words (with examples), or why the audit could not run; `None`
+    /// when nothing was lost.
+    pub fn loss(&self) -> Option<String> {
+        match self {
+            AuditOutcome::Done(audit) if audit.lost == 0 => None,
+            AuditOutcome::Done(audit) => Some(format!(
+                "the last acknowledged write of {} of {} documents is missing from `{}` ({})",
+                audit.lost,
+                audit.documents,
+                audit.store,
+                audit.examples.join("; ")
+            )),
+            AuditOutcome::Failed { error } => Some(format!("the loss audit could not run: {error}")),
+        }
+    }
+}
+
 /// A rollback drill: the phase failed on purpose once its steps were done.
 #[derive(Debug, Clone, Serialize)]
 pub struct Drill {
@@ -292,13 +310,11 @@ pub(crate) fn build(
         (Some(first), Some(last)) => last.at.duration_since(first.at).as_secs_f64() / 86_400.0,
         _ => 0.0,
     };
-    let lost = match &audit {
-        Ok(audit) if audit.lost == 0 => None,
-        Ok(audit) => {
-            Some(format!("the last acknowledged write of {} documents is missing from `{}`", audit.lost, audit.store))
-        }
-        Err(error) => Some(format!("the loss audit could not run: {error}")),
+    let audit = match audit {
+        Ok(audit) => AuditOutcome::Done(audit),
+        Err(error) => AuditOutcome::Failed { error },
     };
+    let lost = audit.loss();
     let (verdict, outcome_text) = match outcome {
         Outcome::Completed if lost.is_none() => ("pass", "every phase passed".to_owned()),
         Outcome::Completed => ("fail", format!("every phase passed, but {}", lost.as_deref().unwrap_or_default())),
@@ -333,10 +349,7 @@ pub(crate) fn build(
         phases,
         drills: Vec::new(),
         canary,
-        audit: match audit {
-            Ok(audit) => AuditOutcome::Done(audit),
-            Err(error) => AuditOutcome::Failed { error },
-        },
+        audit,
         faults,
         load: totals
             .into_iter()
@@ -398,11 +411,11 @@ impl Report {
             p.criteria.iter().filter(|c| c.verdict != "pass" && c.verdict != "assumed in simulation").count()
                 + usize::from(p.rollback.as_ref().is_some_and(|r| r.breached || !r.ok))
         };
-        let lost = !matches!(&self.audit, AuditOutcome::Done(audit) if audit.lost == 0);
+        let lost = self.audit.loss();
         let total: usize = 1
             + self.drills.len()
             + self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum::<usize>();
-        let failed: usize = usize::from(lost)
+        let failed: usize = usize::from(lost.is_some())
             + self.drills.iter().filter(|d| !d.met).count()
             + self.phases.iter().map(failures).sum::<usize>();
         out.push_str(&format!(
@@ -448,17 +461,6 @@ impl Report {
             }
             out.push_str("  </testsuite>\n");
         }
-        let lost = match &self.audit {
-            AuditOutcome::Done(audit) if audit.lost == 0 => None,
-            AuditOutcome::Done(audit) => Some(format!(
-                "{} of {} documents lack their last acknowledged write in {}: {}",
-                audit.lost,
-                audit.documents,
-                audit.store,
-                audit.examples.join("; ")
-            )),
-            AuditOutcome::Failed { error } => Some(error.clone()),
-        };
         out.push_str(&format!(
             "  <testsuite name=\"audit\" tests=\"1\" failures=\"{}\">\n    <testcase classname=\"audit\" name=\"no-acknowledged-write-lost\">",
             usize::from(lost.is_some())
