@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use handoff_executor::{Context, StepError};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Document, Timestamp, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::error::ErrorKind;
@@ -135,6 +135,73 @@ fn lag_of(event: &ChangeStreamEvent<Document>) -> Option<f64> {
     Some(((now - event_ms(event)?) as f64 / 1000.0).max(0.0))
 }
 
+/// Empty reads in a row after which a drain ends even though the stream's position did
+/// not reach the ask's cluster time (a server whose clock moves without writes).
+const DRAIN_EMPTY_READS: u32 = 3;
+
+/// A drained stop in progress.
+struct Drain {
+    /// The source's cluster time when the stop was asked: every change acknowledged before
+    /// the ask is at or before it. `None` when the server did not say.
+    to: Option<Timestamp>,
+    /// Empty reads since the ask.
+    empty_reads: u32,
+}
+
+impl Drain {
+    /// Whether the sync has applied everything written before the ask, given the last read
+    /// (`caught_up`: it was empty) and the stream's position after it. An empty read alone
+    /// does not prove it: a server may acknowledge a write a moment before its change
+    /// stream shows it (a drain cut 3 deletes short that way), so the position must reach
+    /// the ask's cluster time, on a busy source (an event after it) as on an idle one (the
+    /// post-batch resume token). Only when the position is unknown, or stays short for
+    /// [`DRAIN_EMPTY_READS`] empty reads, does an empty read end it.
+    fn done(&mut self, caught_up: bool, position: Option<Timestamp>) -> bool {
+        if let (Some(to), Some(at)) = (self.to, position)
+            && at >= to
+        {
+            return true;
+        }
+        if !caught_up {
+            return false;
+        }
+        self.empty_reads += 1;
+        self.to.is_none() || position.is_none() || self.empty_reads >= DRAIN_EMPTY_READS
+    }
+}
+
+/// The source server's cluster time now, from the reply to a `ping`.
+async fn cluster_time(source: &Coll) -> Option<Timestamp> {
+    let db = source.raw.client().database(source.raw.namespace().db.as_str());
+    let reply = db.run_command(doc! { "ping": 1 }).await.ok()?;
+    reply
+        .get_timestamp("operationTime")
+        .ok()
+        .or_else(|| reply.get_document("$clusterTime").ok()?.get_timestamp("clusterTime").ok())
+}
+
+/// The cluster time a resume token stands for. mongod's tokens are KeyString bytes in hex
+/// that start with the timestamp (type byte 130, then seconds and increment, big-endian);
+/// SecantusDB's are a BSON document in hex with the timestamp in `t`.
+fn token_time(token: &ResumeToken) -> Option<Timestamp> {
+    let token = mongodb::bson::to_document(token).ok()?;
+    let hex = token.get_str("_data").ok()?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    if let Ok(inner) = Document::from_reader(bytes.as_slice()) {
+        return inner.get_timestamp("t").ok();
+    }
+    match bytes.as_slice() {
+        [130, time @ ..] if time.len() >= 8 => Some(Timestamp {
+            time: u32::from_be_bytes(time[..4].try_into().ok()?),
+            increment: u32::from_be_bytes(time[4..8].try_into().ok()?),
+        }),
+        _ => None,
+    }
+}
+
 /// The background loop: apply, checkpoint, report, until stopped.
 async fn apply_loop(
     mut stream: ChangeStream<ChangeStreamEvent<Document>>,
@@ -153,28 +220,24 @@ async fn apply_loop(
         let token = stream.resume_token().and_then(|t| serde_json::to_value(t).ok());
         cx.save_checkpoint(&json!({ "resume_token": token, "applied": stats.applied }))
     };
-    // When a drained stop was asked (wall clock, ms): changes up to then are applied. On a
-    // busy source the stream never runs dry, so reaching an event written after the ask
-    // ends the drain too (the server's and this host's clocks are assumed close).
-    let mut drain_from: Option<i64> = None;
-    let mut last_event_ms: Option<i64> = None;
+    let mut drain: Option<Drain> = None;
     let result = loop {
         let asked = *stop.borrow_and_update();
-        if asked == Some(true) && drain_from.is_none() {
-            drain_from = Some(mongodb::bson::DateTime::now().timestamp_millis());
+        if asked == Some(true) && drain.is_none() {
+            drain = Some(Drain { to: cluster_time(&source).await, empty_reads: 0 });
         }
-        let caught_up = match stream.next_if_any().await {
+        let (caught_up, position) = match stream.next_if_any().await {
             Ok(Some(event)) => {
                 lag = lag_of(&event).unwrap_or(lag);
-                last_event_ms = event_ms(&event).or(last_event_ms);
+                let position = event.cluster_time;
                 if let Err(error) = apply(event, &target_docs, &target.label, &mut stats).await {
                     break Err(error);
                 }
-                false
+                (false, position)
             }
             Ok(None) => {
                 lag = 0.0;
-                true
+                (true, stream.resume_token().as_ref().and_then(token_time))
             }
             Err(error) if lost_history(&error) => break Err(StepError::Failed(history_message(&source))),
             Err(error) => break Err(failed(&format!("reading the change stream of {}", source.label), error)),
@@ -188,11 +251,10 @@ async fn apply_loop(
                 break Err(failed("saving the sync position", error));
             }
         }
+        let drained = drain.as_mut().is_some_and(|drain| drain.done(caught_up, position));
         match asked {
             Some(false) => break Ok(()),
-            Some(true) if caught_up || last_event_ms.zip(drain_from).is_some_and(|(at, from)| at >= from) => {
-                break Ok(());
-            }
+            Some(true) if drained => break Ok(()),
             _ if cx.cancel.is_cancelled() => break Ok(()),
             _ => {}
         }
@@ -273,4 +335,60 @@ pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Resu
     Ok(
         json!({ "stops": [id], "was_running": true, "drained": params.drain, "applied": stats.applied, "upserted": stats.upserted, "deleted": stats.deleted }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{Bson, Timestamp, doc};
+
+    use super::{DRAIN_EMPTY_READS, Drain, token_time};
+
+    fn token(data: String) -> mongodb::change_stream::event::ResumeToken {
+        mongodb::bson::from_bson(Bson::Document(doc! { "_data": data })).unwrap()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02X}")).collect()
+    }
+
+    #[test]
+    fn tokens_of_both_servers_name_their_cluster_time() {
+        let at = Timestamp { time: 1_666_276_012, increment: 2 };
+        // mongod: KeyString, the timestamp first, then the rest of the event's key.
+        let key = [at.time.to_be_bytes(), at.increment.to_be_bytes()].concat();
+        let mongod = format!("82{}2B022C0100296E5A1004", hex(&key));
+        assert_eq!(token_time(&token(mongod)), Some(at));
+        // SecantusDB: a BSON document with the timestamp in `t`.
+        let inner = doc! { "s": 7_i64, "t": at, "n": "restaurant.menu_items", "k": { "_id": 1 } };
+        assert_eq!(token_time(&token(hex(&mongodb::bson::to_vec(&inner).unwrap()))), Some(at));
+        assert_eq!(token_time(&token("zz".to_owned())), None);
+        assert_eq!(token_time(&token("01".to_owned())), None);
+    }
+
+    #[test]
+    fn a_drain_ends_where_the_ask_was_not_at_the_first_empty_read() {
+        let (before, ask, after) = (
+            Timestamp { time: 9, increment: 1 },
+            Timestamp { time: 10, increment: 3 },
+            Timestamp { time: 10, increment: 4 },
+        );
+        let check = |to: Option<Timestamp>, reads: &[(bool, Option<Timestamp>)], expect: &[bool]| {
+            let mut drain = Drain { to, empty_reads: 0 };
+            let done: Vec<bool> = reads.iter().map(|&(empty, at)| drain.done(empty, at)).collect();
+            assert_eq!(done, expect, "to {to:?}, reads {reads:?}");
+        };
+        // An empty read short of the ask is not the end; reaching it is, by event or token.
+        check(Some(ask), &[(true, Some(before)), (false, Some(ask))], &[false, true]);
+        check(Some(ask), &[(false, Some(before)), (true, Some(after))], &[false, true]);
+        // Events before the ask never end it, however many.
+        check(Some(ask), &[(false, Some(before)); 5], &[false; 5]);
+        // A clock that moved without writes: enough empty reads end it.
+        let short = [(true, Some(before)); DRAIN_EMPTY_READS as usize];
+        let mut expect = [false; DRAIN_EMPTY_READS as usize];
+        expect[DRAIN_EMPTY_READS as usize - 1] = true;
+        check(Some(ask), &short, &expect);
+        // Nothing to compare with: an empty read ends it, as before.
+        check(None, &[(false, None), (true, Some(before))], &[false, true]);
+        check(Some(ask), &[(true, None)], &[true]);
+    }
 }
