@@ -171,9 +171,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::on(VirtualClock::new())
+    }
+
+    fn on(clock: VirtualClock) -> Harness {
         let probe = Probe::default();
         let registry = Registry::builtin().with(Box::new(probe.clone()));
-        Harness { dir: tempfile::tempdir().unwrap(), probe, registry, clock: Arc::new(VirtualClock::new()) }
+        Harness { dir: tempfile::tempdir().unwrap(), probe, registry, clock: Arc::new(clock) }
     }
 
     fn graph(&self, phases: &str) -> Graph {
@@ -428,6 +432,42 @@ phases:
         ),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_paced_clock_an_alert_fires_after_holding_for_its_plan_time_not_at_a_jump() {
+    // One simulated day per second: the 4-day soak would take 4 s; the alert holds from the
+    // start and must fire about a plan day into the soak (plan time moved on at the soak's
+    // start by all 4 days before).
+    let harness = Harness::on(VirtualClock::paced(std::time::Duration::from_secs(1)));
+    let graph = harness.graph(&format!(
+        "{METRICS}
+alerts:
+  - {{name: ErrorsHigh, metric: errors, op: '>', threshold: 5%, for: 1d, severity: critical, action: rollback}}
+phases:
+  - id: one
+    name: One
+    steps:
+      - {{id: spike, uses: test.emit, with: {{metric: errors, value: 12}}}}
+      - {{id: long-soak, uses: test.wait, with: {{seconds: 345600}}}}
+    rollback: {{max_duration: 5m, steps: [{{id: restore, uses: test.ok}}]}}
+"
+    ));
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let (_, outcome) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    let records = harness.records();
+    let at = |found: &dyn Fn(&Event) -> bool| records.iter().find(|r| found(&r.event)).map(|r| r.at).unwrap();
+    let spiked = at(&|e| matches!(e, Event::StepFinished { step, .. } if step.as_str() == "spike"));
+    let fired = at(&|e| matches!(e, Event::AlertFired { .. }));
+    let held = fired.duration_since(spiked);
+    assert!(
+        held >= jiff::SignedDuration::from_hours(24) && held < jiff::SignedDuration::from_hours(48),
+        "fired {held:?} after the value went over (for: 1d)"
+    );
+    assert!(
+        !records.iter().any(|r| matches!(&r.event, Event::StepFinished { step, .. } if step.as_str() == "long-soak"))
+    );
 }
 
 #[tokio::test]
