@@ -170,10 +170,11 @@ impl Drain {
     }
 }
 
-/// The source server's cluster time now, from the reply to a `ping`.
+/// The source server's cluster time now, from the reply to a `ping` (`None` when it does
+/// not answer within 5 s: the stream's own reads then tell whether the source is gone).
 async fn cluster_time(source: &Coll) -> Option<Timestamp> {
     let db = source.raw.client().database(source.raw.namespace().db.as_str());
-    let reply = db.run_command(doc! { "ping": 1 }).await.ok()?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), db.run_command(doc! { "ping": 1 })).await.ok()?.ok()?;
     reply
         .get_timestamp("operationTime")
         .ok()
