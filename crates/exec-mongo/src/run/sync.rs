@@ -342,14 +342,11 @@ pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Resu
 mod tests {
     use mongodb::bson::{Bson, Timestamp, doc};
 
+    use super::super::archive::hex;
     use super::{DRAIN_EMPTY_READS, Drain, token_time};
 
     fn token(data: String) -> mongodb::change_stream::event::ResumeToken {
         mongodb::bson::from_bson(Bson::Document(doc! { "_data": data })).unwrap()
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02X}")).collect()
     }
 
     #[test]
