@@ -41,7 +41,7 @@ fn plan() -> String {
 fn main() {
     let registry = Registry::builtin();
     let report = handoff_plan::Checker::new(&registry).unwrap().check(plan().as_bytes());
-    let graph = Graph::compile(report.plan.as_ref().expect("the bench plan is valid"), &registry, true).unwrap();
+    let graph = Graph::compile(report.plan.as_ref().expect("the bench plan is valid"), &registry).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let base = std::env::current_dir().unwrap().join("target/bench-engine");
     let _ = std::fs::remove_dir_all(&base);

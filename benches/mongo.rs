@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
-use handoff_executor::{Call, Context, Endpoints, Executor, Recorder};
+use handoff_executor::{Context, Endpoints, Executor, Recorder};
 use handoff_plan::model::{Id, Resource};
 use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
@@ -83,7 +83,7 @@ struct Bench {
     scratch: mongodb::Collection<Document>,
     endpoints: BTreeMap<String, String>,
     resources: BTreeMap<Id, Resource>,
-    mongo: handoff_exec_mongo::Mongo,
+    mongo: Executor,
 }
 
 impl Bench {
@@ -96,9 +96,8 @@ impl Bench {
             Arc::new(Recorder::default()),
         );
         let started = Instant::now();
-        let output =
-            self.mongo.execute(Call { action, with: &with }, &cx).await.unwrap_or_else(|e| panic!("{action}: {e}"));
-        (output, started.elapsed())
+        let output = self.mongo.run(action, &with, &cx).await.unwrap_or_else(|e| panic!("{action}: {e}"));
+        (serde_json::to_value(output).expect("outputs serialize"), started.elapsed())
     }
 }
 
@@ -159,7 +158,7 @@ async fn interrupted_copy(bench: &Bench, docs: usize) -> f64 {
         }
         cx.cancel.cancel();
     };
-    let (first, ()) = tokio::join!(bench.mongo.execute(Call { action: "copy", with: &with }, &cx), watcher);
+    let (first, ()) = tokio::join!(bench.mongo.run("copy", &with, &cx), watcher);
     assert!(first.is_err(), "the copy was interrupted");
     let written_before = bench.new.count_documents(doc! {}).await.unwrap();
     let checkpoint = recorder.checkpoints.lock().unwrap().last().cloned();
@@ -171,8 +170,8 @@ async fn interrupted_copy(bench: &Bench, docs: usize) -> f64 {
         checkpoint,
         Arc::new(Recorder::default()),
     );
-    let second = bench.mongo.execute(Call { action: "copy", with: &with }, &cx).await.unwrap();
-    let processed_again = second["documents_copied"].as_u64().unwrap() - credited;
+    let second = bench.mongo.run("copy", &with, &cx).await.unwrap();
+    let processed_again = second.detail["documents_copied"].as_u64().unwrap() - credited;
     assert_eq!(bench.new.count_documents(doc! {}).await.unwrap(), docs as u64, "nothing lost");
     (written_before + processed_again - docs as u64) as f64 / docs as f64
 }
@@ -191,7 +190,7 @@ async fn interrupted_sync(bench: &Bench, every: &str) -> (u64, u64, Value) {
     let cx = |checkpoint: Option<Value>, sink: Arc<Recorder>| {
         Context::detached("bench", Endpoints::new(bench.endpoints.clone()), bench.resources.clone(), checkpoint, sink)
     };
-    bench.mongo.execute(Call { action: "sync", with: &pair }, &cx(None, recorder.clone())).await.unwrap();
+    bench.mongo.run("sync", &pair, &cx(None, recorder.clone())).await.unwrap();
     // 6,000 changes at ~300/s (20 s): inserts, then updates of what was inserted.
     let changes = 6000_u64;
     let writer = async {
@@ -211,28 +210,16 @@ async fn interrupted_sync(bench: &Bench, every: &str) -> (u64, u64, Value) {
         // saves one more, which a kill would not; it is not used.
         let durable = recorder.checkpoints.lock().unwrap().last().cloned();
         let stop = json!({"sync": "bench", "drain": false});
-        let stopped = bench
-            .mongo
-            .execute(Call { action: "stop_sync", with: &stop }, &cx(None, Arc::new(Recorder::default())))
-            .await
-            .unwrap();
+        let stopped = bench.mongo.run("stop_sync", &stop, &cx(None, Arc::new(Recorder::default()))).await.unwrap();
         (durable, stopped)
     };
     let ((), (checkpoint, killed)) = tokio::join!(writer, killer);
     let credited = checkpoint.as_ref().and_then(|c| c["applied"].as_u64()).unwrap_or(0);
-    let applied_before = killed["applied"].as_u64().unwrap_or(0);
-    bench
-        .mongo
-        .execute(Call { action: "sync", with: &pair }, &cx(checkpoint, Arc::new(Recorder::default())))
-        .await
-        .unwrap();
+    let applied_before = killed.detail["applied"].as_u64().unwrap_or(0);
+    bench.mongo.run("sync", &pair, &cx(checkpoint, Arc::new(Recorder::default()))).await.unwrap();
     let stop = json!({"sync": "bench", "drain": true});
-    let resumed = bench
-        .mongo
-        .execute(Call { action: "stop_sync", with: &stop }, &cx(None, Arc::new(Recorder::default())))
-        .await
-        .unwrap();
-    let applied_after = resumed["applied"].as_u64().unwrap_or(0);
+    let resumed = bench.mongo.run("stop_sync", &stop, &cx(None, Arc::new(Recorder::default()))).await.unwrap();
+    let applied_after = resumed.detail["applied"].as_u64().unwrap_or(0);
     let verified = bench
         .step("verify", json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "mode": "full"}))
         .await
@@ -333,7 +320,7 @@ fn main() {
             _sandbox: sandbox,
             endpoints,
             resources,
-            mongo: handoff_exec_mongo::Mongo::default(),
+            mongo: handoff_exec_mongo::executor(),
         };
         let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}});
         let with = |extra: Value| {

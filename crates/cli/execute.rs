@@ -139,7 +139,7 @@ pub(crate) fn parse_settle(text: &str) -> Result<(String, String, bool), String>
 pub(crate) fn show(command: PlanCommand, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
     let PlanCommand::Show { plan, format } = command;
     let Some(plan) = crate::validate::load_plan(&plan, registry, out)? else { return Ok(EXIT_INVALID) };
-    let graph = compile(&plan, registry, false)?;
+    let graph = compile(&plan, registry)?;
     match format {
         ShowFormat::Text => write!(out, "{}", graph.text())?,
         ShowFormat::Mermaid => write!(out, "{}", graph.mermaid())?,
@@ -147,9 +147,9 @@ pub(crate) fn show(command: PlanCommand, registry: &Registry, out: &mut dyn Writ
     Ok(EXIT_OK)
 }
 
-/// Compiles a plan; with `executable`, steps that cannot execute are an error.
-fn compile(plan: &Plan, registry: &Registry, executable: bool) -> anyhow::Result<Graph> {
-    Graph::compile(plan, registry, executable).map_err(|errors| {
+/// Compiles a plan against the registry.
+fn compile(plan: &Plan, registry: &Registry) -> anyhow::Result<Graph> {
+    Graph::compile(plan, registry).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::anyhow!("the plan cannot run:\n{}", lines.join("\n"))
     })
@@ -196,7 +196,7 @@ async fn execute(command: Command, registry: &Registry, out: &mut dyn Write) -> 
         Command::Abort { exec, .. } => (Some(exec), "abort"),
         Command::Approve { .. } => (None, "approve"),
     };
-    let graph = compile(&plan, registry, matches!(command, Command::Run { .. } | Command::Resume { .. }))?;
+    let graph = compile(&plan, registry)?;
     // Deciding needs no endpoints (nor their secrets); running does.
     let endpoints = if exec.is_some() { endpoints(&plan, &target.env)? } else { Endpoints::default() };
     let clock: Arc<dyn Clock> = match exec.map(|e| e.clock) {
@@ -283,10 +283,10 @@ fn dry_run(graph: &Graph, engine: &Engine<'_>, options: &RunOptions, out: &mut d
     for phase in &graph.phases {
         writeln!(out, "phase {}: {}", phase.id, phase.name)?;
         for step in phase.stages.iter().flatten() {
-            writeln!(out, "  {} ({}): {}", step.id, step.uses(), step.describe)?;
+            writeln!(out, "  {} ({}): {}", step.id, step.uses, step.describe)?;
         }
         for step in &phase.rollback {
-            writeln!(out, "  on rollback: {} ({}): {}", step.id, step.uses(), step.describe)?;
+            writeln!(out, "  on rollback: {} ({}): {}", step.id, step.uses, step.describe)?;
         }
     }
     let refused = engine.preflight(options);

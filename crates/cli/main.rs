@@ -236,7 +236,7 @@ fn registry_with_plugins() -> handoff_registry::Registry {
         eprintln!("warning: plugin ignored: {error}");
     }
     for plugin in plugins {
-        registry = registry.with(Box::new(plugin));
+        registry = registry.with(plugin.executor());
     }
     registry
 }
@@ -297,7 +297,7 @@ fn dispatch(
         Command::Executors => {
             for executor in registry.executors() {
                 writeln!(stdout, "{:<10} {}", executor.name(), executor.summary())?;
-                for action in executor.actions() {
+                for action in executor.actions().map(|a| a.declaration()) {
                     writeln!(stdout, "  {:<28} {}", format!("{}.{}", executor.name(), action.name), action.summary)?;
                 }
             }

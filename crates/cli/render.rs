@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use handoff_executor::Call;
 use handoff_registry::Registry;
 
 use crate::{EXIT_INVALID, EXIT_OK};
@@ -47,11 +46,8 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.plan.display()))?;
     let templates = handoff_render::Templates::load(args.templates.as_deref())?;
     let summary = |step: &handoff_plan::model::Step| {
-        let (executor, action) = step.uses.split_once('.').unwrap_or_default();
         let with = serde_json::Value::Object(step.with.clone());
-        handoff_executor::Executors::find(registry, executor)
-            .map(|e| e.describe(Call { action, with: &with }))
-            .unwrap_or_default()
+        handoff_executor::Executors::action(registry, &step.uses).map(|a| a.describe(&with)).unwrap_or_default()
     };
     let artifacts = templates.plan(&plan, &summary, &services)?;
     for artifact in &artifacts {

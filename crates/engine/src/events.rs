@@ -126,7 +126,7 @@ pub enum Event {
         /// Why it ran.
         role: Role,
         /// What the executor returned (for compensation).
-        output: Value,
+        output: handoff_executor::StepOutput,
     },
     /// A step attempt failed.
     StepFailed {

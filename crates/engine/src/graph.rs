@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use handoff_executor::{Call, Executors};
-use handoff_plan::model::{Alert, Criterion, Gate, Plan, Step};
+use handoff_executor::Executors;
+use handoff_plan::model::{Alert, Criterion, Gate, Plan, Step, Uses};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -24,17 +24,15 @@ pub enum GraphError {
         /// Executor name.
         executor: String,
     },
-    /// A step's action cannot execute in this release.
-    #[error(
-        "phase `{phase}`, step `{step}`: `{uses}` cannot execute in this release; validate and render work, running it does not yet"
-    )]
-    NotExecutable {
+    /// A step names an action its executor does not have.
+    #[error("phase `{phase}`, step `{step}`: executor `{}` has no action `{}`", .uses.executor, .uses.action)]
+    UnknownAction {
         /// Phase id.
         phase: String,
         /// Step id.
         step: String,
         /// `executor.action`.
-        uses: String,
+        uses: Uses,
     },
 }
 
@@ -81,10 +79,8 @@ pub struct PhaseNode {
 pub struct StepNode {
     /// Step id.
     pub id: String,
-    /// Executor name.
-    pub executor: String,
-    /// Action name.
-    pub action: String,
+    /// What it runs.
+    pub uses: Uses,
     /// Parameters.
     pub with: Value,
     /// Per-attempt timeout.
@@ -103,18 +99,6 @@ pub struct StepNode {
     pub describe: String,
     /// `sha256:` of the step's canonical form (resume refuses when it changed).
     pub digest: String,
-}
-
-impl StepNode {
-    /// `executor.action`.
-    pub fn uses(&self) -> String {
-        format!("{}.{}", self.executor, self.action)
-    }
-
-    /// The call handed to its executor.
-    pub fn call(&self) -> Call<'_> {
-        Call { action: &self.action, with: &self.with }
-    }
 }
 
 /// Sorts object keys recursively, so equal plans serialize equally.
@@ -149,42 +133,33 @@ fn step_identity(step: &Step) -> Value {
 
 impl Graph {
     /// Compiles a plan (which passed validation) against the executors that will run it.
-    /// With `executable`, a step whose action cannot execute in this release is an error
-    /// (runs); without, it is compiled anyway (`handoff plan show`).
-    pub fn compile(plan: &Plan, executors: &dyn Executors, executable: bool) -> Result<Graph, Vec<GraphError>> {
+    pub fn compile(plan: &Plan, executors: &dyn Executors) -> Result<Graph, Vec<GraphError>> {
         let mut errors = Vec::new();
         let mut phases = Vec::new();
         for phase in &plan.phases {
             let mut node = |step: &Step| -> Option<StepNode> {
-                let (executor_name, action) = step.uses.split_once('.').unwrap_or((&step.uses, ""));
-                let Some(executor) = executors.find(executor_name) else {
-                    errors.push(GraphError::UnknownExecutor {
-                        phase: phase.id.to_string(),
-                        step: step.id.to_string(),
-                        executor: executor_name.to_owned(),
-                    });
+                let (phase_id, step_id) = (phase.id.to_string(), step.id.to_string());
+                let Some(executor) = executors.find(&step.uses.executor) else {
+                    let executor = step.uses.executor.clone();
+                    errors.push(GraphError::UnknownExecutor { phase: phase_id, step: step_id, executor });
                     return None;
                 };
-                if executable && !executor.executes(action) {
-                    errors.push(GraphError::NotExecutable {
-                        phase: phase.id.to_string(),
-                        step: step.id.to_string(),
-                        uses: step.uses.clone(),
-                    });
-                }
-                let declared = executor.actions().iter().find(|a| a.name == action);
+                let Some(action) = executor.action(&step.uses.action) else {
+                    errors.push(GraphError::UnknownAction { phase: phase_id, step: step_id, uses: step.uses.clone() });
+                    return None;
+                };
+                let declared = action.declaration();
                 let with = Value::Object(step.with.clone());
-                let describe = executor.describe(Call { action, with: &with });
+                let describe = action.describe(&with);
                 Some(StepNode {
-                    id: step.id.to_string(),
-                    executor: executor_name.to_owned(),
-                    action: action.to_owned(),
+                    id: step_id,
+                    uses: step.uses.clone(),
                     timeout: step.timeout.as_ref().map(|t| t.get()),
                     attempts: step.retry.as_ref().map_or(1, |r| r.attempts.max(1)),
                     backoff: step.retry.as_ref().map_or(Duration::ZERO, |r| r.backoff.get()),
-                    idempotent: step.idempotent.unwrap_or(declared.is_some_and(|a| a.idempotent)),
-                    resumable: declared.is_some_and(|a| a.resumable),
-                    background: declared.is_some_and(|a| a.background),
+                    idempotent: step.idempotent.unwrap_or(declared.idempotent),
+                    resumable: declared.resumable,
+                    background: declared.background,
                     describe,
                     digest: digest(&step_identity(step)),
                     with,
@@ -279,7 +254,7 @@ impl Graph {
                 let parallel = if stage.len() > 1 { " (in parallel)" } else { "" };
                 for step in stage {
                     let line =
-                        format!("  {:>2}. {:<28} {:<24} {}{parallel}", number + 1, step.id, step.uses(), flags(step));
+                        format!("  {:>2}. {:<28} {:<24} {}{parallel}", number + 1, step.id, step.uses, flags(step));
                     let _ = writeln!(out, "{}", line.trim_end());
                 }
             }
@@ -311,7 +286,7 @@ impl Graph {
                 phase.budget.map_or("no budget".to_owned(), |b| format!("budget {}", humantime::format_duration(b)));
             let _ = writeln!(out, "  on failure: compensate completed steps in reverse, then rollback ({budget}):");
             for step in &phase.rollback {
-                let _ = writeln!(out, "      {:<28} {}", step.id, step.uses());
+                let _ = writeln!(out, "      {:<28} {}", step.id, step.uses);
             }
         }
         out
@@ -330,7 +305,7 @@ impl Graph {
             for stage in &phase.stages {
                 let heads: Vec<String> = stage.iter().map(|s| node(&phase.id, &s.id)).collect();
                 for (step, id) in stage.iter().zip(&heads) {
-                    let _ = writeln!(out, "    {id}[\"{}<br/>{}\"]", step.id, step.uses());
+                    let _ = writeln!(out, "    {id}[\"{}<br/>{}\"]", step.id, step.uses);
                     for tail in &tails {
                         let _ = writeln!(out, "    {tail} --> {id}");
                     }

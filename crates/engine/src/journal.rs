@@ -167,7 +167,7 @@ impl Sink for Journal {
         });
     }
 
-    fn output(&self, step: &str) -> Option<Value> {
+    fn output(&self, step: &str) -> Option<handoff_executor::StepOutput> {
         self.read(|s| s.phases.iter().find_map(|p| p.steps.get(step).filter(|s| s.finished).map(|s| s.output.clone())))
     }
 

@@ -206,8 +206,8 @@ impl<'e> Engine<'e> {
     pub fn preflight(&self, options: &RunOptions) -> Vec<String> {
         let mut refused = std::collections::BTreeMap::<String, Vec<String>>::new();
         for (phase, step) in self.graph.steps() {
-            let Some(executor) = self.executors.find(&step.executor) else { continue };
-            if let Err(why) = executor.preflight(&step.action, &options.policy) {
+            let Some(action) = self.executors.action(&step.uses) else { continue };
+            if let Err(why) = action.preflight(&options.policy) {
                 refused.entry(why).or_default().push(format!("{phase}/{}", step.id));
             }
         }

@@ -134,16 +134,13 @@ impl Runner<'_> {
                 if !step.background || !step_state.finished || state.stopped.contains(id) || phase.rollback.is_some() {
                     continue;
                 }
-                let Some(executor) = self.executors.find(&step.executor) else { continue };
+                let Some(action) = self.executors.action(&step.uses) else { continue };
                 self.record(Event::BackgroundRestarted { phase: phase.id.clone(), step: id.clone() })?;
                 let attempt = step_state.attempts + 1;
                 let cx =
                     self.context(&phase.id, id, attempt, step_state.checkpoint.clone(), step_state.role, &self.cancel);
-                if let Err(error) = executor.execute(step.call(), &cx).await {
-                    return Ok(Some(format!(
-                        "background step `{id}` ({}) could not start again: {error}",
-                        step.uses()
-                    )));
+                if let Err(error) = action.execute(&step.with, &cx).await {
+                    return Ok(Some(format!("background step `{id}` ({}) could not start again: {error}", step.uses)));
                 }
             }
         }
@@ -362,7 +359,7 @@ impl Runner<'_> {
         role: Role,
         cancel: &CancellationToken,
     ) -> Result<End, EngineError> {
-        let span = tracing::info_span!("step", step = %step.id, uses = %step.uses(), ?role);
+        let span = tracing::info_span!("step", step = %step.id, uses = %step.uses, ?role);
         async {
             let existing = self.journal.read(|s| s.phase(&phase.id).and_then(|p| p.steps.get(&step.id).cloned()));
             let mut attempt = 1;
@@ -377,7 +374,7 @@ impl Runner<'_> {
                         reason: format!(
                             "step `{}` ({}) was running when the run stopped and is not idempotent: check whether it took effect, then `handoff resume --settle {key}=done` or `--settle {key}=retry`",
                             step.id,
-                            step.uses()
+                            step.uses
                         ),
                         key,
                     });
@@ -385,8 +382,8 @@ impl Runner<'_> {
                 attempt = existing.attempts + 1;
                 checkpoint = existing.checkpoint;
             }
-            let Some(executor) = self.executors.find(&step.executor) else {
-                return Ok(End::Failed(format!("no executor `{}`", step.executor)));
+            let Some(action) = self.executors.action(&step.uses) else {
+                return Ok(End::Failed(format!("no action `{}`", step.uses)));
             };
             let attempts = step.attempts.max(attempt);
             loop {
@@ -395,7 +392,7 @@ impl Runner<'_> {
                 }
                 self.record(Event::StepStarted { phase: phase.id.clone(), step: step.id.clone(), role, attempt })?;
                 let cx = self.context(&phase.id, &step.id, attempt, checkpoint.clone(), role, cancel);
-                let run = executor.execute(step.call(), &cx);
+                let run = action.execute(&step.with, &cx);
                 let result = match step.timeout {
                     Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
                         Err(StepError::Failed(format!("timed out after {}", humantime::format_duration(limit))))
@@ -424,7 +421,7 @@ impl Runner<'_> {
                     retrying,
                 })?;
                 if !retrying {
-                    return Ok(End::Failed(format!("step `{}` ({}) failed: {error}", step.id, step.uses())));
+                    return Ok(End::Failed(format!("step `{}` ({}) failed: {error}", step.id, step.uses)));
                 }
                 let backoff = step.backoff.saturating_mul(1 << (attempt - 1).min(16));
                 tokio::select! {
@@ -764,7 +761,7 @@ impl Runner<'_> {
             let (Some(step), Some(done)) = (self.graph.step(&phase.id, id), phase_state.steps.get(id)) else {
                 continue;
             };
-            let Some(executor) = self.executors.find(&step.executor) else { continue };
+            let Some(action) = self.executors.action(&step.uses) else { continue };
             self.record(Event::StepStarted {
                 phase: phase.id.clone(),
                 step: id.clone(),
@@ -772,8 +769,8 @@ impl Runner<'_> {
                 attempt: 1,
             })?;
             let cx = self.context(&phase.id, id, 1, None, Role::Compensate, &self.cancel);
-            let span = tracing::info_span!("compensate", step = %id, uses = %step.uses());
-            match executor.compensate(step.call(), &done.output, &cx).instrument(span).await {
+            let span = tracing::info_span!("compensate", step = %id, uses = %step.uses);
+            match action.compensate(&step.with, &done.output, &cx).instrument(span).await {
                 Ok(compensation) => {
                     let outcome = match compensation {
                         Compensation::NotNeeded => "nothing to undo".to_owned(),

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use handoff_executor::Decision;
+use handoff_executor::{Decision, StepOutput};
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
@@ -92,7 +92,7 @@ pub struct StepState {
     /// Last error, if the last attempt failed.
     pub error: Option<String>,
     /// What the executor returned.
-    pub output: Value,
+    pub output: StepOutput,
     /// Last checkpoint.
     pub checkpoint: Option<Value>,
     /// A person said to run it again although it was interrupted.
@@ -160,7 +160,7 @@ impl RunState {
                     attempts: 0,
                     finished: false,
                     error: None,
-                    output: Value::Null,
+                    output: StepOutput::default(),
                     checkpoint: None,
                     retry_settled: false,
                     started_at: at,
@@ -180,8 +180,7 @@ impl RunState {
                 self.metrics.insert(name.clone(), *value);
             }
             Event::StepFinished { phase, step, role, output } => {
-                let stops = output.get("stops").and_then(Value::as_array).into_iter().flatten();
-                self.stopped.extend(stops.filter_map(Value::as_str).map(str::to_owned));
+                self.stopped.extend(output.stops.iter().cloned());
                 let phase = self.phase_mut(phase);
                 if *role == Role::Forward {
                     phase.finished_order.push(step.clone());

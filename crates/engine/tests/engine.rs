@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use handoff_engine::{DirStore, Engine, Event, Graph, Outcome, Record, RunOptions, Store};
 use handoff_executor::{
-    Action, BoxFuture, Call, Clock, Compensation, Context, Decision, Executor, StepError, VirtualClock,
+    BoxFuture, Clock, Compensation, Context, Decision, Declaration, DynAction, Executor, Policy, StepError, StepOutput,
+    VirtualClock,
 };
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site};
@@ -51,109 +52,126 @@ impl Probe {
     }
 }
 
-impl Executor for Probe {
-    fn name(&self) -> &'static str {
-        "test"
+/// The test executor's actions (one dispatch by name, in [`Probe::run`]).
+const ACTIONS: &[Declaration] = &[
+    Declaration::new::<Params>("ok", "Succeeds.", Effect::Change),
+    Declaration::new::<Params>("fail", "Fails (fail_times times, or always).", Effect::Change),
+    Declaration::new::<Params>("emit", "Emits a metric.", Effect::Observe).emitting(&["lag", "errors"]),
+    Declaration::new::<Params>("wait", "Waits on the run's clock.", Effect::Observe),
+    Declaration::new::<Params>("hang", "Waits until cancelled, checkpointing first.", Effect::Change).resumable(),
+    Declaration::new::<Params>("once", "Succeeds; not idempotent.", Effect::Change).not_idempotent(),
+    Declaration::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
+    Declaration::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
+    Declaration::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
+    Declaration::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
+];
+
+impl Probe {
+    /// The `test` executor, every action of which notes its effects here.
+    fn executor(&self) -> Executor {
+        ACTIONS.iter().fold(Executor::new("test", "In-process test executor."), |executor, declaration| {
+            executor.with_dyn(Box::new(ProbeAction { probe: self.clone(), declaration: *declaration }))
+        })
     }
-    fn summary(&self) -> &'static str {
-        "In-process test executor."
-    }
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[
-            Action::new::<Params>("ok", "Succeeds.", Effect::Change),
-            Action::new::<Params>("fail", "Fails (fail_times times, or always).", Effect::Change),
-            Action::new::<Params>("emit", "Emits a metric.", Effect::Observe).emitting(&["lag", "errors"]),
-            Action::new::<Params>("wait", "Waits on the run's clock.", Effect::Observe),
-            Action::new::<Params>("hang", "Waits until cancelled, checkpointing first.", Effect::Change).resumable(),
-            Action::new::<Params>("once", "Succeeds; not idempotent.", Effect::Change).not_idempotent(),
-            Action::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
-            Action::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
-            Action::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
-            Action::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
-        ];
-        ACTIONS
-    }
-    fn check(&self, _: &str, _: &Value, _: &Site<'_>) -> Vec<ParamIssue> {
-        Vec::new()
-    }
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<Value, StepError>> {
-        Box::pin(async move {
-            let params = Params::deserialize(call.with).unwrap();
-            let at = format!("{}/{}", cx.phase, cx.step);
-            match call.action {
-                "fail" if params.fail_times.is_none_or(|n| cx.attempt <= n) => {
-                    self.note(format!("fail {at} #{}", cx.attempt));
-                    Err(StepError::Failed(format!("attempt {} failed on purpose", cx.attempt)))
-                }
-                "bg" => {
-                    self.note(format!("background {at} from {:?}", cx.checkpoint));
-                    cx.save_checkpoint(&json!({ "position": cx.attempt })).unwrap();
-                    Ok(Value::Null)
-                }
-                "listen" => {
-                    let feed = cx.sink.lifecycle().expect("the engine has a lifecycle");
-                    let probe = self.clone();
-                    let note = |change: &handoff_executor::Lifecycle| {
-                        format!("lifecycle {} {}", change.event, change.phase.as_deref().unwrap_or("-"))
-                    };
-                    probe.heard.lock().unwrap().extend(feed.history.iter().map(note));
-                    tokio::spawn(async move {
-                        let mut events = feed.events;
-                        while let Ok(change) = events.recv().await {
-                            // Handling takes time; the engine waits for it at the end.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            probe.heard.lock().unwrap().push(note(&change));
-                        }
-                        drop(feed.done);
-                    });
-                    Ok(Value::Null)
-                }
-                "stop" => {
-                    self.note(format!("stop {at}"));
-                    Ok(json!({ "stops": ["bg"] }))
-                }
-                "emit" => {
-                    cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
-                    Ok(Value::Null)
-                }
-                "wait" => {
-                    tokio::select! {
-                        () = cx.clock.sleep(Duration::from_secs(params.seconds.unwrap())) => Ok(Value::Null),
-                        () = cx.cancel.cancelled() => { self.note(format!("cancelled {at}")); Err(StepError::Cancelled) }
+
+    async fn run(&self, action: &str, with: &Value, cx: &Context) -> Result<Value, StepError> {
+        let params = Params::deserialize(with).unwrap();
+        let at = format!("{}/{}", cx.phase, cx.step);
+        match action {
+            "fail" if params.fail_times.is_none_or(|n| cx.attempt <= n) => {
+                self.note(format!("fail {at} #{}", cx.attempt));
+                Err(StepError::Failed(format!("attempt {} failed on purpose", cx.attempt)))
+            }
+            "bg" => {
+                self.note(format!("background {at} from {:?}", cx.checkpoint));
+                cx.save_checkpoint(&json!({ "position": cx.attempt })).unwrap();
+                Ok(Value::Null)
+            }
+            "listen" => {
+                let feed = cx.sink.lifecycle().expect("the engine has a lifecycle");
+                let probe = self.clone();
+                let note = |change: &handoff_executor::Lifecycle| {
+                    format!("lifecycle {} {}", change.event, change.phase.as_deref().unwrap_or("-"))
+                };
+                probe.heard.lock().unwrap().extend(feed.history.iter().map(note));
+                tokio::spawn(async move {
+                    let mut events = feed.events;
+                    while let Ok(change) = events.recv().await {
+                        // Handling takes time; the engine waits for it at the end.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        probe.heard.lock().unwrap().push(note(&change));
                     }
-                }
-                "hang" => {
-                    let resumed = cx.checkpoint.clone();
-                    if resumed.is_some() {
-                        self.note(format!("resume {at} from {}", resumed.clone().unwrap()));
-                        return Ok(json!({ "resumed": true }));
-                    }
-                    cx.save_checkpoint(&json!({ "done": 40 })).unwrap();
-                    self.note(format!("hang {at}"));
-                    cx.cancel.cancelled().await;
-                    Err(StepError::Cancelled)
-                }
-                _ => {
-                    self.note(format!("run {at}"));
-                    Ok(json!({ "did": at }))
+                    drop(feed.done);
+                });
+                Ok(Value::Null)
+            }
+            "stop" => {
+                self.note(format!("stop {at}"));
+                Ok(json!({ "stops": ["bg"] }))
+            }
+            "emit" => {
+                cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
+                Ok(Value::Null)
+            }
+            "wait" => {
+                tokio::select! {
+                    () = cx.clock.sleep(Duration::from_secs(params.seconds.unwrap())) => Ok(Value::Null),
+                    () = cx.cancel.cancelled() => { self.note(format!("cancelled {at}")); Err(StepError::Cancelled) }
                 }
             }
-        })
+            "hang" => {
+                let resumed = cx.checkpoint.clone();
+                if resumed.is_some() {
+                    self.note(format!("resume {at} from {}", resumed.clone().unwrap()));
+                    return Ok(json!({ "resumed": true }));
+                }
+                cx.save_checkpoint(&json!({ "done": 40 })).unwrap();
+                self.note(format!("hang {at}"));
+                cx.cancel.cancelled().await;
+                Err(StepError::Cancelled)
+            }
+            _ => {
+                self.note(format!("run {at}"));
+                Ok(json!({ "did": at }))
+            }
+        }
+    }
+}
+
+/// One action of the test executor.
+struct ProbeAction {
+    probe: Probe,
+    declaration: Declaration,
+}
+
+impl DynAction for ProbeAction {
+    fn declaration(&self) -> &Declaration {
+        &self.declaration
+    }
+    fn check(&self, _: &Value, _: &Site<'_>) -> Vec<ParamIssue> {
+        Vec::new()
+    }
+    fn describe(&self, _: &Value) -> String {
+        self.declaration.summary.to_owned()
+    }
+    fn preflight(&self, _: &Policy) -> Result<(), String> {
+        Ok(())
+    }
+    fn execute<'a>(&'a self, with: &'a Value, cx: &'a Context) -> BoxFuture<'a, Result<StepOutput, StepError>> {
+        Box::pin(async move { self.probe.run(self.declaration.name, with, cx).await.map(StepOutput::from_json) })
     }
     fn compensate<'a>(
         &'a self,
-        call: Call<'a>,
-        output: &'a Value,
+        _: &'a Value,
+        output: &'a StepOutput,
         cx: &'a Context,
     ) -> BoxFuture<'a, Result<Compensation, StepError>> {
         Box::pin(async move {
-            if call.action == "emit" {
+            if self.declaration.name == "emit" {
                 return Ok(Compensation::NotNeeded);
             }
-            self.note(format!("undo {}/{} (output {output})", cx.phase, cx.step));
+            let output = serde_json::to_value(output).unwrap();
+            self.probe.note(format!("undo {}/{} (output {output})", cx.phase, cx.step));
             Ok(Compensation::Undone("test undo".to_owned()))
         })
     }
@@ -176,7 +194,7 @@ impl Harness {
 
     fn on(clock: VirtualClock) -> Harness {
         let probe = Probe::default();
-        let registry = Registry::builtin().with(Box::new(probe.clone()));
+        let registry = Registry::builtin().with(probe.executor());
         Harness { dir: tempfile::tempdir().unwrap(), probe, registry, clock: Arc::new(clock) }
     }
 
@@ -190,7 +208,7 @@ impl Harness {
             .map(|d| d.message.clone())
             .collect();
         assert!(errors.is_empty(), "plan invalid: {errors:?}");
-        Graph::compile(report.plan.as_ref().unwrap(), &self.registry, true).unwrap()
+        Graph::compile(report.plan.as_ref().unwrap(), &self.registry).unwrap()
     }
 
     fn store(&self) -> Arc<dyn Store> {

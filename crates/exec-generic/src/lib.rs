@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use handoff_executor::{Action, BoxFuture, Call, Compensation, Context, Executor, Policy, StepError, params};
+use handoff_executor::{Action, Compensation, Context, Declaration, Executor, Policy, StepError, StepOutput};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site};
 use handoff_plan::units::Duration;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod run;
 
@@ -133,250 +133,248 @@ pub struct NotifyWebhook {
     pub message: String,
 }
 
-/// The generic executors.
-pub fn executors() -> Vec<Box<dyn Executor>> {
-    vec![Box::new(Shell), Box::new(Http), Box::new(Wait), Box::new(Gate), Box::new(Notify)]
+/// What a command printed and how it exited (the tail of each stream, secrets masked).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CommandOutput {
+    /// Exit code (`None` when killed by a signal, or not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
+    /// The end of its standard output.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    /// The end of its standard error.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
 }
 
-struct Shell;
-struct Http;
-struct Wait;
-struct Gate;
-struct Notify;
+/// An HTTP answer that met its expectations.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// JSON body, when it was JSON.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
 
-impl Executor for Shell {
-    fn name(&self) -> &'static str {
-        "shell"
-    }
-    fn summary(&self) -> &'static str {
-        "Runs commands (refused unless the plan run allows shell steps)."
-    }
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] =
-            &[Action::new::<ShellRun>("run", "Run a command and check its exit code.", Effect::Change)
-                .not_idempotent()];
-        ACTIONS
-    }
-    fn check(&self, _: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
-        match params::<ShellRun>(with) {
-            Ok(run) if run.command.first().is_some_and(|p| p.trim().is_empty()) => {
-                vec![ParamIssue::invalid("/command/0", "the program name is empty")]
-            }
-            Ok(_) => Vec::new(),
-            Err(issues) => issues,
+/// An endpoint that became healthy.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Healthy {
+    /// Status code of the healthy answer.
+    pub status: u16,
+    /// Polls it took.
+    pub polls: u32,
+}
+
+/// A soak that ran its course.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Waited {
+    /// How long, as the plan wrote it.
+    pub waited: String,
+}
+
+/// A person's approval.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Approved {
+    /// Who approved.
+    pub approved_by: String,
+}
+
+/// A message told (or, in a simulation, kept for the report).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Notified {
+    /// The message as sent.
+    pub text: String,
+    /// Whether it was posted.
+    pub sent: bool,
+}
+
+/// The generic executors.
+pub fn executors() -> Vec<Executor> {
+    vec![
+        Executor::new("shell", "Runs commands (refused unless the plan run allows shell steps).").with(RunCommand),
+        Executor::new("http", "Calls HTTP endpoints: one request, or polling until healthy.")
+            .with(SendRequest)
+            .with(PollHealth),
+        Executor::new("wait", "Waits, with the phase's criteria and alerts watched.").with(Soak),
+        Executor::new("gate", "Stops until a person approves.").with(ManualGate),
+        Executor::new("notify", "Tells people what happened (Slack-compatible webhooks).").with(PostWebhook),
+    ]
+}
+
+/// `shell.run`.
+pub struct RunCommand;
+
+impl Action for RunCommand {
+    type Params = ShellRun;
+    type Output = CommandOutput;
+    const DECLARATION: Declaration =
+        Declaration::new::<ShellRun>("run", "Run a command and check its exit code.", Effect::Change).not_idempotent();
+
+    fn check(&self, run: &ShellRun, _: &Site<'_>) -> Vec<ParamIssue> {
+        if run.command.first().is_some_and(|p| p.trim().is_empty()) {
+            vec![ParamIssue::invalid("/command/0", "the program name is empty")]
+        } else {
+            Vec::new()
         }
     }
-    fn executes(&self, _: &str) -> bool {
-        true
+
+    fn describe(&self, run: &ShellRun) -> String {
+        let undo = run.undo.as_ref().map(|u| format!("; undo: `{}`", u.join(" "))).unwrap_or_default();
+        format!("run `{}`, expect exit {}{undo}", run.command.join(" "), run.expect_exit)
     }
-    fn describe(&self, call: Call<'_>) -> String {
-        match call.params::<ShellRun>() {
-            Ok(run) => {
-                let undo = run.undo.map(|u| format!("; undo: `{}`", u.join(" "))).unwrap_or_default();
-                format!("run `{}`, expect exit {}{undo}", run.command.join(" "), run.expect_exit)
-            }
-            Err(e) => e.to_string(),
-        }
-    }
-    fn preflight(&self, _: &str, policy: &Policy) -> Result<(), String> {
+
+    fn preflight(&self, policy: &Policy) -> Result<(), String> {
         if policy.allow_shell || policy.simulation { Ok(()) } else { Err(run::SHELL_REFUSED.to_owned()) }
     }
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            let run = call.params::<ShellRun>()?;
-            run::shell(&run.command, &run, cx).await
-        })
+
+    async fn execute(&self, run: ShellRun, cx: &Context) -> Result<StepOutput<CommandOutput>, StepError> {
+        run::shell(&run.command, &run, cx).await
     }
-    fn compensate<'a>(
-        &'a self,
-        call: Call<'a>,
-        _: &'a serde_json::Value,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<Compensation, StepError>> {
-        Box::pin(async move {
-            let run = call.params::<ShellRun>()?;
-            match &run.undo {
-                Some(undo) => {
-                    run::shell(undo, &run, cx).await?;
-                    Ok(Compensation::Undone(format!("ran `{}`", undo.join(" "))))
-                }
-                None => Ok(Compensation::LeftToRollback),
+
+    async fn compensate(&self, run: ShellRun, _: CommandOutput, cx: &Context) -> Result<Compensation, StepError> {
+        match &run.undo {
+            Some(undo) => {
+                run::shell(undo, &run, cx).await?;
+                Ok(Compensation::Undone(format!("ran `{}`", undo.join(" "))))
             }
-        })
+            None => Ok(Compensation::LeftToRollback),
+        }
     }
 }
 
-/// Deserializes a call's parameters (already schema-checked; a failure is a bug in the
-/// plan's schema, reported as a refusal).
-impl Executor for Http {
-    fn name(&self) -> &'static str {
-        "http"
+/// `http.request`.
+pub struct SendRequest;
+
+impl Action for SendRequest {
+    type Params = HttpRequest;
+    type Output = Answer;
+    const DECLARATION: Declaration =
+        Declaration::new::<HttpRequest>("request", "Send a request; check status and JSON fields.", Effect::Change)
+            .not_idempotent();
+
+    fn check(&self, request: &HttpRequest, _: &Site<'_>) -> Vec<ParamIssue> {
+        http_issues(&request.url, &request.expect_json)
     }
-    fn summary(&self) -> &'static str {
-        "Calls HTTP endpoints: one request, or polling until healthy."
+
+    fn describe(&self, request: &HttpRequest) -> String {
+        format!("{} {}, expect status {}", run::method(request.method), request.url, request.expect_status)
     }
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[
-            Action::new::<HttpRequest>("request", "Send a request; check status and JSON fields.", Effect::Change)
-                .not_idempotent(),
-            Action::new::<HttpHealth>("health", "Poll until the endpoint answers as expected.", Effect::Observe),
-        ];
-        ACTIONS
+
+    async fn execute(&self, request: HttpRequest, cx: &Context) -> Result<StepOutput<Answer>, StepError> {
+        run::http_request(&request, cx).await.map(StepOutput::new)
     }
-    fn check(&self, action: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
-        let (url, pointers) = match action {
-            "request" => match params::<HttpRequest>(with) {
-                Ok(p) => (p.url, p.expect_json.into_keys().collect::<Vec<_>>()),
-                Err(issues) => return issues,
-            },
-            _ => match params::<HttpHealth>(with) {
-                Ok(p) => (p.url, p.expect_json.into_keys().collect()),
-                Err(issues) => return issues,
-            },
-        };
-        let mut issues = url_issues("/url", &url);
-        for pointer in pointers {
-            if !(pointer.is_empty() || pointer.starts_with('/')) {
-                issues.push(ParamIssue::invalid(
-                    format!("/expect_json/{pointer}"),
-                    format!("`{pointer}` is not a JSON pointer; write `/{pointer}`"),
-                ));
-            }
-        }
+}
+
+/// `http.health`.
+pub struct PollHealth;
+
+impl Action for PollHealth {
+    type Params = HttpHealth;
+    type Output = Healthy;
+    const DECLARATION: Declaration =
+        Declaration::new::<HttpHealth>("health", "Poll until the endpoint answers as expected.", Effect::Observe);
+
+    fn check(&self, health: &HttpHealth, _: &Site<'_>) -> Vec<ParamIssue> {
+        http_issues(&health.url, &health.expect_json)
+    }
+
+    fn describe(&self, health: &HttpHealth) -> String {
+        format!("poll {} until status {} (within {})", health.url, health.expect_status, health.within)
+    }
+
+    async fn execute(&self, health: HttpHealth, cx: &Context) -> Result<StepOutput<Healthy>, StepError> {
+        run::http_health(&health, cx).await.map(StepOutput::new)
+    }
+}
+
+/// A URL must be `http(s)://…` or a `${ENV_VAR}` reference; expectations are JSON pointers.
+fn http_issues(url: &str, expect_json: &BTreeMap<String, serde_json::Value>) -> Vec<ParamIssue> {
+    let mut issues = Vec::new();
+    if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("${")) {
         issues
+            .push(ParamIssue::invalid("/url", format!("`{url}` is not an http(s) URL or a `${{ENV_VAR}}` reference")));
     }
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-    fn describe(&self, call: Call<'_>) -> String {
-        match call.action {
-            "request" => call.params::<HttpRequest>().map_or_else(
-                |e| e.to_string(),
-                |r| format!("{} {}, expect status {}", run::method(r.method), r.url, r.expect_status),
-            ),
-            _ => call.params::<HttpHealth>().map_or_else(
-                |e| e.to_string(),
-                |h| format!("poll {} until status {} (within {})", h.url, h.expect_status, h.within),
-            ),
+    for pointer in expect_json.keys() {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            issues.push(ParamIssue::invalid(
+                format!("/expect_json/{pointer}"),
+                format!("`{pointer}` is not a JSON pointer; write `/{pointer}`"),
+            ));
         }
     }
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            match call.action {
-                "request" => run::http_request(&call.params::<HttpRequest>()?, cx).await,
-                _ => run::http_health(&call.params::<HttpHealth>()?, cx).await,
-            }
-        })
+    issues
+}
+
+/// `wait.soak`.
+pub struct Soak;
+
+impl Action for Soak {
+    type Params = WaitSoak;
+    type Output = Waited;
+    const DECLARATION: Declaration = Declaration::new::<WaitSoak>("soak", "Hold for a duration.", Effect::Observe);
+
+    fn describe(&self, soak: &WaitSoak) -> String {
+        format!("wait {}", soak.duration)
+    }
+
+    async fn execute(&self, soak: WaitSoak, cx: &Context) -> Result<StepOutput<Waited>, StepError> {
+        cx.cancellable(cx.clock.sleep(soak.duration.get())).await?;
+        Ok(StepOutput::new(Waited { waited: soak.duration.as_str().to_owned() }))
     }
 }
 
-/// A URL must be `http(s)://…` or a `${ENV_VAR}` reference.
-fn url_issues(pointer: &str, url: &str) -> Vec<ParamIssue> {
-    if url.starts_with("http://") || url.starts_with("https://") || url.starts_with("${") {
-        Vec::new()
-    } else {
-        vec![ParamIssue::invalid(pointer, format!("`{url}` is not an http(s) URL or a `${{ENV_VAR}}` reference"))]
-    }
-}
+/// `gate.manual`.
+pub struct ManualGate;
 
-impl Executor for Wait {
-    fn name(&self) -> &'static str {
-        "wait"
-    }
-    fn summary(&self) -> &'static str {
-        "Waits, with the phase's criteria and alerts watched."
-    }
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[Action::new::<WaitSoak>("soak", "Hold for a duration.", Effect::Observe)];
-        ACTIONS
-    }
-    fn check(&self, _: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
-        params::<WaitSoak>(with).err().unwrap_or_default()
-    }
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-    fn describe(&self, call: Call<'_>) -> String {
-        call.params::<WaitSoak>().map_or_else(|e| e.to_string(), |w| format!("wait {}", w.duration))
-    }
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            let soak = call.params::<WaitSoak>()?;
-            cx.cancellable(cx.clock.sleep(soak.duration.get())).await?;
-            Ok(serde_json::json!({ "waited": soak.duration.as_str() }))
-        })
-    }
-}
+impl Action for ManualGate {
+    type Params = GateManual;
+    type Output = Approved;
+    const DECLARATION: Declaration =
+        Declaration::new::<GateManual>("manual", "Wait for a person to confirm.", Effect::Observe);
 
-impl Executor for Gate {
-    fn name(&self) -> &'static str {
-        "gate"
+    fn describe(&self, gate: &GateManual) -> String {
+        format!("ask a person: {}", gate.prompt)
     }
-    fn summary(&self) -> &'static str {
-        "Stops until a person approves."
-    }
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] =
-            &[Action::new::<GateManual>("manual", "Wait for a person to confirm.", Effect::Observe)];
-        ACTIONS
-    }
-    fn check(&self, _: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
-        params::<GateManual>(with).err().unwrap_or_default()
-    }
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-    fn describe(&self, call: Call<'_>) -> String {
-        call.params::<GateManual>().map_or_else(|e| e.to_string(), |g| format!("ask a person: {}", g.prompt))
-    }
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            let gate = call.params::<GateManual>()?;
-            match cx.decision() {
-                Some(decision) if decision.approved => Ok(serde_json::json!({ "approved_by": decision.by })),
-                Some(decision) => Err(StepError::Failed(format!(
-                    "rejected by {}{}",
-                    decision.by,
-                    decision.comment.map(|c| format!(": {c}")).unwrap_or_default()
-                ))),
-                None => Err(StepError::NeedsDecision { key: cx.decision_key(), prompt: gate.prompt }),
-            }
-        })
-    }
-}
 
-impl Executor for Notify {
-    fn name(&self) -> &'static str {
-        "notify"
-    }
-    fn summary(&self) -> &'static str {
-        "Tells people what happened (Slack-compatible webhooks)."
-    }
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] =
-            &[Action::new::<NotifyWebhook>("webhook", "Post a message to a webhook.", Effect::Observe)
-                .not_idempotent()];
-        ACTIONS
-    }
-    fn check(&self, _: &str, with: &serde_json::Value, _: &Site<'_>) -> Vec<ParamIssue> {
-        match params::<NotifyWebhook>(with) {
-            Ok(p) if !p.url.starts_with("${") => vec![ParamIssue::new(
-                handoff_plan::codes::LITERAL_CREDENTIAL,
-                "/url",
-                "webhook URLs carry their secret in the path; use a `${ENV_VAR}` reference",
-            )],
-            Ok(_) => Vec::new(),
-            Err(issues) => issues,
+    async fn execute(&self, gate: GateManual, cx: &Context) -> Result<StepOutput<Approved>, StepError> {
+        match cx.decision() {
+            Some(decision) if decision.approved => Ok(StepOutput::new(Approved { approved_by: decision.by })),
+            Some(decision) => Err(StepError::Failed(format!(
+                "rejected by {}{}",
+                decision.by,
+                decision.comment.map(|c| format!(": {c}")).unwrap_or_default()
+            ))),
+            None => Err(StepError::NeedsDecision { key: cx.decision_key(), prompt: gate.prompt }),
         }
     }
-    fn executes(&self, _: &str) -> bool {
-        true
+}
+
+/// `notify.webhook`.
+pub struct PostWebhook;
+
+impl Action for PostWebhook {
+    type Params = NotifyWebhook;
+    type Output = Notified;
+    const DECLARATION: Declaration =
+        Declaration::new::<NotifyWebhook>("webhook", "Post a message to a webhook.", Effect::Observe).not_idempotent();
+
+    fn check(&self, webhook: &NotifyWebhook, _: &Site<'_>) -> Vec<ParamIssue> {
+        if webhook.url.starts_with("${") {
+            return Vec::new();
+        }
+        vec![ParamIssue::new(
+            handoff_plan::codes::LITERAL_CREDENTIAL,
+            "/url",
+            "webhook URLs carry their secret in the path; use a `${ENV_VAR}` reference",
+        )]
     }
-    fn describe(&self, call: Call<'_>) -> String {
-        call.params::<NotifyWebhook>()
-            .map_or_else(|e| e.to_string(), |n| format!("post \"{}\" to {}", n.message, n.url))
+
+    fn describe(&self, webhook: &NotifyWebhook) -> String {
+        format!("post \"{}\" to {}", webhook.message, webhook.url)
     }
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move { run::notify(&call.params::<NotifyWebhook>()?, cx).await })
+
+    async fn execute(&self, webhook: NotifyWebhook, cx: &Context) -> Result<StepOutput<Notified>, StepError> {
+        run::notify(&webhook, cx).await.map(StepOutput::new)
     }
 }

@@ -7,7 +7,9 @@ use handoff_executor::http::{self, Request};
 use handoff_executor::{Context, StepError, expand_env};
 use serde_json::{Value, json};
 
-use crate::{HttpHealth, HttpMethod, HttpRequest, NotifyWebhook, ShellRun};
+use handoff_executor::StepOutput;
+
+use crate::{Answer, CommandOutput, Healthy, HttpHealth, HttpMethod, HttpRequest, Notified, NotifyWebhook, ShellRun};
 
 /// Timeout of one HTTP exchange.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,11 +29,16 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 /// Runs `command` with the environment and working directory of `run`.
-pub(crate) async fn shell(command: &[String], run: &ShellRun, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn shell(
+    command: &[String],
+    run: &ShellRun,
+    cx: &Context,
+) -> Result<StepOutput<CommandOutput>, StepError> {
     // A simulation has no cluster, CI or cloud account to run commands against: the step is
     // reported as assumed, never silently passed.
     if cx.policy.simulation {
-        return Ok(json!({ "assumed_in_simulation": true, "command": command }));
+        let why = format!("`{}` (command not run)", command.join(" "));
+        return Ok(StepOutput::new(CommandOutput::default()).assumed(why));
     }
     if !cx.policy.allow_shell {
         return Err(StepError::Refused(SHELL_REFUSED.to_owned()));
@@ -67,9 +74,9 @@ pub(crate) async fn shell(command: &[String], run: &ShellRun, cx: &Context) -> R
         .await?
         .map_err(|e| StepError::Failed(format!("`{program}` failed: {e}")))?;
     let code = output.status.code();
-    let result = json!({ "exit": code, "stdout": tail(&output.stdout), "stderr": tail(&output.stderr) });
+    let result = CommandOutput { exit: code, stdout: tail(&output.stdout), stderr: tail(&output.stderr) };
     if code == Some(run.expect_exit) {
-        Ok(result)
+        Ok(StepOutput::new(result))
     } else {
         let how = code.map_or_else(|| "was killed by a signal".to_owned(), |c| format!("exited with {c}"));
         let stderr = tail(&output.stderr);
@@ -98,7 +105,7 @@ fn judge(response: &http::Response, status: u16, expect: &std::collections::BTre
     problems
 }
 
-pub(crate) async fn http_request(request: &HttpRequest, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn http_request(request: &HttpRequest, cx: &Context) -> Result<Answer, StepError> {
     let send = Request {
         method: method(request.method).to_owned(),
         url: request.url.clone(),
@@ -109,13 +116,13 @@ pub(crate) async fn http_request(request: &HttpRequest, cx: &Context) -> Result<
     let response = cx.cancellable(send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
     let problems = judge(&response, request.expect_status, &request.expect_json);
     if problems.is_empty() {
-        Ok(json!({ "status": response.status, "body": response.json }))
+        Ok(Answer { status: response.status, body: response.json })
     } else {
         Err(StepError::Failed(format!("{} {}: {}", method(request.method), request.url, problems.join("; "))))
     }
 }
 
-pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Healthy, StepError> {
     let interval = health.interval.as_ref().map_or(Duration::from_secs(5), |i| i.get());
     let started = cx.clock.now();
     let mut polls = 0u32;
@@ -125,7 +132,7 @@ pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Val
             Ok(response) => {
                 let problems = judge(&response, health.expect_status, &health.expect_json);
                 if problems.is_empty() {
-                    return Ok(json!({ "status": response.status, "polls": polls }));
+                    return Ok(Healthy { status: response.status, polls });
                 }
                 problems.join("; ")
             }
@@ -143,7 +150,7 @@ pub(crate) async fn http_health(health: &HttpHealth, cx: &Context) -> Result<Val
     }
 }
 
-pub(crate) async fn notify(webhook: &NotifyWebhook, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn notify(webhook: &NotifyWebhook, cx: &Context) -> Result<Notified, StepError> {
     let status = if cx.rolling_back { "rolling back" } else { "in progress" };
     let text = webhook
         .message
@@ -152,7 +159,7 @@ pub(crate) async fn notify(webhook: &NotifyWebhook, cx: &Context) -> Result<Valu
         .replace("{{ status }}", status);
     if cx.policy.simulation {
         // A simulation tells nobody: the message is kept in the report instead.
-        return Ok(json!({ "text": text, "sent": false }));
+        return Ok(Notified { text, sent: false });
     }
     let send = Request {
         method: "POST".to_owned(),
@@ -163,7 +170,7 @@ pub(crate) async fn notify(webhook: &NotifyWebhook, cx: &Context) -> Result<Valu
     };
     let response = cx.cancellable(send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
     if (200..300).contains(&response.status) {
-        Ok(json!({ "text": text, "sent": true }))
+        Ok(Notified { text, sent: true })
     } else {
         Err(StepError::Failed(format!("webhook {} answered {}: {}", webhook.url, response.status, response.excerpt)))
     }

@@ -3,15 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use handoff_executor::{Action, BoxFuture, Call, Context, Executor, StepError, params};
+use handoff_executor::{Action, Context, Declaration, Executor, StepError, StepOutput};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref};
-use handoff_plan::model::{Id, ResourceKind};
+use handoff_plan::model::{Id, Plan, ResourceKind};
 use handoff_plan::units::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod run;
+
+pub use run::{ConsumptionOutput, LifecycleOutput, PartitionLag, PublishOutput, TopicOutput};
 
 /// `kafka.ensure_topic`: create a topic, or check an existing one matches.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -87,106 +89,125 @@ pub struct VerifyConsumption {
 }
 
 /// The `kafka` executor.
-pub struct Kafka;
+pub fn executor() -> Executor {
+    Executor::new("kafka", "Creates topics, publishes events, measures consumer lag.")
+        .with(EnsureTopicAction)
+        .with(PublishLifecycleAction)
+        .with(PublishAction)
+        .with(VerifyConsumptionAction)
+}
 
-impl Executor for Kafka {
-    fn name(&self) -> &'static str {
-        "kafka"
+/// The broker and topic every action names: the broker must be a `kafka` resource, and the
+/// topic one of its declared topics when it declares any.
+fn broker_topic(plan: &Plan, broker: &Id, topic: &str) -> Vec<ParamIssue> {
+    if let Some(issue) = resource_ref(plan, "/broker", broker, &[ResourceKind::Kafka]) {
+        return vec![issue];
+    }
+    let declared = &plan.resources[broker].topics;
+    if !declared.is_empty() && !declared.iter().any(|t| t == topic) {
+        return vec![ParamIssue::new(
+            handoff_plan::codes::UNDEFINED_RESOURCE,
+            "/topic",
+            format!("topic `{topic}` is not among the topics of resource `{broker}`: {}", declared.join(", ")),
+        )];
+    }
+    Vec::new()
+}
+
+/// `kafka.ensure_topic`.
+pub struct EnsureTopicAction;
+
+impl Action for EnsureTopicAction {
+    type Params = EnsureTopic;
+    type Output = TopicOutput;
+    const DECLARATION: Declaration =
+        Declaration::new::<EnsureTopic>("ensure_topic", "Create a topic or check its settings.", Effect::Change);
+
+    fn check(&self, p: &EnsureTopic, site: &Site<'_>) -> Vec<ParamIssue> {
+        broker_topic(site.plan, &p.broker, &p.topic)
     }
 
-    fn summary(&self) -> &'static str {
-        "Creates topics, publishes events, measures consumer lag."
+    fn describe(&self, p: &EnsureTopic) -> String {
+        format!("ensure topic `{}` on `{}` with {} partitions", p.topic, p.broker, p.partitions)
     }
 
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[
-            Action::new::<EnsureTopic>("ensure_topic", "Create a topic or check its settings.", Effect::Change),
-            Action::new::<PublishLifecycle>(
-                "publish_lifecycle",
-                "Publish the run's lifecycle events from now on.",
-                Effect::Change,
-            )
-            .background()
-            .emitting(&["event_publish_success_rate"]),
-            Action::new::<Publish>("publish", "Publish keyed domain events, idempotently.", Effect::Change)
-                .emitting(&["event_publish_success_rate"]),
-            Action::new::<VerifyConsumption>(
-                "verify_consumption",
-                "Check a consumer group's lag on a topic.",
-                Effect::Observe,
-            )
-            .emitting(&["consumer_lag"]),
-        ];
-        ACTIONS
+    async fn execute(&self, p: EnsureTopic, cx: &Context) -> Result<StepOutput<TopicOutput>, StepError> {
+        run::ensure_topic(&p, cx).await.map(StepOutput::new)
+    }
+}
+
+/// `kafka.publish_lifecycle`.
+pub struct PublishLifecycleAction;
+
+impl Action for PublishLifecycleAction {
+    type Params = PublishLifecycle;
+    type Output = LifecycleOutput;
+    const DECLARATION: Declaration = Declaration::new::<PublishLifecycle>(
+        "publish_lifecycle",
+        "Publish the run's lifecycle events from now on.",
+        Effect::Change,
+    )
+    .background()
+    .emitting(&["event_publish_success_rate"]);
+
+    fn check(&self, p: &PublishLifecycle, site: &Site<'_>) -> Vec<ParamIssue> {
+        broker_topic(site.plan, &p.broker, &p.topic)
     }
 
-    fn executes(&self, _: &str) -> bool {
-        true
+    fn describe(&self, p: &PublishLifecycle) -> String {
+        format!("publish the run's lifecycle events to `{}` from now on (in the background)", p.topic)
     }
 
-    fn describe(&self, call: Call<'_>) -> String {
-        let with = call.with;
-        let text = |key: &str| with.get(key).and_then(serde_json::Value::as_str).unwrap_or("?").to_owned();
-        match call.action {
-            "ensure_topic" => format!(
-                "ensure topic `{}` on `{}` with {} partitions",
-                text("topic"),
-                text("broker"),
-                with.get("partitions").and_then(serde_json::Value::as_u64).unwrap_or(0)
-            ),
-            "publish_lifecycle" => {
-                format!("publish the run's lifecycle events to `{}` from now on (in the background)", text("topic"))
-            }
-            "publish" => format!(
-                "publish {} `{}` event(s) to `{}`",
-                with.get("events").and_then(serde_json::Value::as_array).map_or(0, Vec::len),
-                text("event_type"),
-                text("topic")
-            ),
-            _ => format!(
-                "check that group `{}` is at most {} messages behind on `{}`",
-                text("group"),
-                with.get("max_lag").and_then(serde_json::Value::as_u64).unwrap_or(0),
-                text("topic")
-            ),
-        }
+    async fn execute(&self, p: PublishLifecycle, cx: &Context) -> Result<StepOutput<LifecycleOutput>, StepError> {
+        run::publish_lifecycle(&p, cx).await.map(StepOutput::new)
+    }
+}
+
+/// `kafka.publish`.
+pub struct PublishAction;
+
+impl Action for PublishAction {
+    type Params = Publish;
+    type Output = PublishOutput;
+    const DECLARATION: Declaration =
+        Declaration::new::<Publish>("publish", "Publish keyed domain events, idempotently.", Effect::Change)
+            .emitting(&["event_publish_success_rate"]);
+
+    fn check(&self, p: &Publish, site: &Site<'_>) -> Vec<ParamIssue> {
+        broker_topic(site.plan, &p.broker, &p.topic)
     }
 
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            match call.action {
-                "ensure_topic" => run::ensure_topic(&call.params()?, cx).await,
-                "publish_lifecycle" => run::publish_lifecycle(&call.params()?, cx).await,
-                "publish" => run::publish(&call.params()?, cx).await,
-                "verify_consumption" => run::verify_consumption(&call.params()?, cx).await,
-                other => Err(StepError::Refused(format!("kafka has no action `{other}`"))),
-            }
-        })
+    fn describe(&self, p: &Publish) -> String {
+        format!("publish {} `{}` event(s) to `{}`", p.events.len(), p.event_type, p.topic)
     }
 
-    fn check(&self, action: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
-        let plan = site.plan;
-        let checked = match action {
-            "ensure_topic" => params::<EnsureTopic>(with).map(|p| (p.broker, p.topic)),
-            "publish_lifecycle" => params::<PublishLifecycle>(with).map(|p| (p.broker, p.topic)),
-            "publish" => params::<Publish>(with).map(|p| (p.broker, p.topic)),
-            _ => params::<VerifyConsumption>(with).map(|p| (p.broker, p.topic)),
-        };
-        let (broker, topic) = match checked {
-            Ok(found) => found,
-            Err(issues) => return issues,
-        };
-        if let Some(issue) = resource_ref(plan, "/broker", &broker, &[ResourceKind::Kafka]) {
-            return vec![issue];
-        }
-        let declared = &plan.resources[&broker].topics;
-        if !declared.is_empty() && !declared.contains(&topic) {
-            return vec![ParamIssue::new(
-                handoff_plan::codes::UNDEFINED_RESOURCE,
-                "/topic",
-                format!("topic `{topic}` is not among the topics of resource `{broker}`: {}", declared.join(", ")),
-            )];
-        }
-        Vec::new()
+    async fn execute(&self, p: Publish, cx: &Context) -> Result<StepOutput<PublishOutput>, StepError> {
+        run::publish(&p, cx).await.map(StepOutput::new)
+    }
+}
+
+/// `kafka.verify_consumption`.
+pub struct VerifyConsumptionAction;
+
+impl Action for VerifyConsumptionAction {
+    type Params = VerifyConsumption;
+    type Output = ConsumptionOutput;
+    const DECLARATION: Declaration = Declaration::new::<VerifyConsumption>(
+        "verify_consumption",
+        "Check a consumer group's lag on a topic.",
+        Effect::Observe,
+    )
+    .emitting(&["consumer_lag"]);
+
+    fn check(&self, p: &VerifyConsumption, site: &Site<'_>) -> Vec<ParamIssue> {
+        broker_topic(site.plan, &p.broker, &p.topic)
+    }
+
+    fn describe(&self, p: &VerifyConsumption) -> String {
+        format!("check that group `{}` is at most {} messages behind on `{}`", p.group, p.max_lag, p.topic)
+    }
+
+    async fn execute(&self, p: VerifyConsumption, cx: &Context) -> Result<StepOutput<ConsumptionOutput>, StepError> {
+        run::verify_consumption(&p, cx).await.map(StepOutput::new)
     }
 }

@@ -16,6 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{EnsureTopic, Publish, PublishLifecycle, VerifyConsumption};
@@ -51,7 +52,7 @@ async fn blocking<T: Send + 'static>(
 
 /// `kafka.ensure_topic`: creates the topic, or checks that the existing one has the
 /// plan's partitions and configs.
-pub(crate) async fn ensure_topic(p: &EnsureTopic, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn ensure_topic(p: &EnsureTopic, cx: &Context) -> Result<TopicOutput, StepError> {
     let config = bootstrap(cx, &p.broker)?;
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| failed("kafka admin client", e))?;
     let replication = p.replication_factor.map_or(-1, i32::from);
@@ -65,7 +66,9 @@ pub(crate) async fn ensure_topic(p: &EnsureTopic, cx: &Context) -> Result<Value,
         .await?
         .map_err(|e| failed(&format!("creating topic `{}`", p.topic), e))?;
     match created.into_iter().next() {
-        Some(Ok(_)) => return Ok(json!({"topic": p.topic, "created": true, "partitions": p.partitions})),
+        Some(Ok(_)) => {
+            return Ok(TopicOutput { topic: p.topic.clone(), created: true, partitions: p.partitions as usize });
+        }
         Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => {}
         Some(Err((_, code))) => return Err(failed(&format!("creating topic `{}`", p.topic), code)),
         None => return Err(StepError::Failed(format!("creating topic `{}`: the broker did not answer", p.topic))),
@@ -107,7 +110,7 @@ pub(crate) async fn ensure_topic(p: &EnsureTopic, cx: &Context) -> Result<Value,
             differences.join("; ")
         )));
     }
-    Ok(json!({"topic": p.topic, "created": false, "partitions": partitions}))
+    Ok(TopicOutput { topic: p.topic.clone(), created: false, partitions })
 }
 
 /// An idempotent producer.
@@ -128,7 +131,7 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, event: &Value) 
 }
 
 /// `kafka.publish`: publishes keyed domain events; emits `event_publish_success_rate`.
-pub(crate) async fn publish(p: &Publish, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn publish(p: &Publish, cx: &Context) -> Result<PublishOutput, StepError> {
     let producer = producer(cx, &p.broker)?;
     let at = cx.clock.now().to_string();
     let sends = p.events.iter().enumerate().map(|(i, event)| {
@@ -157,12 +160,12 @@ pub(crate) async fn publish(p: &Publish, cx: &Context) -> Result<Value, StepErro
             p.topic
         )));
     }
-    Ok(json!({"topic": p.topic, "published": delivered}))
+    Ok(PublishOutput { topic: p.topic.clone(), published: delivered })
 }
 
 /// `kafka.publish_lifecycle`: publishes the run's lifecycle events from now on, in the
 /// background, until the run stops in this process.
-pub(crate) async fn publish_lifecycle(p: &PublishLifecycle, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn publish_lifecycle(p: &PublishLifecycle, cx: &Context) -> Result<LifecycleOutput, StepError> {
     let producer = producer(cx, &p.broker)?;
     // Fail now, not in the background, when the topic is missing.
     let (probe, topic) = (producer.clone(), p.topic.clone());
@@ -199,7 +202,7 @@ pub(crate) async fn publish_lifecycle(p: &PublishLifecycle, cx: &Context) -> Res
         let _ = tokio::task::spawn_blocking(move || producer.flush(CALL_TIMEOUT)).await;
         drop(feed.done);
     });
-    Ok(json!({"topic": p.topic, "background": true, "backlog": backlog}))
+    Ok(LifecycleOutput { topic: p.topic.clone(), background: true, backlog })
 }
 
 /// Publishes lifecycle changes and keeps the success rate.
@@ -248,7 +251,7 @@ impl Publisher {
 
 /// `kafka.verify_consumption`: samples a consumer group's total lag on a topic over the
 /// window; passes when the last sample is within `max_lag`.
-pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> Result<ConsumptionOutput, StepError> {
     let window = p.window.as_ref().map_or(Duration::ZERO, |w| w.get());
     let interval = (window / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let config = bootstrap(cx, &p.broker)?;
@@ -287,10 +290,14 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
     };
     // Consumers that never joined a group never close it; nothing to wait for.
     std::thread::spawn(move || drop((consumer, reader)));
-    let output = json!({
-        "topic": p.topic, "group": p.group, "lag": last.total, "max_seen": samples.iter().max(),
-        "samples": samples.len(), "partitions": last.partitions,
-    });
+    let output = ConsumptionOutput {
+        topic: p.topic.clone(),
+        group: p.group.clone(),
+        lag: last.total,
+        max_seen: samples.iter().max().copied(),
+        samples: samples.len(),
+        partitions: last.partitions,
+    };
     // Early in the window a group may not have committed yet; at its end it must have.
     if last.uncommitted {
         return Err(StepError::Failed(format!(
@@ -300,11 +307,74 @@ pub(crate) async fn verify_consumption(p: &VerifyConsumption, cx: &Context) -> R
     }
     if last.total > p.max_lag {
         return Err(StepError::Failed(format!(
-            "consumer group `{}` is {} messages behind on `{}` (at most {} passes): {output}",
-            p.group, last.total, p.topic, p.max_lag
+            "consumer group `{}` is {} messages behind on `{}` (at most {} passes): {}",
+            p.group,
+            output.lag,
+            p.topic,
+            p.max_lag,
+            serde_json::to_string(&output).unwrap_or_default()
         )));
     }
     Ok(output)
+}
+
+/// What `kafka.ensure_topic` found or did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TopicOutput {
+    /// The topic.
+    pub topic: String,
+    /// It was created (else it existed with the plan's settings).
+    pub created: bool,
+    /// Its partitions.
+    pub partitions: usize,
+}
+
+/// What `kafka.publish` delivered.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishOutput {
+    /// The topic.
+    pub topic: String,
+    /// Events acknowledged.
+    pub published: usize,
+}
+
+/// What `kafka.publish_lifecycle` started.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LifecycleOutput {
+    /// The topic.
+    pub topic: String,
+    /// It publishes in the background.
+    pub background: bool,
+    /// Lifecycle events of the run so far, published first.
+    pub backlog: usize,
+}
+
+/// What `kafka.verify_consumption` measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsumptionOutput {
+    /// The topic.
+    pub topic: String,
+    /// The consumer group.
+    pub group: String,
+    /// Its lag at the end of the window, in messages.
+    pub lag: u64,
+    /// The largest lag sampled.
+    pub max_seen: Option<u64>,
+    /// Samples taken.
+    pub samples: usize,
+    /// The lag per partition at the end.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// One partition's offsets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PartitionLag {
+    /// Partition id.
+    pub partition: i32,
+    /// End offset (confirmed by reading).
+    pub end: i64,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
 }
 
 /// A group's lag on a topic.
@@ -312,8 +382,8 @@ struct Lag {
     total: u64,
     /// The group has committed nothing on the topic (yet).
     uncommitted: bool,
-    /// Per partition: (partition, end offset, committed offset).
-    partitions: Vec<(i32, i64, Option<i64>)>,
+    /// Per partition.
+    partitions: Vec<PartitionLag>,
 }
 
 /// Records read at most to confirm a partition's end offset.
@@ -380,8 +450,8 @@ fn lag(consumer: &BaseConsumer, reader: &BaseConsumer, topic: &str) -> Result<La
             _ => None,
         };
         out.total += (high - position.unwrap_or(low)).max(0) as u64;
-        out.partitions.push((id, high, position));
+        out.partitions.push(PartitionLag { partition: id, end: high, committed: position });
     }
-    out.uncommitted = out.partitions.iter().all(|(_, _, committed)| committed.is_none()) && out.total > 0;
+    out.uncommitted = out.partitions.iter().all(|p| p.committed.is_none()) && out.total > 0;
     Ok(out)
 }

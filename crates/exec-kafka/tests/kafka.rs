@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handoff_exec_kafka::Kafka;
-use handoff_executor::{Call, Context, Endpoints, Executor, Recorder, StepError, VirtualClock};
+use handoff_executor::{Context, Endpoints, Executor, Recorder, StepError, VirtualClock};
 use handoff_plan::model::{Id, Resource};
 use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -15,13 +14,16 @@ use serde_json::{Value, json};
 
 struct World {
     sandbox: Sandbox,
-    kafka: Kafka,
+    kafka: Executor,
 }
 
 impl World {
     async fn start() -> World {
         let specs = [ServiceSpec::new("events", ServiceKind::Kafka)];
-        World { sandbox: Sandbox::start(&specs, &Options::default()).await.expect("the sandbox starts"), kafka: Kafka }
+        World {
+            sandbox: Sandbox::start(&specs, &Options::default()).await.expect("the sandbox starts"),
+            kafka: handoff_exec_kafka::executor(),
+        }
     }
 
     fn bootstrap(&self) -> String {
@@ -35,7 +37,7 @@ impl World {
         let resources = BTreeMap::from([(Id("events".to_owned()), resource)]);
         let mut cx = Context::detached("s", Endpoints::new(endpoints), resources, None, reports.clone());
         cx.clock = Arc::new(VirtualClock::new());
-        (self.kafka.execute(Call { action, with: &with }, &cx).await, reports)
+        (self.kafka.run(action, &with, &cx).await.map(|o| serde_json::to_value(o).expect("outputs serialize")), reports)
     }
 
     /// Reads `count` messages of `topic` from the start, as group `group`, committing them.

@@ -2,8 +2,7 @@
 //! move — initial copy, continuous change-stream sync, full verification, reconciliation,
 //! reverse sync for the rollback window, archive/restore, and a guarded drop.
 
-use handoff_executor::{Action, BoxFuture, Call, Context, Executor, StepError, params};
-use handoff_plan::Effect;
+use handoff_executor::Executor;
 use handoff_plan::codes;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref};
 use handoff_plan::model::{Id, Plan, ResourceKind, Step};
@@ -185,186 +184,32 @@ pub struct Drop {
     pub archive: Id,
 }
 
-/// Metrics the sync actions emit.
-const SYNC_METRICS: &[&str] = &["sync_lag_seconds", "sync_applied_ops_per_second"];
-/// Metrics `mongo.verify` emits.
-const VERIFY_METRICS: &[&str] = &["data_discrepancies", "data_consistency_percent", "documents_verified"];
-
+mod actions;
 mod run;
 
-/// The `mongo` executor. It keeps one client per endpoint for the whole run.
-#[derive(Default)]
-pub struct Mongo {
-    clients: run::Clients,
-    syncs: run::sync::Syncs,
-}
+pub use actions::{
+    ArchiveCollection, CopyCollection, DropCollection, ReconcileCollections, RestoreArchive, StartSync, StopSyncing,
+    VerifyCollections,
+};
+pub use run::archive::{ArchiveOutput, DropOutput, RestoreOutput};
+pub use run::copy::CopyOutput;
+pub use run::sync::{StopOutput, SyncOutput};
+pub use run::verify::{Examples, ReconcileOutput, VerifyOutput};
 
-impl Executor for Mongo {
-    fn name(&self) -> &'static str {
-        "mongo"
-    }
-
-    fn summary(&self) -> &'static str {
-        "Moves and verifies MongoDB collections between two servers."
-    }
-
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[
-            Action::new::<Copy>("copy", "Initial copy in parallel _id ranges, resumable.", Effect::Change)
-                .resumable()
-                .emitting(&["documents_copied"]),
-            Action::new::<Sync>("sync", "Continuous change-stream sync in the background.", Effect::Change)
-                .background()
-                .emitting(SYNC_METRICS),
-            Action::new::<StopSync>("stop_sync", "Stop a background sync, after draining it.", Effect::Change),
-            Action::new::<Verify>(
-                "verify",
-                "Compare every document (or a sample) of two collections.",
-                Effect::Observe,
-            )
-            .emitting(VERIFY_METRICS),
-            Action::new::<Reconcile>("reconcile", "Repair the differences verify finds.", Effect::Change)
-                .emitting(&["documents_reconciled"]),
-            Action::new::<Sync>(
-                "reverse_sync",
-                "Sync the new owner back to the old one for the rollback window.",
-                Effect::Change,
-            )
-            .background()
-            .emitting(SYNC_METRICS),
-            Action::new::<Archive>("archive", "Dump a collection to a verified, compressed archive.", Effect::Backup),
-            Action::new::<Restore>("restore", "Restore an archive.", Effect::Change),
-            Action::new::<Drop>("drop", "Drop a collection that has a verified archive.", Effect::Destroy),
-        ];
-        ACTIONS
-    }
-
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-
-    fn describe(&self, call: Call<'_>) -> String {
-        fn side(with: &serde_json::Value, key: &str) -> String {
-            let side = with.get(key).unwrap_or(&serde_json::Value::Null);
-            let resource = side.get("resource").and_then(serde_json::Value::as_str).unwrap_or("?");
-            match side.get("collection").and_then(serde_json::Value::as_str) {
-                Some(collection) => format!("`{resource}.{collection}`"),
-                None => format!("`{resource}`"),
-            }
-        }
-        let with = call.with;
-        let text = |key: &str| with.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        let (source, target) = (side(with, "source"), side(with, "target"));
-        match call.action {
-            "copy" => format!("copy {source} to {target} in parallel `_id` ranges (resumable), then its indexes"),
-            "sync" | "reverse_sync" => {
-                format!("apply {source}'s change stream to {target} continuously, in the background")
-            }
-            "stop_sync" => format!(
-                "stop the sync `{}`{}",
-                text("sync"),
-                if with.get("drain") == Some(&false.into()) { "" } else { " after draining it" }
-            ),
-            "verify" => match text("mode").as_str() {
-                "sample" => format!("compare a random sample of {source} with {target}"),
-                "hashed" => format!("compare every document of {source} with {target} by hash, plus exact counts"),
-                _ => format!("compare every document of {source} with {target}, field by field, plus exact counts"),
-            },
-            "reconcile" if text("direction") == "target_to_source" => format!("repair {source} from {target}"),
-            "reconcile" => format!("repair {target} from {source}"),
-            "archive" => {
-                format!("archive {source} to `{}` (compressed, with a manifest, restore-verified)", text("path"))
-            }
-            "restore" => format!("restore the archive `{}` into {target}", text("path")),
-            "drop" => format!("drop {target}, archived by step `{}`", text("archive")),
-            other => format!("mongo.{other}"),
-        }
-    }
-
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            match call.action {
-                "copy" => run::copy::run(&call.params::<Copy>()?, cx, &self.clients).await,
-                "verify" => run::verify::run(&call.params::<Verify>()?, cx, &self.clients).await,
-                "reconcile" => run::verify::reconcile(&call.params::<Reconcile>()?, cx, &self.clients).await,
-                "sync" | "reverse_sync" => {
-                    run::sync::start(&call.params::<Sync>()?, cx, &self.clients, &self.syncs).await
-                }
-                "stop_sync" => run::sync::stop(&call.params::<StopSync>()?, cx, &self.syncs).await,
-                "archive" => run::archive::archive(&call.params::<Archive>()?, cx, &self.clients).await,
-                "restore" => run::archive::restore(&call.params::<Restore>()?, cx, &self.clients).await,
-                "drop" => run::archive::drop(&call.params::<Drop>()?, cx, &self.clients).await,
-                other => Err(StepError::Refused(format!("mongo has no action `{other}`"))),
-            }
-        })
-    }
-
-    fn check(&self, action: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
-        let plan = site.plan;
-        match action {
-            "copy" => match params::<Copy>(with) {
-                Ok(p) => pair(plan, &p.source, &p.target),
-                Err(e) => e,
-            },
-            "sync" | "reverse_sync" => match params::<Sync>(with) {
-                Ok(p) => pair(plan, &p.source, &p.target),
-                Err(e) => e,
-            },
-            "reconcile" => match params::<Reconcile>(with) {
-                Ok(p) => pair(plan, &p.source, &p.target),
-                Err(e) => e,
-            },
-            "verify" => match params::<Verify>(with) {
-                Ok(p) => {
-                    let mut issues = pair(plan, &p.source, &p.target);
-                    if matches!(p.mode, VerifyMode::Sample) && p.sample_size.is_none() {
-                        issues.push(ParamIssue::invalid("/mode", "`mode: sample` needs `sample_size`"));
-                    }
-                    issues
-                }
-                Err(e) => e,
-            },
-            "archive" => match params::<Archive>(with) {
-                Ok(p) => side(plan, "/source", &p.source).into_iter().collect(),
-                Err(e) => e,
-            },
-            "restore" => match params::<Restore>(with) {
-                Ok(p) => side(plan, "/target", &p.target).into_iter().collect(),
-                Err(e) => e,
-            },
-            "stop_sync" => match params::<StopSync>(with) {
-                Ok(p) => earlier_step(site, "/sync", &p.sync, &["sync", "reverse_sync"]).err().into_iter().collect(),
-                Err(e) => e,
-            },
-            "drop" => match params::<Drop>(with) {
-                Ok(p) => {
-                    let mut issues: Vec<ParamIssue> = side(plan, "/target", &p.target).into_iter().collect();
-                    match earlier_step(site, "/archive", &p.archive, &["archive"]) {
-                        Err(issue) => issues.push(issue),
-                        Ok(step) => {
-                            let archived = params::<Archive>(&serde_json::Value::Object(step.with.clone())).ok();
-                            if let Some(archive) =
-                                archived.filter(|a| collection_of(plan, &a.source) != collection_of(plan, &p.target))
-                            {
-                                issues.push(ParamIssue::invalid(
-                                    "/archive",
-                                    format!(
-                                        "step `{}` archives {}, not {}, the collection this step drops",
-                                        p.archive,
-                                        describe(plan, &archive.source),
-                                        describe(plan, &p.target)
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    issues
-                }
-                Err(e) => e,
-            },
-            _ => Vec::new(),
-        }
-    }
+/// The `mongo` executor. Its actions share one client per endpoint and the running syncs
+/// for the whole run.
+pub fn executor() -> Executor {
+    let shared = std::sync::Arc::new(actions::Shared::default());
+    Executor::new("mongo", "Moves and verifies MongoDB collections between two servers.")
+        .with(CopyCollection(shared.clone()))
+        .with(StartSync::<false>(shared.clone()))
+        .with(StopSyncing(shared.clone()))
+        .with(VerifyCollections(shared.clone()))
+        .with(ReconcileCollections(shared.clone()))
+        .with(StartSync::<true>(shared.clone()))
+        .with(ArchiveCollection(shared.clone()))
+        .with(RestoreArchive(shared.clone()))
+        .with(DropCollection(shared))
 }
 
 /// Checks a `mongodb` resource reference.
@@ -398,7 +243,7 @@ fn earlier_step<'a>(site: &Site<'a>, pointer: &str, id: &Id, actions: &[&str]) -
     let Some((_, step)) = site.plan.all_steps().find(|(_, step)| &step.id == id) else {
         return Err(ParamIssue::new(codes::UNDEFINED_PHASE, pointer, format!("no step has the id `{id}`")));
     };
-    if !step.uses.strip_prefix("mongo.").is_some_and(|a| actions.contains(&a)) {
+    if !(step.uses.executor == "mongo" && actions.contains(&step.uses.action.as_str())) {
         return Err(ParamIssue::invalid(pointer, format!("step `{id}` uses `{}`, not {}", step.uses, wanted())));
     }
     if !site.steps_before().any(|s| &s.id == id) {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
-use handoff_exec_mongo::Mongo;
-use handoff_executor::{Call, Context, Endpoints, Executor, Recorder};
+
+use handoff_executor::{Context, Endpoints, Executor, Recorder};
 use handoff_plan::model::{Id, Resource};
 use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 struct World {
     sandbox: Sandbox,
-    mongo: Mongo,
+    mongo: Executor,
     old: mongodb::Collection<Document>,
     new: mongodb::Collection<Document>,
 }
@@ -36,7 +36,7 @@ impl World {
         };
         let old = collection("old_db", "restaurant").await;
         let new = collection("new_db", "menu").await;
-        World { sandbox, mongo: Mongo::default(), old, new }
+        World { sandbox, mongo: handoff_exec_mongo::executor(), old, new }
     }
 
     fn context(&self, reports: Arc<Recorder>, checkpoint: Option<Value>) -> Context {
@@ -72,7 +72,7 @@ impl World {
     ) -> Result<Value, handoff_executor::StepError> {
         let mut cx = self.context(reports, checkpoint);
         cx.policy = Arc::new(handoff_executor::Policy { simulation, ..handoff_executor::Policy::default() });
-        self.mongo.execute(Call { action, with: &with }, &cx).await
+        self.mongo.run(action, &with, &cx).await.map(|o| serde_json::to_value(o).expect("outputs serialize"))
     }
 
     async fn verify(&self, extra: Value) -> Value {
@@ -324,7 +324,7 @@ async fn archive_restores_identically_and_drop_needs_it_and_a_person() {
     assert!(path.join("menu_items.bson.gz").is_file() && path.join("manifest.json").is_file());
 
     let reports = Arc::new(Recorder::default());
-    reports.outputs.lock().unwrap().insert("arch".to_owned(), archived.clone());
+    reports.outputs.lock().unwrap().insert("arch".to_owned(), serde_json::from_value(archived.clone()).unwrap());
     let drop = json!({"target": {"resource": "old_db"}, "archive": "arch"});
     // A write after the archive: the drop is refused.
     world.old.insert_one(doc! {"_id": "late", "name": "late"}).await.unwrap();

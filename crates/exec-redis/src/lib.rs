@@ -1,15 +1,17 @@
 //! The `redis` executor: warm the cache from the new owner, invalidate without blocking the
 //! server, and measure the cache hit ratio.
 
-use handoff_executor::{Action, BoxFuture, Call, Context, Executor, StepError, params};
+use handoff_executor::{Action, Context, Declaration, Executor, StepError, StepOutput};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref};
-use handoff_plan::model::{Id, ResourceKind};
+use handoff_plan::model::{Id, Plan, ResourceKind};
 use handoff_plan::units::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod run;
+
+pub use run::{InvalidateOutput, ObserveOutput, WarmOutput};
 
 /// `redis.warm`: load hot keys from a MongoDB collection into the cache.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -58,99 +60,103 @@ pub struct Observe {
 }
 
 /// The `redis` executor.
-pub struct Redis;
+pub fn executor() -> Executor {
+    Executor::new("redis", "Warms, invalidates and observes a Redis cache.")
+        .with(WarmCache)
+        .with(InvalidateKeys)
+        .with(ObserveHits)
+}
 
-impl Executor for Redis {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
+/// The `redis` resource a step names.
+fn cache(plan: &Plan, id: &Id) -> Option<ParamIssue> {
+    resource_ref(plan, "/cache", id, &[ResourceKind::Redis])
+}
 
-    fn summary(&self) -> &'static str {
-        "Warms, invalidates and observes a Redis cache."
-    }
+/// `redis.warm`.
+pub struct WarmCache;
 
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[
-            Action::new::<Warm>("warm", "Load hot keys from MongoDB into the cache.", Effect::Change),
-            Action::new::<Invalidate>("invalidate", "Delete keys matching a pattern with SCAN.", Effect::Change),
-            Action::new::<Observe>("observe", "Emit cache_hit_ratio from the server's counters.", Effect::Observe)
-                .emitting(&["cache_hit_ratio"]),
-        ];
-        ACTIONS
-    }
+impl Action for WarmCache {
+    type Params = Warm;
+    type Output = WarmOutput;
+    const DECLARATION: Declaration =
+        Declaration::new::<Warm>("warm", "Load hot keys from MongoDB into the cache.", Effect::Change);
 
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-
-    fn describe(&self, call: Call<'_>) -> String {
-        let text = |key: &str| call.with.get(key).and_then(serde_json::Value::as_str).unwrap_or("?").to_owned();
-        match call.action {
-            "warm" => format!(
-                "warm `{}` with the {} most recently updated documents of `{}.{}` as `{}` (TTL {})",
-                text("cache"),
-                call.with.get("hot_keys").and_then(serde_json::Value::as_u64).unwrap_or(0),
-                text("source"),
-                text("collection"),
-                text("key"),
-                text("ttl")
-            ),
-            "invalidate" => {
-                format!("delete the keys of `{}` matching `{}` (SCAN + UNLINK)", text("cache"), text("pattern"))
-            }
-            _ => format!("measure the hit ratio of `{}` over {}", text("cache"), text("window")),
-        }
-    }
-
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move {
-            match call.action {
-                "warm" => run::warm(&call.params()?, cx).await,
-                "invalidate" => run::invalidate(&call.params()?, cx).await,
-                "observe" => run::observe(&call.params()?, cx).await,
-                other => Err(StepError::Refused(format!("redis has no action `{other}`"))),
-            }
-        })
-    }
-
-    fn check(&self, action: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
+    fn check(&self, p: &Warm, site: &Site<'_>) -> Vec<ParamIssue> {
         let plan = site.plan;
-        let cache = |id: &Id| resource_ref(plan, "/cache", id, &[ResourceKind::Redis]);
-        let prefix = |id: &Id| plan.resources.get(id).and_then(|r| r.key_prefix.clone());
-        match action {
-            "warm" => match params::<Warm>(with) {
-                Ok(p) => {
-                    let mut issues: Vec<ParamIssue> = cache(&p.cache)
-                        .into_iter()
-                        .chain(resource_ref(plan, "/source", &p.source, &[ResourceKind::Mongodb]))
-                        .collect();
-                    if let Some(prefix) = prefix(&p.cache).filter(|prefix| !p.key.starts_with(prefix.as_str())) {
-                        issues.push(ParamIssue::invalid(
-                            "/key",
-                            format!("keys of `{}` start with `{prefix}`; start the key with it", p.cache),
-                        ));
-                    }
-                    issues
-                }
-                Err(issues) => issues,
-            },
-            "invalidate" => match params::<Invalidate>(with) {
-                Ok(p) => {
-                    let mut issues: Vec<ParamIssue> = cache(&p.cache).into_iter().collect();
-                    if p.pattern.trim_matches('*').is_empty() {
-                        issues.push(ParamIssue::invalid(
-                            "/pattern",
-                            "this pattern would empty the whole cache; name the plan's key prefix (e.g. `menu:*`)",
-                        ));
-                    }
-                    issues
-                }
-                Err(issues) => issues,
-            },
-            _ => match params::<Observe>(with) {
-                Ok(p) => cache(&p.cache).into_iter().collect(),
-                Err(issues) => issues,
-            },
+        let mut issues: Vec<ParamIssue> = cache(plan, &p.cache)
+            .into_iter()
+            .chain(resource_ref(plan, "/source", &p.source, &[ResourceKind::Mongodb]))
+            .collect();
+        let prefix = plan.resources.get(&p.cache).and_then(|r| r.key_prefix.clone());
+        if let Some(prefix) = prefix.filter(|prefix| !p.key.starts_with(prefix.as_str())) {
+            issues.push(ParamIssue::invalid(
+                "/key",
+                format!("keys of `{}` start with `{prefix}`; start the key with it", p.cache),
+            ));
         }
+        issues
+    }
+
+    fn describe(&self, p: &Warm) -> String {
+        format!(
+            "warm `{}` with the {} most recently updated documents of `{}.{}` as `{}` (TTL {})",
+            p.cache, p.hot_keys, p.source, p.collection, p.key, p.ttl
+        )
+    }
+
+    async fn execute(&self, p: Warm, cx: &Context) -> Result<StepOutput<WarmOutput>, StepError> {
+        run::warm(&p, cx).await.map(StepOutput::new)
+    }
+}
+
+/// `redis.invalidate`.
+pub struct InvalidateKeys;
+
+impl Action for InvalidateKeys {
+    type Params = Invalidate;
+    type Output = InvalidateOutput;
+    const DECLARATION: Declaration =
+        Declaration::new::<Invalidate>("invalidate", "Delete keys matching a pattern with SCAN.", Effect::Change);
+
+    fn check(&self, p: &Invalidate, site: &Site<'_>) -> Vec<ParamIssue> {
+        let mut issues: Vec<ParamIssue> = cache(site.plan, &p.cache).into_iter().collect();
+        if p.pattern.trim_matches('*').is_empty() {
+            issues.push(ParamIssue::invalid(
+                "/pattern",
+                "this pattern would empty the whole cache; name the plan's key prefix (e.g. `menu:*`)",
+            ));
+        }
+        issues
+    }
+
+    fn describe(&self, p: &Invalidate) -> String {
+        format!("delete the keys of `{}` matching `{}` (SCAN + UNLINK)", p.cache, p.pattern)
+    }
+
+    async fn execute(&self, p: Invalidate, cx: &Context) -> Result<StepOutput<InvalidateOutput>, StepError> {
+        run::invalidate(&p, cx).await.map(StepOutput::new)
+    }
+}
+
+/// `redis.observe`.
+pub struct ObserveHits;
+
+impl Action for ObserveHits {
+    type Params = Observe;
+    type Output = ObserveOutput;
+    const DECLARATION: Declaration =
+        Declaration::new::<Observe>("observe", "Emit cache_hit_ratio from the server's counters.", Effect::Observe)
+            .emitting(&["cache_hit_ratio"]);
+
+    fn check(&self, p: &Observe, site: &Site<'_>) -> Vec<ParamIssue> {
+        cache(site.plan, &p.cache).into_iter().collect()
+    }
+
+    fn describe(&self, p: &Observe) -> String {
+        format!("measure the hit ratio of `{}` over {}", p.cache, p.window)
+    }
+
+    async fn execute(&self, p: Observe, cx: &Context) -> Result<StepOutput<ObserveOutput>, StepError> {
+        run::observe(&p, cx).await.map(StepOutput::new)
     }
 }

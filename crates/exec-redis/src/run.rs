@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use handoff_executor::{Context, StepError};
 use mongodb::bson::{Bson, Document};
 use redis::aio::MultiplexedConnection;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::{Invalidate, Observe, Warm};
 
@@ -53,7 +53,47 @@ async fn connect(cx: &Context, cache: &handoff_plan::model::Id) -> Result<Multip
 
 /// `redis.warm`: the most recently updated documents of a collection, as JSON under their
 /// cache keys, with a TTL.
-pub(crate) async fn warm(p: &Warm, cx: &Context) -> Result<Value, StepError> {
+/// What `redis.warm` loaded.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WarmOutput {
+    /// Keys written.
+    pub warmed: u64,
+    /// Documents without the key's field.
+    pub skipped: u64,
+    /// Their time to live.
+    pub ttl_seconds: u64,
+    /// The field the hottest documents were chosen by.
+    pub order_by: String,
+}
+
+/// What `redis.invalidate` deleted.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InvalidateOutput {
+    /// The pattern.
+    pub pattern: String,
+    /// Keys deleted.
+    pub deleted: u64,
+    /// SCAN round trips.
+    pub scan_rounds: u64,
+}
+
+/// What `redis.observe` measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ObserveOutput {
+    /// Hits in the window.
+    pub hits: u64,
+    /// Misses in the window.
+    pub misses: u64,
+    /// Hits per hundred reads (none without reads).
+    pub ratio_percent: Option<f64>,
+    /// The window.
+    pub window: String,
+    /// Why there is no ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub(crate) async fn warm(p: &Warm, cx: &Context) -> Result<WarmOutput, StepError> {
     let (resource, endpoint, uri) = cx.resource_endpoint(&p.source)?;
     let client = mongodb::Client::with_uri_str(uri)
         .await
@@ -107,7 +147,7 @@ pub(crate) async fn warm(p: &Warm, cx: &Context) -> Result<Value, StepError> {
             break;
         }
     }
-    Ok(json!({"warmed": warmed, "skipped": skipped, "ttl_seconds": ttl, "order_by": order_by}))
+    Ok(WarmOutput { warmed, skipped, ttl_seconds: ttl, order_by: order_by.to_owned() })
 }
 
 /// The cache key of a document: `{field}` (or `{a.b}`) replaced by the field's value.
@@ -137,7 +177,7 @@ fn key_of(template: &str, document: &Document) -> Option<String> {
 
 /// `redis.invalidate`: deletes matching keys with SCAN and UNLINK, a batch at a time, so
 /// the server never blocks on one big command.
-pub(crate) async fn invalidate(p: &Invalidate, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn invalidate(p: &Invalidate, cx: &Context) -> Result<InvalidateOutput, StepError> {
     let mut connection = connect(cx, &p.cache).await?;
     let count = p.batch.unwrap_or(1000);
     let (mut cursor, mut deleted, mut rounds) = (0_u64, 0_u64, 0_u64);
@@ -168,7 +208,7 @@ pub(crate) async fn invalidate(p: &Invalidate, cx: &Context) -> Result<Value, St
         }
         cursor = next;
     }
-    Ok(json!({"pattern": p.pattern, "deleted": deleted, "scan_rounds": rounds}))
+    Ok(InvalidateOutput { pattern: p.pattern.clone(), deleted, scan_rounds: rounds })
 }
 
 /// The server's keyspace hit and miss counters.
@@ -187,7 +227,7 @@ async fn counters(connection: &mut MultiplexedConnection, cx: &Context, cache: &
 }
 
 /// `redis.observe`: the hit ratio over one window, from the server's own counters.
-pub(crate) async fn observe(p: &Observe, cx: &Context) -> Result<Value, StepError> {
+pub(crate) async fn observe(p: &Observe, cx: &Context) -> Result<ObserveOutput, StepError> {
     let mut connection = connect(cx, &p.cache).await?;
     let cache = p.cache.to_string();
     let before = counters(&mut connection, cx, &cache).await?;
@@ -203,11 +243,12 @@ pub(crate) async fn observe(p: &Observe, cx: &Context) -> Result<Value, StepErro
         if after.0 < before.0 || after.1 < before.1 { after } else { (after.0 - before.0, after.1 - before.1) };
     let reads = hits + misses;
     if reads == 0 {
-        return Ok(json!({"hits": 0, "misses": 0, "ratio_percent": null, "note": "no reads in the window"}));
+        let note = Some("no reads in the window".to_owned());
+        return Ok(ObserveOutput { hits: 0, misses: 0, ratio_percent: None, window: p.window.to_string(), note });
     }
     let ratio = 100.0 * hits as f64 / reads as f64;
     cx.emit("cache_hit_ratio", ratio);
-    Ok(json!({"hits": hits, "misses": misses, "ratio_percent": ratio, "window": p.window}))
+    Ok(ObserveOutput { hits, misses, ratio_percent: Some(ratio), window: p.window.to_string(), note: None })
 }
 
 #[cfg(test)]

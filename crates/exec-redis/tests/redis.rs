@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use handoff_exec_redis::Redis;
-use handoff_executor::{BoxFuture, Call, Clock, Context, Endpoints, Executor, Recorder, StepError, SystemClock};
+use handoff_executor::{BoxFuture, Clock, Context, Endpoints, Recorder, StepError, SystemClock};
 use handoff_plan::model::{Id, Resource};
 use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
 use mongodb::bson::{DateTime, doc};
@@ -52,7 +51,10 @@ impl World {
 
     async fn step(&self, action: &str, with: Value) -> Result<Value, StepError> {
         let (cx, _) = self.context(Arc::new(SystemClock));
-        Redis.execute(Call { action, with: &with }, &cx).await
+        handoff_exec_redis::executor()
+            .run(action, &with, &cx)
+            .await
+            .map(|o| serde_json::to_value(o).expect("outputs serialize"))
     }
 
     async fn keys(&mut self, pattern: &str) -> Vec<String> {
@@ -153,7 +155,9 @@ async fn observe_reports_the_hit_ratio_of_the_reads_in_its_window() {
     let clock = Arc::new(GatedClock::default());
     let (cx, reports) = world.context(clock.clone());
     let observing = tokio::spawn(async move {
-        Redis.execute(Call { action: "observe", with: &json!({"cache": "menu_cache", "window": "5m"}) }, &cx).await
+        let output =
+            handoff_exec_redis::executor().run("observe", &json!({"cache": "menu_cache", "window": "5m"}), &cx).await;
+        output.map(|o| serde_json::to_value(o).expect("outputs serialize"))
     });
     clock.waiting.notified().await;
     for i in 0..40 {
@@ -169,7 +173,9 @@ async fn observe_reports_the_hit_ratio_of_the_reads_in_its_window() {
     let clock = Arc::new(GatedClock::default());
     let (cx, reports) = world.context(clock.clone());
     let quiet = tokio::spawn(async move {
-        Redis.execute(Call { action: "observe", with: &json!({"cache": "menu_cache", "window": "5m"}) }, &cx).await
+        let output =
+            handoff_exec_redis::executor().run("observe", &json!({"cache": "menu_cache", "window": "5m"}), &cx).await;
+        output.map(|o| serde_json::to_value(o).expect("outputs serialize"))
     });
     clock.waiting.notified().await;
     clock.release.notify_one();

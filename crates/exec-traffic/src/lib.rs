@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use handoff_executor::{Action, BoxFuture, Call, Compensation, Context, Executor, StepError, params};
+use handoff_executor::{Action, Compensation, Context, Declaration, Executor, StepError, StepOutput};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref, traffic_schedule};
 use handoff_plan::model::{Id, Plan, ResourceKind, TrafficSchedule};
@@ -18,6 +18,8 @@ use serde::Deserialize;
 
 mod route;
 mod run;
+
+pub use run::ShiftOutput;
 
 /// How weights reach the traffic.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
@@ -67,6 +69,11 @@ pub struct Shift {
 }
 
 /// The `traffic` executor.
+pub fn executor() -> Executor {
+    Executor::new("traffic", "Shifts traffic between services by weight and header.").with(Traffic::default())
+}
+
+/// `traffic.shift`.
 #[derive(Default)]
 pub struct Traffic {
     templates: OnceLock<Result<Templates, String>>,
@@ -91,7 +98,7 @@ pub fn virtual_services(
     base: &std::path::Path,
 ) -> Result<Vec<(String, VirtualService)>, String> {
     let mut out = Vec::new();
-    for (phase, step) in plan.all_steps().filter(|(_, step)| step.uses == "traffic.shift") {
+    for (phase, step) in plan.all_steps().filter(|(_, step)| step.uses.is("traffic", "shift")) {
         let shift = Shift::deserialize(&step.with).map_err(|e| format!("step `{}`: {e}", step.id))?;
         let at = |e: String| format!("step `{}/{}`: {e}", phase.id, step.id);
         let route = plan.resources.get(&shift.route).and_then(|r| r.endpoint.as_ref());
@@ -114,32 +121,31 @@ pub fn virtual_services(
     Ok(out)
 }
 
-impl Executor for Traffic {
-    fn name(&self) -> &'static str {
-        "traffic"
+impl Action for Traffic {
+    type Params = Shift;
+    type Output = ShiftOutput;
+    const DECLARATION: Declaration = Declaration::new::<Shift>(
+        "shift",
+        "Shift traffic by a weight schedule; compensation restores the previous weights.",
+        Effect::Change,
+    )
+    .resumable()
+    .emitting(&["traffic_weight"]);
+
+    fn check(&self, shift: &Shift, site: &Site<'_>) -> Vec<ParamIssue> {
+        let plan = site.plan;
+        let mut issues: Vec<ParamIssue> =
+            resource_ref(plan, "/route", &shift.route, &[ResourceKind::Mesh]).into_iter().collect();
+        issues.extend(resource_ref(plan, "/from", &shift.from, &[ResourceKind::Service]));
+        issues.extend(resource_ref(plan, "/to", &shift.to, &[ResourceKind::Service]));
+        if shift.from == shift.to {
+            issues.push(ParamIssue::invalid("/to", format!("traffic moves from `{}` to itself", shift.from)));
+        }
+        issues.extend(traffic_schedule(&shift.schedule, "/schedule"));
+        issues
     }
 
-    fn summary(&self) -> &'static str {
-        "Shifts traffic between services by weight and header."
-    }
-
-    fn actions(&self) -> &'static [Action] {
-        const ACTIONS: &[Action] = &[Action::new::<Shift>(
-            "shift",
-            "Shift traffic by a weight schedule; compensation restores the previous weights.",
-            Effect::Change,
-        )
-        .resumable()
-        .emitting(&["traffic_weight"])];
-        ACTIONS
-    }
-
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-
-    fn describe(&self, call: Call<'_>) -> String {
-        let Ok(shift) = call.params::<Shift>() else { return String::new() };
+    fn describe(&self, shift: &Shift) -> String {
         let weights: Vec<String> = shift.schedule.steps.iter().map(|s| format!("{}% ({})", s.weight, s.soak)).collect();
         let header = shift
             .schedule
@@ -160,33 +166,11 @@ impl Executor for Traffic {
         )
     }
 
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
-        Box::pin(async move { run::shift(&call.params::<Shift>()?, cx, self.templates()?).await })
+    async fn execute(&self, shift: Shift, cx: &Context) -> Result<StepOutput<ShiftOutput>, StepError> {
+        run::shift(&shift, cx, self.templates()?).await.map(StepOutput::new)
     }
 
-    fn compensate<'a>(
-        &'a self,
-        call: Call<'a>,
-        output: &'a serde_json::Value,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<Compensation, StepError>> {
-        Box::pin(async move { run::undo(&call.params::<Shift>()?, output, cx, self.templates()?).await })
-    }
-
-    fn check(&self, _: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
-        let plan = site.plan;
-        let shift: Shift = match params(with) {
-            Ok(shift) => shift,
-            Err(issues) => return issues,
-        };
-        let mut issues: Vec<ParamIssue> =
-            resource_ref(plan, "/route", &shift.route, &[ResourceKind::Mesh]).into_iter().collect();
-        issues.extend(resource_ref(plan, "/from", &shift.from, &[ResourceKind::Service]));
-        issues.extend(resource_ref(plan, "/to", &shift.to, &[ResourceKind::Service]));
-        if shift.from == shift.to {
-            issues.push(ParamIssue::invalid("/to", format!("traffic moves from `{}` to itself", shift.from)));
-        }
-        issues.extend(traffic_schedule(&shift.schedule, "/schedule"));
-        issues
+    async fn compensate(&self, shift: Shift, output: ShiftOutput, cx: &Context) -> Result<Compensation, StepError> {
+        run::undo(&shift, &output, cx, self.templates()?).await
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use handoff_executor::http::Request;
 use handoff_executor::{Compensation, Context, StepError};
+use handoff_plan::model::Id;
 use handoff_render::{Origin, Templates};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -35,8 +37,24 @@ fn target(shift: &Shift, cx: &Context) -> Result<Target, StepError> {
     Ok(target)
 }
 
+/// What `traffic.shift` applied.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShiftOutput {
+    /// The route.
+    pub route: Id,
+    /// The service traffic moved to.
+    pub to: Id,
+    /// Weights applied by this attempt, in order.
+    pub weights: Vec<u8>,
+    /// The last weight of the schedule.
+    pub weight: Option<u8>,
+    /// The route as it was before the shift (the live object, the file's text, or the
+    /// router's weights), which compensation puts back.
+    pub previous: Value,
+}
+
 /// Runs a shift from the checkpointed weight step on.
-pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) -> Result<Value, StepError> {
+pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) -> Result<ShiftOutput, StepError> {
     let target = target(shift, cx)?;
     let checkpoint = cx.checkpoint.as_ref();
     let start = checkpoint.and_then(|c| c.get("next")).and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -68,24 +86,24 @@ pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) ->
         );
         cx.cancellable(cx.clock.sleep(step.soak.get())).await?;
     }
-    Ok(json!({
-        "route": shift.route,
-        "to": shift.to,
-        "weights": applied,
-        "weight": shift.schedule.steps.last().map(|s| s.weight),
-        "previous": previous,
-    }))
+    Ok(ShiftOutput {
+        route: shift.route.clone(),
+        to: shift.to.clone(),
+        weights: applied,
+        weight: shift.schedule.steps.last().map(|s| s.weight),
+        previous,
+    })
 }
 
 /// Puts back the route as it was before the shift.
 pub(crate) async fn undo(
     shift: &Shift,
-    output: &Value,
+    output: &ShiftOutput,
     cx: &Context,
     templates: &Templates,
 ) -> Result<Compensation, StepError> {
     let target = target(shift, cx)?;
-    let previous = output.get("previous").cloned().unwrap_or(Value::Null);
+    let previous = &output.previous;
     let document = previous.get("document");
     match (&target, document) {
         (Target::Router(url), Some(body)) => router_put(url, body.clone(), cx).await?,

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use handoff_exec_traffic::Traffic;
-use handoff_executor::{Call, Compensation, Context, Endpoints, Executor, Policy, Recorder, StepError, VirtualClock};
+use handoff_executor::{Compensation, Context, Endpoints, Policy, Recorder, StepError, VirtualClock};
 use handoff_plan::model::{Id, Resource};
 use serde_json::{Value, json};
 
@@ -60,9 +59,9 @@ fn weighted(file: &Path) -> Vec<(String, u64)> {
 async fn gitops_file_walks_the_schedule_and_compensation_removes_what_it_created() {
     let dir = tempfile::tempdir().unwrap();
     let (cx, reports) = context("file:gitops/menu/reads.yaml", dir.path(), None, false);
-    let traffic = Traffic::default();
+    let traffic = handoff_exec_traffic::executor();
     let with = canary();
-    let output = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
+    let output = traffic.run("shift", &with, &cx).await.unwrap();
     let file = dir.path().join("gitops/menu/reads.yaml");
     assert_eq!(
         weighted(&file),
@@ -76,10 +75,10 @@ async fn gitops_file_walks_the_schedule_and_compensation_removes_what_it_created
     let checkpoints = reports.checkpoints.lock().unwrap().clone();
     assert_eq!(checkpoints.iter().map(|c| c["next"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(reports.metrics.lock().unwrap()["traffic_weight"], 50.0);
-    assert_eq!(output["weights"], json!([10, 25, 50]));
-    assert_eq!(output["previous"], Value::Null);
+    assert_eq!(output.detail["weights"], json!([10, 25, 50]));
+    assert_eq!(output.detail["previous"], Value::Null);
 
-    let undone = traffic.compensate(Call { action: "shift", with: &with }, &output, &cx).await.unwrap();
+    let undone = traffic.undo("shift", &with, &output, &cx).await.unwrap();
     assert!(matches!(undone, Compensation::Undone(_)), "{undone:?}");
     assert!(!file.exists(), "there was no VirtualService before the shift");
 }
@@ -90,20 +89,20 @@ async fn compensation_restores_the_previous_file_exactly_and_resume_skips_applie
     let file = dir.path().join("reads.yaml");
     let before = "# hand-written\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reads}\nspec:\n  hosts: [menu-api]\n  http:\n    - route:\n        - destination: {host: restaurant-service.restaurant.svc}\n          weight: 95\n        - destination: {host: menu-service.menu.svc}\n          weight: 5\n";
     std::fs::write(&file, before).unwrap();
-    let traffic = Traffic::default();
+    let traffic = handoff_exec_traffic::executor();
     let with = canary();
     let (cx, _) = context("file:reads.yaml", dir.path(), None, false);
-    let output = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
-    assert_eq!(output["previous"]["weight"], 5);
+    let output = traffic.run("shift", &with, &cx).await.unwrap();
+    assert_eq!(output.detail["previous"]["weight"], 5);
 
     // A resumed step continues at the checkpointed weight.
-    let checkpoint = json!({"next": 2, "previous": output["previous"]});
+    let checkpoint = json!({"next": 2, "previous": output.detail["previous"]});
     let (cx, reports) = context("file:reads.yaml", dir.path(), Some(checkpoint), false);
-    let resumed = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
-    assert_eq!(resumed["weights"], json!([50]));
+    let resumed = traffic.run("shift", &with, &cx).await.unwrap();
+    assert_eq!(resumed.detail["weights"], json!([50]));
     assert_eq!(reports.checkpoints.lock().unwrap().len(), 1);
 
-    let undone = traffic.compensate(Call { action: "shift", with: &with }, &resumed, &cx).await.unwrap();
+    let undone = traffic.undo("shift", &with, &resumed, &cx).await.unwrap();
     assert_eq!(undone, Compensation::Undone("route `reads` back to its previous weights (5% to `menu`)".to_owned()));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
 }
@@ -111,11 +110,11 @@ async fn compensation_restores_the_previous_file_exactly_and_resume_skips_applie
 #[tokio::test]
 async fn a_simulation_never_touches_a_cluster_or_a_checkout() {
     let dir = tempfile::tempdir().unwrap();
-    let traffic = Traffic::default();
+    let traffic = handoff_exec_traffic::executor();
     let with = canary();
     for route in ["kubernetes://prod/menu/virtualservices/r", "file:reads.yaml"] {
         let (cx, _) = context(route, dir.path(), None, true);
-        let error = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap_err();
+        let error = traffic.run("shift", &with, &cx).await.unwrap_err();
         assert!(matches!(&error, StepError::Refused(m) if m.contains("simulator's router")), "{error}");
     }
     assert!(!dir.path().join("reads.yaml").exists());
@@ -126,21 +125,21 @@ async fn the_router_backend_drives_the_simulators_router_and_compensation_restor
     let standin = handoff_simulate::standin::StandIn::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let route = format!("{}/routes/reads", standin.url);
-    let traffic = Traffic::default();
+    let traffic = handoff_exec_traffic::executor();
     let mut with = canary();
     with["backend"] = json!("simulated");
     // Before the shift, the route sends 5% to `menu` (an earlier step's weights).
     standin.state.lock().unwrap().routes.insert("reads".into(), json!({"weights": {"restaurant": 95, "menu": 5}}));
     let (cx, reports) = context(&route, dir.path(), None, true);
-    let output = traffic.execute(Call { action: "shift", with: &with }, &cx).await.unwrap();
+    let output = traffic.run("shift", &with, &cx).await.unwrap();
     {
         let state = standin.state.lock().unwrap();
         assert_eq!((state.weight("reads", "restaurant"), state.weight("reads", "menu")), (Some(50.0), Some(50.0)));
         assert_eq!(state.routes["reads"]["header_route"]["service"], "menu");
     }
-    assert_eq!(output["previous"]["weight"], 5);
+    assert_eq!(output.detail["previous"]["weight"], 5);
     assert_eq!(reports.checkpoints.lock().unwrap().len(), 3);
-    traffic.compensate(Call { action: "shift", with: &with }, &output, &cx).await.unwrap();
+    traffic.undo("shift", &with, &output, &cx).await.unwrap();
     let state = standin.state.lock().unwrap();
     assert_eq!((state.weight("reads", "restaurant"), state.weight("reads", "menu")), (Some(95.0), Some(5.0)));
 }

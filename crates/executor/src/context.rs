@@ -26,7 +26,7 @@ pub trait Sink: Send + Sync {
     fn decision(&self, key: &str) -> Option<Decision>;
 
     /// The output of an earlier step of the run that finished (`step` is its id).
-    fn output(&self, step: &str) -> Option<Value> {
+    fn output(&self, step: &str) -> Option<crate::StepOutput> {
         let _ = step;
         None
     }
@@ -198,9 +198,14 @@ impl Context {
         self.sink.decision(&format!("{}/{}", self.phase, self.step))
     }
 
-    /// The output of an earlier, finished step of the run.
-    pub fn output_of(&self, step: &str) -> Option<Value> {
-        self.sink.output(step)
+    /// The output of an earlier, finished step of the run, read as its action's output
+    /// type `T`; `None` when the step has not finished, an error when its output is not a
+    /// `T` (the step is not the action the caller expects).
+    pub fn output_of<T: serde::de::DeserializeOwned>(
+        &self,
+        step: &str,
+    ) -> Option<Result<crate::StepOutput<T>, serde_json::Error>> {
+        self.sink.output(step).map(|output| output.typed())
     }
 
     /// A resource of the plan with the name and resolved value of its endpoint; refused
@@ -256,7 +261,7 @@ pub struct Recorder {
     /// The latest value of every metric emitted.
     pub metrics: std::sync::Mutex<BTreeMap<String, f64>>,
     /// Outputs of earlier steps, by step id, as a run would hold them.
-    pub outputs: std::sync::Mutex<BTreeMap<String, Value>>,
+    pub outputs: std::sync::Mutex<BTreeMap<String, crate::StepOutput>>,
 }
 
 impl Sink for Recorder {
@@ -275,7 +280,7 @@ impl Sink for Recorder {
         None
     }
 
-    fn output(&self, step: &str) -> Option<Value> {
+    fn output(&self, step: &str) -> Option<crate::StepOutput> {
         self.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(step).cloned()
     }
 }

@@ -66,14 +66,13 @@ pub trait Catalog {
     /// Names of an executor's actions, or `None` when there is no such executor.
     fn actions(&self, executor: &str) -> Option<Vec<&'static str>>;
 
-    /// Facts about `executor.action`, or `None` when it does not exist.
-    fn facts(&self, executor: &str, action: &str) -> Option<ActionFacts>;
+    /// Facts about an action, or `None` when it does not exist.
+    fn facts(&self, uses: &model::Uses) -> Option<ActionFacts>;
 
     /// Checks a step's parameters beyond their schema; pointers are relative to `with:`.
     fn check_params(
         &self,
-        executor: &str,
-        action: &str,
+        uses: &model::Uses,
         with: &serde_json::Value,
         site: &lint::Site<'_>,
     ) -> Vec<lint::ParamIssue>;

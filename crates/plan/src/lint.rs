@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::codes::{self, Code};
 use crate::diagnostic::Diagnostic;
 use crate::model::{
-    Alert, Comparator, Criterion, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule,
+    Alert, Comparator, Criterion, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule, Uses,
 };
 use crate::redact::{is_reference, is_referenced_value, is_secret_key};
 use crate::units::Dimension;
@@ -429,16 +429,9 @@ fn metric_ref(plan: &Plan, id: &Id, at: String, out: &mut Vec<Diagnostic>) -> bo
     false
 }
 
-/// Splits `executor.action`; reports unknown ones. Returns the facts when both exist.
-fn resolve(uses: &str, at: &str, catalog: &dyn Catalog, out: &mut Vec<Diagnostic>) -> Option<crate::ActionFacts> {
-    let Some((executor, action)) = uses.split_once('.') else {
-        out.push(Diagnostic::new(
-            codes::UNKNOWN_ACTION,
-            at,
-            format!("`{uses}` is not `executor.action` (e.g. `mongo.verify`)"),
-        ));
-        return None;
-    };
+/// Reports an unknown executor or action. Returns the facts when both exist.
+fn resolve(uses: &Uses, at: &str, catalog: &dyn Catalog, out: &mut Vec<Diagnostic>) -> Option<crate::ActionFacts> {
+    let Uses { executor, action } = uses;
     let Some(actions) = catalog.actions(executor) else {
         let executors = catalog.executors();
         out.push(
@@ -451,7 +444,7 @@ fn resolve(uses: &str, at: &str, catalog: &dyn Catalog, out: &mut Vec<Diagnostic
         );
         return None;
     };
-    let Some(facts) = catalog.facts(executor, action) else {
+    let Some(facts) = catalog.facts(uses) else {
         out.push(
             Diagnostic::new(
                 codes::UNKNOWN_ACTION,
@@ -476,9 +469,8 @@ fn step_action(
     out: &mut Vec<Diagnostic>,
 ) -> Option<crate::ActionFacts> {
     let facts = resolve(&step.uses, &format!("{at}/uses"), catalog, out)?;
-    let (executor, action) = step.uses.split_once('.')?;
     let with = Value::Object(step.with.clone());
-    for issue in catalog.check_params(executor, action, &with, site) {
+    for issue in catalog.check_params(&step.uses, &with, site) {
         out.push(Diagnostic::new(issue.code, format!("{at}/with{}", issue.pointer), issue.message));
     }
     Some(facts)

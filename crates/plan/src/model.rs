@@ -107,6 +107,69 @@ impl std::borrow::Borrow<str> for Id {
     }
 }
 
+/// What a step runs: `executor.action` (e.g. `mongo.copy`), parsed once when the plan
+/// loads so no other code splits the text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Uses {
+    /// The executor, before the dot (a built-in executor, or a `handoff-executor-<name>`
+    /// plugin).
+    pub executor: String,
+    /// The action, after the dot.
+    pub action: String,
+}
+
+impl Uses {
+    /// `executor.action` from its two parts.
+    pub fn new(executor: &str, action: &str) -> Uses {
+        Uses { executor: executor.to_owned(), action: action.to_owned() }
+    }
+
+    /// Whether this is `executor.action`.
+    pub fn is(&self, executor: &str, action: &str) -> bool {
+        self.executor == executor && self.action == action
+    }
+}
+
+impl TryFrom<String> for Uses {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Uses, String> {
+        match text.split_once('.') {
+            Some((executor, action)) if !executor.is_empty() && !action.is_empty() && !action.contains('.') => {
+                Ok(Uses::new(executor, action))
+            }
+            _ => Err(format!("`{text}` is not `executor.action` (e.g. `mongo.verify`)")),
+        }
+    }
+}
+
+impl From<Uses> for String {
+    fn from(uses: Uses) -> String {
+        uses.to_string()
+    }
+}
+
+impl std::fmt::Display for Uses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&format!("{}.{}", self.executor, self.action))
+    }
+}
+
+impl JsonSchema for Uses {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Uses".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "pattern": crate::schema::USES_PATTERN })
+    }
+}
+
 /// Name, ownership and description of the migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -252,8 +315,7 @@ pub enum MetricSource {
     /// Emitted by a step of the plan (e.g. `mongo.sync` emits `sync_lag_seconds`).
     Emitted {
         /// The action that emits it, as `executor.action`.
-        #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_]*$"))]
-        by: String,
+        by: Uses,
         /// Name of the metric the action emits, when it differs from this metric's name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
@@ -445,8 +507,7 @@ pub struct Step {
     pub name: Option<String>,
     /// The action to run, as `executor.action` (e.g. `mongo.copy`). Out-of-process
     /// executors are named by their `handoff-executor-<name>` binary.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_]*$"))]
-    pub uses: String,
+    pub uses: Uses,
     /// Parameters of the action; each executor declares and checks its own.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub with: serde_json::Map<String, serde_json::Value>,

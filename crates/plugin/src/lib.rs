@@ -7,7 +7,7 @@
 //! Python.
 //!
 //! Architecture invariant: a plugin is only ever reached through this crate's [`Plugin`],
-//! which implements the same `Executor` trait as the built-in executors.
+//! whose actions are `DynAction`s in an `Executor` like the built-in ones.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,11 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use handoff_executor::{Action, BoxFuture, Call, Compensation, Context, Executor, StepError};
+use std::sync::Arc;
+
+use handoff_executor::{
+    BoxFuture, Compensation, Context, Declaration, DynAction, Executor, Policy, StepError, StepOutput,
+};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site};
 use serde::Deserialize;
@@ -124,12 +128,18 @@ enum Message {
     },
 }
 
-/// An out-of-process executor.
+/// An out-of-process executor, as it described itself.
 pub struct Plugin {
     path: PathBuf,
     name: &'static str,
     summary: &'static str,
-    actions: &'static [Action],
+    actions: Vec<Declaration>,
+}
+
+/// One action of a plugin: every request goes to the plugin's program.
+struct PluginAction {
+    plugin: Arc<Plugin>,
+    declaration: Declaration,
 }
 
 /// Leaks a string: plugin descriptions live as long as the process, like built-in ones.
@@ -198,7 +208,7 @@ impl Plugin {
                 ))
             })?;
             let params: &'static Value = Box::leak(Box::new(action.params));
-            let mut declared = Action::declared(leak(action.name), leak(action.summary), effect, params);
+            let mut declared = Declaration::declared(leak(action.name), leak(action.summary), effect, params);
             if !action.idempotent {
                 declared = declared.not_idempotent();
             }
@@ -209,12 +219,7 @@ impl Plugin {
             declared = declared.emitting(Box::leak(emits.into_boxed_slice()));
             actions.push(declared);
         }
-        Ok(Plugin {
-            path: path.to_owned(),
-            name: leak(description.name),
-            summary: leak(description.summary),
-            actions: Box::leak(actions.into_boxed_slice()),
-        })
+        Ok(Plugin { path: path.to_owned(), name: leak(description.name), summary: leak(description.summary), actions })
     }
 
     /// Every `handoff-executor-*` program in the directories of `path` (a `PATH`-style
@@ -252,6 +257,16 @@ impl Plugin {
     /// Where the program is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The executor whose actions run this program.
+    pub fn executor(self) -> Executor {
+        let plugin = Arc::new(self);
+        let mut executor = Executor::new(plugin.name, plugin.summary);
+        for declaration in &plugin.actions {
+            executor = executor.with_dyn(Box::new(PluginAction { plugin: plugin.clone(), declaration: *declaration }));
+        }
+        executor
     }
 
     /// Runs a request that streams messages; returns the final one.
@@ -321,12 +336,12 @@ impl Plugin {
         last.ok_or_else(|| failed(format!("exited ({status}) without a final message; stderr: {stderr}")))
     }
 
-    fn request(&self, kind: &str, call: Call<'_>, cx: &Context) -> Value {
+    fn request(&self, kind: &str, action: &str, with: &Value, cx: &Context) -> Value {
         json!({
             "protocol": PROTOCOL,
             "request": kind,
-            "action": call.action,
-            "with": call.with,
+            "action": action,
+            "with": with,
             "context": {
                 "plan": cx.plan,
                 "run": cx.run_id,
@@ -349,22 +364,23 @@ fn is_executable(path: &Path) -> bool {
     path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-impl Executor for Plugin {
-    fn name(&self) -> &'static str {
-        self.name
+impl DynAction for PluginAction {
+    fn declaration(&self) -> &Declaration {
+        &self.declaration
     }
 
-    fn summary(&self) -> &'static str {
-        self.summary
+    fn describe(&self, _: &Value) -> String {
+        self.declaration.summary.to_owned()
     }
 
-    fn actions(&self) -> &'static [Action] {
-        self.actions
+    fn preflight(&self, _: &Policy) -> Result<(), String> {
+        Ok(())
     }
 
-    fn check(&self, action: &str, with: &Value, _: &Site<'_>) -> Vec<ParamIssue> {
+    fn check(&self, with: &Value, _: &Site<'_>) -> Vec<ParamIssue> {
+        let (path, action) = (&self.plugin.path, self.declaration.name);
         let request = json!({ "protocol": PROTOCOL, "request": "validate", "action": action, "with": with });
-        let answer = ask(&self.path, &request).and_then(|lines| {
+        let answer = ask(path, &request).and_then(|lines| {
             let line = lines.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
             #[derive(Deserialize)]
             struct Issue {
@@ -378,7 +394,7 @@ impl Executor for Plugin {
             }
             serde_json::from_str::<Validated>(&line)
                 .map_err(|e| PluginError::Protocol {
-                    path: self.path.clone(),
+                    path: path.clone(),
                     request: "validate".to_owned(),
                     message: e.to_string(),
                 })
@@ -389,14 +405,11 @@ impl Executor for Plugin {
         })
     }
 
-    fn executes(&self, _: &str) -> bool {
-        true
-    }
-
-    fn execute<'a>(&'a self, call: Call<'a>, cx: &'a Context) -> BoxFuture<'a, Result<Value, StepError>> {
+    fn execute<'a>(&'a self, with: &'a Value, cx: &'a Context) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         Box::pin(async move {
-            match self.stream(self.request("execute", call, cx), cx).await? {
-                Message::Done { output, .. } => Ok(output),
+            let request = self.plugin.request("execute", self.declaration.name, with, cx);
+            match self.plugin.stream(request, cx).await? {
+                Message::Done { output, .. } => Ok(StepOutput::from_json(output)),
                 Message::Failed { message, retryable: true } => Err(StepError::Failed(message)),
                 Message::Failed { message, retryable: false } => Err(StepError::Refused(message)),
                 Message::NeedsDecision { prompt } => Err(StepError::NeedsDecision { key: cx.decision_key(), prompt }),
@@ -407,14 +420,14 @@ impl Executor for Plugin {
 
     fn compensate<'a>(
         &'a self,
-        call: Call<'a>,
-        output: &'a Value,
+        with: &'a Value,
+        output: &'a StepOutput,
         cx: &'a Context,
     ) -> BoxFuture<'a, Result<Compensation, StepError>> {
         Box::pin(async move {
-            let mut request = self.request("compensate", call, cx);
-            request["output"] = output.clone();
-            match self.stream(request, cx).await? {
+            let mut request = self.plugin.request("compensate", self.declaration.name, with, cx);
+            request["output"] = serde_json::to_value(output).unwrap_or_default();
+            match self.plugin.stream(request, cx).await? {
                 Message::Done { compensation, message, .. } => Ok(match compensation.as_deref() {
                     Some("not_needed") => Compensation::NotNeeded,
                     Some("left_to_rollback") => Compensation::LeftToRollback,

@@ -45,7 +45,7 @@ pub fn executors_markdown(registry: &Registry) -> String {
             executor.name(),
             executor.summary()
         );
-        for action in executor.actions() {
+        for action in executor.actions().map(|a| a.declaration()) {
             let effect = serde_json::to_value(action.effect)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))

@@ -8,6 +8,7 @@
 
 use handoff_executor::{Executor, Executors};
 use handoff_plan::lint::{ParamIssue, Site};
+use handoff_plan::model::Uses;
 use handoff_plan::schema::ActionSchema;
 use handoff_plan::{ActionFacts, Catalog};
 
@@ -17,23 +18,23 @@ pub use docs::{executors_markdown, lints_markdown};
 
 /// A set of executors.
 pub struct Registry {
-    executors: Vec<Box<dyn Executor>>,
+    executors: Vec<Executor>,
 }
 
 impl Registry {
     /// The executors built into handoff.
     pub fn builtin() -> Registry {
         let mut executors = handoff_exec_generic::executors();
-        executors.push(Box::new(handoff_exec_mongo::Mongo::default()));
-        executors.push(Box::new(handoff_exec_kafka::Kafka));
-        executors.push(Box::new(handoff_exec_redis::Redis));
-        executors.push(Box::new(handoff_exec_traffic::Traffic::default()));
+        executors.push(handoff_exec_mongo::executor());
+        executors.push(handoff_exec_kafka::executor());
+        executors.push(handoff_exec_redis::executor());
+        executors.push(handoff_exec_traffic::executor());
         Registry { executors }
     }
 
     /// The same registry with one more executor (an out-of-process plugin, or a test
     /// executor in the engine's own tests). A built-in executor of the same name wins.
-    pub fn with(mut self, executor: Box<dyn Executor>) -> Registry {
+    pub fn with(mut self, executor: Executor) -> Registry {
         if self.find(executor.name()).is_none() {
             self.executors.push(executor);
         }
@@ -41,11 +42,11 @@ impl Registry {
     }
 
     /// The executors, in registration order.
-    pub fn executors(&self) -> impl Iterator<Item = &dyn Executor> {
-        self.executors.iter().map(|e| e.as_ref())
+    pub fn executors(&self) -> impl Iterator<Item = &Executor> {
+        self.executors.iter()
     }
 
-    fn find(&self, name: &str) -> Option<&dyn Executor> {
+    fn find(&self, name: &str) -> Option<&Executor> {
         self.executors().find(|e| e.name() == name)
     }
 
@@ -60,7 +61,7 @@ impl Registry {
 }
 
 impl Executors for Registry {
-    fn find(&self, name: &str) -> Option<&dyn Executor> {
+    fn find(&self, name: &str) -> Option<&Executor> {
         Registry::find(self, name)
     }
 }
@@ -71,24 +72,24 @@ impl Catalog for Registry {
     }
 
     fn actions(&self, executor: &str) -> Option<Vec<&'static str>> {
-        self.find(executor).map(|e| e.actions().iter().map(|a| a.name).collect())
+        self.find(executor).map(|e| e.actions().map(|a| a.declaration().name).collect())
     }
 
-    fn facts(&self, executor: &str, action: &str) -> Option<ActionFacts> {
-        let action = self.find(executor)?.actions().iter().find(|a| a.name == action)?;
-        Some(ActionFacts { effect: action.effect, emits: action.emits })
+    fn facts(&self, uses: &Uses) -> Option<ActionFacts> {
+        let declared = self.action(uses)?.declaration();
+        Some(ActionFacts { effect: declared.effect, emits: declared.emits })
     }
 
-    fn check_params(&self, executor: &str, action: &str, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
-        self.find(executor).map(|e| e.check(action, with, site)).unwrap_or_default()
+    fn check_params(&self, uses: &Uses, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
+        self.action(uses).map(|a| a.check(with, site)).unwrap_or_default()
     }
 
     fn schemas(&self) -> Vec<ActionSchema> {
         self.executors()
             .flat_map(|e| {
                 e.actions()
-                    .iter()
-                    .map(move |a| ActionSchema { uses: format!("{}.{}", e.name(), a.name), params: a.params })
+                    .map(|a| a.declaration())
+                    .map(move |a| ActionSchema { uses: Uses::new(e.name(), a.name).to_string(), params: a.params })
             })
             .collect()
     }

@@ -171,7 +171,7 @@ pub async fn simulate(
             state.responses.insert(path, response.json.clone());
         }
     }
-    let graph = Graph::compile(&derived.plan, executors, true).map_err(|errors| {
+    let graph = Graph::compile(&derived.plan, executors).map_err(|errors| {
         SimulateError::Setup(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
     })?;
 
@@ -255,8 +255,7 @@ pub async fn simulate(
     let canary = model.canary();
     let records = store.load(&run_id).map_err(handoff_engine::EngineError::from)?;
     let totals = model.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).totals.clone();
-    let report =
-        report::build(plan, &derived.plan, &records, &outcome, scenario, audit, canary, applied, totals, timings, day);
+    let report = report::build(plan, &records, &outcome, scenario, audit, canary, applied, totals, timings, day);
     if !options.sandbox.keep {
         sandbox.shutdown().await;
     }

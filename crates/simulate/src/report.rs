@@ -190,7 +190,6 @@ pub struct IntegrityReport {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     plan: &Plan,
-    derived: &Plan,
     records: &[Record],
     outcome: &Outcome,
     scenario: Option<&Scenario>,
@@ -219,9 +218,6 @@ pub(crate) fn build(
         })
         .collect();
     let index = |id: &str| plan.phases.iter().position(|p| p.id.0 == id);
-    let step_uses = |phase: &str, step: &str| {
-        derived.all_steps().find(|(p, s)| p.id.0 == phase && s.id.0 == step).map(|(_, s)| s.uses.clone())
-    };
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
     for record in records {
         let Some(phase) = record.event.phase().and_then(index) else { continue };
@@ -282,24 +278,19 @@ pub(crate) fn build(
                     verdict,
                 });
             }
-            Event::StepFinished { phase: p, step, output, .. } => match step_uses(p, step).as_deref() {
-                Some("mongo.verify") => report.integrity.push(IntegrityReport {
-                    step: step.clone(),
-                    compared: format!(
-                        "{} vs {}",
-                        output["source"].as_str().unwrap_or("?"),
-                        output["target"].as_str().unwrap_or("?")
-                    ),
-                    documents: output["compared"].as_u64().unwrap_or(0),
-                    discrepancies: output["discrepancies"].as_u64().unwrap_or(0),
-                }),
-                _ if output.get("assumed_in_simulation") == Some(&Value::Bool(true)) => {
-                    let command: Vec<&str> =
-                        output["command"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                    report.assumed.push(format!("`{step}`: `{}` (command not run)", command.join(" ")));
+            Event::StepFinished { step, output, .. } => {
+                if let Some(integrity) = &output.integrity {
+                    report.integrity.push(IntegrityReport {
+                        step: step.clone(),
+                        compared: format!("{} vs {}", integrity.source, integrity.target),
+                        documents: integrity.compared,
+                        discrepancies: integrity.discrepancies,
+                    });
                 }
-                _ => {}
-            },
+                if let Some(why) = &output.assumed {
+                    report.assumed.push(format!("`{step}`: {why}"));
+                }
+            }
             Event::Decided { key, decision } if decision.by == "simulation" => {
                 report.assumed.push(format!("`{key}`: a person's decision (approved by the simulation)"));
             }

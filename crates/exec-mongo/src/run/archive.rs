@@ -18,7 +18,7 @@ use handoff_executor::{Context, StepError};
 use mongodb::IndexModel;
 use mongodb::bson::{RawDocumentBuf, doc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::verify::{Canon, compare_all};
@@ -37,6 +37,50 @@ struct Manifest {
     content: String,
     indexes: Vec<Value>,
     created_at: String,
+}
+
+/// What `mongo.archive` wrote.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ArchiveOutput {
+    /// The archive's directory.
+    pub path: PathBuf,
+    /// `resource.collection` archived.
+    pub source: String,
+    /// Documents archived.
+    pub documents: u64,
+    /// SHA-256 of the archive's uncompressed BSON stream.
+    pub sha256: String,
+    /// Order-independent digest of the archived documents.
+    pub content: String,
+    /// A restore into a scratch collection matched the source.
+    pub verified: bool,
+}
+
+/// What `mongo.restore` did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RestoreOutput {
+    /// The archive's directory.
+    pub path: PathBuf,
+    /// `resource.collection` restored into.
+    pub target: String,
+    /// Documents restored.
+    pub restored: u64,
+    /// Documents in the target afterwards.
+    pub documents_now: u64,
+}
+
+/// What `mongo.drop` did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DropOutput {
+    /// `resource.collection` dropped.
+    pub dropped: String,
+    /// Documents it held.
+    pub documents: u64,
+    /// The archive that holds them.
+    pub archive: PathBuf,
+    /// An earlier attempt had dropped it already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_dropped: bool,
 }
 
 /// Lowercase hex of `bytes`.
@@ -75,7 +119,7 @@ fn collection_name(coll: &Coll) -> String {
 }
 
 /// `mongo.archive`.
-pub(crate) async fn archive(params: &Archive, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+pub(crate) async fn archive(params: &Archive, cx: &Context, clients: &Clients) -> Result<ArchiveOutput, StepError> {
     let source = clients.resolve(cx, &params.source, &params.source).await?;
     let dir = directory(cx, &params.path);
     std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
@@ -144,14 +188,14 @@ pub(crate) async fn archive(params: &Archive, cx: &Context, clients: &Clients) -
         }
         verified = true;
     }
-    Ok(json!({
-        "path": dir,
-        "source": source.label,
-        "documents": documents,
-        "sha256": manifest.sha256,
-        "content": manifest.content,
-        "verified": verified,
-    }))
+    Ok(ArchiveOutput {
+        path: dir,
+        source: source.label,
+        documents,
+        sha256: manifest.sha256,
+        content: manifest.content,
+        verified,
+    })
 }
 
 fn jiff_now() -> String {
@@ -222,34 +266,38 @@ fn read_manifest(dir: &Path) -> Result<Manifest, StepError> {
 }
 
 /// `mongo.restore`.
-pub(crate) async fn restore(params: &Restore, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+pub(crate) async fn restore(params: &Restore, cx: &Context, clients: &Clients) -> Result<RestoreOutput, StepError> {
     let target = clients.resolve(cx, &params.target, &params.target).await?;
     let dir = directory(cx, &params.path);
     let manifest = read_manifest(&dir)?;
     let restored = load(&dir, &manifest, &target).await?;
     let (_, count) = content_digest(&target).await?;
-    Ok(json!({ "path": dir, "target": target.label, "restored": restored, "documents_now": count }))
+    Ok(RestoreOutput { path: dir, target: target.label, restored, documents_now: count })
 }
 
 /// `mongo.drop`: only with a verified archive of exactly the collection's current content,
 /// and (outside simulation) a person's confirmation.
-pub(crate) async fn drop(params: &Drop, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+pub(crate) async fn drop(params: &Drop, cx: &Context, clients: &Clients) -> Result<DropOutput, StepError> {
     let target = clients.resolve(cx, &params.target, &params.target).await?;
-    let archive = cx.output_of(params.archive.as_str()).ok_or_else(|| {
-        StepError::Refused(format!(
-            "step `{}` has not archived anything in this run; refusing to drop {}",
-            params.archive, target.label
-        ))
-    })?;
-    if archive["verified"] != json!(true) {
+    let archive = cx
+        .output_of::<ArchiveOutput>(params.archive.as_str())
+        .ok_or_else(|| {
+            StepError::Refused(format!(
+                "step `{}` has not archived anything in this run; refusing to drop {}",
+                params.archive, target.label
+            ))
+        })?
+        .map_err(|e| StepError::Refused(format!("step `{}` is not an archive: {e}", params.archive)))?
+        .detail;
+    if !archive.verified {
         return Err(StepError::Refused(format!(
             "the archive of step `{}` was not verified by a restore; refusing to drop",
             params.archive
         )));
     }
-    let dir = PathBuf::from(archive["path"].as_str().unwrap_or_default());
+    let dir = archive.path;
     let manifest = read_manifest(&dir)?;
-    if Some(manifest.sha256.as_str()) != archive["sha256"].as_str() {
+    if manifest.sha256 != archive.sha256 {
         return Err(StepError::Refused(format!(
             "{} changed since step `{}` wrote it; refusing to drop",
             dir.display(),
@@ -265,7 +313,7 @@ pub(crate) async fn drop(params: &Drop, cx: &Context, clients: &Clients) -> Resu
         .contains(&collection_name(&target));
     if !exists {
         // Dropped already (the step ran before a crash): nothing left to do.
-        return Ok(json!({ "dropped": target.label, "documents": 0, "archive": dir, "already_dropped": true }));
+        return Ok(DropOutput { dropped: target.label, documents: 0, archive: dir, already_dropped: true });
     }
     if content != manifest.content {
         return Err(StepError::Refused(format!(
@@ -292,5 +340,5 @@ pub(crate) async fn drop(params: &Drop, cx: &Context, clients: &Clients) -> Resu
         }
     }
     target.raw.drop().await.map_err(|e| failed(&format!("dropping {}", target.label), e))?;
-    Ok(json!({ "dropped": target.label, "documents": count, "archive": dir }))
+    Ok(DropOutput { dropped: target.label, documents: count, archive: dir, already_dropped: false })
 }

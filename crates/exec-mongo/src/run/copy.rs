@@ -11,7 +11,7 @@ use mongodb::IndexModel;
 use mongodb::bson::RawDocumentBuf;
 use mongodb::error::ErrorKind;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::partition::{self, Range};
 use super::{Clients, Coll, failed};
@@ -37,6 +37,31 @@ struct Progress {
     /// Where a later `mongo.sync` starts: the source's change stream position taken
     /// before the first document was read.
     change_stream_start: Option<Value>,
+}
+
+/// What `mongo.copy` did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CopyOutput {
+    /// `resource.collection` copied from.
+    pub source: String,
+    /// `resource.collection` copied to.
+    pub target: String,
+    /// Documents written in all (by this and earlier attempts).
+    pub documents_copied: u64,
+    /// `_id` ranges the copy was split into.
+    pub ranges: usize,
+    /// Ranges a resumed copy found done already.
+    pub ranges_resumed_as_done: usize,
+    /// Ranges a resumed copy continued inside.
+    pub ranges_resumed_inside: usize,
+    /// Secondary indexes copied.
+    pub indexes: usize,
+    /// The source's change stream position before the first read (where a sync starts).
+    pub change_stream_start: Option<Value>,
+    /// BSON types of the `_id`s met.
+    pub id_types: BTreeSet<String>,
+    /// Seconds this attempt took.
+    pub seconds: f64,
 }
 
 /// Inserts a batch unordered; documents already present are not errors.
@@ -239,7 +264,7 @@ async fn copy_range(index: usize, range: Range, shared: &Shared<'_>) -> Result<(
 }
 
 /// Runs `mongo.copy`.
-pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Result<CopyOutput, StepError> {
     let source = clients.resolve(cx, &params.source, &params.target).await?;
     let target = clients.resolve(cx, &params.target, &params.source).await?;
     let parallelism = params.parallelism.unwrap_or(4).max(1);
@@ -291,16 +316,16 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
     let copied = copied.load(Ordering::Relaxed);
     cx.emit("documents_copied", copied as f64);
     let state = state.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(json!({
-        "source": source.label,
-        "target": target.label,
-        "documents_copied": copied,
-        "ranges": state.ranges.len(),
-        "ranges_resumed_as_done": skipped,
-        "ranges_resumed_inside": resumed_inside,
-        "indexes": indexes,
-        "change_stream_start": state.change_stream_start,
-        "id_types": state.ranges.iter().filter(|r| !r.bson_type.is_empty()).map(|r| r.bson_type.clone()).collect::<BTreeSet<_>>(),
-        "seconds": started.elapsed().as_secs_f64(),
-    }))
+    Ok(CopyOutput {
+        source: source.label,
+        target: target.label,
+        documents_copied: copied,
+        ranges: state.ranges.len(),
+        ranges_resumed_as_done: skipped,
+        ranges_resumed_inside: resumed_inside,
+        indexes,
+        change_stream_start: state.change_stream_start,
+        id_types: state.ranges.iter().filter(|r| !r.bson_type.is_empty()).map(|r| r.bson_type.clone()).collect(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -16,8 +16,8 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::error::ErrorKind;
 use mongodb::options::FullDocumentType;
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::{Clients, Coll, failed};
@@ -38,6 +38,39 @@ struct Stats {
     applied: u64,
     upserted: u64,
     deleted: u64,
+}
+
+/// What starting a sync did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncOutput {
+    /// `resource.collection` whose changes are applied.
+    pub source: String,
+    /// `resource.collection` they are applied to.
+    pub target: String,
+    /// Where the change stream started: `its checkpoint`, `where the copy started`, or
+    /// `now`.
+    pub from: String,
+    /// The sync goes on in the background.
+    pub background: bool,
+}
+
+/// What stopping a sync did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StopOutput {
+    /// The sync was running in this process (else there was nothing to stop).
+    pub was_running: bool,
+    /// Every change made before the stop was applied first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<bool>,
+    /// Changes applied in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<u64>,
+    /// Of which upserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upserted: Option<u64>,
+    /// Of which deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
 }
 
 struct Running {
@@ -276,7 +309,12 @@ async fn apply_loop(
 
 /// Starts `mongo.sync` (or `mongo.reverse_sync`): opens the change stream, then applies it
 /// in the background.
-pub(crate) async fn start(params: &Sync, cx: &Context, clients: &Clients, syncs: &Syncs) -> Result<Value, StepError> {
+pub(crate) async fn start(
+    params: &Sync,
+    cx: &Context,
+    clients: &Clients,
+    syncs: &Syncs,
+) -> Result<SyncOutput, StepError> {
     let source = clients.resolve(cx, &params.source, &params.target).await?;
     let target = clients.resolve(cx, &params.target, &params.source).await?;
     let checkpointed = cx
@@ -318,24 +356,28 @@ pub(crate) async fn start(params: &Sync, cx: &Context, clients: &Clients, syncs:
     if let Some(previous) = previous {
         previous.task.abort();
     }
-    Ok(json!({ "source": labels.0, "target": labels.1, "from": from, "background": true }))
+    Ok(SyncOutput { source: labels.0, target: labels.1, from: from.to_owned(), background: true })
 }
 
 /// `mongo.stop_sync`: stops a running sync, draining it first when asked.
-pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Result<Value, StepError> {
+pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Result<StopOutput, StepError> {
     let id = params.sync.to_string();
     let running = syncs.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
     let Some(running) = running else {
-        return Ok(json!({ "stops": [id], "was_running": false }));
+        return Ok(StopOutput { was_running: false, drained: None, applied: None, upserted: None, deleted: None });
     };
     let _ = running.stop.send(Some(params.drain));
     let stats = tokio::select! {
         joined = running.task => joined.map_err(|e| StepError::Failed(format!("the sync `{id}` crashed: {e}")))??,
         () = cx.cancel.cancelled() => return Err(StepError::Cancelled),
     };
-    Ok(
-        json!({ "stops": [id], "was_running": true, "drained": params.drain, "applied": stats.applied, "upserted": stats.upserted, "deleted": stats.deleted }),
-    )
+    Ok(StopOutput {
+        was_running: true,
+        drained: Some(params.drain),
+        applied: Some(stats.applied),
+        upserted: Some(stats.upserted),
+        deleted: Some(stats.deleted),
+    })
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use handoff_executor::{Context, StepError};
+use handoff_executor::{Context, Integrity, StepError};
 use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -192,7 +193,11 @@ pub(crate) async fn compare_all(
 /// `mongo.reconcile`: makes one side equal the other — copies missing and differing
 /// documents from the side of truth, and deletes the repaired side's extra documents when
 /// asked. Idempotent: a second run finds nothing to do.
-pub(crate) async fn reconcile(params: &crate::Reconcile, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+pub(crate) async fn reconcile(
+    params: &crate::Reconcile,
+    cx: &Context,
+    clients: &Clients,
+) -> Result<ReconcileOutput, StepError> {
     let (truth_side, repaired_side) = match params.direction {
         crate::ReconcileDirection::SourceToTarget => (&params.source, &params.target),
         crate::ReconcileDirection::TargetToSource => (&params.target, &params.source),
@@ -229,16 +234,16 @@ pub(crate) async fn reconcile(params: &crate::Reconcile, cx: &Context, clients: 
         }
     }
     cx.emit("documents_reconciled", (copied + deleted) as f64);
-    Ok(json!({
-        "from": truth.label,
-        "repaired": repaired.label,
-        "missing": findings.missing,
-        "different": findings.different,
-        "extra": findings.extra,
-        "copied": copied,
-        "deleted": deleted,
-        "extra_left": if params.delete_extra { 0 } else { findings.extra },
-    }))
+    Ok(ReconcileOutput {
+        from: truth.label,
+        repaired: repaired.label,
+        missing: findings.missing,
+        different: findings.different,
+        extra: findings.extra,
+        copied,
+        deleted,
+        extra_left: if params.delete_extra { 0 } else { findings.extra },
+    })
 }
 
 /// Top-level fields that differ between the two sides' versions of a document.
@@ -323,8 +328,83 @@ async fn recheck(
     Ok(())
 }
 
+/// What `mongo.verify` found.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyOutput {
+    /// The reference side, `resource.collection`.
+    pub source: String,
+    /// The side checked against it.
+    pub target: String,
+    /// `full`, `hashed` or `sample`.
+    pub mode: String,
+    /// Documents on the source side.
+    pub source_count: u64,
+    /// Documents on the target side.
+    pub target_count: u64,
+    /// Documents compared.
+    pub compared: u64,
+    /// Of which equal on both sides.
+    pub matched: u64,
+    /// Only on the source side.
+    pub missing: u64,
+    /// Only on the target side.
+    pub extra: u64,
+    /// On both sides, not equal.
+    pub different: u64,
+    /// Missing, extra and different (in sample mode, the count gap beyond the tolerance).
+    pub discrepancies: u64,
+    /// Matched documents per hundred.
+    pub consistency_percent: f64,
+    /// Example ids of each kind (with the differing fields, in full mode).
+    pub examples: Examples,
+}
+
+impl VerifyOutput {
+    /// What the comparison found, for the report's data-integrity checks.
+    pub fn integrity(&self) -> Integrity {
+        Integrity {
+            source: self.source.clone(),
+            target: self.target.clone(),
+            compared: self.compared,
+            discrepancies: self.discrepancies,
+        }
+    }
+}
+
+/// Example discrepancies, as canonical extended JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Examples {
+    /// `_id`s only on the source side.
+    pub missing: Vec<Value>,
+    /// `_id`s only on the target side.
+    pub extra: Vec<Value>,
+    /// `_id`s on both sides that differ, with the fields that differ.
+    pub different: Vec<Value>,
+}
+
+/// What `mongo.reconcile` repaired.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReconcileOutput {
+    /// The side taken as the truth.
+    pub from: String,
+    /// The side repaired.
+    pub repaired: String,
+    /// Documents the repaired side lacked.
+    pub missing: u64,
+    /// Documents that differed.
+    pub different: u64,
+    /// Documents only the repaired side had.
+    pub extra: u64,
+    /// Documents written.
+    pub copied: u64,
+    /// Documents deleted.
+    pub deleted: u64,
+    /// Extra documents left in place (without `delete_extra`).
+    pub extra_left: u64,
+}
+
 /// Runs `mongo.verify`.
-pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Result<Value, StepError> {
+pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Result<VerifyOutput, StepError> {
     let source = clients.resolve(cx, &params.source, &params.target).await?;
     let target = clients.resolve(cx, &params.target, &params.source).await?;
     let canon = Canon { ignore_field_order: params.ignore_field_order, numeric_by_value: params.numeric_by_value };
@@ -363,25 +443,25 @@ pub(crate) async fn run(params: &Verify, cx: &Context, clients: &Clients) -> Res
     cx.emit("data_discrepancies", discrepancies as f64);
     cx.emit("data_consistency_percent", consistency);
     cx.emit("documents_verified", findings.compared as f64);
-    Ok(json!({
-        "source": source.label,
-        "target": target.label,
-        "mode": format!("{:?}", params.mode).to_lowercase(),
-        "source_count": source_count,
-        "target_count": target_count,
-        "compared": findings.compared,
-        "matched": findings.matched,
-        "missing": findings.missing,
-        "extra": findings.extra,
-        "different": findings.different,
-        "discrepancies": discrepancies,
-        "consistency_percent": consistency,
-        "examples": {
-            "missing": findings.missing_ids.iter().map(to_json).collect::<Vec<_>>(),
-            "extra": findings.extra_ids.iter().map(to_json).collect::<Vec<_>>(),
-            "different": examples_of_differences,
+    Ok(VerifyOutput {
+        source: source.label,
+        target: target.label,
+        mode: format!("{:?}", params.mode).to_lowercase(),
+        source_count,
+        target_count,
+        compared: findings.compared,
+        matched: findings.matched,
+        missing: findings.missing,
+        extra: findings.extra,
+        different: findings.different,
+        discrepancies,
+        consistency_percent: consistency,
+        examples: Examples {
+            missing: findings.missing_ids.iter().map(to_json).collect(),
+            extra: findings.extra_ids.iter().map(to_json).collect(),
+            different: examples_of_differences,
         },
-    }))
+    })
 }
 
 /// The seed's check, batched: `size` random source documents looked up in the target,
