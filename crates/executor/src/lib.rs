@@ -20,10 +20,12 @@ use serde_json::Value;
 
 pub mod clock;
 pub mod context;
+pub mod decision;
 pub mod http;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{Context, Decision, Endpoints, Lifecycle, LifecycleFeed, Policy, Recorder, Sink, expand_env};
+pub use decision::DecisionKey;
 
 /// A boxed, sendable future (the executor trait stays object-safe).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
