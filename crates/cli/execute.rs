@@ -451,8 +451,8 @@ fn write_status(
     if let (Some(start), Some(last)) = (state.started_at, state.updated_at) {
         writeln!(out, "  started {start}, last record {last}")?;
     }
-    if let Some((key, reason)) = &state.paused {
-        writeln!(out, "  waiting for `{key}`: {reason}")?;
+    if let Some(pause) = &state.paused {
+        writeln!(out, "  waiting for `{}`: {}", pause.key, pause.reason)?;
     }
     if let Some(reason) = &state.interrupted {
         writeln!(out, "  interrupted: {reason}")?;
@@ -469,11 +469,12 @@ fn write_status(
         let word = match (&phase.rollback, phase.passed) {
             (_, true) => "passed".to_owned(),
             (Some(rollback), _) => match rollback.finished {
-                Some((ok, seconds, budget, breached)) => format!(
-                    "rolled back{} in {seconds:.1}s{}{} ({})",
-                    if ok { "" } else { " WITH FAILURES" },
-                    budget.map(|b| format!(" of {b:.0}s budget")).unwrap_or_default(),
-                    if breached { ", BUDGET BREACHED" } else { "" },
+                Some(end) => format!(
+                    "rolled back{} in {:.1}s{}{} ({})",
+                    if end.ok { "" } else { " WITH FAILURES" },
+                    end.seconds,
+                    end.budget_seconds.map(|b| format!(" of {b:.0}s budget")).unwrap_or_default(),
+                    if end.breached { ", BUDGET BREACHED" } else { "" },
                     rollback.reason
                 ),
                 None => format!("rolling back ({})", rollback.reason),
@@ -497,8 +498,8 @@ fn write_status(
                 if step.attempts == 1 { "" } else { "s" }
             )?;
         }
-        for (id, (verdict, detail)) in &phase.criteria {
-            writeln!(out, "    criterion {id}: {verdict:?} ({detail})")?;
+        for (id, result) in &phase.criteria {
+            writeln!(out, "    criterion {id}: {:?} ({})", result.verdict, result.detail)?;
         }
     }
     Ok(())

@@ -1,11 +1,15 @@
 //! The planner: a validated plan compiled into a deterministic execution graph with a
 //! content digest.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use handoff_executor::Executors;
-use handoff_plan::model::{Alert, Criterion, Gate, Plan, Step, Uses};
+use handoff_executor::{DecisionKey, Executors};
+use handoff_plan::model::{
+    Alert, Comparator, Criterion, FailureAction, Gate, Id, Metric, MetricSource, NoDataPolicy, Phase, Plan, Step, Uses,
+};
+use handoff_plan::units::Quantity;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -60,10 +64,10 @@ pub struct PhaseNode {
     pub stages: Vec<Vec<StepNode>>,
     /// Soak gates' total.
     pub soak: Duration,
-    /// Approval gates: (key, prompt).
-    pub approvals: Vec<(String, String)>,
-    /// Criteria.
-    pub criteria: Vec<Criterion>,
+    /// Approval gates, in order.
+    pub approvals: Vec<ApprovalGate>,
+    /// Criteria, compiled.
+    pub criteria: Vec<CriterionNode>,
     /// Alerts watched during the phase (the plan's that apply, then the phase's own).
     pub alerts: Vec<Alert>,
     /// Rollback steps.
@@ -72,6 +76,121 @@ pub struct PhaseNode {
     pub budget: Option<Duration>,
     /// A point of no return when false.
     pub reversible: bool,
+}
+
+/// An approval gate: a person approves before the phase passes.
+#[derive(Debug, Clone)]
+pub struct ApprovalGate {
+    /// Its decision key (`<phase>/approval-<n>`).
+    pub key: DecisionKey,
+    /// What the person is asked.
+    pub prompt: String,
+}
+
+/// A criterion, compiled: what decides it, and what its failure means.
+#[derive(Debug, Clone)]
+pub struct CriterionNode {
+    /// Criterion id.
+    pub id: String,
+    /// The criterion in words.
+    pub description: String,
+    /// What handoff does when it fails.
+    pub on_failure: FailureAction,
+    /// What decides it.
+    pub check: CriterionCheck,
+}
+
+/// What decides a criterion.
+#[derive(Debug, Clone)]
+pub enum CriterionCheck {
+    /// A metric sampled over a window.
+    Metric(MetricCheck),
+    /// A person confirms it.
+    Confirm {
+        /// The question asked.
+        prompt: String,
+    },
+    /// Nothing can: it names neither a complete metric check nor a confirmation
+    /// (validation refuses such plans; the runner judges it inconclusive).
+    Undecidable,
+}
+
+/// A criterion on a metric: `metric <op> threshold` over a window.
+#[derive(Debug, Clone)]
+pub struct MetricCheck {
+    /// The metric's id.
+    pub metric: String,
+    /// The comparison that must hold.
+    pub op: Comparator,
+    /// The threshold as written.
+    pub threshold: Quantity,
+    /// The threshold in the metric's unit.
+    pub limit: f64,
+    /// The evaluation window as written.
+    pub window: Option<handoff_plan::units::Duration>,
+    /// The sampling interval as written.
+    pub interval: Option<handoff_plan::units::Duration>,
+    /// Fewer samples than this make it inconclusive.
+    pub min_samples: Option<u32>,
+    /// Violating samples tolerated.
+    pub failure_limit: u32,
+    /// What a window without data means.
+    pub no_data: NoDataPolicy,
+    /// The metric is a Prometheus query (whose window can be read as a range at its end).
+    pub prometheus: bool,
+}
+
+impl MetricCheck {
+    /// The evaluation window (zero: one sample at the end of the observation).
+    pub fn window(&self) -> Duration {
+        self.window.as_ref().map_or(Duration::ZERO, handoff_plan::units::Duration::get)
+    }
+
+    /// Time between samples: as written, else a tenth of the window and at least 10 s.
+    pub fn interval(&self) -> Duration {
+        self.interval.as_ref().map_or_else(|| (self.window() / 10).max(Duration::from_secs(10)), |i| i.get())
+    }
+
+    /// Whether a measured value satisfies the criterion.
+    pub fn holds(&self, value: f64) -> bool {
+        self.op.holds(value, self.limit)
+    }
+}
+
+impl CriterionNode {
+    /// Compiles a criterion against the plan's metrics.
+    pub fn compile(criterion: &Criterion, metrics: &BTreeMap<Id, Metric>) -> CriterionNode {
+        let check = match (&criterion.confirm, &criterion.metric, criterion.op, &criterion.threshold) {
+            (Some(confirm), ..) => CriterionCheck::Confirm { prompt: confirm.prompt.clone() },
+            (None, Some(metric_id), Some(op), Some(threshold)) => {
+                let metric = metrics.get(metric_id.as_str());
+                CriterionCheck::Metric(MetricCheck {
+                    metric: metric_id.to_string(),
+                    op,
+                    threshold: threshold.clone(),
+                    limit: crate::observe::threshold(threshold, metric),
+                    window: criterion.window.clone(),
+                    interval: criterion.interval.clone(),
+                    min_samples: criterion.min_samples,
+                    failure_limit: criterion.failure_limit,
+                    no_data: criterion.no_data,
+                    prometheus: metric.is_some_and(|m| matches!(m.source, MetricSource::Prometheus { .. })),
+                })
+            }
+            _ => CriterionCheck::Undecidable,
+        };
+        CriterionNode {
+            id: criterion.id.to_string(),
+            description: criterion.description.clone(),
+            on_failure: criterion.on_failure,
+            check,
+        }
+    }
+
+    /// Its decision key in `phase`.
+    pub fn key(&self, phase: &str) -> DecisionKey {
+        DecisionKey::criterion(phase, &self.id)
+    }
 }
 
 /// A step, resolved against its executor.
@@ -135,78 +254,7 @@ impl Graph {
     /// Compiles a plan (which passed validation) against the executors that will run it.
     pub fn compile(plan: &Plan, executors: &dyn Executors) -> Result<Graph, Vec<GraphError>> {
         let mut errors = Vec::new();
-        let mut phases = Vec::new();
-        for phase in &plan.phases {
-            let mut node = |step: &Step| -> Option<StepNode> {
-                let (phase_id, step_id) = (phase.id.to_string(), step.id.to_string());
-                let Some(executor) = executors.find(&step.uses.executor) else {
-                    let executor = step.uses.executor.clone();
-                    errors.push(GraphError::UnknownExecutor { phase: phase_id, step: step_id, executor });
-                    return None;
-                };
-                let Some(action) = executor.action(&step.uses.action) else {
-                    errors.push(GraphError::UnknownAction { phase: phase_id, step: step_id, uses: step.uses.clone() });
-                    return None;
-                };
-                let declared = action.declaration();
-                let with = Value::Object(step.with.clone());
-                let describe = action.describe(&with);
-                Some(StepNode {
-                    id: step_id,
-                    uses: step.uses.clone(),
-                    timeout: step.timeout.as_ref().map(|t| t.get()),
-                    attempts: step.retry.as_ref().map_or(1, |r| r.attempts.max(1)),
-                    backoff: step.retry.as_ref().map_or(Duration::ZERO, |r| r.backoff.get()),
-                    idempotent: step.idempotent.unwrap_or(declared.idempotent),
-                    resumable: declared.resumable,
-                    background: declared.background,
-                    describe,
-                    digest: digest(&step_identity(step)),
-                    with,
-                })
-            };
-            let mut stages: Vec<Vec<StepNode>> = Vec::new();
-            let mut last_group = None;
-            for step in &phase.steps {
-                let Some(built) = node(step) else { continue };
-                match (&step.group, last_group.as_ref(), stages.last_mut()) {
-                    (Some(group), Some(last), Some(stage)) if group == last => stage.push(built),
-                    _ => stages.push(vec![built]),
-                }
-                last_group = step.group.clone();
-            }
-            let rollback: Vec<StepNode> =
-                phase.rollback.iter().flat_map(|r| r.steps.iter()).filter_map(&mut node).collect();
-            let mut soak = Duration::ZERO;
-            let mut approvals = Vec::new();
-            for gate in &phase.gates {
-                match gate {
-                    Gate::Soak(duration) => soak += duration.get(),
-                    Gate::Approval { prompt, .. } => {
-                        approvals.push((format!("{}/approval-{}", phase.id, approvals.len() + 1), prompt.clone()));
-                    }
-                }
-            }
-            let alerts = plan
-                .alerts
-                .iter()
-                .filter(|a| a.phases.is_empty() || a.phases.contains(&phase.id))
-                .chain(&phase.alerts)
-                .cloned()
-                .collect();
-            phases.push(PhaseNode {
-                id: phase.id.to_string(),
-                name: phase.name.clone(),
-                stages,
-                soak,
-                approvals,
-                criteria: phase.criteria.clone(),
-                alerts,
-                rollback,
-                budget: phase.rollback.as_ref().and_then(|r| r.max_duration.as_ref()).map(|d| d.get()),
-                reversible: phase.reversible,
-            });
-        }
+        let phases = plan.phases.iter().map(|phase| phase_node(plan, phase, executors, &mut errors)).collect();
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -221,17 +269,18 @@ impl Graph {
 
     /// Every key a person can decide on (`handoff approve`): approval gates, steps,
     /// criteria, a phase's alerts, points of no return.
-    pub fn decision_keys(&self) -> Vec<String> {
+    pub fn decision_keys(&self) -> Vec<DecisionKey> {
         let mut keys = Vec::new();
         for phase in &self.phases {
-            keys.extend(phase.approvals.iter().map(|(key, _)| key.clone()));
-            keys.extend(phase.stages.iter().flatten().chain(&phase.rollback).map(|s| format!("{}/{}", phase.id, s.id)));
-            keys.extend(phase.criteria.iter().map(|c| format!("{}/{}", phase.id, c.id)));
+            let id = phase.id.as_str();
+            keys.extend(phase.approvals.iter().map(|gate| gate.key.clone()));
+            keys.extend(phase.stages.iter().flatten().chain(&phase.rollback).map(|s| DecisionKey::step(id, &s.id)));
+            keys.extend(phase.criteria.iter().map(|c| c.key(id)));
             if !phase.alerts.is_empty() {
-                keys.push(format!("{}/alerts", phase.id));
+                keys.push(DecisionKey::alerts(id));
             }
             if !phase.reversible {
-                keys.push(format!("{}/irreversible", phase.id));
+                keys.push(DecisionKey::irreversible(id));
             }
         }
         keys
@@ -265,8 +314,8 @@ impl Graph {
                     humantime::format_duration(phase.soak)
                 );
             }
-            for (key, prompt) in &phase.approvals {
-                let _ = writeln!(out, "  gate: approval `{key}`: {prompt}");
+            for gate in &phase.approvals {
+                let _ = writeln!(out, "  gate: approval `{}`: {}", gate.key, gate.prompt);
             }
             for criterion in &phase.criteria {
                 let _ = writeln!(out, "  criterion `{}`: {}", criterion.id, criterion_text(criterion));
@@ -334,6 +383,94 @@ impl Graph {
     }
 }
 
+/// One phase, compiled; the errors of its steps go to `errors`.
+fn phase_node(plan: &Plan, phase: &Phase, executors: &dyn Executors, errors: &mut Vec<GraphError>) -> PhaseNode {
+    let mut node = |step: &Step| step_node(phase, step, executors, errors);
+    let stages = stages(phase.steps.iter().filter_map(|step| Some((step, node(step)?))));
+    let rollback = phase.rollback.iter().flat_map(|r| r.steps.iter()).filter_map(&mut node).collect();
+    let (soak, approvals) = gates(phase);
+    let alerts = plan
+        .alerts
+        .iter()
+        .filter(|a| a.phases.is_empty() || a.phases.contains(&phase.id))
+        .chain(&phase.alerts)
+        .cloned()
+        .collect();
+    PhaseNode {
+        id: phase.id.to_string(),
+        name: phase.name.clone(),
+        stages,
+        soak,
+        approvals,
+        criteria: phase.criteria.iter().map(|c| CriterionNode::compile(c, &plan.metrics)).collect(),
+        alerts,
+        rollback,
+        budget: phase.rollback.as_ref().and_then(|r| r.max_duration.as_ref()).map(|d| d.get()),
+        reversible: phase.reversible,
+    }
+}
+
+/// One step resolved against its executor and action; an unknown one is an error (and no
+/// node).
+fn step_node(phase: &Phase, step: &Step, executors: &dyn Executors, errors: &mut Vec<GraphError>) -> Option<StepNode> {
+    let (phase_id, step_id) = (phase.id.to_string(), step.id.to_string());
+    let Some(executor) = executors.find(&step.uses.executor) else {
+        let executor = step.uses.executor.clone();
+        errors.push(GraphError::UnknownExecutor { phase: phase_id, step: step_id, executor });
+        return None;
+    };
+    let Some(action) = executor.action(&step.uses.action) else {
+        errors.push(GraphError::UnknownAction { phase: phase_id, step: step_id, uses: step.uses.clone() });
+        return None;
+    };
+    let declared = action.declaration();
+    let with = Value::Object(step.with.clone());
+    let describe = action.describe(&with);
+    Some(StepNode {
+        id: step_id,
+        uses: step.uses.clone(),
+        timeout: step.timeout.as_ref().map(|t| t.get()),
+        attempts: step.retry.as_ref().map_or(1, |r| r.attempts.max(1)),
+        backoff: step.retry.as_ref().map_or(Duration::ZERO, |r| r.backoff.get()),
+        idempotent: step.idempotent.unwrap_or(declared.idempotent),
+        resumable: declared.resumable,
+        background: declared.background,
+        describe,
+        digest: digest(&step_identity(step)),
+        with,
+    })
+}
+
+/// Steps grouped into stages: consecutive steps of one `group` share a stage.
+fn stages<'p>(steps: impl Iterator<Item = (&'p Step, StepNode)>) -> Vec<Vec<StepNode>> {
+    let mut stages: Vec<Vec<StepNode>> = Vec::new();
+    let mut last_group = None;
+    for (step, built) in steps {
+        match (&step.group, last_group, stages.last_mut()) {
+            (Some(group), Some(last), Some(stage)) if group == last => stage.push(built),
+            _ => stages.push(vec![built]),
+        }
+        last_group = step.group.as_ref();
+    }
+    stages
+}
+
+/// A phase's soak gates' total and its approval gates.
+fn gates(phase: &Phase) -> (Duration, Vec<ApprovalGate>) {
+    let mut soak = Duration::ZERO;
+    let mut approvals = Vec::new();
+    for gate in &phase.gates {
+        match gate {
+            Gate::Soak(duration) => soak += duration.get(),
+            Gate::Approval { prompt, .. } => approvals.push(ApprovalGate {
+                key: DecisionKey::approval(phase.id.as_str(), approvals.len() + 1),
+                prompt: prompt.clone(),
+            }),
+        }
+    }
+    (soak, approvals)
+}
+
 fn flags(step: &StepNode) -> String {
     let mut flags = Vec::new();
     if let Some(timeout) = step.timeout {
@@ -354,24 +491,23 @@ fn flags(step: &StepNode) -> String {
 }
 
 /// A criterion in one line.
-pub fn criterion_text(criterion: &Criterion) -> String {
-    if let Some(confirm) = &criterion.confirm {
-        return format!("person confirms: {}", confirm.prompt);
-    }
-    let (Some(metric), Some(op), Some(threshold)) = (&criterion.metric, criterion.op, &criterion.threshold) else {
-        return criterion.description.clone();
+pub fn criterion_text(criterion: &CriterionNode) -> String {
+    let check = match &criterion.check {
+        CriterionCheck::Confirm { prompt } => return format!("person confirms: {prompt}"),
+        CriterionCheck::Undecidable => return criterion.description.clone(),
+        CriterionCheck::Metric(check) => check,
     };
-    let mut text = format!("{metric} {} {threshold}", op.symbol());
-    if let Some(window) = &criterion.window {
+    let mut text = format!("{} {} {}", check.metric, check.op.symbol(), check.threshold);
+    if let Some(window) = &check.window {
         let _ = write!(text, " over {window}");
     }
-    if let Some(interval) = &criterion.interval {
+    if let Some(interval) = &check.interval {
         let _ = write!(text, " every {interval}");
     }
     let _ = write!(
         text,
         ", failure limit {}, no data: {:?}, on failure: {:?}",
-        criterion.failure_limit, criterion.no_data, criterion.on_failure
+        check.failure_limit, check.no_data, criterion.on_failure
     );
     text.to_lowercase()
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use handoff_executor::{Clock, Decision, Lifecycle, LifecycleFeed, Sink};
+use handoff_executor::{Clock, Decision, DecisionKey, Lifecycle, LifecycleFeed, Sink};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -125,7 +125,13 @@ impl Journal {
     }
 
     /// A person's (or the simulation's) decision on `key`.
-    pub(crate) fn decision(&self, key: &str) -> Result<Option<Decision>, StoreError> {
+    pub(crate) fn decision(&self, key: &DecisionKey) -> Result<Option<Decision>, StoreError> {
+        self.decided(&key.to_string())
+    }
+
+    /// The decision recorded under a key's text (what executors ask with), else the
+    /// simulation's.
+    fn decided(&self, key: &str) -> Result<Option<Decision>, StoreError> {
         if let Some(decision) = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).decisions.get(key)
         {
             return Ok(Some(decision.clone()));
@@ -178,7 +184,7 @@ impl Sink for Journal {
     }
 
     fn decision(&self, key: &str) -> Option<Decision> {
-        self.decision(key).unwrap_or_else(|error| {
+        self.decided(key).unwrap_or_else(|error| {
             self.fail(&error);
             None
         })

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use handoff_executor::{Clock, Endpoints, Executors, Policy};
+use handoff_executor::{Clock, DecisionKey, Endpoints, Executors, Policy};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ mod journal;
 pub mod metrics;
 pub mod observe;
 mod runner;
+mod schedule;
 pub mod state;
 pub mod store;
 
@@ -395,7 +396,7 @@ impl<'e> Engine<'e> {
             for (phase, step, done) in settle {
                 let interrupted = state.phase(phase).and_then(|p| p.steps.get(step)).is_some_and(|s| s.interrupted());
                 if !interrupted {
-                    return Err(EngineError::Settle(format!("{phase}/{step}")));
+                    return Err(EngineError::Settle(DecisionKey::step(phase, step).to_string()));
                 }
                 journal.record(Event::StepSettled { phase: phase.clone(), step: step.clone(), done: *done })?;
             }
@@ -448,7 +449,8 @@ impl<'e> Engine<'e> {
         decision: handoff_executor::Decision,
     ) -> Result<String, EngineError> {
         let known = self.graph.decision_keys();
-        if !known.iter().any(|k| k == key) {
+        if !key.parse::<DecisionKey>().is_ok_and(|key| known.contains(&key)) {
+            let known = known.iter().map(DecisionKey::to_string).collect();
             return Err(EngineError::UnknownKey { key: key.to_owned(), known });
         }
         let record = LockRecord::for_this_process(&options.command, options.lock_ttl);

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use handoff_plan::model::{Alert, Criterion, Metric, NoDataPolicy};
+use handoff_plan::model::{Alert, Metric, NoDataPolicy};
 use jiff::Timestamp;
 
 use crate::events::Verdict;
+use crate::graph::MetricCheck;
 
 /// Samples of one criterion.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,12 +50,12 @@ impl Tally {
     }
 
     /// Whether the criterion already failed, whatever samples follow.
-    pub fn failed_for_good(&self, criterion: &Criterion) -> bool {
+    pub fn failed_for_good(&self, criterion: &MetricCheck) -> bool {
         self.failed > criterion.failure_limit
     }
 
     /// The verdict and a one-line account of it.
-    pub fn verdict(&self, criterion: &Criterion) -> (Verdict, String) {
+    pub fn verdict(&self, criterion: &MetricCheck) -> (Verdict, String) {
         let counts = format!(
             "{} samples, {} violating (limit {}), {} without data, {} provider errors",
             self.values, self.failed, criterion.failure_limit, self.empty, self.errors
@@ -132,12 +133,14 @@ impl AlertWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::{CriterionCheck, CriterionNode};
 
     /// Samples (`n` a value, `-` no data, `!` an error) fed to a criterion given in YAML.
     fn check(criterion: &str, samples: &str, expect: &str) {
-        let criterion: Criterion = serde_saphyr::from_str(criterion).unwrap();
-        let threshold = threshold(criterion.threshold.as_ref().unwrap(), None);
-        let op = criterion.op.unwrap();
+        let criterion: handoff_plan::model::Criterion = serde_saphyr::from_str(criterion).unwrap();
+        let CriterionCheck::Metric(check) = CriterionNode::compile(&criterion, &Default::default()).check else {
+            panic!("not a metric criterion")
+        };
         let mut tally = Tally::default();
         for sample in samples.split_whitespace() {
             let sample = match sample {
@@ -145,9 +148,9 @@ mod tests {
                 "!" => Err("connection refused".to_owned()),
                 value => Ok(Some(value.parse().unwrap())),
             };
-            tally.add(sample, |v| op.holds(v, threshold));
+            tally.add(sample, |v| check.holds(v));
         }
-        let (verdict, detail) = tally.verdict(&criterion);
+        let (verdict, detail) = tally.verdict(&check);
         assert_eq!(format!("{verdict:?}: {detail}"), expect);
     }
 

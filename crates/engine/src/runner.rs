@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use handoff_executor::{Clock, Compensation, Context, Endpoints, Executors, Policy, StepError};
-use handoff_plan::model::{AlertAction, FailureAction, MetricSource};
+use handoff_executor::{
+    Clock, Compensation, Context, DecisionKey, DynAction, Endpoints, Executors, Policy, StepError, StepOutput,
+};
+use handoff_plan::model::{AlertAction, FailureAction};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -14,10 +16,11 @@ use tracing::Instrument;
 
 use crate::EngineError;
 use crate::events::{Event, Role, RunStatus, Verdict};
-use crate::graph::{Graph, PhaseNode, StepNode};
+use crate::graph::{CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
 use crate::journal::Journal;
 use crate::metrics::{MetricProvider, Metrics};
-use crate::observe::{AlertWatch, Tally, threshold};
+use crate::observe::{AlertWatch, Tally};
+use crate::schedule::{Next, Observation, RangeQuery};
 
 /// How a run stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +46,7 @@ pub enum Outcome {
     /// Waiting for a person's decision.
     Paused {
         /// Decision key.
-        key: String,
+        key: DecisionKey,
         /// The question.
         reason: String,
     },
@@ -64,11 +67,14 @@ enum End {
     /// Cancelled because a sibling failed or an alert fired; the cause explains it.
     Cancelled(String),
     Paused {
-        key: String,
+        key: DecisionKey,
         reason: String,
     },
     Interrupted,
 }
+
+/// A criterion's verdict and its account.
+type Judgement<'p> = (&'p CriterionNode, Verdict, String);
 
 /// An alert that asked for more than a notification.
 #[derive(Debug, Default)]
@@ -107,6 +113,11 @@ fn seconds(duration: SignedDuration) -> f64 {
     duration.as_secs_f64().max(0.0)
 }
 
+/// Plan time from `start` to `now` (zero if the clock went back).
+fn since(start: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(start)).unwrap_or_default()
+}
+
 impl Runner<'_> {
     fn record(&self, event: Event) -> Result<(), EngineError> {
         self.journal.record(event).map(drop).map_err(EngineError::from)
@@ -118,8 +129,8 @@ impl Runner<'_> {
         Ok(Outcome::Interrupted { reason })
     }
 
-    fn paused(&self, key: String, reason: String) -> Result<Outcome, EngineError> {
-        self.record(Event::Paused { key: key.clone(), reason: reason.clone() })?;
+    fn paused(&self, key: DecisionKey, reason: String) -> Result<Outcome, EngineError> {
+        self.record(Event::Paused { key: key.to_string(), reason: reason.clone() })?;
         Ok(Outcome::Paused { key, reason })
     }
 
@@ -179,24 +190,8 @@ impl Runner<'_> {
                     .await;
             }
             if phase_state.is_none() {
-                if !phase.reversible && !self.confirm_irreversible {
-                    let key = format!("{}/irreversible", phase.id);
-                    match self.journal.decision(&key)? {
-                        Some(decision) if decision.approved => {}
-                        Some(decision) => {
-                            return self.paused(
-                                key,
-                                format!("{} declined to start point of no return `{}`", decision.by, phase.id),
-                            );
-                        }
-                        None => {
-                            let reason = format!(
-                                "phase `{}` is a point of no return; confirm it (`--confirm-irreversible`, or approve `{key}`)",
-                                phase.id
-                            );
-                            return self.paused(key, reason);
-                        }
-                    }
+                if let Some(outcome) = self.confirm_start(phase)? {
+                    return Ok(outcome);
                 }
                 self.record(Event::PhaseStarted { phase: phase.id.clone() })?;
             }
@@ -214,47 +209,40 @@ impl Runner<'_> {
         Ok(Outcome::Completed)
     }
 
+    /// Whether a phase may start: a point of no return needs `--confirm-irreversible` or
+    /// an approval; else the run pauses (or stops, declined).
+    fn confirm_start(&self, phase: &PhaseNode) -> Result<Option<Outcome>, EngineError> {
+        if phase.reversible || self.confirm_irreversible {
+            return Ok(None);
+        }
+        let key = DecisionKey::irreversible(&phase.id);
+        match self.journal.decision(&key)? {
+            Some(decision) if decision.approved => Ok(None),
+            Some(decision) => {
+                let reason = format!("{} declined to start point of no return `{}`", decision.by, phase.id);
+                self.paused(key, reason).map(Some)
+            }
+            None => {
+                let reason = format!(
+                    "phase `{}` is a point of no return; confirm it (`--confirm-irreversible`, or approve `{key}`)",
+                    phase.id
+                );
+                self.paused(key, reason).map(Some)
+            }
+        }
+    }
+
+    /// A phase: its stages with alerts watched, then the observation, then its approvals.
     async fn phase(&self, phase: &PhaseNode) -> Result<End, EngineError> {
         let alarm = Alarm::default();
-        let phase_cancel = self.cancel.child_token();
-        let steps_done = CancellationToken::new();
-        // When waits take real time (a real clock, or a simulation's paced one), a watcher
-        // samples alerts while the steps run; when they take none, alerts are sampled at
-        // every step boundary (deterministically).
-        let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
-        let steps = async {
-            let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
-            let mut end = End::Done;
-            for stage in &phase.stages {
-                for watch in &mut watches {
-                    self.sample_alert(phase, watch, &alarm, &phase_cancel).await?;
-                }
-                if phase_cancel.is_cancelled() {
-                    end = End::Cancelled("the phase was cancelled".to_owned());
-                    break;
-                }
-                end = self.stage(phase, stage, &phase_cancel).await?;
-                if !matches!(end, End::Done) {
-                    break;
-                }
-            }
-            steps_done.cancel();
-            Ok::<End, EngineError>(end)
-        };
-        let watch = async {
-            if watched {
-                self.watch_alerts(phase, &alarm, &phase_cancel, &steps_done).await;
-            }
-        };
-        let (end, ()) = tokio::join!(steps, watch);
-        let end = end?;
+        let end = self.stages(phase, &alarm).await?;
         if self.cancel.is_cancelled() {
             return Ok(End::Interrupted);
         }
         match alarm.get() {
             Some((AlertAction::Rollback, what)) => return Ok(End::Failed(what)),
             Some((AlertAction::Pause, what)) if matches!(end, End::Done) => {
-                let key = format!("{}/alerts", phase.id);
+                let key = DecisionKey::alerts(&phase.id);
                 if self.journal.decision(&key)?.is_none_or(|d| !d.approved) {
                     return Ok(End::Paused { key, reason: format!("{what}; approve to go on, reject to roll back") });
                 }
@@ -270,16 +258,57 @@ impl Runner<'_> {
         if !matches!(end, End::Done) {
             return Ok(end);
         }
-        for (key, prompt) in &phase.approvals {
-            if self.journal.read(|s| s.phase(&phase.id).is_some_and(|p| p.gates.contains(key))) {
+        self.approvals(phase)
+    }
+
+    /// Runs a phase's stages in order while its alerts are watched.
+    async fn stages(&self, phase: &PhaseNode, alarm: &Alarm) -> Result<End, EngineError> {
+        let phase_cancel = self.cancel.child_token();
+        let steps_done = CancellationToken::new();
+        // When waits take real time (a real clock, or a simulation's paced one), a watcher
+        // samples alerts while the steps run; when they take none, alerts are sampled at
+        // every step boundary (deterministically).
+        let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
+        let steps = async {
+            let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
+            let mut end = End::Done;
+            for stage in &phase.stages {
+                for watch in &mut watches {
+                    self.sample_alert(phase, watch, alarm, &phase_cancel).await?;
+                }
+                if phase_cancel.is_cancelled() {
+                    end = End::Cancelled("the phase was cancelled".to_owned());
+                    break;
+                }
+                end = self.stage(phase, stage, &phase_cancel).await?;
+                if !matches!(end, End::Done) {
+                    break;
+                }
+            }
+            steps_done.cancel();
+            Ok::<End, EngineError>(end)
+        };
+        let watch = async {
+            if watched {
+                self.watch_alerts(phase, alarm, &phase_cancel, &steps_done).await;
+            }
+        };
+        tokio::join!(steps, watch).0
+    }
+
+    /// The phase's approval gates, in order: opened once approved.
+    fn approvals(&self, phase: &PhaseNode) -> Result<End, EngineError> {
+        for gate in &phase.approvals {
+            let key = gate.key.to_string();
+            if self.journal.read(|s| s.phase(&phase.id).is_some_and(|p| p.gates.contains(&key))) {
                 continue;
             }
-            match self.journal.decision(key)? {
+            match self.journal.decision(&gate.key)? {
                 Some(decision) if decision.approved => {
-                    self.record(Event::GateOpened { phase: phase.id.clone(), gate: key.clone() })?;
+                    self.record(Event::GateOpened { phase: phase.id.clone(), gate: key })?;
                 }
                 Some(decision) => return Ok(End::Failed(format!("approval `{key}` rejected by {}", decision.by))),
-                None => return Ok(End::Paused { key: key.clone(), reason: prompt.clone() }),
+                None => return Ok(End::Paused { key: gate.key.clone(), reason: gate.prompt.clone() }),
             }
         }
         Ok(End::Done)
@@ -361,80 +390,111 @@ impl Runner<'_> {
     ) -> Result<End, EngineError> {
         let span = tracing::info_span!("step", step = %step.id, uses = %step.uses, ?role);
         async {
-            let existing = self.journal.read(|s| s.phase(&phase.id).and_then(|p| p.steps.get(&step.id).cloned()));
-            let mut attempt = 1;
-            let mut checkpoint = None;
-            if let Some(existing) = existing {
-                if existing.finished {
-                    return Ok(End::Done);
-                }
-                if existing.interrupted() && !existing.retry_settled && !(step.idempotent || step.resumable) {
-                    let key = format!("{}/{}", phase.id, step.id);
-                    return Ok(End::Paused {
-                        reason: format!(
-                            "step `{}` ({}) was running when the run stopped and is not idempotent: check whether it took effect, then `handoff resume --settle {key}=done` or `--settle {key}=retry`",
-                            step.id,
-                            step.uses
-                        ),
-                        key,
-                    });
-                }
-                attempt = existing.attempts + 1;
-                checkpoint = existing.checkpoint;
-            }
+            let (attempt, checkpoint) = match self.resume_point(phase, step) {
+                Ok(start) => start,
+                Err(end) => return Ok(end),
+            };
             let Some(action) = self.executors.action(&step.uses) else {
                 return Ok(End::Failed(format!("no action `{}`", step.uses)));
             };
-            let attempts = step.attempts.max(attempt);
-            loop {
-                if cancel.is_cancelled() {
-                    return Ok(if self.cancel.is_cancelled() { End::Interrupted } else { End::Cancelled(format!("step `{}` was cancelled", step.id)) });
-                }
-                self.record(Event::StepStarted { phase: phase.id.clone(), step: step.id.clone(), role, attempt })?;
-                let cx = self.context(&phase.id, &step.id, attempt, checkpoint.clone(), role, cancel);
-                let run = action.execute(&step.with, &cx);
-                let result = match step.timeout {
-                    Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-                        Err(StepError::Failed(format!("timed out after {}", humantime::format_duration(limit))))
-                    }),
-                    None => run.await,
-                };
-                let error = match result {
-                    Ok(output) => {
-                        self.record(Event::StepFinished { phase: phase.id.clone(), step: step.id.clone(), role, output })?;
-                        return Ok(End::Done);
-                    }
-                    Err(_) if self.cancel.is_cancelled() => return Ok(End::Interrupted),
-                    Err(StepError::NeedsDecision { key, prompt }) => return Ok(End::Paused { key, reason: prompt }),
-                    Err(StepError::Cancelled) => {
-                        return Ok(End::Cancelled(format!("step `{}` was cancelled", step.id)));
-                    }
-                    Err(error) => error,
-                };
-                let retrying = matches!(error, StepError::Failed(_)) && attempt < attempts && step.idempotent;
-                self.record(Event::StepFailed {
-                    phase: phase.id.clone(),
-                    step: step.id.clone(),
-                    role,
-                    attempt,
-                    error: error.to_string(),
-                    retrying,
-                })?;
-                if !retrying {
-                    return Ok(End::Failed(format!("step `{}` ({}) failed: {error}", step.id, step.uses)));
-                }
-                let backoff = step.backoff.saturating_mul(1 << (attempt - 1).min(16));
-                tokio::select! {
-                    () = self.clock.sleep(backoff) => {}
-                    () = cancel.cancelled() => return Ok(if self.cancel.is_cancelled() { End::Interrupted } else { End::Cancelled(format!("step `{}` was cancelled", step.id)) }),
-                }
-                attempt += 1;
-                checkpoint =
-                    self.journal.read(|s| s.phase(&phase.id).and_then(|p| p.steps.get(&step.id)?.checkpoint.clone()));
-            }
+            self.attempts(phase, step, action, role, cancel, (attempt, checkpoint)).await
         }
         .instrument(span)
         .await
+    }
+
+    /// Where a step starts: its first attempt, or the attempt after the last one recorded
+    /// (with its checkpoint). Not at all when it finished, or when it was interrupted, is
+    /// not safe to run again and nobody settled it (the end says so).
+    fn resume_point(&self, phase: &PhaseNode, step: &StepNode) -> Result<(u32, Option<Value>), End> {
+        let existing = self.journal.read(|s| s.phase(&phase.id).and_then(|p| p.steps.get(&step.id).cloned()));
+        let Some(existing) = existing else { return Ok((1, None)) };
+        if existing.finished {
+            return Err(End::Done);
+        }
+        if existing.interrupted() && !existing.retry_settled && !(step.idempotent || step.resumable) {
+            let key = DecisionKey::step(&phase.id, &step.id);
+            return Err(End::Paused {
+                reason: format!(
+                    "step `{}` ({}) was running when the run stopped and is not idempotent: check whether it took effect, then `handoff resume --settle {key}=done` or `--settle {key}=retry`",
+                    step.id, step.uses
+                ),
+                key,
+            });
+        }
+        Ok((existing.attempts + 1, existing.checkpoint))
+    }
+
+    /// How a step ends when its cancellation token fired: interrupted with the run, else
+    /// cancelled with its stage or phase.
+    fn cancelled(&self, step: &StepNode) -> End {
+        if self.cancel.is_cancelled() {
+            End::Interrupted
+        } else {
+            End::Cancelled(format!("step `{}` was cancelled", step.id))
+        }
+    }
+
+    /// A step's attempts from `start` (attempt number, checkpoint), with backoff between.
+    async fn attempts(
+        &self,
+        phase: &PhaseNode,
+        step: &StepNode,
+        action: &dyn DynAction,
+        role: Role,
+        cancel: &CancellationToken,
+        start: (u32, Option<Value>),
+    ) -> Result<End, EngineError> {
+        let (mut attempt, mut checkpoint) = start;
+        let attempts = step.attempts.max(attempt);
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(self.cancelled(step));
+            }
+            self.record(Event::StepStarted { phase: phase.id.clone(), step: step.id.clone(), role, attempt })?;
+            let cx = self.context(&phase.id, &step.id, attempt, checkpoint.clone(), role, cancel);
+            let error = match self.execute(step, action, &cx).await {
+                Ok(output) => {
+                    self.record(Event::StepFinished { phase: phase.id.clone(), step: step.id.clone(), role, output })?;
+                    return Ok(End::Done);
+                }
+                Err(_) if self.cancel.is_cancelled() => return Ok(End::Interrupted),
+                Err(StepError::NeedsDecision { key, prompt }) => return Ok(paused_by_step(step, &key, prompt)),
+                Err(StepError::Cancelled) => return Ok(End::Cancelled(format!("step `{}` was cancelled", step.id))),
+                Err(error) => error,
+            };
+            let retrying = matches!(error, StepError::Failed(_)) && attempt < attempts && step.idempotent;
+            self.record(Event::StepFailed {
+                phase: phase.id.clone(),
+                step: step.id.clone(),
+                role,
+                attempt,
+                error: error.to_string(),
+                retrying,
+            })?;
+            if !retrying {
+                return Ok(End::Failed(format!("step `{}` ({}) failed: {error}", step.id, step.uses)));
+            }
+            let backoff = step.backoff.saturating_mul(1 << (attempt - 1).min(16));
+            tokio::select! {
+                () = self.clock.sleep(backoff) => {}
+                () = cancel.cancelled() => return Ok(self.cancelled(step)),
+            }
+            attempt += 1;
+            checkpoint =
+                self.journal.read(|s| s.phase(&phase.id).and_then(|p| p.steps.get(&step.id)?.checkpoint.clone()));
+        }
+    }
+
+    /// One attempt of a step, within its timeout.
+    async fn execute(&self, step: &StepNode, action: &dyn DynAction, cx: &Context) -> Result<StepOutput, StepError> {
+        let run = action.execute(&step.with, cx);
+        match step.timeout {
+            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                Err(StepError::Failed(format!("timed out after {}", humantime::format_duration(limit))))
+            }),
+            None => run.await,
+        }
     }
 
     fn alert_watches(&self, phase: &PhaseNode) -> Vec<AlertWatch> {
@@ -516,213 +576,164 @@ impl Runner<'_> {
         }
     }
 
-    /// The observation after the steps: soak gates and criteria windows, with alerts.
+    /// The observation after the steps: soak gates and criteria windows, with alerts;
+    /// then criteria people confirm, then what the verdicts mean.
     async fn observe(&self, phase: &PhaseNode) -> Result<End, EngineError> {
-        let state = self.journal.state();
-        let done = state.phase(&phase.id).map(|p| (p.gates.clone(), p.criteria.clone())).unwrap_or_default();
-        let (gates, verdicts) = done;
-        let soak = if gates.contains("soak") { Duration::ZERO } else { phase.soak };
-
-        struct Pending<'c> {
-            criterion: &'c handoff_plan::model::Criterion,
-            window: Duration,
-            interval: Duration,
-            next: Timestamp,
-            tally: Tally,
-            decided: Option<(Verdict, String)>,
-            range: bool,
-        }
+        let (soaked, verdicts) = self
+            .journal
+            .read(|s| s.phase(&phase.id).map(|p| (p.gates.contains("soak"), p.criteria.clone())).unwrap_or_default());
+        let mut results: Vec<Judgement<'_>> = Vec::new();
         let mut confirmations = Vec::new();
-        let mut pending = Vec::new();
-        // The criterion whose failure ended the observation before its end.
-        let mut ended_early: Option<String> = None;
-        let mut results: Vec<(&handoff_plan::model::Criterion, Verdict, String)> = Vec::new();
+        let mut sampled = Vec::new();
         for criterion in &phase.criteria {
-            if let Some((verdict, detail)) = verdicts.get(criterion.id.as_str()) {
-                results.push((criterion, *verdict, detail.clone()));
-            } else if criterion.confirm.is_some() {
-                confirmations.push(criterion);
-            } else {
-                let window = criterion.window.as_ref().map_or(Duration::ZERO, |w| w.get());
-                let interval =
-                    criterion.interval.as_ref().map_or_else(|| (window / 10).max(Duration::from_secs(10)), |i| i.get());
-                let prometheus = criterion
-                    .metric
-                    .as_ref()
-                    .and_then(|m| self.graph.plan.metrics.get(m.as_str()))
-                    .is_some_and(|m| matches!(m.source, MetricSource::Prometheus { .. }));
-                pending.push(Pending {
-                    criterion,
-                    window,
-                    interval,
-                    next: Timestamp::MAX,
-                    tally: Tally::default(),
-                    decided: None,
-                    range: prometheus && !self.clock.is_virtual() && !window.is_zero(),
-                });
+            match (verdicts.get(&criterion.id), &criterion.check) {
+                (Some(result), _) => results.push((criterion, result.verdict, result.detail.clone())),
+                (None, CriterionCheck::Confirm { prompt }) => confirmations.push((criterion, prompt.as_str())),
+                (None, _) => sampled.push(criterion),
             }
         }
-        let total = pending.iter().map(|p| p.window).max().unwrap_or_default().max(soak);
-        let start = self.clock.now();
-        let end = start + SignedDuration::try_from(total).unwrap_or(SignedDuration::MAX);
-        // A simulation samples each series at most about 500 times per observation.
-        let floor = if self.clock.is_virtual() { total / 500 } else { Duration::ZERO };
-        for p in &mut pending {
-            // The floor never leaves a criterion fewer samples than it needs.
-            let needed = p.criterion.min_samples.unwrap_or(1).max(1);
-            let coarsest = if p.window.is_zero() { floor } else { (p.window / (needed + 1)).max(p.interval) };
-            p.interval = p.interval.max(floor.min(coarsest)).max(Duration::from_millis(1));
-            p.next = end - SignedDuration::try_from(p.window).unwrap_or_default();
-        }
-        let alarm = Alarm::default();
-        let phase_cancel = self.cancel.child_token();
         let mut watches = self.alert_watches(phase);
-        let mut alert_next: Vec<Timestamp> = watches.iter().map(|_| start).collect();
-        for w in &mut watches {
-            w.interval = w.interval.max(floor);
+        let intervals: Vec<Duration> = watches.iter().map(|w| w.interval).collect();
+        let soak = if soaked { Duration::ZERO } else { phase.soak };
+        let mut observation = Observation::new(&sampled, soak, &intervals, self.clock.is_virtual());
+        let start = self.clock.now();
+        if let Some(end) = self.watch(phase, &mut observation, &mut watches, start).await? {
+            return Ok(end);
         }
-        loop {
-            if self.cancel.is_cancelled() {
-                return Ok(End::Interrupted);
+        results.extend(self.record_verdicts(phase, observation, start).await?);
+        for (criterion, prompt) in confirmations {
+            match self.confirmation(phase, criterion, prompt)? {
+                Ok(judgement) => results.push(judgement),
+                Err(paused) => return Ok(paused),
             }
-            let now = self.clock.now();
-            for (watch, next) in watches.iter_mut().zip(&mut alert_next) {
-                if *next <= now {
-                    self.sample_alert(phase, watch, &alarm, &phase_cancel).await?;
-                    *next = now + watch.interval;
-                }
-            }
-            if let Some((AlertAction::Rollback, what)) = alarm.get() {
-                return Ok(End::Failed(what));
-            }
-            for p in pending.iter_mut().filter(|p| p.decided.is_none() && !p.range && p.next <= now) {
-                let (Some(metric_id), Some(op), Some(limit)) =
-                    (&p.criterion.metric, p.criterion.op, &p.criterion.threshold)
-                else {
-                    p.decided = Some((Verdict::Inconclusive, "the criterion names no metric".to_owned()));
-                    continue;
-                };
-                let metric = self.graph.plan.metrics.get(metric_id.as_str());
-                let threshold = threshold(limit, metric);
-                let sample = match metric {
-                    Some(metric) => self.metrics.sample(metric_id.as_str(), metric).await.map_err(|e| e.to_string()),
-                    None => Err(format!("metric `{metric_id}` is not defined")),
-                };
-                p.tally.add(sample, |v| op.holds(v, threshold));
-                p.next = now + p.interval;
-                if p.tally.failed_for_good(p.criterion) || p.next > end {
-                    p.decided = Some(p.tally.verdict(p.criterion));
-                }
-            }
-            if now >= end {
-                break;
-            }
-            let next = pending
-                .iter()
-                .filter(|p| p.decided.is_none() && !p.range)
-                .map(|p| p.next)
-                .chain(alert_next.iter().copied())
-                .chain([end])
-                .min()
-                .unwrap_or(end)
-                .min(end);
-            // A criterion that failed for good ends the observation early.
-            if let Some(failed) = pending.iter().find(|p| {
-                matches!(p.decided, Some((Verdict::Fail, _))) && p.criterion.on_failure == FailureAction::Rollback
-            }) {
-                ended_early = Some(failed.criterion.id.to_string());
-                break;
-            }
-            let wait = next.duration_since(now).unsigned_abs();
-            tokio::select! {
-                () = self.clock.sleep(wait) => {}
-                () = self.cancel.cancelled() => return Ok(End::Interrupted),
-            }
-        }
-        if !soak.is_zero() && self.clock.now() >= end {
-            self.record(Event::GateOpened { phase: phase.id.clone(), gate: "soak".to_owned() })?;
-        }
-        for p in &mut pending {
-            if p.range && p.decided.is_none() {
-                p.decided = Some(self.range_verdict(p.criterion, p.window, p.interval, end).await);
-            }
-            let (verdict, detail) = p.decided.take().unwrap_or_else(|| {
-                let (verdict, detail) = p.tally.verdict(p.criterion);
-                match &ended_early {
-                    Some(failed) => (verdict, format!("{detail}; observation cut short: `{failed}` failed")),
-                    None => (verdict, detail),
-                }
-            });
-            self.record(Event::CriterionEvaluated {
-                phase: phase.id.clone(),
-                criterion: p.criterion.id.to_string(),
-                verdict,
-                samples: p.tally.values,
-                failed: p.tally.failed,
-                detail: detail.clone(),
-            })?;
-            results.push((p.criterion, verdict, detail));
-        }
-        for criterion in confirmations {
-            let key = format!("{}/{}", phase.id, criterion.id);
-            let prompt = criterion.confirm.as_ref().map(|c| c.prompt.clone()).unwrap_or_default();
-            let (verdict, detail) = match self.journal.decision(&key)? {
-                Some(d) if d.approved => (Verdict::Pass, format!("confirmed by {}", d.by)),
-                Some(d) => (Verdict::Fail, format!("denied by {}", d.by)),
-                None => return Ok(End::Paused { key, reason: prompt }),
-            };
-            self.record(Event::CriterionEvaluated {
-                phase: phase.id.clone(),
-                criterion: criterion.id.to_string(),
-                verdict,
-                samples: 0,
-                failed: 0,
-                detail: detail.clone(),
-            })?;
-            results.push((criterion, verdict, detail));
         }
         self.judge(phase, &results)
     }
 
-    async fn range_verdict(
+    /// Drives an observation on the run's clock: samples what is due and waits for the
+    /// next, until it stops. An alert that rolls back, or the run's cancellation, ends the
+    /// phase (returned).
+    async fn watch(
         &self,
-        criterion: &handoff_plan::model::Criterion,
-        window: Duration,
-        interval: Duration,
-        end: Timestamp,
-    ) -> (Verdict, String) {
-        let mut tally = Tally::default();
-        let (Some(metric_id), Some(op), Some(limit)) = (&criterion.metric, criterion.op, &criterion.threshold) else {
-            return tally.verdict(criterion);
+        phase: &PhaseNode,
+        observation: &mut Observation<'_>,
+        watches: &mut [AlertWatch],
+        start: Timestamp,
+    ) -> Result<Option<End>, EngineError> {
+        let alarm = Alarm::default();
+        let phase_cancel = self.cancel.child_token();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(Some(End::Interrupted));
+            }
+            let now = since(start, self.clock.now());
+            for index in observation.alerts_due(now) {
+                self.sample_alert(phase, &mut watches[index], &alarm, &phase_cancel).await?;
+            }
+            if let Some((AlertAction::Rollback, what)) = alarm.get() {
+                return Ok(Some(End::Failed(what)));
+            }
+            for (index, check) in observation.criteria_due(now) {
+                observation.sampled(index, self.sample_metric(check).await);
+            }
+            let Next::Wait(wait) = observation.next(now) else { return Ok(None) };
+            tokio::select! {
+                () = self.clock.sleep(wait) => {}
+                () = self.cancel.cancelled() => return Ok(Some(End::Interrupted)),
+            }
+        }
+    }
+
+    /// One sample of a criterion's metric.
+    async fn sample_metric(&self, check: &MetricCheck) -> Result<Option<f64>, String> {
+        match self.graph.plan.metrics.get(check.metric.as_str()) {
+            Some(metric) => self.metrics.sample(&check.metric, metric).await.map_err(|e| e.to_string()),
+            None => Err(format!("metric `{}` is not defined", check.metric)),
+        }
+    }
+
+    /// Records how an observation (started at `start`) ended: the soak gate, when it
+    /// opened, and every sampled criterion's verdict (range queries made now).
+    async fn record_verdicts<'p>(
+        &self,
+        phase: &'p PhaseNode,
+        mut observation: Observation<'p>,
+        start: Timestamp,
+    ) -> Result<Vec<Judgement<'p>>, EngineError> {
+        if observation.soak_opens(since(start, self.clock.now())) {
+            self.record(Event::GateOpened { phase: phase.id.clone(), gate: "soak".to_owned() })?;
+        }
+        let end = start + SignedDuration::try_from(observation.end()).unwrap_or(SignedDuration::MAX);
+        for query in observation.range_queries() {
+            let verdict = self.range_verdict(&query, end).await;
+            observation.decide(query.index, verdict);
+        }
+        let mut results = Vec::new();
+        for judged in observation.verdicts() {
+            self.record(Event::CriterionEvaluated {
+                phase: phase.id.clone(),
+                criterion: judged.criterion.id.clone(),
+                verdict: judged.verdict,
+                samples: judged.tally.values,
+                failed: judged.tally.failed,
+                detail: judged.detail.clone(),
+            })?;
+            results.push((judged.criterion, judged.verdict, judged.detail));
+        }
+        Ok(results)
+    }
+
+    /// A criterion a person confirms: its verdict (recorded), or the pause that asks.
+    fn confirmation<'p>(
+        &self,
+        phase: &PhaseNode,
+        criterion: &'p CriterionNode,
+        prompt: &str,
+    ) -> Result<Result<Judgement<'p>, End>, EngineError> {
+        let key = criterion.key(&phase.id);
+        let (verdict, detail) = match self.journal.decision(&key)? {
+            Some(d) if d.approved => (Verdict::Pass, format!("confirmed by {}", d.by)),
+            Some(d) => (Verdict::Fail, format!("denied by {}", d.by)),
+            None => return Ok(Err(End::Paused { key, reason: prompt.to_owned() })),
         };
-        let Some(metric) = self.graph.plan.metrics.get(metric_id.as_str()) else { return tally.verdict(criterion) };
-        let threshold = threshold(limit, Some(metric));
-        let start = end - SignedDuration::try_from(window).unwrap_or_default();
-        match self.metrics.range(metric_id.as_str(), metric, (start, end), interval).await {
+        self.record(Event::CriterionEvaluated {
+            phase: phase.id.clone(),
+            criterion: criterion.id.clone(),
+            verdict,
+            samples: 0,
+            failed: 0,
+            detail: detail.clone(),
+        })?;
+        Ok(Ok((criterion, verdict, detail)))
+    }
+
+    /// A criterion's window read as one range query ending at `end`.
+    async fn range_verdict(&self, query: &RangeQuery<'_>, end: Timestamp) -> (Verdict, String) {
+        let check = query.check;
+        let mut tally = Tally::default();
+        let Some(metric) = self.graph.plan.metrics.get(check.metric.as_str()) else { return tally.verdict(check) };
+        let start = end - SignedDuration::try_from(query.window).unwrap_or_default();
+        match self.metrics.range(&check.metric, metric, (start, end), query.interval).await {
             Ok(values) => {
-                values.unwrap_or_default().into_iter().for_each(|v| tally.add(Ok(Some(v)), |v| op.holds(v, threshold)))
+                values.unwrap_or_default().into_iter().for_each(|v| tally.add(Ok(Some(v)), |v| check.holds(v)))
             }
             Err(error) => tally.add(Err(error.to_string()), |_| true),
         }
-        tally.verdict(criterion)
+        tally.verdict(check)
     }
 
     /// What the phase's verdicts mean.
-    fn judge(
-        &self,
-        phase: &PhaseNode,
-        results: &[(&handoff_plan::model::Criterion, Verdict, String)],
-    ) -> Result<End, EngineError> {
+    fn judge(&self, phase: &PhaseNode, results: &[Judgement<'_>]) -> Result<End, EngineError> {
         // A failure rolls back even when another criterion would pause for a person.
         let mut pause = None;
         for (criterion, verdict, detail) in results {
             if *verdict == Verdict::Pass {
                 continue;
             }
-            let key = format!("{}/{}", phase.id, criterion.id);
+            let key = criterion.key(&phase.id);
             let what = format!("criterion `{}` ({}) is {verdict:?}: {detail}", criterion.id, criterion.description)
                 .replace("ProviderError", "provider error");
-            let decided = self.journal.read(|s| s.decisions.get(&key).cloned());
+            let decided = self.journal.read(|s| s.decisions.get(&key.to_string()).cloned());
             match (verdict, criterion.on_failure, decided) {
                 (_, _, Some(d)) if d.approved => continue,
                 (_, _, Some(d)) => return Ok(End::Failed(format!("{what}; {} rejected going on", d.by))),
@@ -742,18 +753,31 @@ impl Runner<'_> {
     /// Rolls a phase back: completed steps compensated in reverse, then the rollback
     /// steps, timed against the budget. Continues an interrupted rollback.
     pub(crate) async fn rollback(&self, phase: &PhaseNode, reason: String) -> Result<Outcome, EngineError> {
-        let state = self.journal.state();
-        let started_at = match state.phase(&phase.id).and_then(|p| p.rollback.as_ref()) {
-            Some(rollback) => rollback.started_at,
+        let started_at = match self.journal.read(|s| Some(s.phase(&phase.id)?.rollback.as_ref()?.started_at)) {
+            Some(started_at) => started_at,
             None => {
                 tracing::info!(phase = %phase.id, "rolling back: {reason}");
                 self.record(Event::RollbackStarted { phase: phase.id.clone(), reason: reason.clone() })?;
                 self.clock.now()
             }
         };
+        let Some(mut failures) = self.compensate(phase).await? else { return self.interrupted() };
+        for step in &phase.rollback {
+            match self.step(phase, step, Role::Rollback, &self.cancel).await? {
+                End::Done => {}
+                End::Failed(why) | End::Cancelled(why) => failures.push(why),
+                End::Paused { key, reason } => return self.paused(key, reason),
+                End::Interrupted => return self.interrupted(),
+            }
+        }
+        self.finish_rollback(phase, reason, started_at, failures)
+    }
+
+    /// Compensates the phase's completed steps in reverse (those not compensated yet):
+    /// what failed, or `None` when the run was interrupted.
+    async fn compensate(&self, phase: &PhaseNode) -> Result<Option<Vec<String>>, EngineError> {
         let mut failures = Vec::new();
-        let state = self.journal.state();
-        let phase_state = state.phase(&phase.id).cloned().unwrap_or_default();
+        let phase_state = self.journal.read(|s| s.phase(&phase.id).cloned()).unwrap_or_default();
         for id in phase_state.finished_order.iter().rev() {
             if phase_state.compensated.contains(id) {
                 continue;
@@ -779,7 +803,7 @@ impl Runner<'_> {
                     };
                     self.record(Event::StepCompensated { phase: phase.id.clone(), step: id.clone(), outcome })?;
                 }
-                Err(_) if self.cancel.is_cancelled() => return self.interrupted(),
+                Err(_) if self.cancel.is_cancelled() => return Ok(None),
                 Err(error) => {
                     self.record(Event::StepFailed {
                         phase: phase.id.clone(),
@@ -793,37 +817,51 @@ impl Runner<'_> {
                 }
             }
         }
-        for step in &phase.rollback {
-            match self.step(phase, step, Role::Rollback, &self.cancel).await? {
-                End::Done => {}
-                End::Failed(why) | End::Cancelled(why) => failures.push(why),
-                End::Paused { key, reason } => return self.paused(key, reason),
-                End::Interrupted => return self.interrupted(),
-            }
-        }
-        let elapsed = self.clock.now().duration_since(started_at);
+        Ok(Some(failures))
+    }
+
+    /// Records how the rollback started at `started_at` ended, against its budget, and ends
+    /// the run.
+    fn finish_rollback(
+        &self,
+        phase: &PhaseNode,
+        reason: String,
+        started_at: Timestamp,
+        mut failures: Vec<String>,
+    ) -> Result<Outcome, EngineError> {
+        let elapsed = seconds(self.clock.now().duration_since(started_at));
         let budget = phase.budget.map(|b| b.as_secs_f64());
-        let breached = budget.is_some_and(|b| seconds(elapsed) > b);
+        let breached = budget.is_some_and(|b| elapsed > b);
         self.record(Event::RollbackFinished {
             phase: phase.id.clone(),
             ok: failures.is_empty(),
-            seconds: seconds(elapsed),
+            seconds: elapsed,
             budget_seconds: budget,
             breached,
         })?;
         if breached {
             failures.push(format!(
-                "the rollback took {:.1}s, over its budget of {:.0}s",
-                seconds(elapsed),
+                "the rollback took {elapsed:.1}s, over its budget of {:.0}s",
                 budget.unwrap_or_default()
             ));
         }
         let status = if failures.is_empty() { RunStatus::RolledBack } else { RunStatus::RollbackFailed };
         self.record(Event::RunFinished { status })?;
         Ok(if failures.is_empty() {
-            Outcome::RolledBack { phase: phase.id.clone(), reason, seconds: seconds(elapsed) }
+            Outcome::RolledBack { phase: phase.id.clone(), reason, seconds: elapsed }
         } else {
             Outcome::RollbackFailed { phase: phase.id.clone(), reason: format!("{reason}; {}", failures.join("; ")) }
         })
+    }
+}
+
+/// The pause a step asked for, under the key it named (an executor's key that is not
+/// `<phase>/<what>` is a failure of the step).
+fn paused_by_step(step: &StepNode, key: &str, prompt: String) -> End {
+    match key.parse() {
+        Ok(key) => End::Paused { key, reason: prompt },
+        Err(error) => {
+            End::Failed(format!("step `{}` ({}) asked a person under a bad key: {error}", step.id, step.uses))
+        }
     }
 }

@@ -28,8 +28,8 @@ pub struct RunState {
     pub updated_at: Option<Timestamp>,
     /// How it ended, when it did.
     pub finished: Option<RunStatus>,
-    /// The decision it waits for (key, question), when paused.
-    pub paused: Option<(String, String)>,
+    /// The decision it waits for, when paused.
+    pub paused: Option<Pause>,
     /// Why it was interrupted, when it was and has not resumed since.
     pub interrupted: Option<String>,
     /// Phases that started, in order.
@@ -61,8 +61,8 @@ pub struct PhaseState {
     pub compensated: BTreeSet<String>,
     /// Gates that opened.
     pub gates: BTreeSet<String>,
-    /// Criteria results.
-    pub criteria: BTreeMap<String, (Verdict, String)>,
+    /// Criteria results, by criterion id.
+    pub criteria: BTreeMap<String, CriterionResult>,
     /// Alerts that fired.
     pub alerts: Vec<String>,
     /// The rollback, once it started.
@@ -76,8 +76,39 @@ pub struct RollbackState {
     pub reason: String,
     /// When it started (the budget counts from here).
     pub started_at: Timestamp,
-    /// How it ended: (ok, seconds, budget seconds, breached).
-    pub finished: Option<(bool, f64, Option<f64>, bool)>,
+    /// How it ended, once it did.
+    pub finished: Option<RollbackEnd>,
+}
+
+/// How a rollback ended.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RollbackEnd {
+    /// Every compensation and rollback step succeeded.
+    pub ok: bool,
+    /// How long it took, in seconds of the run's clock.
+    pub seconds: f64,
+    /// Its budget in seconds, if it had one.
+    pub budget_seconds: Option<f64>,
+    /// It took longer than its budget.
+    pub breached: bool,
+}
+
+/// The decision a paused run waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pause {
+    /// Decision key (`handoff approve … <key>`).
+    pub key: String,
+    /// The question.
+    pub reason: String,
+}
+
+/// A criterion's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CriterionResult {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// A one-line account of it.
+    pub detail: String,
 }
 
 /// Where a step stands.
@@ -107,6 +138,53 @@ impl StepState {
     /// Started, not finished, and not failed: it was running when the run stopped.
     pub fn interrupted(&self) -> bool {
         !self.finished && self.error.is_none()
+    }
+}
+
+impl PhaseState {
+    /// A step's attempt started (the first creates its state).
+    fn started(&mut self, step: &str, role: Role, attempt: u32, at: Timestamp) {
+        let state = self.steps.entry(step.to_owned()).or_insert_with(|| StepState {
+            role,
+            attempts: 0,
+            finished: false,
+            error: None,
+            output: StepOutput::default(),
+            checkpoint: None,
+            retry_settled: false,
+            started_at: at,
+            finished_at: None,
+        });
+        state.attempts = attempt;
+        state.error = None;
+        // A person's "run it again" covers one attempt, not every later crash.
+        state.retry_settled = false;
+    }
+
+    /// A step finished with `output`.
+    fn finished(&mut self, step: &str, role: Role, output: &StepOutput, at: Timestamp) {
+        if role == Role::Forward {
+            self.finished_order.push(step.to_owned());
+        }
+        if let Some(state) = self.steps.get_mut(step) {
+            state.finished = true;
+            state.output = output.clone();
+            state.finished_at = Some(at);
+        }
+    }
+
+    /// A person settled an interrupted step: it took effect (`done`), or it runs again.
+    fn settled(&mut self, step: &str, done: bool, at: Timestamp) {
+        let Some(state) = self.steps.get_mut(step) else { return };
+        if !done {
+            state.retry_settled = true;
+            return;
+        }
+        state.finished = true;
+        state.finished_at = Some(at);
+        if state.role == Role::Forward {
+            self.finished_order.push(step.to_owned());
+        }
     }
 }
 
@@ -150,46 +228,67 @@ impl RunState {
                 self.interrupted = None;
             }
             Event::PhaseStarted { phase } => self.phase_mut(phase).started_at = Some(at),
+            Event::StepStarted { .. }
+            | Event::Checkpoint { .. }
+            | Event::StepFinished { .. }
+            | Event::StepFailed { .. }
+            | Event::StepSettled { .. }
+            | Event::StepCompensated { .. } => self.apply_step(&record.event, at),
+            Event::Metric { name, value, .. } => {
+                self.metrics.insert(name.clone(), *value);
+            }
+            Event::GateOpened { phase, gate } => {
+                self.phase_mut(phase).gates.insert(gate.clone());
+            }
+            Event::CriterionEvaluated { phase, criterion, verdict, detail, .. } => {
+                let result = CriterionResult { verdict: *verdict, detail: detail.clone() };
+                self.phase_mut(phase).criteria.insert(criterion.clone(), result);
+            }
+            Event::AlertFired { phase, alert, .. } => self.phase_mut(phase).alerts.push(alert.clone()),
+            Event::Decided { key, decision } => {
+                self.decisions.insert(key.clone(), decision.clone());
+            }
+            Event::Paused { key, reason } => self.paused = Some(Pause { key: key.clone(), reason: reason.clone() }),
+            Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
+            Event::RollbackStarted { phase, reason } => {
+                self.phase_mut(phase).rollback =
+                    Some(RollbackState { reason: reason.clone(), started_at: at, finished: None });
+            }
+            Event::RollbackFinished { phase, ok, seconds, budget_seconds, breached } => {
+                if let Some(rollback) = self.phase_mut(phase).rollback.as_mut() {
+                    let end = RollbackEnd {
+                        ok: *ok,
+                        seconds: *seconds,
+                        budget_seconds: *budget_seconds,
+                        breached: *breached,
+                    };
+                    rollback.finished = Some(end);
+                }
+            }
+            Event::PhasePassed { phase } => self.phase_mut(phase).passed = true,
+            Event::RunFinished { status } => self.finished = Some(*status),
+            Event::BackgroundRestarted { .. } => {}
+        }
+    }
+
+    /// Applies a record about one step: started, checkpointed, finished, failed, settled,
+    /// compensated.
+    fn apply_step(&mut self, event: &Event, at: Timestamp) {
+        match event {
             Event::StepStarted { phase, step, role, attempt } => {
                 let phase = self.phase_mut(phase);
-                if *role == Role::Compensate {
-                    return;
+                if *role != Role::Compensate {
+                    phase.started(step, *role, *attempt, at);
                 }
-                let state = phase.steps.entry(step.clone()).or_insert_with(|| StepState {
-                    role: *role,
-                    attempts: 0,
-                    finished: false,
-                    error: None,
-                    output: StepOutput::default(),
-                    checkpoint: None,
-                    retry_settled: false,
-                    started_at: at,
-                    finished_at: None,
-                });
-                state.attempts = *attempt;
-                state.error = None;
-                // A person's "run it again" covers one attempt, not every later crash.
-                state.retry_settled = false;
             }
             Event::Checkpoint { phase, step, data } => {
                 if let Some(state) = self.phase_mut(phase).steps.get_mut(step) {
                     state.checkpoint = Some(data.clone());
                 }
             }
-            Event::Metric { name, value, .. } => {
-                self.metrics.insert(name.clone(), *value);
-            }
             Event::StepFinished { phase, step, role, output } => {
                 self.stopped.extend(output.stops.iter().cloned());
-                let phase = self.phase_mut(phase);
-                if *role == Role::Forward {
-                    phase.finished_order.push(step.clone());
-                }
-                if let Some(state) = phase.steps.get_mut(step) {
-                    state.finished = true;
-                    state.output = output.clone();
-                    state.finished_at = Some(at);
-                }
+                self.phase_mut(phase).finished(step, *role, output, at);
             }
             Event::StepFailed { phase, step, role, error, .. } => {
                 if *role != Role::Compensate
@@ -198,47 +297,11 @@ impl RunState {
                     state.error = Some(error.clone());
                 }
             }
-            Event::StepSettled { phase, step, done } => {
-                let phase = self.phase_mut(phase);
-                if let Some(state) = phase.steps.get_mut(step) {
-                    if *done {
-                        state.finished = true;
-                        state.finished_at = Some(at);
-                        if state.role == Role::Forward {
-                            phase.finished_order.push(step.clone());
-                        }
-                    } else {
-                        state.retry_settled = true;
-                    }
-                }
-            }
+            Event::StepSettled { phase, step, done } => self.phase_mut(phase).settled(step, *done, at),
             Event::StepCompensated { phase, step, .. } => {
                 self.phase_mut(phase).compensated.insert(step.clone());
             }
-            Event::GateOpened { phase, gate } => {
-                self.phase_mut(phase).gates.insert(gate.clone());
-            }
-            Event::CriterionEvaluated { phase, criterion, verdict, detail, .. } => {
-                self.phase_mut(phase).criteria.insert(criterion.clone(), (*verdict, detail.clone()));
-            }
-            Event::AlertFired { phase, alert, .. } => self.phase_mut(phase).alerts.push(alert.clone()),
-            Event::Decided { key, decision } => {
-                self.decisions.insert(key.clone(), decision.clone());
-            }
-            Event::Paused { key, reason } => self.paused = Some((key.clone(), reason.clone())),
-            Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
-            Event::RollbackStarted { phase, reason } => {
-                self.phase_mut(phase).rollback =
-                    Some(RollbackState { reason: reason.clone(), started_at: at, finished: None });
-            }
-            Event::RollbackFinished { phase, ok, seconds, budget_seconds, breached } => {
-                if let Some(rollback) = self.phase_mut(phase).rollback.as_mut() {
-                    rollback.finished = Some((*ok, *seconds, *budget_seconds, *breached));
-                }
-            }
-            Event::PhasePassed { phase } => self.phase_mut(phase).passed = true,
-            Event::RunFinished { status } => self.finished = Some(*status),
-            Event::BackgroundRestarted { .. } => {}
+            _ => {}
         }
     }
 

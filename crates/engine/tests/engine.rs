@@ -625,7 +625,7 @@ async fn an_interrupted_step_that_is_not_idempotent_must_be_settled() {
             assert!(harness.probe.effects.lock().unwrap().contains(&"run one/copy".to_owned()), "it ran again");
             interrupt();
             let (_, asked) = engine.resume(&harness.options(), &[], &CancellationToken::new()).await.unwrap();
-            assert!(matches!(asked, Outcome::Paused { ref key, .. } if key == "one/copy"), "{asked:?}");
+            assert!(matches!(asked, Outcome::Paused { ref key, .. } if key.to_string() == "one/copy"), "{asked:?}");
         }
     }
 }

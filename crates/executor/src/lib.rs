@@ -18,12 +18,14 @@ use handoff_plan::model::Uses;
 pub mod action;
 pub mod clock;
 pub mod context;
+pub mod decision;
 pub mod http;
 pub mod output;
 
 pub use action::{Action, Declaration, DynAction, Typed};
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{Context, Decision, Endpoints, Lifecycle, LifecycleFeed, Policy, Recorder, Sink, expand_env};
+pub use decision::DecisionKey;
 pub use output::{Integrity, StepOutput};
 
 /// A boxed, sendable future (the executor trait stays object-safe).
