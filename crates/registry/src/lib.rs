@@ -11,6 +11,7 @@ use handoff_plan::lint::{ParamIssue, Site};
 use handoff_plan::schema::ActionSchema;
 use handoff_plan::{ActionFacts, Catalog};
 
+mod artifacts;
 mod docs;
 
 pub use docs::{executors_markdown, lints_markdown};
