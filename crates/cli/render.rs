@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use handoff_registry::Registry;
 
-use crate::{EXIT_INVALID, EXIT_OK};
+use crate::exit;
 
 /// Arguments of `handoff render`.
 #[derive(Debug, clap::Args)]
@@ -27,7 +27,7 @@ pub(crate) struct Args {
 
 /// `handoff render`: writes every artifact into `--out`.
 pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(EXIT_INVALID) };
+    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(exit::INVALID) };
     let env = match &args.env {
         Some(env) => env.clone(),
         None if plan.environments.contains_key("production") => "production".to_owned(),
@@ -56,5 +56,5 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         std::fs::write(&path, &artifact.text).with_context(|| format!("cannot write {}", path.display()))?;
         writeln!(out, "wrote {}", path.display())?;
     }
-    Ok(EXIT_OK)
+    Ok(exit::OK)
 }
