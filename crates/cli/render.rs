@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use handoff_registry::Registry;
 
-use crate::{EXIT_INVALID, EXIT_OK};
+use crate::exit;
 
 /// Arguments of `handoff render`.
 #[derive(Debug, clap::Args)]
@@ -25,8 +25,9 @@ pub(crate) struct Args {
     env: Option<String>,
 }
 
+/// `handoff render`: writes every artifact into `--out`.
 pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(EXIT_INVALID) };
+    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(exit::INVALID) };
     let env = match &args.env {
         Some(env) => env.clone(),
         None if plan.environments.contains_key("production") => "production".to_owned(),
@@ -42,14 +43,11 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         plan.environments.get(env.as_str()).with_context(|| format!("environment `{env}` is not in the plan"))?;
     let endpoint = |name: &str| environment.endpoints.get(name).cloned();
     let base = args.plan.parent().unwrap_or(Path::new("."));
-    let services = handoff_exec_traffic::virtual_services(&plan, &endpoint, base)
+    let services = registry
+        .virtual_services(&plan, &endpoint, base)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.plan.display()))?;
     let templates = handoff_render::Templates::load(args.templates.as_deref())?;
-    let summary = |step: &handoff_plan::model::Step| {
-        let with = serde_json::Value::Object(step.with.clone());
-        handoff_executor::Executors::action(registry, &step.uses).map(|a| a.describe(&with)).unwrap_or_default()
-    };
-    let artifacts = templates.plan(&plan, &summary, &services)?;
+    let artifacts = templates.plan(&plan, &|step| registry.describe_step(step), &services)?;
     for artifact in &artifacts {
         let path = args.out.join(&artifact.path);
         if let Some(dir) = path.parent() {
@@ -58,5 +56,5 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         std::fs::write(&path, &artifact.text).with_context(|| format!("cannot write {}", path.display()))?;
         writeln!(out, "wrote {}", path.display())?;
     }
-    Ok(EXIT_OK)
+    Ok(exit::OK)
 }

@@ -2,14 +2,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
-use handoff_sandbox::{Options, Provider, Sandbox, ServiceKind, ServiceSpec, engine};
+use handoff_registry::Registry;
+use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec, engine};
 use serde_json::json;
 
-use crate::{EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK};
+use crate::exit;
+use crate::support::{self, ProviderArg, Signals};
 
 /// `handoff sandbox …`.
 #[derive(Debug, Subcommand)]
@@ -41,7 +43,7 @@ pub(crate) struct Up {
     #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
     provider: ProviderArg,
     /// With `--provider external`: a service's endpoint, as NAME=URL (repeat per service).
-    #[arg(long = "endpoint", value_name = "NAME=URL", value_parser = parse_endpoint)]
+    #[arg(long = "endpoint", value_name = "NAME=URL", value_parser = support::parse_endpoint)]
     endpoints: Vec<(String, String)>,
     /// Leave the servers running after handoff exits (for debugging).
     #[arg(long)]
@@ -49,14 +51,6 @@ pub(crate) struct Up {
     /// Output format of the endpoint list.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum ProviderArg {
-    /// Real server processes on this machine, provisioned into the cache when missing.
-    Local,
-    /// Endpoints you run yourself (`--endpoint NAME=URL`); nothing is started or stopped.
-    External,
 }
 
 /// Output formats.
@@ -68,23 +62,6 @@ pub(crate) enum Format {
     Json,
 }
 
-pub(crate) fn parse_endpoint(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .filter(|(name, url)| !name.is_empty() && !url.is_empty())
-        .map(|(name, url)| (name.to_owned(), url.to_owned()))
-        .ok_or_else(|| "expected NAME=URL".to_owned())
-}
-
-/// Runs a sandbox command; returns the exit code.
-pub(crate) fn run(command: Command, registry: &handoff_registry::Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    match command {
-        Command::Up(up) => runtime.block_on(self::up(up, registry, out)),
-        Command::Doctor { format } => doctor(format, out),
-    }
-}
-
 fn default_services() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec::new("old_db", ServiceKind::Mongo),
@@ -94,32 +71,40 @@ fn default_services() -> Vec<ServiceSpec> {
     ]
 }
 
-async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// `handoff sandbox up`: starts the servers, prints their endpoints, holds until a signal,
+/// then stops them (or, with `--keep`, leaves them running).
+pub(crate) fn up(args: &Up, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
     let services = match &args.plan {
         None => default_services(),
         Some(path) => {
-            let Some(plan) = crate::validate::load_plan(path, registry, out)? else { return Ok(EXIT_INVALID) };
+            let Some(plan) = crate::validate::load_plan(path, registry, out)? else { return Ok(exit::INVALID) };
             ServiceSpec::for_plan(&plan)
         }
     };
-    let provider = match args.provider {
-        ProviderArg::Local => Provider::Local,
-        ProviderArg::External => Provider::External(args.endpoints.clone()),
-    };
-    let options = Options { provider, keep: args.keep, ..Options::default() };
-    let started = Instant::now();
-    // Watch the signals before anything starts: a SIGTERM during start-up cancels it (and
-    // drops what was started), one right after the endpoints are printed stops cleanly.
-    let mut signals = Signals::new()?;
-    let sandbox = tokio::select! {
-        started = Sandbox::start(&services, &options) => started.context("the sandbox did not start")?,
-        () = signals.next() => {
-            writeln!(out, "interrupted during start-up; nothing is left running")?;
-            return Ok(EXIT_INTERRUPTED);
-        }
-    };
-    let elapsed = started.elapsed();
-    match args.format {
+    let options = Options { provider: args.provider.provider(&args.endpoints), keep: args.keep, ..Options::default() };
+    support::runtime()?.block_on(async {
+        let started = Instant::now();
+        // Watch the signals before anything starts: a SIGTERM during start-up cancels it
+        // (and drops what was started), one right after the endpoints are printed stops
+        // cleanly.
+        let mut signals = Signals::new()?;
+        let sandbox = tokio::select! {
+            started = Sandbox::start(&services, &options) => started.context("the sandbox did not start")?,
+            () = signals.next() => {
+                writeln!(out, "interrupted during start-up; nothing is left running")?;
+                return Ok(exit::INTERRUPTED);
+            }
+        };
+        write_ready(&sandbox, started.elapsed(), args.format, out)?;
+        signals.next().await;
+        stop(sandbox, args.keep, out).await?;
+        Ok(exit::OK)
+    })
+}
+
+/// The sandbox's directory and endpoints, once every server is ready.
+fn write_ready(sandbox: &Sandbox, elapsed: Duration, format: Format, out: &mut dyn Write) -> std::io::Result<()> {
+    match format {
         Format::Json => writeln!(
             out,
             "{}",
@@ -141,9 +126,12 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
             writeln!(out, "holding until Ctrl-C …")?;
         }
     }
-    out.flush()?;
-    signals.next().await;
-    if args.keep {
+    out.flush()
+}
+
+/// Stops the servers, or with `keep` leaves them running and says where.
+async fn stop(sandbox: Sandbox, keep: bool, out: &mut dyn Write) -> std::io::Result<()> {
+    if keep {
         writeln!(out, "kept: the servers keep running on their own ports (the fault proxies stop with handoff):")?;
         for endpoint in sandbox.endpoints() {
             writeln!(out, "  {:<16} 127.0.0.1:{}", endpoint.name, endpoint.server_port)?;
@@ -154,34 +142,11 @@ async fn up(args: Up, registry: &handoff_registry::Registry, out: &mut dyn Write
         sandbox.shutdown().await;
         writeln!(out, "sandbox stopped")?;
     }
-    Ok(EXIT_OK)
+    Ok(())
 }
 
-/// SIGINT and SIGTERM, registered once so that none is lost between two waits.
-pub(crate) struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(crate) fn new() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
-        })
-    }
-
-    /// Waits for the next SIGINT or SIGTERM.
-    pub(crate) async fn next(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-    }
-}
-
-fn doctor(format: Format, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// `handoff sandbox doctor`: which engines are available, and what would be provisioned.
+pub(crate) fn doctor(format: Format, out: &mut dyn Write) -> anyhow::Result<u8> {
     let cache = engine::cache_dir();
     let python = which::which("python3").ok();
     let rows: Vec<serde_json::Value> = [ServiceKind::Mongo, ServiceKind::Kafka, ServiceKind::Redis]
@@ -226,5 +191,5 @@ fn doctor(format: Format, out: &mut dyn Write) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(EXIT_OK)
+    Ok(exit::OK)
 }

@@ -8,14 +8,10 @@ use anyhow::Context as _;
 use handoff_engine::Notice;
 use handoff_plan::simulation::Scenario;
 use handoff_registry::Registry;
-use handoff_sandbox::Provider;
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::{ProviderArg, Signals};
-use crate::{EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK};
-
-/// Exit code of a simulation in which something failed.
-const EXIT_FAILED: u8 = 1;
+use crate::exit;
+use crate::support::{self, ProviderArg, Signals};
 
 /// Arguments of `handoff simulate`.
 #[derive(Debug, clap::Args)]
@@ -30,7 +26,7 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
     provider: ProviderArg,
     /// With `--provider external`: a service's endpoint, as NAME=URL (repeat per service).
-    #[arg(long = "endpoint", value_name = "NAME=URL", value_parser = crate::sandbox::parse_endpoint)]
+    #[arg(long = "endpoint", value_name = "NAME=URL", value_parser = support::parse_endpoint)]
     endpoints: Vec<(String, String)>,
     /// Real time one simulated day takes (overrides the plan's `simulation.day`), e.g.
     /// `500ms`, `2s`.
@@ -113,16 +109,14 @@ fn drills(plan: &handoff_plan::model::Plan, named: &[String]) -> anyhow::Result<
     Ok(named.to_vec())
 }
 
+/// `handoff simulate`: the run, then the rollback drills; prints the report and writes its files.
 pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(EXIT_INVALID) };
+    let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(exit::INVALID) };
     let scenario = args.scenario.as_deref().map(|s| scenario(&args.plan, &plan.metadata.name.0, s)).transpose()?;
     let drills = args.drill_rollbacks.as_deref().map(|named| drills(&plan, named)).transpose()?.unwrap_or_default();
     let work =
         tempfile::Builder::new().prefix("handoff-simulate-").tempdir().context("cannot create a work directory")?;
-    let provider = match args.provider {
-        ProviderArg::Local => Provider::Local,
-        ProviderArg::External => Provider::External(args.endpoints.clone()),
-    };
+    let provider = args.provider.provider(&args.endpoints);
     let options = handoff_simulate::Options {
         scenario,
         sandbox: handoff_sandbox::Options { provider, keep: args.keep, ..handoff_sandbox::Options::default() },
@@ -130,10 +124,9 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         work_dir: work.path().to_owned(),
         drill: None,
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = support::runtime()?;
     let text = args.format == Format::Text;
-    let Some(mut report) = simulate(&runtime, &plan, registry, &options, text)? else { return Ok(EXIT_INTERRUPTED) };
+    let Some(mut report) = simulate(&runtime, &plan, registry, &options, text)? else { return Ok(exit::INTERRUPTED) };
     let mut interrupted = false;
     for (i, phase) in drills.iter().enumerate() {
         if text {
@@ -167,9 +160,9 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         Format::Json => writeln!(out, "{json}")?,
     }
     Ok(match report.verdict {
-        _ if interrupted => EXIT_INTERRUPTED,
-        "pass" => EXIT_OK,
-        _ => EXIT_FAILED,
+        _ if interrupted => exit::INTERRUPTED,
+        "pass" => exit::OK,
+        _ => exit::SIMULATION_FAILED,
     })
 }
 
@@ -187,7 +180,7 @@ fn simulate(
         let mut signals = Signals::new()?;
         let mut progress = |notice: &Notice| {
             if let (true, Notice::Record(record)) = (text, notice)
-                && let Some(line) = crate::execute::line(record)
+                && let Some(line) = support::line(record)
             {
                 eprintln!("{line}");
             }

@@ -10,7 +10,7 @@ use handoff_plan::source::MAX_FILE_BYTES;
 use handoff_plan::{Checker, Diagnostic, Report, Severity, codes};
 use serde_json::json;
 
-use crate::{EXIT_ERROR, EXIT_INVALID, EXIT_OK};
+use crate::exit;
 
 /// Arguments of `handoff validate`.
 #[derive(Debug, clap::Args)]
@@ -59,13 +59,13 @@ pub(crate) fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let checker = Checker::new(registry)?;
-    let mut exit = EXIT_OK;
+    let mut code = exit::OK;
     for path in &args.paths {
         let shown = path.display().to_string();
         let bytes = match read(path) {
             Ok(bytes) => bytes,
             Err(error) => {
-                exit = EXIT_ERROR;
+                code = exit::ERROR;
                 let message = format!("{error:#}");
                 match args.format {
                     Format::Text => writeln!(out, "error: {message}")?,
@@ -81,8 +81,8 @@ pub(crate) fn run(
         };
         let report = if bytes.len() > MAX_FILE_BYTES { too_large(bytes.len()) } else { checker.check(&bytes) };
         let valid = report.is_valid(args.deny_warnings);
-        if !valid && exit == EXIT_OK {
-            exit = EXIT_INVALID;
+        if !valid && code == exit::OK {
+            code = exit::INVALID;
         }
         match args.format {
             Format::Text => text(&shown, &report, valid, color, out)?,
@@ -95,7 +95,7 @@ pub(crate) fn run(
             }
         }
     }
-    Ok(exit)
+    Ok(code)
 }
 
 /// Reads and checks one plan for a command that acts on it. An invalid plan's diagnostics

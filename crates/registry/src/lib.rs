@@ -12,6 +12,7 @@ use handoff_plan::model::Uses;
 use handoff_plan::schema::ActionSchema;
 use handoff_plan::{ActionFacts, Catalog};
 
+mod artifacts;
 mod docs;
 
 pub use docs::{executors_markdown, lints_markdown};

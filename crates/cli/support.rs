@@ -1,0 +1,382 @@
+//! What the commands share: the registry with plugins, logging, the flags that name a plan's
+//! target and how it runs, loading and compiling a plan for the engine, its `RunOptions`,
+//! the tokio runtime, signals, the sandbox provider flags, and printing the engine's
+//! notices.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use handoff_engine::{DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions};
+use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
+use handoff_plan::model::Plan;
+use handoff_registry::Registry;
+
+use crate::exit;
+
+/// Default lock expiry after the last heartbeat.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// The built-in executors plus every `handoff-executor-*` plugin on PATH.
+pub(crate) fn registry_with_plugins() -> Registry {
+    let mut registry = Registry::builtin();
+    let (plugins, errors) = handoff_plugin::Plugin::discover(&std::env::var_os("PATH").unwrap_or_default());
+    for error in errors {
+        eprintln!("warning: plugin ignored: {error}");
+    }
+    for plugin in plugins {
+        registry = registry.with(plugin.executor());
+    }
+    registry
+}
+
+/// Logs go to stderr: warnings and errors as text by default, everything from `info` as
+/// JSON with `--log-format json`. `HANDOFF_LOG` (e.g. `debug`) sets the level.
+pub(crate) fn init_tracing(json: bool) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let default = if json { "info" } else { "warn" };
+    let level = std::env::var("HANDOFF_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or(tracing_subscriber::filter::LevelFilter::WARN));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_ansi(false);
+    let _ = if json {
+        builder.json().with_span_list(true).with_span_events(FmtSpan::CLOSE).try_init()
+    } else {
+        builder.with_target(false).without_time().try_init()
+    };
+}
+
+/// A multi-threaded tokio runtime, for the commands that need one.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// SIGINT and SIGTERM, registered once so that none is lost between two waits. Needs a
+/// runtime.
+pub(crate) struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts watching both signals.
+    pub(crate) fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub(crate) async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Where sandbox services come from (`sandbox up`, `simulate`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ProviderArg {
+    /// Real server processes on this machine, provisioned into the cache when missing.
+    Local,
+    /// Endpoints you run yourself (`--endpoint NAME=URL`); nothing is started or stopped.
+    External,
+}
+
+impl ProviderArg {
+    /// The sandbox provider; `endpoints` are the `--endpoint` values of `External`.
+    pub(crate) fn provider(self, endpoints: &[(String, String)]) -> handoff_sandbox::Provider {
+        match self {
+            ProviderArg::Local => handoff_sandbox::Provider::Local,
+            ProviderArg::External => handoff_sandbox::Provider::External(endpoints.to_vec()),
+        }
+    }
+}
+
+/// Parses `--endpoint NAME=URL`.
+pub(crate) fn parse_endpoint(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(name, url)| !name.is_empty() && !url.is_empty())
+        .map(|(name, url)| (name.to_owned(), url.to_owned()))
+        .ok_or_else(|| "expected NAME=URL".to_owned())
+}
+
+/// Which plan, in which environment, with its state where.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The plan file.
+    #[arg(value_name = "PLAN")]
+    pub(crate) plan: PathBuf,
+    /// The environment (a key of the plan's `environments`).
+    #[arg(long)]
+    pub(crate) env: String,
+    /// Where runs keep their state (event logs and locks).
+    #[arg(long, env = "HANDOFF_STATE_DIR", default_value = ".handoff/state")]
+    state_dir: PathBuf,
+}
+
+impl Target {
+    /// The store of this plan's runs in this environment.
+    pub(crate) fn store(&self, plan: &Plan) -> Arc<DirStore> {
+        Arc::new(DirStore::new(&self.state_dir, plan.metadata.name.as_str(), &self.env))
+    }
+}
+
+/// How a run executes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Exec {
+    /// Allow `shell.run` steps (review their commands first).
+    #[arg(long)]
+    allow_shell: bool,
+    /// Start points of no return (`reversible: false` phases) without stopping to ask.
+    #[arg(long)]
+    confirm_irreversible: bool,
+    /// Take over this lock although its holder looks alive (the id is in the lock error).
+    #[arg(long, value_name = "LOCK_ID")]
+    force_unlock: Option<String>,
+    /// Real time, or virtual time that skips every wait (rehearsals).
+    #[arg(long, value_enum, default_value_t = ClockArg::Real)]
+    clock: ClockArg,
+    /// Print what each step would do, check the run would start, and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Progress as text for people, or one JSON record per line for CI.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+impl Exec {
+    /// Whether logs and progress are JSON.
+    pub(crate) fn json_logs(&self) -> bool {
+        self.log_format == LogFormat::Json
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClockArg {
+    /// Wall-clock time: waits really wait.
+    Real,
+    /// Compressed time: waits are skipped, timestamps read in plan time.
+    Virtual,
+}
+
+/// Formats of progress and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// For people.
+    Text,
+    /// JSON lines: records on stdout, logs on stderr.
+    Json,
+}
+
+/// A plan loaded, checked and compiled for the engine, with the store of its runs.
+pub(crate) struct Prepared {
+    /// The execution graph (it holds the plan).
+    pub(crate) graph: Graph,
+    /// Where the plan's runs in the target environment are kept.
+    pub(crate) store: Arc<DirStore>,
+}
+
+impl Prepared {
+    /// Loads and compiles the target's plan. An invalid plan's diagnostics are written to
+    /// `out` and `None` is returned.
+    pub(crate) fn load(target: &Target, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<Option<Prepared>> {
+        let Some(plan) = crate::validate::load_plan(&target.plan, registry, out)? else { return Ok(None) };
+        let store = target.store(&plan);
+        let graph = compile(&plan, registry)?;
+        Ok(Some(Prepared { graph, store }))
+    }
+
+    /// The engine over this graph.
+    pub(crate) fn engine<'a>(&'a self, registry: &'a Registry) -> Engine<'a> {
+        Engine::new(&self.graph, registry, self.store.clone())
+    }
+
+    /// The engine's options from the flags. With `exec` (running), the environment's
+    /// endpoints are resolved; without (deciding), no endpoint nor its secret is read.
+    pub(crate) fn options(&self, target: &Target, exec: Option<&Exec>) -> anyhow::Result<RunOptions> {
+        let clock: Arc<dyn Clock> = match exec.map(|e| e.clock) {
+            Some(ClockArg::Virtual) => Arc::new(VirtualClock::new()),
+            _ => Arc::new(SystemClock),
+        };
+        let mut options = RunOptions::new(&target.env, clock);
+        options.policy = Policy {
+            allow_shell: exec.is_some_and(|e| e.allow_shell),
+            simulation: false,
+            base_dir: target.plan.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        if exec.is_some() {
+            options.endpoints = endpoints(&self.graph.plan, &target.env)?;
+        }
+        options.confirm_irreversible = exec.is_some_and(|e| e.confirm_irreversible);
+        options.lock_ttl = LOCK_TTL;
+        options.force_unlock = exec.and_then(|e| e.force_unlock.clone());
+        options.command = std::env::args().collect::<Vec<_>>().join(" ");
+        Ok(options)
+    }
+}
+
+/// Compiles a plan against the registry.
+pub(crate) fn compile(plan: &Plan, registry: &Registry) -> anyhow::Result<Graph> {
+    Graph::compile(plan, registry).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!("the plan cannot run:\n{}", lines.join("\n"))
+    })
+}
+
+/// Resolves the environment's endpoints (`${VAR}` expanded); names the first unset one.
+fn endpoints(plan: &Plan, env: &str) -> anyhow::Result<Endpoints> {
+    let Some(environment) = plan.environments.get(env) else {
+        let known: Vec<&str> = plan.environments.keys().map(|k| k.as_str()).collect();
+        anyhow::bail!(
+            "environment `{env}` is not in the plan; it defines: {}",
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+        );
+    };
+    let mut values = BTreeMap::new();
+    for (name, template) in &environment.endpoints {
+        let value = expand_env(template).with_context(|| format!("environment `{env}`, endpoint `{name}`"))?;
+        values.insert(name.to_string(), value);
+    }
+    Ok(Endpoints::new(values))
+}
+
+/// Prints the engine's notices and a run's outcome: lines for people, or JSON lines.
+pub(crate) struct Printer<'a> {
+    json: bool,
+    out: &'a mut dyn Write,
+    target: &'a Target,
+}
+
+impl<'a> Printer<'a> {
+    /// A printer for a run of `target`, in `exec`'s log format.
+    pub(crate) fn new(target: &'a Target, exec: &Exec, out: &'a mut dyn Write) -> Printer<'a> {
+        Printer { json: exec.json_logs(), out, target }
+    }
+
+    /// Prints one notice (records as lines or JSON; progress for people only).
+    pub(crate) fn notice(&mut self, notice: &Notice) -> std::io::Result<()> {
+        match (notice, self.json) {
+            (Notice::Record(record), true) => {
+                writeln!(self.out, "{}", serde_json::to_string(record).unwrap_or_default())
+            }
+            (Notice::Progress { .. }, true) => Ok(()),
+            (Notice::Record(record), false) => match line(record) {
+                Some(text) => writeln!(self.out, "{text}"),
+                None => Ok(()),
+            },
+            (Notice::Progress { step, message, fraction, .. }, false) => {
+                let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
+                writeln!(self.out, "    … {step}{percent}: {message}")
+            }
+        }
+    }
+
+    /// Prints how the run ended, with what to do next; returns its exit code.
+    pub(crate) fn outcome(&mut self, run: &str, outcome: &Outcome) -> anyhow::Result<u8> {
+        let (code, text) = self.describe(run, outcome);
+        if self.json {
+            let word = match code {
+                exit::OK => "completed",
+                exit::ROLLED_BACK => "rolled_back",
+                exit::ROLLBACK_FAILED => "rollback_failed",
+                exit::PAUSED => "paused",
+                _ => "interrupted",
+            };
+            writeln!(self.out, "{}", serde_json::json!({"run": run, "outcome": word, "message": text, "exit": code}))?;
+        } else {
+            writeln!(self.out, "{text}")?;
+        }
+        Ok(code)
+    }
+
+    /// An outcome's exit code and message.
+    fn describe(&self, run: &str, outcome: &Outcome) -> (u8, String) {
+        let (plan, env) = (self.target.plan.display(), &self.target.env);
+        match outcome {
+            Outcome::Completed => (exit::OK, format!("run {run}: completed")),
+            Outcome::RolledBack { phase, reason, seconds } => (
+                exit::ROLLED_BACK,
+                format!("run {run}: phase `{phase}` failed and was rolled back in {seconds:.1}s: {reason}"),
+            ),
+            Outcome::RollbackFailed { phase, reason } => (
+                exit::ROLLBACK_FAILED,
+                format!(
+                    "run {run}: phase `{phase}` failed and its ROLLBACK FAILED: {reason}\n  a person must restore service now; the log has every step: handoff status {plan} --env {env}"
+                ),
+            ),
+            Outcome::Paused { key, reason } => (
+                exit::PAUSED,
+                format!(
+                    "run {run}: paused: {reason}\n  decide:  handoff approve {plan} --env {env} {key} [--reject]\n  then:    handoff resume {plan} --env {env}"
+                ),
+            ),
+            Outcome::Interrupted { reason } => (
+                exit::INTERRUPTED,
+                format!("run {run}: interrupted ({reason}); continue with `handoff resume {plan} --env {env}`"),
+            ),
+            Outcome::Aborted => {
+                (exit::ROLLED_BACK, format!("run {run}: aborted; the phase in progress was rolled back"))
+            }
+        }
+    }
+}
+
+/// One human line per record (some records are not worth a line).
+pub(crate) fn line(record: &Record) -> Option<String> {
+    Some(match &record.event {
+        Event::RunStarted { run, plan, env, digest, .. } => format!("run {run}: plan {plan} in {env} ({digest})"),
+        Event::RunResumed { .. } => "resumed".to_owned(),
+        Event::PhaseStarted { phase } => format!("▶ phase {phase}"),
+        Event::StepStarted { step, role, attempt, .. } => {
+            let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+            match role {
+                handoff_engine::Role::Compensate => format!("  ↺ undoing {step}"),
+                _ => format!("  · {step}{again}"),
+            }
+        }
+        Event::StepFinished { step, .. } => format!("  ✓ {step}"),
+        Event::StepFailed { step, error, retrying, .. } => {
+            format!("  ✗ {step}: {error}{}", if *retrying { " (retrying)" } else { "" })
+        }
+        Event::BackgroundRestarted { step, .. } => format!("  ↻ {step} started again in the background"),
+        Event::StepSettled { step, done, .. } => {
+            format!("  = {step} settled as {}", if *done { "done" } else { "to retry" })
+        }
+        Event::StepCompensated { step, outcome, .. } => format!("  ↺ {step}: {outcome}"),
+        Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
+        Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
+            format!(
+                "  {} criterion {criterion}: {verdict:?} ({detail})",
+                if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" }
+            )
+        }
+        Event::AlertFired { alert, value, action, .. } => format!("  ! alert {alert} fired at {value} ({action})"),
+        Event::Decided { key, decision } => {
+            format!("  = {key} {} by {}", if decision.approved { "approved" } else { "rejected" }, decision.by)
+        }
+        Event::RollbackStarted { phase, reason } => format!("↺ rolling back phase {phase}: {reason}"),
+        Event::RollbackFinished { ok, seconds, budget_seconds, breached, .. } => format!(
+            "↺ rollback {} in {seconds:.1}s{}{}",
+            if *ok { "finished" } else { "FAILED" },
+            budget_seconds.map(|b| format!(" (budget {b:.0}s)")).unwrap_or_default(),
+            if *breached { " — BUDGET BREACHED" } else { "" }
+        ),
+        Event::PhasePassed { phase } => format!("✓ phase {phase} passed"),
+        Event::Checkpoint { .. }
+        | Event::Metric { .. }
+        | Event::Paused { .. }
+        | Event::Interrupted { .. }
+        | Event::RunFinished { .. } => {
+            return None;
+        }
+    })
+}
