@@ -498,3 +498,167 @@ impl Report {
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use handoff_engine::{Outcome, Record};
+    use handoff_plan::model::{Id, Plan};
+    use handoff_plan::simulation::Scenario;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::app::{Audit, CanaryPoint};
+
+    fn plan() -> Plan {
+        let (_, document) = handoff_plan::source::load(include_bytes!("../../../plans/menu-service.yaml")).unwrap();
+        serde_json::from_value(document.value).unwrap()
+    }
+
+    /// A log from events given as `(hours since the start, event)`.
+    fn records(events: Vec<(i64, Value)>) -> Vec<Record> {
+        let start: jiff::Timestamp = "2025-03-01T00:00:00Z".parse().unwrap();
+        let records = events.into_iter().enumerate().map(|(i, (hours, mut event))| {
+            event["seq"] = json!(i + 1);
+            event["at"] = json!(start + jiff::SignedDuration::from_hours(hours));
+            serde_json::from_value(event).unwrap()
+        });
+        records.collect()
+    }
+
+    fn audit(lost: u64) -> Audit {
+        let examples = (0..lost).map(|n| format!("`item-{n:07}`: missing")).collect();
+        Audit { store: "restaurant-db".into(), acknowledged_writes: 1200, documents: 300, lost, examples }
+    }
+
+    /// A report of `events`, as a scenario expecting `expect` to roll back when given.
+    fn report(events: Vec<(i64, Value)>, outcome: &Outcome, audit: Result<Audit, String>, expect: &str) -> Report {
+        let plan = plan();
+        let scenario = (!expect.is_empty()).then(|| Scenario {
+            name: format!("fail `{expect}`"),
+            description: None,
+            faults: Vec::new(),
+            expect_rollback: Some(Id(expect.to_owned())),
+        });
+        let canary = vec![
+            CanaryPoint { weight: 0, reads: 900, p95_ms: 4.5, error_percent: 0.0 },
+            CanaryPoint { weight: 25, reads: 300, p95_ms: 6.25, error_percent: 1.5 },
+        ];
+        let totals = BTreeMap::from([("reads", (1500, 3)), ("writes", (1200, 0)), ("dual_writes", (400, 2))]);
+        let timings = Timings { sandbox_seconds: 2.5, seed_seconds: 0.75, run_seconds: 30.0 };
+        let faults = vec!["`kafka` is down".to_owned()];
+        let day = Duration::from_secs(2);
+        build(&plan, &plan, &records(events), outcome, scenario.as_ref(), audit, canary, faults, totals, timings, day)
+    }
+
+    /// Phase 1 passes with a full comparison, an assumed command and decisions (which carry
+    /// no phase, so the report leaves them out); phase 2 fails its criteria in every way and
+    /// rolls back.
+    fn rolled_back_log(ok: bool, breached: bool) -> Vec<(i64, Value)> {
+        let criterion = |phase: &str, criterion: &str, verdict: &str| {
+            json!({"event": "criterion_evaluated", "phase": phase, "criterion": criterion, "verdict": verdict,
+                   "samples": 10, "failed": 1, "detail": format!("last value of `{criterion}` | 1")})
+        };
+        let finished = |step: &str, output: Value| {
+            json!({"event": "step_finished", "phase": "read-only-sync", "step": step, "role": "forward",
+                   "output": output})
+        };
+        vec![
+            (0, json!({"event": "phase_started", "phase": "read-only-sync"})),
+            (
+                3,
+                finished(
+                    "p1-deploy-menu-service",
+                    json!({"assumed_in_simulation": true, "command": ["kubectl", "apply"]}),
+                ),
+            ),
+            (
+                5,
+                finished(
+                    "p1-verify-full",
+                    json!({"source": "menu-db", "target": "restaurant-db", "compared": 5000, "discrepancies": 2}),
+                ),
+            ),
+            (6, json!({"event": "decided", "key": "read-only-sync/approval-1", "approved": true, "by": "simulation"})),
+            (7, json!({"event": "decided", "key": "read-only-sync/approval-2", "approved": true, "by": "someone"})),
+            (8, criterion("read-only-sync", "sync-complete", "pass")),
+            (9, criterion("read-only-sync", "sync-lag", "inconclusive")),
+            (30, json!({"event": "phase_passed", "phase": "read-only-sync"})),
+            (31, json!({"event": "phase_started", "phase": "shadow-writes"})),
+            (40, criterion("shadow-writes", "dual-write-success", "fail")),
+            (41, criterion("shadow-writes", "data-consistency", "provider_error")),
+            (41, criterion("shadow-writes", "no-such-criterion", "pass")),
+            (
+                42,
+                json!({"event": "rollback_started", "phase": "shadow-writes", "reason": "criterion <failed> & \"x\""}),
+            ),
+            (
+                43,
+                json!({"event": "rollback_finished", "phase": "shadow-writes", "ok": ok, "seconds": 125.5,
+                        "budget_seconds": 600.0, "breached": breached}),
+            ),
+        ]
+    }
+
+    /// Phase 1 as above, then phase 3 passes a confirmed criterion.
+    fn passing_log() -> Vec<(i64, Value)> {
+        let mut log = rolled_back_log(true, false);
+        log.truncate(8);
+        log.push((31, json!({"event": "phase_started", "phase": "switch-reads"})));
+        log.push((
+            32,
+            json!({"event": "criterion_evaluated", "phase": "switch-reads",
+            "criterion": "zero-customer-complaints", "verdict": "pass", "samples": 1, "failed": 0,
+            "detail": "confirmed by simulation"}),
+        ));
+        log.push((50, json!({"event": "phase_passed", "phase": "switch-reads"})));
+        log
+    }
+
+    fn outputs(report: &Report) -> String {
+        let templates = handoff_render::Templates::load(None).unwrap();
+        let json = serde_json::to_string_pretty(report).unwrap();
+        format!("{json}\n---\n{}\n---\n{}", report.junit(), report.markdown(&templates).unwrap())
+    }
+
+    #[test]
+    fn a_rolled_back_phase_with_every_kind_of_finding() {
+        let outcome =
+            Outcome::RolledBack { phase: "shadow-writes".into(), reason: "criterion failed".into(), seconds: 1.0 };
+        let report = report(rolled_back_log(true, false), &outcome, Ok(audit(0)), "shadow-writes");
+        insta::assert_snapshot!("rolled_back", outputs(&report));
+    }
+
+    #[test]
+    fn a_rollback_over_budget_with_writes_lost() {
+        let outcome = Outcome::RollbackFailed { phase: "shadow-writes".into(), reason: "over budget".into() };
+        let report = report(rolled_back_log(true, true), &outcome, Ok(audit(2)), "shadow-writes");
+        insta::assert_snapshot!("over_budget", outputs(&report));
+    }
+
+    #[test]
+    fn a_failed_rollback_expected_elsewhere() {
+        let outcome = Outcome::RollbackFailed { phase: "shadow-writes".into(), reason: "a step failed".into() };
+        let report = report(rolled_back_log(false, false), &outcome, Err("no server".into()), "switch-reads");
+        insta::assert_snapshot!("rollback_failed", outputs(&report));
+    }
+
+    #[test]
+    fn a_passing_run_and_its_drills() {
+        let mut report = report(passing_log(), &Outcome::Completed, Ok(audit(0)), "");
+        let drill = |lost: u64| {
+            let outcome = Outcome::RolledBack { phase: "shadow-writes".into(), reason: "drill".into(), seconds: 1.0 };
+            super::tests::report(rolled_back_log(true, false), &outcome, Ok(audit(lost)), "shadow-writes")
+        };
+        report.add_drill(&drill(0));
+        report.add_drill(&drill(1));
+        insta::assert_snapshot!("passed_with_drills", outputs(&report));
+    }
+
+    #[test]
+    fn every_phase_passed_but_writes_were_lost() {
+        for outcome in [Outcome::Completed, Outcome::Aborted] {
+            let report = report(passing_log(), &outcome, Ok(audit(1)), "read-only-sync");
+            insta::assert_snapshot!(outputs(&report));
+        }
+    }
+}
