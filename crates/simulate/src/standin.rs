@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use handoff_plan::simulation::ResponseField;
+use handoff_plan::simulation::{Response, ResponseField};
 use serde_json::{Value, json};
 
 /// Shared state of the stand-in service.
@@ -87,6 +87,15 @@ impl StandIn {
             }
         })?;
         Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, measurer, server, thread: Some(thread) })
+    }
+
+    /// Answers the plan's declared `responses` (at their URLs' paths under this service).
+    pub fn declare(&self, responses: &[Response]) {
+        let mut state = lock(&self.state);
+        for response in responses {
+            let path = response.url.strip_prefix(&self.url).unwrap_or(&response.url).to_owned();
+            state.responses.insert(path, response.json.clone());
+        }
     }
 
     /// Where `/measures/…` and declared responses get their values (set once).
