@@ -18,6 +18,7 @@ use mongodb::bson::{Document, doc};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_distr::Distribution;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -62,8 +63,8 @@ struct Sample {
 #[derive(Debug, Default)]
 pub struct Stats {
     recent: VecDeque<Sample>,
-    /// Totals over the whole simulation: (requests, failed) by kind name.
-    pub totals: BTreeMap<&'static str, (u64, u64)>,
+    /// Totals over the whole simulation, by kind name.
+    pub totals: BTreeMap<&'static str, Tally>,
     /// Publish times of events not yet read, per consumer group.
     pending: BTreeMap<String, VecDeque<Instant>>,
     /// Latencies (µs) of the last successful requests, by kind: percentiles are taken
@@ -76,9 +77,33 @@ pub struct Stats {
     single_writes: VecDeque<u64>,
     /// Latencies (µs) the client saw of the last writes made while dual writes ran.
     dual_writes: VecDeque<u64>,
-    /// Reads by the share (percent) of reads the route gave the new owner when they ran:
-    /// (reads, failed, latencies in µs of the successful ones).
-    canary: BTreeMap<u32, (u64, u64, Vec<u64>)>,
+    /// Reads by the share (percent) of reads the route gave the new owner when they ran.
+    canary: BTreeMap<u32, CanaryReads>,
+}
+
+/// Requests of one kind, and how many failed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Requests made.
+    pub requests: u64,
+    /// Requests that failed.
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Counts one request.
+    fn count(&mut self, ok: bool) {
+        self.requests += 1;
+        self.failed += u64::from(!ok);
+    }
+}
+
+/// Reads made while the read route gave the new owner one share of them.
+#[derive(Debug, Default)]
+struct CanaryReads {
+    tally: Tally,
+    /// Latencies (µs) of the successful ones.
+    micros: Vec<u64>,
 }
 
 /// Reads while the read route gave the new owner one share of them.
@@ -127,9 +152,7 @@ fn p95(micros: &mut [u64]) -> Option<f64> {
 impl Stats {
     fn record(&mut self, sample: Sample) {
         let name = sample.kind.name();
-        let total = self.totals.entry(name).or_default();
-        total.0 += 1;
-        total.1 += u64::from(!sample.ok);
+        self.totals.entry(name).or_default().count(sample.ok);
         if sample.ok {
             keep(self.latencies.entry(name).or_default(), sample.micros);
         }
@@ -160,6 +183,48 @@ impl Stats {
 struct Ledger {
     documents: HashMap<String, Written>,
     acknowledged: u64,
+}
+
+impl Ledger {
+    /// Notes a write of `amount` to document `id`, by how it went in each store.
+    fn note(&mut self, id: &str, amount: i32, primary: Attempt, secondary: Option<Attempt>) {
+        let written = self.documents.entry(id.to_owned()).or_default();
+        // A write the client saw fail may still be in a store: the owner failed
+        // mid-write, or the owner refused it and the other store took the dual write.
+        let maybe_applied = !primary.refused || secondary.is_some_and(|s| !s.refused);
+        if primary.ok {
+            written.acknowledged = Some(amount);
+            written.uncertain.clear();
+        } else if maybe_applied {
+            written.uncertain.push(amount);
+        }
+        self.acknowledged += u64::from(primary.ok);
+    }
+
+    /// What each document with an acknowledged write must hold.
+    fn expected(&self) -> Vec<Expected> {
+        let expected = self.documents.iter().filter_map(|(id, w)| {
+            Some(Expected { id: id.clone(), acknowledged: w.acknowledged?, uncertain: w.uncertain.clone() })
+        });
+        expected.collect()
+    }
+}
+
+/// A document the loss audit checks, and the values it may hold.
+#[derive(Debug)]
+struct Expected {
+    id: String,
+    /// The value of its last acknowledged write.
+    acknowledged: i32,
+    /// Values of later writes of unknown outcome.
+    uncertain: Vec<i32>,
+}
+
+impl Expected {
+    /// Whether `value` (`None`: absent) is one the document may hold.
+    fn holds(&self, value: Option<i32>) -> bool {
+        value.is_some_and(|v| v == self.acknowledged || self.uncertain.contains(&v))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -208,10 +273,10 @@ pub struct ModelFaults {
 pub struct Model {
     spec: App,
     workload: Workload,
-    /// Services in a fixed order, with their store resource and collection.
-    services: Vec<(String, String, mongodb::Collection<Document>)>,
-    cache: Option<(redis::aio::MultiplexedConnection, String, u64)>,
-    events: Option<(FutureProducer, String)>,
+    /// Services in a fixed order.
+    services: Vec<Service>,
+    cache: Option<Cache>,
+    events: Option<Events>,
     ids: Arc<Vec<String>>,
     /// The stand-in service's state (routes, flags, measures).
     pub routes: Arc<Mutex<State>>,
@@ -221,6 +286,58 @@ pub struct Model {
     pub faults: Arc<Mutex<ModelFaults>>,
     databases: BTreeMap<String, mongodb::Database>,
     ledger: Mutex<Ledger>,
+}
+
+/// A service of the application, and the store it owns.
+struct Service {
+    /// Service resource id.
+    id: String,
+    /// Its store's resource id.
+    store: String,
+    /// The collection whose data moves, in that store.
+    collection: mongodb::Collection<Document>,
+}
+
+/// The cache reads go through (cache-aside).
+struct Cache {
+    connection: redis::aio::MultiplexedConnection,
+    /// Key pattern, with `{_id}` for the document's id.
+    key: String,
+    /// Time to live of an entry, in real seconds.
+    ttl_seconds: u64,
+}
+
+impl Cache {
+    /// The key of document `id`.
+    fn key(&self, id: &str) -> String {
+        self.key.replace("{_id}", id)
+    }
+
+    /// Whether the cache holds `key`.
+    async fn holds(&self, key: &str) -> redis::RedisResult<bool> {
+        let mut connection = self.connection.clone();
+        redis::cmd("GET").arg(key).query_async::<Option<String>>(&mut connection).await.map(|hit| hit.is_some())
+    }
+
+    /// Keeps `document` under `key` for the entry's time to live; a failure is ignored.
+    async fn fill(&self, key: &str, document: Document) {
+        let mut connection = self.connection.clone();
+        let value = mongodb::bson::Bson::Document(document).into_relaxed_extjson().to_string();
+        let _: Result<(), _> =
+            redis::cmd("SET").arg(key).arg(value).arg("EX").arg(self.ttl_seconds).query_async(&mut connection).await;
+    }
+
+    /// Drops document `id`'s entry; a failure is ignored.
+    async fn forget(&self, id: &str) {
+        let mut connection = self.connection.clone();
+        let _: Result<(), _> = redis::cmd("DEL").arg(self.key(id)).query_async(&mut connection).await;
+    }
+}
+
+/// Where the new owner publishes an event per write.
+struct Events {
+    producer: FutureProducer,
+    topic: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,13 +367,14 @@ impl Model {
         let mut services = Vec::new();
         for (service, store) in &spec.stores {
             let database = connections.databases.get(&store.0).ok_or_else(|| format!("no connection to `{store}`"))?;
-            services.push((service.0.clone(), store.0.clone(), database.collection::<Document>(&spec.collection)));
+            let collection = database.collection::<Document>(&spec.collection);
+            services.push(Service { id: service.0.clone(), store: store.0.clone(), collection });
         }
         let cache = match (&spec.cache, connections.cache) {
             (Some(model), Some(connection)) => {
                 // The TTL is simulated time; the model runs in real time.
-                let ttl = (model.ttl.as_secs_f64() * day.as_secs_f64() / 86_400.0).ceil().max(1.0) as u64;
-                Some((connection, model.key.clone(), ttl))
+                let ttl_seconds = (model.ttl.as_secs_f64() * day.as_secs_f64() / 86_400.0).ceil().max(1.0) as u64;
+                Some(Cache { connection, key: model.key.clone(), ttl_seconds })
             }
             _ => None,
         };
@@ -268,7 +386,7 @@ impl Model {
                     .set("message.timeout.ms", "10000")
                     .create()
                     .map_err(|e| format!("kafka producer: {e}"))?;
-                Some((producer, model.topic.clone()))
+                Some(Events { producer, topic: model.topic.clone() })
             }
             _ => None,
         };
@@ -288,7 +406,7 @@ impl Model {
     }
 
     fn owner(&self) -> usize {
-        self.services.iter().position(|(s, _, _)| *s == self.spec.owner.0).unwrap_or(0)
+        self.services.iter().position(|s| s.id == self.spec.owner.0).unwrap_or(0)
     }
 
     /// The route's weight of each service, when the route was set to any.
@@ -296,7 +414,7 @@ impl Model {
         let route = route?;
         let routes = lock(&self.routes);
         let weights: Vec<f64> =
-            self.services.iter().map(|(service, _, _)| routes.weight(&route.0, service).unwrap_or(0.0)).collect();
+            self.services.iter().map(|service| routes.weight(&route.0, &service.id).unwrap_or(0.0)).collect();
         (weights.iter().sum::<f64>() > 0.0).then_some(weights)
     }
 
@@ -332,13 +450,18 @@ impl Model {
         stats
             .canary
             .iter()
-            .map(|(weight, (reads, failed, micros))| CanaryPoint {
+            .map(|(weight, CanaryReads { tally: Tally { requests: reads, failed }, micros })| CanaryPoint {
                 weight: *weight,
                 reads: *reads,
                 p95_ms: p95(&mut micros.clone()).unwrap_or(0.0),
                 error_percent: if *reads == 0 { 0.0 } else { 100.0 * *failed as f64 / *reads as f64 },
             })
             .collect()
+    }
+
+    /// Requests made so far, and how many failed, by kind.
+    pub fn totals(&self) -> BTreeMap<&'static str, Tally> {
+        lock(&self.stats).totals.clone()
     }
 
     /// The service that takes (most) writes now.
@@ -351,38 +474,15 @@ impl Model {
     /// writes now; call it once the load has stopped. Documents that do not match are read
     /// again until `settle` has passed, so a sync still catching up is not counted as loss.
     pub async fn audit(&self, settle: Duration) -> Result<Audit, String> {
-        let writer = self.writer();
-        let (_, store, collection) = &self.services[writer];
-        let expected: Vec<(String, i32, Vec<i32>)> = {
-            let ledger = lock(&self.ledger);
-            ledger
-                .documents
-                .iter()
-                .filter_map(|(id, w)| Some((id.clone(), w.acknowledged?, w.uncertain.clone())))
-                .collect()
-        };
+        let Service { store, collection, .. } = &self.services[self.writer()];
+        let expected: Vec<Expected> = lock(&self.ledger).expected();
         let deadline = Instant::now() + settle;
-        let mut pending: Vec<&(String, i32, Vec<i32>)> = expected.iter().collect();
-        let mut found: HashMap<String, Option<i32>> = HashMap::new();
+        let mut pending: Vec<&Expected> = expected.iter().collect();
+        let mut found: HashMap<String, Option<i32>>;
         loop {
-            found.clear();
-            let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
-            for chunk in ids.chunks(AUDIT_BATCH) {
-                let mut cursor = collection
-                    .find(doc! {"_id": {"$in": chunk}})
-                    .projection(doc! {"price.amount": 1})
-                    .await
-                    .map_err(|e| format!("reading `{store}`: {e}"))?;
-                while let Some(document) = cursor.try_next().await.map_err(|e| format!("reading `{store}`: {e}"))? {
-                    let id = document.get_str("_id").unwrap_or_default().to_owned();
-                    let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
-                    found.insert(id, amount);
-                }
-            }
-            pending.retain(|(id, acknowledged, uncertain)| {
-                let value = found.get(id).copied().flatten();
-                !value.is_some_and(|v| v == *acknowledged || uncertain.contains(&v))
-            });
+            let ids: Vec<&str> = pending.iter().map(|e| e.id.as_str()).collect();
+            found = amounts(collection, &ids).await.map_err(|e| format!("reading `{store}`: {e}"))?;
+            pending.retain(|e| !e.holds(found.get(&e.id).copied().flatten()));
             if pending.is_empty() || Instant::now() >= deadline {
                 break;
             }
@@ -391,7 +491,7 @@ impl Model {
         let examples = pending
             .iter()
             .take(5)
-            .map(|(id, acknowledged, _)| match found.get(id) {
+            .map(|Expected { id, acknowledged, .. }| match found.get(id) {
                 Some(Some(value)) => format!("`{id}`: price.amount {value}, acknowledged {acknowledged}"),
                 _ => format!("`{id}`: missing (or no int32 price.amount), acknowledged price.amount {acknowledged}"),
             })
@@ -407,7 +507,7 @@ impl Model {
 
     /// Waits out a `service_latency` fault of service `index`.
     async fn delay(&self, index: usize) {
-        let added = lock(&self.faults).slow.get(&self.services[index].0).copied();
+        let added = lock(&self.faults).slow.get(&self.services[index].id).copied();
         if let Some(added) = added {
             tokio::time::sleep(added).await;
         }
@@ -416,11 +516,11 @@ impl Model {
     /// Whether a write to service `index` is refused before it reaches the store: an
     /// injected write error, or the service is read-only by a flag.
     fn refuses(&self, index: usize, roll: f64) -> bool {
-        let (service, store, _) = &self.services[index];
+        let service = &self.services[index];
         let read_only =
-            self.spec.read_only_flags.iter().any(|(s, flag)| s.0 == *service && lock(&self.routes).flag(flag));
+            self.spec.read_only_flags.iter().any(|(s, flag)| s.0 == service.id && lock(&self.routes).flag(flag));
         let faults = lock(&self.faults);
-        read_only || faults.write_errors.get(store).is_some_and(|percent| roll * 100.0 < *percent)
+        read_only || faults.write_errors.get(&service.store).is_some_and(|percent| roll * 100.0 < *percent)
     }
 
     async fn read(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
@@ -428,30 +528,20 @@ impl Model {
         let store = self.pick(self.spec.reads.as_ref(), rng.random());
         let share = self.new_owner_share();
         self.delay(store).await;
-        let key = self.cache.as_ref().map(|(_, key, _)| key.replace("{_id}", id));
+        let cached = self.cache.as_ref().map(|cache| (cache, cache.key(id)));
         let mut ok = true;
         let mut found = false;
-        if let (Some((connection, _, _)), Some(key)) = (&self.cache, &key) {
-            let mut connection = connection.clone();
-            match redis::cmd("GET").arg(key).query_async::<Option<String>>(&mut connection).await {
-                Ok(hit) => found = hit.is_some(),
+        if let Some((cache, key)) = &cached {
+            match cache.holds(key).await {
+                Ok(hit) => found = hit,
                 Err(_) => ok = false,
             }
         }
         if !found {
-            let collection = &self.services[store].2;
-            match collection.find_one(doc! {"_id": id}).await {
+            match self.services[store].collection.find_one(doc! {"_id": id}).await {
                 Ok(document) => {
-                    if let (Some((connection, _, ttl)), Some(key), Some(document)) = (&self.cache, &key, document) {
-                        let mut connection = connection.clone();
-                        let value = mongodb::bson::Bson::Document(document).into_relaxed_extjson().to_string();
-                        let _: Result<(), _> = redis::cmd("SET")
-                            .arg(key)
-                            .arg(value)
-                            .arg("EX")
-                            .arg(*ttl)
-                            .query_async(&mut connection)
-                            .await;
+                    if let (Some((cache, key)), Some(document)) = (&cached, document) {
+                        cache.fill(key, document).await;
                     }
                 }
                 Err(_) => ok = false,
@@ -463,10 +553,9 @@ impl Model {
             let mut stats = lock(&self.stats);
             stats.record(sample);
             let point = stats.canary.entry(share).or_default();
-            point.0 += 1;
-            point.1 += u64::from(!ok);
+            point.tally.count(ok);
             if ok {
-                point.2.push(sample.micros);
+                point.micros.push(sample.micros);
             }
         }
         // A shadow comparison on every fifth read while shadow reads are on.
@@ -483,8 +572,8 @@ impl Model {
         let started = Instant::now();
         let both = || async {
             let (a, b) = tokio::join!(
-                self.services[0].2.find_one(doc! {"_id": id}),
-                self.services[1].2.find_one(doc! {"_id": id})
+                self.services[0].collection.find_one(doc! {"_id": id}),
+                self.services[1].collection.find_one(doc! {"_id": id})
             );
             match (a, b) {
                 (Ok(Some(a)), Ok(Some(b))) => Some(a == b),
@@ -512,13 +601,37 @@ impl Model {
         let started = Instant::now();
         let writer = self.pick(self.spec.writes.as_ref(), rng.random());
         let amount = rng.random_range(100..5000_i32);
+        let (primary, secondary) = self.write_stores(rng, id, writer, amount).await;
+        let at = Instant::now();
+        lock(&self.ledger).note(id, amount, primary, secondary);
+        self.record_write(writer, (at - started).as_micros() as u64, at, primary, secondary);
+        if !primary.ok {
+            return;
+        }
+        if let Some(cache) = &self.cache {
+            cache.forget(id).await;
+        }
+        let new_owner = self.services[writer].id != self.spec.owner.0;
+        if let (true, Some(events)) = (new_owner, &self.events) {
+            self.publish(events, id, writer).await;
+        }
+    }
+
+    /// Writes `amount` to the writer's store and, while the dual-write flag is on, to the
+    /// other store at once (the seed's `Promise.allSettled`): the second may fail without
+    /// failing the write. Returns how each went.
+    async fn write_stores(
+        &self,
+        rng: &mut rand::rngs::SmallRng,
+        id: &str,
+        writer: usize,
+        amount: i32,
+    ) -> (Attempt, Option<Attempt>) {
         let change = doc! {"$set": {"price.amount": amount, "updated_at": mongodb::bson::DateTime::now()}};
         let dual = self.spec.dual_write_flag.as_ref().is_some_and(|flag| lock(&self.routes).flag(flag))
             && self.services.len() == 2;
-        // The owner's write and, while the flag is on, the other store's, at once (the
-        // seed's `Promise.allSettled`): the second may fail without failing the write.
         let write_to = |index: usize, roll: f64| {
-            let collection = &self.services[index].2;
+            let collection = &self.services[index].collection;
             let refused = self.refuses(index, roll);
             let change = change.clone();
             async move {
@@ -528,42 +641,27 @@ impl Model {
                 Attempt { ok, refused, took: started.elapsed() }
             }
         };
-        let (primary, secondary) = if dual {
+        if dual {
             let (a, b) = tokio::join!(write_to(writer, rng.random()), write_to(1 - writer, rng.random()));
             (a, Some(b))
         } else {
             (write_to(writer, rng.random()).await, None)
-        };
-        let at = Instant::now();
-        let ok = primary.ok;
-        {
-            let mut ledger = lock(&self.ledger);
-            let written = ledger.documents.entry(id.to_owned()).or_default();
-            // A write the client saw fail may still be in a store: the owner failed
-            // mid-write, or the owner refused it and the other store took the dual write.
-            let maybe_applied = !primary.refused || secondary.is_some_and(|s| !s.refused);
-            if ok {
-                written.acknowledged = Some(amount);
-                written.uncertain.clear();
-            } else if maybe_applied {
-                written.uncertain.push(amount);
-            }
-            ledger.acknowledged += u64::from(ok);
         }
-        {
-            let micros = (at - started).as_micros() as u64;
-            let mut stats = lock(&self.stats);
-            stats.record(Sample { at, kind: Kind::Write, ok, micros, store: writer });
-            match (ok, secondary) {
-                (true, None) => keep(&mut stats.single_writes, micros),
-                (true, Some(_)) => keep(&mut stats.dual_writes, micros),
-                (false, _) => {}
-            }
+    }
+
+    /// Records a write the client waited `micros` for, and the dual write's extra wait.
+    fn record_write(&self, writer: usize, micros: u64, at: Instant, primary: Attempt, secondary: Option<Attempt>) {
+        let mut stats = lock(&self.stats);
+        stats.record(Sample { at, kind: Kind::Write, ok: primary.ok, micros, store: writer });
+        match (primary.ok, secondary) {
+            (true, None) => keep(&mut stats.single_writes, micros),
+            (true, Some(_)) => keep(&mut stats.dual_writes, micros),
+            (false, _) => {}
         }
         if let Some(secondary) = secondary {
             // What the client waits longer because of the second write.
             let extra = secondary.took.saturating_sub(primary.took);
-            lock(&self.stats).record(Sample {
+            stats.record(Sample {
                 at,
                 kind: Kind::DualWrite,
                 ok: secondary.ok,
@@ -571,32 +669,20 @@ impl Model {
                 store: 1 - writer,
             });
         }
-        if !ok {
-            return;
-        }
-        if let Some((connection, key, _)) = &self.cache {
-            let mut connection = connection.clone();
-            let _: Result<(), _> = redis::cmd("DEL").arg(key.replace("{_id}", id)).query_async(&mut connection).await;
-        }
-        let new_owner = self.services[writer].0 != self.spec.owner.0;
-        if let (true, Some((producer, topic))) = (new_owner, &self.events) {
-            let started = Instant::now();
-            let payload = serde_json::json!({"version": 1, "type": "menu.item.updated", "id": id}).to_string();
-            let ok =
-                producer.send(FutureRecord::to(topic).key(id).payload(&payload), Duration::from_secs(5)).await.is_ok();
-            let at = Instant::now();
-            let mut stats = lock(&self.stats);
-            stats.record(Sample {
-                at,
-                kind: Kind::Event,
-                ok,
-                micros: (at - started).as_micros() as u64,
-                store: writer,
-            });
-            if ok {
-                for pending in stats.pending.values_mut() {
-                    pending.push_back(at);
-                }
+    }
+
+    /// Publishes the event of a write to document `id`, as the new owner `writer` does.
+    async fn publish(&self, events: &Events, id: &str, writer: usize) {
+        let started = Instant::now();
+        let payload = serde_json::json!({"version": 1, "type": "menu.item.updated", "id": id}).to_string();
+        let record = FutureRecord::to(&events.topic).key(id).payload(&payload);
+        let ok = events.producer.send(record, Duration::from_secs(5)).await.is_ok();
+        let at = Instant::now();
+        let mut stats = lock(&self.stats);
+        stats.record(Sample { at, kind: Kind::Event, ok, micros: (at - started).as_micros() as u64, store: writer });
+        if ok {
+            for pending in stats.pending.values_mut() {
+                pending.push_back(at);
             }
         }
     }
@@ -649,63 +735,55 @@ impl Model {
         let mut tasks = Vec::new();
         for group in &events.consumers {
             lock(&self.stats).pending.insert(group.clone(), VecDeque::new());
-            let consumer: Result<rdkafka::consumer::StreamConsumer, _> = rdkafka::ClientConfig::new()
+            let consumer: Result<StreamConsumer, _> = rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", bootstrap)
                 .set("group.id", group)
                 .set("auto.offset.reset", "earliest")
                 .set("enable.auto.commit", "false")
                 .create();
             let Ok(consumer) = consumer else { continue };
-            let consumer = Arc::new(consumer);
             let (model, stop, group, topic) = (self.clone(), stop.clone(), group.clone(), events.topic.clone());
-            tasks.push(tokio::spawn(async move {
-                use rdkafka::consumer::Consumer;
-                let mut assignment = rdkafka::TopicPartitionList::new();
-                // A blocking call: off the runtime's threads, which serve everything else.
-                let (client, name) = (consumer.clone(), topic.clone());
-                let partitions = tokio::task::spawn_blocking(move || {
-                    client
-                        .fetch_metadata(Some(&name), Duration::from_secs(10))
-                        .ok()
-                        .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
-                })
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(1);
-                for partition in 0..partitions {
-                    let _ = assignment.add_partition_offset(&topic, partition, rdkafka::Offset::Beginning);
-                }
-                if let Err(error) = consumer.assign(&assignment) {
-                    tracing::warn!(group, "cannot read `{topic}`: {error}");
-                    return;
-                }
-                loop {
-                    let message = tokio::select! {
-                        message = consumer.recv() => message,
-                        () = stop.cancelled() => break,
-                    };
-                    if let Err(error) = &message {
-                        tracing::warn!(group, "reading `{topic}`: {error}");
-                    }
-                    if let Ok(message) = message {
-                        // A synchronous commit blocks: let the runtime move other tasks away.
-                        let committed = tokio::task::block_in_place(|| {
-                            consumer.commit_message(&message, rdkafka::consumer::CommitMode::Sync)
-                        });
-                        if let Err(error) = committed {
-                            tracing::warn!(group, "commit failed: {error}");
-                        }
-                        if let Some(pending) = lock(&model.stats).pending.get_mut(&group) {
-                            pending.pop_front();
-                        }
-                    }
-                }
-                // Tansu 0.6 never completes a consumer's LeaveGroup: close on a thread.
-                std::thread::spawn(move || drop(consumer));
-            }));
+            tasks.push(tokio::spawn(model.consume_as(Arc::new(consumer), group, topic, stop)));
         }
         tasks
+    }
+
+    /// Reads every partition of `topic` from the beginning as consumer `group`, committing
+    /// each message, until `stop` fires.
+    async fn consume_as(
+        self: Arc<Self>,
+        consumer: Arc<StreamConsumer>,
+        group: String,
+        topic: String,
+        stop: CancellationToken,
+    ) {
+        if let Err(error) = assign_every_partition(&consumer, &topic).await {
+            tracing::warn!(group, "cannot read `{topic}`: {error}");
+            return;
+        }
+        loop {
+            let message = tokio::select! {
+                message = consumer.recv() => message,
+                () = stop.cancelled() => break,
+            };
+            if let Err(error) = &message {
+                tracing::warn!(group, "reading `{topic}`: {error}");
+            }
+            if let Ok(message) = message {
+                // A synchronous commit blocks: let the runtime move other tasks away.
+                let committed = tokio::task::block_in_place(|| {
+                    consumer.commit_message(&message, rdkafka::consumer::CommitMode::Sync)
+                });
+                if let Err(error) = committed {
+                    tracing::warn!(group, "commit failed: {error}");
+                }
+                if let Some(pending) = lock(&self.stats).pending.get_mut(&group) {
+                    pending.pop_front();
+                }
+            }
+        }
+        // Tansu 0.6 never completes a consumer's LeaveGroup: close on a thread.
+        std::thread::spawn(move || drop(consumer));
     }
 
     /// Measures plan metrics when the stand-in service is asked for them, on the runtime
@@ -728,9 +806,9 @@ impl Model {
             }
             Measure::Completion => {
                 let owner = self.owner();
-                let other = self.services.iter().position(|(s, _, _)| *s != self.spec.owner.0)?;
-                let total = self.services[owner].2.count_documents(doc! {}).await.ok()?;
-                let copied = self.services[other].2.count_documents(doc! {}).await.ok()?;
+                let other = self.services.iter().position(|s| s.id != self.spec.owner.0)?;
+                let total = self.services[owner].collection.count_documents(doc! {}).await.ok()?;
+                let copied = self.services[other].collection.count_documents(doc! {}).await.ok()?;
                 Some(if total == 0 { 100.0 } else { 100.0 * copied as f64 / total as f64 })
             }
             Measure::DualWriteSuccess => stats().success_percent(Kind::DualWrite),
@@ -763,7 +841,7 @@ impl Model {
                 Some(names.iter().filter(|n| n.starts_with(&self.spec.collection)).count() as f64)
             }
             Measure::StoreReads(resource) => {
-                let index = self.services.iter().position(|(_, store, _)| *store == resource.0);
+                let index = self.services.iter().position(|s| s.store == resource.0);
                 let stats = stats();
                 Some(index.map_or(0, |i| stats.of(Kind::Read).filter(|s| s.store == i).count()) as f64)
             }
@@ -775,4 +853,43 @@ impl Model {
             Measure::Constant(value) => Some(*value),
         }
     }
+}
+
+/// Assigns `consumer` every partition of `topic`, from the beginning (one when the
+/// topic's metadata cannot be read).
+async fn assign_every_partition(consumer: &Arc<StreamConsumer>, topic: &str) -> rdkafka::error::KafkaResult<()> {
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    // A blocking call: off the runtime's threads, which serve everything else.
+    let (client, name) = (consumer.clone(), topic.to_owned());
+    let partitions = tokio::task::spawn_blocking(move || {
+        client
+            .fetch_metadata(Some(&name), Duration::from_secs(10))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(1);
+    for partition in 0..partitions {
+        let _ = assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning);
+    }
+    consumer.assign(&assignment)
+}
+
+/// `price.amount` of each document of `ids` that `collection` holds (`None`: not an int32).
+async fn amounts(
+    collection: &mongodb::Collection<Document>,
+    ids: &[&str],
+) -> mongodb::error::Result<HashMap<String, Option<i32>>> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(AUDIT_BATCH) {
+        let mut cursor = collection.find(doc! {"_id": {"$in": chunk}}).projection(doc! {"price.amount": 1}).await?;
+        while let Some(document) = cursor.try_next().await? {
+            let id = document.get_str("_id").unwrap_or_default().to_owned();
+            let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
+            found.insert(id, amount);
+        }
+    }
+    Ok(found)
 }

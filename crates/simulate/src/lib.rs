@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use handoff_engine::{DirStore, Engine, Event, Graph, Notice, Record, RunOptions, Store};
 use handoff_executor::{Clock, Endpoints, Executors, Policy, VirtualClock};
 use handoff_plan::model::Plan;
-use handoff_plan::simulation::{Fault, FaultKind, Scenario};
+use handoff_plan::simulation::{Fault, FaultKind, Scenario, Simulation};
 use handoff_sandbox::{Sandbox, ServiceSpec};
 use mongodb::bson::{Document, doc};
 use tokio_util::sync::CancellationToken;
@@ -92,53 +92,151 @@ pub async fn simulate(
     progress: &mut (dyn FnMut(&Notice) + Send),
     cancel: &CancellationToken,
 ) -> Result<Report, SimulateError> {
-    let spec = plan.simulation.as_ref().ok_or_else(|| SimulateError::NoSimulation(plan.metadata.name.0.clone()))?;
-    let day = options.day.or_else(|| spec.day.as_ref().map(|d| d.get())).unwrap_or(Duration::from_secs(1));
-    let mut faults: Vec<Fault> = spec.faults.clone();
-    if let Some(scenario) = &options.scenario {
-        faults.extend(scenario.faults.iter().cloned());
-    }
-    // A drill is a scenario whose fault is the drill's criterion.
-    let drill = options.drill.as_ref().map(|phase| Scenario {
-        name: format!("rollback drill of `{phase}`"),
-        description: Some(format!("phase `{phase}` is failed on purpose once its steps are done")),
-        faults: Vec::new(),
-        expect_rollback: Some(handoff_plan::model::Id(phase.clone())),
-    });
-    let scenario = drill.as_ref().or(options.scenario.as_ref());
+    let setting = Setting::resolve(plan, options)?;
     let mut timings = Timings::default();
-
-    let started = Instant::now();
-    let sandbox = Sandbox::start(&ServiceSpec::for_plan(plan), &options.sandbox).await?;
-    timings.sandbox_seconds = started.elapsed().as_secs_f64();
-    // Resources that share an endpoint share a server, as in production: the one of the
-    // resource the simulation seeds or stores data in, else the first.
-    let mut serving: BTreeMap<&str, &str> = BTreeMap::new();
-    let preferred: Vec<&str> = spec
-        .dataset
-        .iter()
-        .map(|d| d.resource.0.as_str())
-        .chain(spec.app.stores.values().map(|s| s.0.as_str()))
-        .collect();
-    let mut resources: Vec<_> = plan.resources.iter().collect();
-    resources.sort_by_key(|(id, _)| !preferred.contains(&id.0.as_str()));
-    for (id, resource) in resources {
-        if let Some(endpoint) = &resource.endpoint {
-            serving.entry(endpoint.0.as_str()).or_insert(id.0.as_str());
-        }
-    }
-    let url = |id: &str| {
-        let endpoint = plan.resources.get(id).and_then(|r| r.endpoint.as_ref())?;
-        let server = serving.get(endpoint.0.as_str()).copied().unwrap_or(id);
-        sandbox.service(server).ok().map(|s| s.endpoint().url.clone())
-    };
+    let servers = Servers::start(plan, setting.spec, &options.sandbox, &mut timings).await?;
     let standin = standin::StandIn::start().map_err(|e| setup("the stand-in service")(e.to_string()))?;
+    let seeded = seed(plan, setting.spec, &servers, &mut timings).await?;
+    let scratch = options.work_dir.join("scratch");
+    let derived = derive::derive(plan, &|id| servers.url(id), &standin.url, &scratch, options.drill.as_deref())
+        .map_err(SimulateError::Setup)?;
+    standin.declare(derived.plan.simulation.as_ref().map_or(&[], |s| s.responses.as_slice()));
+    let graph = compile(&derived.plan, executors)?;
+    let application = Application::start(setting.spec, &servers, seeded, &standin, setting.day).await?;
 
-    // Seed the stores.
+    let store: Arc<dyn Store> =
+        Arc::new(DirStore::new(&options.work_dir.join("state"), &plan.metadata.name.0, "simulation"));
+    let engine = Engine::new(&graph, executors, store.clone());
+    let mut faults = Faults::new(&setting.faults, &servers.sandbox, &application);
+    let started = Instant::now();
+    let result = drive(&engine, &run_options(setting.day, scratch, &derived), cancel, &mut faults, progress).await;
+    timings.run_seconds = started.elapsed().as_secs_f64();
+    let applied = faults.applied;
+    let model = application.stop().await;
+
+    let (run_id, outcome) = result?;
+    // A sync the run left going may still be applying the last writes: allow it a moment.
+    let audit = model.audit(Duration::from_secs(5)).await;
+    let canary = model.canary();
+    let records = store.load(&run_id).map_err(handoff_engine::EngineError::from)?;
+    let totals = model.totals();
+    let report = report::build(report::Inputs {
+        plan,
+        records: &records,
+        outcome: &outcome,
+        scenario: setting.scenario(options),
+        audit,
+        canary,
+        faults: applied,
+        totals,
+        timings,
+        day: setting.day,
+    });
+    if !options.sandbox.keep {
+        servers.sandbox.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// What to simulate: the plan's `simulation:` section, the time scale, the faults.
+struct Setting<'p> {
+    spec: &'p Simulation,
+    /// Real time per simulated day.
+    day: Duration,
+    /// The plan's faults, then the scenario's.
+    faults: Vec<Fault>,
+    /// The scenario of a rollback drill, whose fault is the drill's criterion.
+    drill: Option<Scenario>,
+}
+
+impl<'p> Setting<'p> {
+    fn resolve(plan: &'p Plan, options: &Options) -> Result<Setting<'p>, SimulateError> {
+        let spec = plan.simulation.as_ref().ok_or_else(|| SimulateError::NoSimulation(plan.metadata.name.0.clone()))?;
+        let day = options.day.or_else(|| spec.day.as_ref().map(|d| d.get())).unwrap_or(Duration::from_secs(1));
+        let mut faults: Vec<Fault> = spec.faults.clone();
+        if let Some(scenario) = &options.scenario {
+            faults.extend(scenario.faults.iter().cloned());
+        }
+        let drill = options.drill.as_ref().map(|phase| Scenario {
+            name: format!("rollback drill of `{phase}`"),
+            description: Some(format!("phase `{phase}` is failed on purpose once its steps are done")),
+            faults: Vec::new(),
+            expect_rollback: Some(handoff_plan::model::Id(phase.clone())),
+        });
+        Ok(Setting { spec, day, faults, drill })
+    }
+
+    /// The scenario the report holds the run to: the drill's, else the one asked for.
+    fn scenario<'s>(&'s self, options: &'s Options) -> Option<&'s Scenario> {
+        self.drill.as_ref().or(options.scenario.as_ref())
+    }
+}
+
+/// The sandbox, and which of its servers serves each resource of the plan.
+struct Servers<'p> {
+    plan: &'p Plan,
+    sandbox: Sandbox,
+    /// Endpoint → the resource whose server stands for it.
+    serving: BTreeMap<&'p str, &'p str>,
+}
+
+impl<'p> Servers<'p> {
+    /// Starts the sandbox for the plan's resources. Resources that share an endpoint share
+    /// a server, as in production: the one of the resource the simulation seeds or stores
+    /// data in, else the first.
+    async fn start(
+        plan: &'p Plan,
+        spec: &'p Simulation,
+        options: &handoff_sandbox::Options,
+        timings: &mut Timings,
+    ) -> Result<Servers<'p>, SimulateError> {
+        let started = Instant::now();
+        let sandbox = Sandbox::start(&ServiceSpec::for_plan(plan), options).await?;
+        timings.sandbox_seconds = started.elapsed().as_secs_f64();
+        let mut serving: BTreeMap<&str, &str> = BTreeMap::new();
+        let preferred: Vec<&str> = spec
+            .dataset
+            .iter()
+            .map(|d| d.resource.0.as_str())
+            .chain(spec.app.stores.values().map(|s| s.0.as_str()))
+            .collect();
+        let mut resources: Vec<_> = plan.resources.iter().collect();
+        resources.sort_by_key(|(id, _)| !preferred.contains(&id.0.as_str()));
+        for (id, resource) in resources {
+            if let Some(endpoint) = &resource.endpoint {
+                serving.entry(endpoint.0.as_str()).or_insert(id.0.as_str());
+            }
+        }
+        Ok(Servers { plan, sandbox, serving })
+    }
+
+    /// The URL of resource `id`'s server, if it has one.
+    fn url(&self, id: &str) -> Option<String> {
+        let endpoint = self.plan.resources.get(id).and_then(|r| r.endpoint.as_ref())?;
+        let server = self.serving.get(endpoint.0.as_str()).copied().unwrap_or(id);
+        self.sandbox.service(server).ok().map(|s| s.endpoint().url.clone())
+    }
+}
+
+/// The seeded stores: a database per `mongodb` resource, and the ids of the documents the
+/// application serves.
+struct Seeded {
+    databases: BTreeMap<String, mongodb::Database>,
+    ids: Vec<String>,
+}
+
+/// Connects to every `mongodb` resource and fills the plan's datasets with generated menu
+/// items.
+async fn seed(
+    plan: &Plan,
+    spec: &Simulation,
+    servers: &Servers<'_>,
+    timings: &mut Timings,
+) -> Result<Seeded, SimulateError> {
     let started = Instant::now();
     let mut databases = BTreeMap::new();
     for (id, resource) in plan.resources.iter().filter(|(_, r)| r.kind == handoff_plan::model::ResourceKind::Mongodb) {
-        let Some(address) = url(&id.0) else { continue };
+        let Some(address) = servers.url(&id.0) else { continue };
         let client = mongodb::Client::with_uri_str(&address)
             .await
             .map_err(|e| setup(&format!("connecting to `{id}`"))(e.to_string()))?;
@@ -160,81 +258,99 @@ pub async fn simulate(
         }
     }
     timings.seed_seconds = started.elapsed().as_secs_f64();
+    Ok(Seeded { databases, ids })
+}
 
-    let scratch = options.work_dir.join("scratch");
-    let derived = derive::derive(plan, &|id| url(id), &standin.url, &scratch, options.drill.as_deref())
-        .map_err(SimulateError::Setup)?;
-    if let Some(simulation) = &derived.plan.simulation {
-        let mut state = standin.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for response in &simulation.responses {
-            let path = response.url.strip_prefix(&standin.url).unwrap_or(&response.url).to_owned();
-            state.responses.insert(path, response.json.clone());
-        }
-    }
-    let graph = Graph::compile(&derived.plan, executors).map_err(|errors| {
-        SimulateError::Setup(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-    })?;
+/// The derived plan compiled for the run.
+fn compile(derived: &Plan, executors: &dyn Executors) -> Result<Graph, SimulateError> {
+    Graph::compile(derived, executors)
+        .map_err(|errors| SimulateError::Setup(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
+}
 
-    // The application and its measures.
-    let cache = match &spec.app.cache {
-        Some(model) => match url(&model.resource.0) {
+/// The application model serving its load and consuming its events.
+struct Application {
+    model: Arc<app::Model>,
+    /// The cache, for faults that flush it.
+    cache: Option<redis::aio::MultiplexedConnection>,
+    stop: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Application {
+    /// Starts the model over the sandbox's servers and hands the stand-in its measures.
+    async fn start(
+        spec: &Simulation,
+        servers: &Servers<'_>,
+        seeded: Seeded,
+        standin: &standin::StandIn,
+        day: Duration,
+    ) -> Result<Application, SimulateError> {
+        let cache = match spec.app.cache.as_ref().and_then(|model| servers.url(&model.resource.0)) {
             Some(address) => {
                 let client = redis::Client::open(address).map_err(|e| setup("the cache")(e.to_string()))?;
                 Some(client.get_multiplexed_async_connection().await.map_err(|e| setup("the cache")(e.to_string()))?)
             }
             None => None,
-        },
-        None => None,
-    };
-    let kafka = spec.app.events.as_ref().and_then(|e| url(&e.broker.0));
-    let connections = app::Connections { databases, cache: cache.clone(), kafka: kafka.clone() };
-    let model = Arc::new(
-        app::Model::new(&spec.app, &spec.workload, connections, ids, standin.state.clone(), day)
-            .map_err(SimulateError::Setup)?,
-    );
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(model.clone().serve(stop.clone()));
-    let consumers = kafka.as_deref().map(|k| model.consume(k, &stop)).unwrap_or_default();
-    let mut measures: BTreeMap<String, _> = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
-    measures.insert(DRILL_METRIC.to_owned(), handoff_plan::simulation::Measure::Constant(1.0));
-    standin.measure_with(model.measurer(measures, tokio::runtime::Handle::current()));
+        };
+        let kafka = spec.app.events.as_ref().and_then(|e| servers.url(&e.broker.0));
+        let connections = app::Connections { databases: seeded.databases, cache: cache.clone(), kafka: kafka.clone() };
+        let model = Arc::new(
+            app::Model::new(&spec.app, &spec.workload, connections, seeded.ids, standin.state.clone(), day)
+                .map_err(SimulateError::Setup)?,
+        );
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(model.clone().serve(stop.clone()));
+        let consumers = kafka.as_deref().map(|k| model.consume(k, &stop)).unwrap_or_default();
+        let mut measures: BTreeMap<String, _> = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
+        measures.insert(DRILL_METRIC.to_owned(), handoff_plan::simulation::Measure::Constant(1.0));
+        standin.measure_with(model.measurer(measures, tokio::runtime::Handle::current()));
+        Ok(Application { model, cache, stop, serving, consumers })
+    }
 
-    // The run.
-    let store: Arc<dyn Store> =
-        Arc::new(DirStore::new(&options.work_dir.join("state"), &plan.metadata.name.0, "simulation"));
+    /// Stops the load and the consumers; the model is left to audit.
+    async fn stop(self) -> Arc<app::Model> {
+        self.stop.cancel();
+        let _ = self.serving.await;
+        for consumer in self.consumers {
+            let _ = consumer.await;
+        }
+        self.model
+    }
+}
+
+/// How the engine runs the derived plan: on a paced virtual clock, under the simulation's
+/// policy, deciding for people automatically.
+fn run_options(day: Duration, scratch: PathBuf, derived: &derive::Derived) -> RunOptions {
     let clock: Arc<dyn Clock> = Arc::new(VirtualClock::paced(day));
     let mut run = RunOptions::new("simulation", clock);
-    run.policy = Policy { allow_shell: false, simulation: true, base_dir: scratch.clone() };
+    run.policy = Policy { allow_shell: false, simulation: true, base_dir: scratch };
     run.endpoints = Endpoints::new(derived.endpoints.clone());
     run.confirm_irreversible = true;
     run.auto_decide = Some("simulation".to_owned());
     run.command = "handoff simulate".to_owned();
-    let engine = Engine::new(&graph, executors, store.clone());
+    run
+}
+
+/// Runs the plan to its end, passing every notice to `progress` and each record to the
+/// faults.
+async fn drive(
+    engine: &Engine<'_>,
+    run: &RunOptions,
+    cancel: &CancellationToken,
+    faults: &mut Faults<'_>,
+    progress: &mut (dyn FnMut(&Notice) + Send),
+) -> Result<(String, handoff_engine::Outcome), handoff_engine::EngineError> {
     let mut notices = engine.subscribe();
-    let started = Instant::now();
-    let work = engine.start(&run, cancel);
+    let work = engine.start(run, cancel);
     tokio::pin!(work);
-    let mut applied: Vec<String> = Vec::new();
-    let faults_at = |phase: &str| faults.iter().filter(|f| f.phase.0 == phase).cloned().collect::<Vec<_>>();
     let result = loop {
         tokio::select! {
             result = &mut work => break result,
             notice = notices.recv() => {
                 let Ok(notice) = notice else { continue };
                 if let Notice::Record(Record { event, .. }) = &notice {
-                    match event {
-                        Event::PhaseStarted { phase } => {
-                            for fault in faults_at(phase) {
-                                applied.push(inject(&sandbox, &model, cache.as_ref(), &fault.fault, true).await);
-                            }
-                        }
-                        Event::PhasePassed { phase } | Event::RollbackStarted { phase, .. } => {
-                            for fault in faults_at(phase) {
-                                inject(&sandbox, &model, cache.as_ref(), &fault.fault, false).await;
-                            }
-                        }
-                        _ => {}
-                    }
+                    faults.follow(event).await;
                 }
                 progress(&notice);
             }
@@ -243,35 +359,68 @@ pub async fn simulate(
     while let Ok(notice) = notices.try_recv() {
         progress(&notice);
     }
-    timings.run_seconds = started.elapsed().as_secs_f64();
-    stop.cancel();
-    let _ = serving.await;
-    for consumer in consumers {
-        let _ = consumer.await;
-    }
-    let (run_id, outcome) = result?;
-    // A sync the run left going may still be applying the last writes: allow it a moment.
-    let audit = model.audit(Duration::from_secs(5)).await;
-    let canary = model.canary();
-    let records = store.load(&run_id).map_err(handoff_engine::EngineError::from)?;
-    let totals = model.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).totals.clone();
-    let report = report::build(plan, &records, &outcome, scenario, audit, canary, applied, totals, timings, day);
-    if !options.sandbox.keep {
-        sandbox.shutdown().await;
-    }
-    Ok(report)
+    result
 }
 
-/// Applies (or lifts) a fault; returns what it did, for the report.
-async fn inject(
-    sandbox: &Sandbox,
-    model: &app::Model,
-    cache: Option<&redis::aio::MultiplexedConnection>,
-    fault: &FaultKind,
-    on: bool,
-) -> String {
-    {
-        let mut faults = model.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Faults, applied when their phase starts and lifted when it passes or rolls back.
+struct Faults<'a> {
+    faults: &'a [Fault],
+    sandbox: &'a Sandbox,
+    model: &'a app::Model,
+    cache: Option<&'a redis::aio::MultiplexedConnection>,
+    /// What each application did, in words, for the report.
+    applied: Vec<String>,
+}
+
+impl<'a> Faults<'a> {
+    fn new(faults: &'a [Fault], sandbox: &'a Sandbox, application: &'a Application) -> Faults<'a> {
+        Faults { faults, sandbox, model: &application.model, cache: application.cache.as_ref(), applied: Vec::new() }
+    }
+
+    /// Applies or lifts the faults of the phase a record starts or ends.
+    async fn follow(&mut self, event: &Event) {
+        let (phase, on) = match event {
+            Event::PhaseStarted { phase } => (phase, true),
+            Event::PhasePassed { phase } | Event::RollbackStarted { phase, .. } => (phase, false),
+            _ => return,
+        };
+        for fault in self.faults.iter().filter(|f| f.phase.0 == *phase) {
+            let done = self.inject(&fault.fault, on).await;
+            if on {
+                self.applied.push(done);
+            }
+        }
+    }
+
+    /// Applies (or lifts) a fault; returns what it did, for the report.
+    async fn inject(&self, fault: &FaultKind, on: bool) -> String {
+        self.model_fault(fault, on);
+        match fault {
+            FaultKind::WriteErrors { resource, percent } => format!("{percent}% of writes to `{resource}` fail"),
+            FaultKind::Latency { resource, added } => {
+                if let Ok(proxy) = self.sandbox.service(&resource.0).and_then(|s| s.proxy()) {
+                    proxy.set_latency(if on { added.get() } else { Duration::ZERO });
+                }
+                format!("`{resource}` answers {added} later")
+            }
+            FaultKind::ServiceLatency { service, added } => format!("`{service}` answers {added} later"),
+            FaultKind::Outage { resource } => {
+                self.outage(&resource.0, on);
+                format!("`{resource}` is down")
+            }
+            FaultKind::CacheFlush { resource } => {
+                if let (true, Some(connection)) = (on, self.cache) {
+                    let mut connection = connection.clone();
+                    let _: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut connection).await;
+                }
+                format!("`{resource}` flushed")
+            }
+        }
+    }
+
+    /// The part of a fault the application model applies itself.
+    fn model_fault(&self, fault: &FaultKind, on: bool) {
+        let mut faults = self.model.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match fault {
             FaultKind::WriteErrors { resource, percent } if on => {
                 faults.write_errors.insert(resource.0.clone(), *percent);
@@ -290,44 +439,28 @@ async fn inject(
             FaultKind::Latency { .. } | FaultKind::CacheFlush { .. } => {}
         }
     }
-    match fault {
-        FaultKind::WriteErrors { resource, percent } => format!("{percent}% of writes to `{resource}` fail"),
-        FaultKind::Latency { resource, added } => {
-            if let Ok(proxy) = sandbox.service(&resource.0).and_then(|s| s.proxy()) {
-                proxy.set_latency(if on { added.get() } else { Duration::ZERO });
+
+    /// Takes resource `id`'s server out (or back): health checks report its kind of
+    /// dependency down, and its proxy refuses connections.
+    fn outage(&self, id: &str, on: bool) {
+        let Ok(service) = self.sandbox.service(id) else { return };
+        let kind = service.endpoint().kind.as_str().to_owned();
+        {
+            let mut state = self.model.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if on {
+                state.dependencies_down.push(kind);
+            } else if let Some(i) = state.dependencies_down.iter().position(|d| *d == kind) {
+                state.dependencies_down.remove(i);
             }
-            format!("`{resource}` answers {added} later")
         }
-        FaultKind::ServiceLatency { service, added } => format!("`{service}` answers {added} later"),
-        FaultKind::Outage { resource } => {
-            if let Ok(service) = sandbox.service(&resource.0) {
-                let kind = service.endpoint().kind.as_str().to_owned();
-                {
-                    let mut state = model.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if on {
-                        state.dependencies_down.push(kind);
-                    } else if let Some(i) = state.dependencies_down.iter().position(|d| *d == kind) {
-                        state.dependencies_down.remove(i);
-                    }
-                }
-                // Through the fault proxy, not by stopping the server: librdkafka 2.12 can
-                // crash (a metadata-cache use after a broker restart, as in
-                // confluentinc/librdkafka#5280), and clients see the same outage either way.
-                if let Ok(proxy) = service.proxy() {
-                    proxy.set_refuse(on);
-                    if on {
-                        proxy.cut_connections();
-                    }
-                }
+        // Through the fault proxy, not by stopping the server: librdkafka 2.12 can crash (a
+        // metadata-cache use after a broker restart, as in confluentinc/librdkafka#5280), and
+        // clients see the same outage either way.
+        if let Ok(proxy) = service.proxy() {
+            proxy.set_refuse(on);
+            if on {
+                proxy.cut_connections();
             }
-            format!("`{resource}` is down")
-        }
-        FaultKind::CacheFlush { resource } => {
-            if let (true, Some(connection)) = (on, cache) {
-                let mut connection = connection.clone();
-                let _: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut connection).await;
-            }
-            format!("`{resource}` flushed")
         }
     }
 }

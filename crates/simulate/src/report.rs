@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use handoff_engine::{Event, Outcome, Record, Verdict};
-use handoff_plan::model::Plan;
+use handoff_executor::StepOutput;
+use handoff_plan::model::{Id, Phase, Plan};
 use handoff_plan::simulation::Scenario;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::Timings;
+use crate::app::{Audit, CanaryPoint, Tally};
 
 /// The hidden marker that lets CI update one PR comment in place.
 pub const MARKER: &str = "<!-- handoff-simulate-report -->";
@@ -42,7 +44,7 @@ pub struct Report {
     /// Rollback drills, each from a run of its own.
     pub drills: Vec<Drill>,
     /// Read latency and errors at each share of reads the canary gave the new owner.
-    pub canary: Vec<crate::app::CanaryPoint>,
+    pub canary: Vec<CanaryPoint>,
     /// Faults injected.
     pub faults: Vec<String>,
     /// Requests the application model made, and how many failed, by kind.
@@ -101,12 +103,21 @@ pub struct Drill {
 #[serde(untagged)]
 pub enum AuditOutcome {
     /// It ran.
-    Done(crate::app::Audit),
+    Done(Audit),
     /// It could not read the store.
     Failed {
         /// Why.
         error: String,
     },
+}
+
+impl From<Result<Audit, String>> for AuditOutcome {
+    fn from(audit: Result<Audit, String>) -> AuditOutcome {
+        match audit {
+            Ok(audit) => AuditOutcome::Done(audit),
+            Err(error) => AuditOutcome::Failed { error },
+        }
+    }
 }
 
 /// One kind of request of the model.
@@ -127,8 +138,8 @@ pub struct PhaseReport {
     pub id: String,
     /// Name.
     pub name: String,
-    /// `passed`, `rolled back`, `rollback failed`, `not reached`, `stopped`.
-    pub status: &'static str,
+    /// How far it got.
+    pub status: PhaseStatus,
     /// Simulated start (day number from the run's start).
     pub start_day: Option<f64>,
     /// Simulated duration in days.
@@ -143,6 +154,41 @@ pub struct PhaseReport {
     pub assumed: Vec<String>,
 }
 
+/// How far a phase got; in the report as its words (`passed`, `rolled back`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "&'static str")]
+pub enum PhaseStatus {
+    /// `not reached`: the run ended before it started.
+    NotReached,
+    /// `stopped`: it started and neither passed nor rolled back.
+    Stopped,
+    /// `passed`.
+    Passed,
+    /// `rolled back`: within its budget, every rollback step succeeding.
+    RolledBack,
+    /// `rollback failed`: a rollback step failed or the rollback overran its budget.
+    RollbackFailed,
+}
+
+impl PhaseStatus {
+    /// The status in words, as the report shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseStatus::NotReached => "not reached",
+            PhaseStatus::Stopped => "stopped",
+            PhaseStatus::Passed => "passed",
+            PhaseStatus::RolledBack => "rolled back",
+            PhaseStatus::RollbackFailed => "rollback failed",
+        }
+    }
+}
+
+impl From<PhaseStatus> for &'static str {
+    fn from(status: PhaseStatus) -> &'static str {
+        status.as_str()
+    }
+}
+
 /// One criterion.
 #[derive(Debug, Clone, Serialize)]
 pub struct CriterionReport {
@@ -154,8 +200,59 @@ pub struct CriterionReport {
     pub target: String,
     /// What was measured.
     pub measured: String,
-    /// `pass`, `fail`, `inconclusive`, `provider error`, or `assumed in simulation`.
-    pub verdict: String,
+    /// What was decided.
+    pub verdict: CriterionVerdict,
+}
+
+/// A criterion's verdict in a simulation; in the report as its words (`pass`, `fail`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "&'static str")]
+pub enum CriterionVerdict {
+    /// `pass`.
+    Pass,
+    /// `fail`.
+    Fail,
+    /// `inconclusive`: not enough data to decide.
+    Inconclusive,
+    /// `provider error`: the metric could not be read.
+    ProviderError,
+    /// `assumed in simulation`: a person's check, which the simulation cannot make.
+    Assumed,
+}
+
+impl CriterionVerdict {
+    /// The verdict in words, as the report shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CriterionVerdict::Pass => "pass",
+            CriterionVerdict::Fail => "fail",
+            CriterionVerdict::Inconclusive => "inconclusive",
+            CriterionVerdict::ProviderError => "provider error",
+            CriterionVerdict::Assumed => "assumed in simulation",
+        }
+    }
+
+    /// Whether it counts as a failure (an assumed check does not).
+    pub fn failed(self) -> bool {
+        !matches!(self, CriterionVerdict::Pass | CriterionVerdict::Assumed)
+    }
+}
+
+impl From<Verdict> for CriterionVerdict {
+    fn from(verdict: Verdict) -> CriterionVerdict {
+        match verdict {
+            Verdict::Pass => CriterionVerdict::Pass,
+            Verdict::Fail => CriterionVerdict::Fail,
+            Verdict::Inconclusive => CriterionVerdict::Inconclusive,
+            Verdict::ProviderError => CriterionVerdict::ProviderError,
+        }
+    }
+}
+
+impl From<CriterionVerdict> for &'static str {
+    fn from(verdict: CriterionVerdict) -> &'static str {
+        verdict.as_str()
+    }
 }
 
 /// A rollback.
@@ -173,6 +270,13 @@ pub struct RollbackReport {
     pub ok: bool,
 }
 
+impl RollbackReport {
+    /// Whether it failed or overran its budget.
+    fn failed(&self) -> bool {
+        self.breached || !self.ok
+    }
+}
+
 /// A `mongo.verify` result.
 #[derive(Debug, Clone, Serialize)]
 pub struct IntegrityReport {
@@ -186,129 +290,206 @@ pub struct IntegrityReport {
     pub discrepancies: u64,
 }
 
+/// What a report is built from: the plan, the run and what the simulator saw.
+pub(crate) struct Inputs<'a> {
+    /// The plan as written.
+    pub(crate) plan: &'a Plan,
+    /// The run's log.
+    pub(crate) records: &'a [Record],
+    /// How the run ended.
+    pub(crate) outcome: &'a Outcome,
+    /// The scenario (or drill), if any.
+    pub(crate) scenario: Option<&'a Scenario>,
+    /// The end-of-run loss audit, or why it could not run.
+    pub(crate) audit: Result<Audit, String>,
+    /// Reads at each share of reads the canary gave the new owner.
+    pub(crate) canary: Vec<CanaryPoint>,
+    /// Faults injected, in words.
+    pub(crate) faults: Vec<String>,
+    /// Requests of the application model by kind.
+    pub(crate) totals: BTreeMap<&'static str, Tally>,
+    /// Wall time of each stage.
+    pub(crate) timings: Timings,
+    /// Real time per simulated day.
+    pub(crate) day: Duration,
+}
+
 /// Builds the report from the run's records.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn build(
-    plan: &Plan,
-    records: &[Record],
-    outcome: &Outcome,
-    scenario: Option<&Scenario>,
-    audit: Result<crate::app::Audit, String>,
-    canary: Vec<crate::app::CanaryPoint>,
-    faults: Vec<String>,
-    totals: BTreeMap<&'static str, (u64, u64)>,
-    timings: Timings,
-    day: Duration,
-) -> Report {
-    let start = records.first().map(|r| r.at);
-    let days_since = |at: jiff::Timestamp| start.map(|s| at.duration_since(s).as_secs_f64() / 86_400.0);
-    let mut phases: Vec<PhaseReport> = plan
-        .phases
-        .iter()
-        .map(|p| PhaseReport {
-            id: p.id.0.clone(),
-            name: p.name.clone(),
-            status: "not reached",
-            start_day: None,
-            days: None,
-            criteria: Vec::new(),
-            rollback: None,
-            integrity: Vec::new(),
-            assumed: Vec::new(),
-        })
-        .collect();
-    let index = |id: &str| plan.phases.iter().position(|p| p.id.0 == id);
-    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+pub(crate) fn build(inputs: Inputs<'_>) -> Report {
+    let phases = phases(inputs.plan, inputs.records);
+    let audit = AuditOutcome::from(inputs.audit);
+    let lost = audit.loss();
+    let (verdict, outcome) = headline(inputs.outcome, lost.as_deref());
+    let expectation =
+        inputs.scenario.and_then(|s| s.expect_rollback.as_ref()).map(|e| expectation(e, &phases, lost.as_deref()));
+    Report {
+        plan: inputs.plan.metadata.name.0.clone(),
+        scenario: inputs.scenario.map(|s| s.name.clone()),
+        verdict,
+        expectation,
+        outcome,
+        simulated_days: simulated_days(inputs.records),
+        day_seconds: inputs.day.as_secs_f64(),
+        timings: inputs.timings,
+        phases,
+        drills: Vec::new(),
+        canary: inputs.canary,
+        audit,
+        faults: inputs.faults,
+        load: inputs
+            .totals
+            .into_iter()
+            .map(|(kind, tally)| LoadLine { kind: kind.to_owned(), requests: tally.requests, failed: tally.failed })
+            .collect(),
+    }
+}
+
+/// Every phase of `plan` as the run's log tells it.
+fn phases(plan: &Plan, records: &[Record]) -> Vec<PhaseReport> {
+    let mut timeline = Timeline::new(plan, records.first().map(|r| r.at));
     for record in records {
-        let Some(phase) = record.event.phase().and_then(index) else { continue };
-        let report = &mut phases[phase];
-        let ended = |report: &mut PhaseReport| {
-            if let (Some(start), Some(now)) = (report.start_day, days_since(record.at)) {
-                report.days = Some(now - start);
-            }
-        };
+        timeline.record(record);
+    }
+    timeline.phases
+}
+
+/// The phases as the run's log tells them, record by record.
+struct Timeline<'a> {
+    plan: &'a Plan,
+    /// When the log begins.
+    start: Option<jiff::Timestamp>,
+    phases: Vec<PhaseReport>,
+    /// Why each phase that rolled back did, by phase id.
+    reasons: BTreeMap<String, String>,
+}
+
+impl<'a> Timeline<'a> {
+    /// Every phase of `plan`, not reached yet.
+    fn new(plan: &'a Plan, start: Option<jiff::Timestamp>) -> Timeline<'a> {
+        let phases = plan
+            .phases
+            .iter()
+            .map(|p| PhaseReport {
+                id: p.id.0.clone(),
+                name: p.name.clone(),
+                status: PhaseStatus::NotReached,
+                start_day: None,
+                days: None,
+                criteria: Vec::new(),
+                rollback: None,
+                integrity: Vec::new(),
+                assumed: Vec::new(),
+            })
+            .collect();
+        Timeline { plan, start, phases, reasons: BTreeMap::new() }
+    }
+
+    /// What one record of a phase says about it.
+    fn record(&mut self, record: &Record) {
+        let phase = record.event.phase().and_then(|id| self.plan.phases.iter().position(|p| p.id.0 == id));
+        let Some(phase) = phase else { return };
+        let day = self.start.map(|s| record.at.duration_since(s).as_secs_f64() / 86_400.0);
+        let report = &mut self.phases[phase];
         match &record.event {
             Event::PhaseStarted { .. } => {
-                report.status = "stopped";
-                report.start_day = days_since(record.at);
+                report.status = PhaseStatus::Stopped;
+                report.start_day = day;
             }
             Event::PhasePassed { .. } => {
-                report.status = "passed";
-                ended(report);
+                report.status = PhaseStatus::Passed;
+                report.end(day);
             }
             Event::RollbackStarted { phase, reason } => {
-                reasons.insert(phase.clone(), reason.clone());
+                self.reasons.insert(phase.clone(), reason.clone());
             }
             Event::RollbackFinished { phase, ok, seconds, budget_seconds, breached } => {
-                report.status = if *ok && !*breached { "rolled back" } else { "rollback failed" };
-                report.rollback = Some(RollbackReport {
-                    reason: reasons.get(phase).cloned().unwrap_or_default(),
+                let reason = self.reasons.get(phase).cloned().unwrap_or_default();
+                let rollback = RollbackReport {
+                    reason,
                     budget_seconds: *budget_seconds,
                     seconds: *seconds,
                     breached: *breached,
                     ok: *ok,
-                });
-                ended(report);
+                };
+                report.status = if rollback.failed() { PhaseStatus::RollbackFailed } else { PhaseStatus::RolledBack };
+                report.rollback = Some(rollback);
+                report.end(day);
             }
             Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
-                let declared = plan.phases[phase].criteria.iter().find(|c| c.id.0 == *criterion);
-                let confirm = declared.and_then(|c| c.confirm.as_ref());
-                let target = match (declared, confirm) {
-                    (_, Some(confirm)) => format!("confirmed: {}", confirm.prompt),
-                    (Some(c), None) => format!(
-                        "{} {} {}",
-                        c.metric.as_ref().map(|m| m.0.as_str()).unwrap_or("?"),
-                        c.op.map(|o| o.symbol()).unwrap_or("?"),
-                        c.threshold.as_ref().map(ToString::to_string).unwrap_or_default()
-                    ),
-                    _ => String::new(),
-                };
-                let verdict = match (confirm, verdict) {
-                    (Some(_), _) => "assumed in simulation".to_owned(),
-                    (None, Verdict::Pass) => "pass".to_owned(),
-                    (None, Verdict::Fail) => "fail".to_owned(),
-                    (None, Verdict::Inconclusive) => "inconclusive".to_owned(),
-                    (None, Verdict::ProviderError) => "provider error".to_owned(),
-                };
-                report.criteria.push(CriterionReport {
-                    id: criterion.clone(),
-                    description: declared.map(|c| c.description.clone()).unwrap_or_default(),
-                    target,
-                    measured: detail.clone(),
-                    verdict,
-                });
+                report.criteria.push(criterion_report(&self.plan.phases[phase], criterion, *verdict, detail));
             }
-            Event::StepFinished { step, output, .. } => {
-                if let Some(integrity) = &output.integrity {
-                    report.integrity.push(IntegrityReport {
-                        step: step.clone(),
-                        compared: format!("{} vs {}", integrity.source, integrity.target),
-                        documents: integrity.compared,
-                        discrepancies: integrity.discrepancies,
-                    });
-                }
-                if let Some(why) = &output.assumed {
-                    report.assumed.push(format!("`{step}`: {why}"));
-                }
-            }
+            Event::StepFinished { step, output, .. } => step_finding(report, step, output),
             Event::Decided { key, decision } if decision.by == "simulation" => {
                 report.assumed.push(format!("`{key}`: a person's decision (approved by the simulation)"));
             }
             _ => {}
         }
     }
-    let simulated_days = match (records.first(), records.last()) {
+}
+
+impl PhaseReport {
+    /// Its duration, now that it ended on simulated day `day`.
+    fn end(&mut self, day: Option<f64>) {
+        if let (Some(start), Some(now)) = (self.start_day, day) {
+            self.days = Some(now - start);
+        }
+    }
+}
+
+/// A criterion of `phase` as evaluated: its target in words and its verdict (a person's
+/// check is assumed in a simulation, whatever the engine recorded).
+fn criterion_report(phase: &Phase, criterion: &str, verdict: Verdict, detail: &str) -> CriterionReport {
+    let declared = phase.criteria.iter().find(|c| c.id.0 == *criterion);
+    let confirm = declared.and_then(|c| c.confirm.as_ref());
+    let target = match (declared, confirm) {
+        (_, Some(confirm)) => format!("confirmed: {}", confirm.prompt),
+        (Some(c), None) => format!(
+            "{} {} {}",
+            c.metric.as_ref().map(|m| m.0.as_str()).unwrap_or("?"),
+            c.op.map(|o| o.symbol()).unwrap_or("?"),
+            c.threshold.as_ref().map(ToString::to_string).unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    CriterionReport {
+        id: criterion.to_owned(),
+        description: declared.map(|c| c.description.clone()).unwrap_or_default(),
+        target,
+        measured: detail.to_owned(),
+        verdict: if confirm.is_some() { CriterionVerdict::Assumed } else { verdict.into() },
+    }
+}
+
+/// What a finished step's output adds to its phase's report: a comparison's findings (a
+/// data-integrity check) and an effect assumed instead of produced.
+fn step_finding(report: &mut PhaseReport, step: &str, output: &StepOutput) {
+    if let Some(integrity) = &output.integrity {
+        report.integrity.push(IntegrityReport {
+            step: step.to_owned(),
+            compared: format!("{} vs {}", integrity.source, integrity.target),
+            documents: integrity.compared,
+            discrepancies: integrity.discrepancies,
+        });
+    }
+    if let Some(why) = &output.assumed {
+        report.assumed.push(format!("`{step}`: {why}"));
+    }
+}
+
+/// Simulated time from the first record to the last, in days.
+fn simulated_days(records: &[Record]) -> f64 {
+    match (records.first(), records.last()) {
         (Some(first), Some(last)) => last.at.duration_since(first.at).as_secs_f64() / 86_400.0,
         _ => 0.0,
-    };
-    let audit = match audit {
-        Ok(audit) => AuditOutcome::Done(audit),
-        Err(error) => AuditOutcome::Failed { error },
-    };
-    let lost = audit.loss();
-    let (verdict, outcome_text) = match outcome {
+    }
+}
+
+/// The report's verdict (`pass` or `fail`) and how the run ended, in words; `lost` is what
+/// the loss audit found missing, if anything.
+fn headline(outcome: &Outcome, lost: Option<&str>) -> (&'static str, String) {
+    match outcome {
         Outcome::Completed if lost.is_none() => ("pass", "every phase passed".to_owned()),
-        Outcome::Completed => ("fail", format!("every phase passed, but {}", lost.as_deref().unwrap_or_default())),
+        Outcome::Completed => ("fail", format!("every phase passed, but {}", lost.unwrap_or_default())),
         Outcome::RolledBack { phase, reason, .. } => {
             ("fail", format!("phase `{phase}` failed and was rolled back within its budget: {reason}"))
         }
@@ -316,37 +497,20 @@ pub(crate) fn build(
         Outcome::Paused { reason, .. } => ("fail", format!("paused: {reason}")),
         Outcome::Interrupted { reason } => ("fail", format!("interrupted: {reason}")),
         Outcome::Aborted => ("fail", "aborted".to_owned()),
-    };
-    let expectation = scenario.and_then(|s| s.expect_rollback.as_ref()).map(|expected| {
-        let phase = phases.iter().find(|p| p.id == expected.0);
-        let (met, detail) = match (phase.map(|p| (p.status, &p.rollback)), &lost) {
-            (Some(("rolled back", Some(rollback))), None) if !rollback.breached => (true, String::new()),
-            (Some(("rolled back", _)), Some(lost)) => (false, lost.clone()),
-            (Some(("rolled back", _)), None) => (false, "the rollback overran its budget".to_owned()),
-            (Some((status, _)), _) => (false, format!("phase `{expected}` is {status}, not rolled back")),
-            (None, _) => (false, format!("no phase `{expected}`")),
-        };
-        Expectation { phase: expected.0.clone(), met, detail }
-    });
-    Report {
-        plan: plan.metadata.name.0.clone(),
-        scenario: scenario.map(|s| s.name.clone()),
-        verdict,
-        expectation,
-        outcome: outcome_text,
-        simulated_days,
-        day_seconds: day.as_secs_f64(),
-        timings,
-        phases,
-        drills: Vec::new(),
-        canary,
-        audit,
-        faults,
-        load: totals
-            .into_iter()
-            .map(|(kind, (requests, failed))| LoadLine { kind: kind.to_owned(), requests, failed })
-            .collect(),
     }
+}
+
+/// Whether phase `expected` failed and rolled back within its budget with nothing `lost`.
+fn expectation(expected: &Id, phases: &[PhaseReport], lost: Option<&str>) -> Expectation {
+    let phase = phases.iter().find(|p| p.id == expected.0);
+    let (met, detail) = match (phase.map(|p| (p.status, &p.rollback)), lost) {
+        (Some((PhaseStatus::RolledBack, Some(rollback))), None) if !rollback.breached => (true, String::new()),
+        (Some((PhaseStatus::RolledBack, _)), Some(lost)) => (false, lost.to_owned()),
+        (Some((PhaseStatus::RolledBack, _)), None) => (false, "the rollback overran its budget".to_owned()),
+        (Some((status, _)), _) => (false, format!("phase `{expected}` is {}, not rolled back", status.as_str())),
+        (None, _) => (false, format!("no phase `{expected}`")),
+    };
+    Expectation { phase: expected.0.clone(), met, detail }
 }
 
 impl Report {
@@ -382,7 +546,8 @@ impl Report {
         view["marker"] = Value::String(MARKER.to_owned());
         // Mermaid's Gantt reads plain numbers as seconds since the epoch (`dateFormat X`).
         for (phase, shown) in self.phases.iter().zip(view["phases"].as_array_mut().into_iter().flatten()) {
-            shown["passed_criteria"] = phase.criteria.iter().filter(|c| c.verdict == "pass").count().into();
+            shown["passed_criteria"] =
+                phase.criteria.iter().filter(|c| c.verdict == CriterionVerdict::Pass).count().into();
             shown["discrepancies"] = phase.integrity.iter().map(|i| i.discrepancies).sum::<u64>().into();
             if let (Some(start), Some(days)) = (phase.start_day, phase.days) {
                 shown["gantt"] = serde_json::json!({
@@ -398,94 +563,267 @@ impl Report {
     /// rollback.
     pub fn junit(&self) -> String {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let failures = |p: &PhaseReport| {
-            p.criteria.iter().filter(|c| c.verdict != "pass" && c.verdict != "assumed in simulation").count()
-                + usize::from(p.rollback.as_ref().is_some_and(|r| r.breached || !r.ok))
-        };
         let lost = self.audit.loss();
-        let total: usize = 1
-            + self.drills.len()
-            + self.phases.iter().map(|p| p.criteria.len() + usize::from(p.rollback.is_some())).sum::<usize>();
+        let total: usize = 1 + self.drills.len() + self.phases.iter().map(PhaseReport::tests).sum::<usize>();
         let failed: usize = usize::from(lost.is_some())
             + self.drills.iter().filter(|d| !d.met).count()
-            + self.phases.iter().map(failures).sum::<usize>();
+            + self.phases.iter().map(PhaseReport::failures).sum::<usize>();
         out.push_str(&format!(
             "<testsuites name=\"handoff simulate {}\" tests=\"{total}\" failures=\"{failed}\">\n",
             escape(&self.plan)
         ));
         for phase in &self.phases {
-            let tests = phase.criteria.len() + usize::from(phase.rollback.is_some());
-            out.push_str(&format!(
-                "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{}\">\n",
-                escape(&phase.id),
-                failures(phase)
-            ));
-            for criterion in &phase.criteria {
-                out.push_str(&format!(
-                    "    <testcase classname=\"{}\" name=\"{}\">",
-                    escape(&phase.id),
-                    escape(&criterion.id)
-                ));
-                match criterion.verdict.as_str() {
-                    "pass" => {}
-                    "assumed in simulation" => out.push_str("<skipped message=\"assumed in simulation\"/>"),
-                    verdict => out.push_str(&format!(
-                        "<failure message=\"{}\">{}: {}</failure>",
-                        escape(verdict),
-                        escape(&criterion.target),
-                        escape(&criterion.measured)
-                    )),
-                }
-                out.push_str("</testcase>\n");
-            }
-            if let Some(rollback) = &phase.rollback {
-                out.push_str(&format!("    <testcase classname=\"{}\" name=\"rollback\">", escape(&phase.id)));
-                if rollback.breached || !rollback.ok {
-                    out.push_str(&format!(
-                        "<failure message=\"rollback {}\">{:.0} s against a budget of {:.0} s</failure>",
-                        if rollback.ok { "over budget" } else { "failed" },
-                        rollback.seconds,
-                        rollback.budget_seconds.unwrap_or(0.0)
-                    ));
-                }
-                out.push_str("</testcase>\n");
-            }
-            out.push_str("  </testsuite>\n");
+            phase.junit(&mut out);
         }
-        out.push_str(&format!(
-            "  <testsuite name=\"audit\" tests=\"1\" failures=\"{}\">\n    <testcase classname=\"audit\" name=\"no-acknowledged-write-lost\">",
-            usize::from(lost.is_some())
-        ));
-        if let Some(lost) = lost {
-            out.push_str(&format!("<failure message=\"acknowledged writes lost\">{}</failure>", escape(&lost)));
-        }
-        out.push_str("</testcase>\n  </testsuite>\n");
+        junit_audit(lost.as_deref(), &mut out);
         if !self.drills.is_empty() {
-            let failed = self.drills.iter().filter(|d| !d.met).count();
-            out.push_str(&format!(
-                "  <testsuite name=\"rollback-drills\" tests=\"{}\" failures=\"{failed}\">\n",
-                self.drills.len()
-            ));
-            for drill in &self.drills {
-                out.push_str(&format!(
-                    "    <testcase classname=\"rollback-drills\" name=\"{}\">",
-                    escape(&drill.phase)
-                ));
-                if !drill.met {
-                    out.push_str(&format!(
-                        "<failure message=\"rollback drill failed\">{}</failure>",
-                        escape(&drill.detail)
-                    ));
-                }
-                out.push_str("</testcase>\n");
-            }
-            out.push_str("  </testsuite>\n");
+            junit_drills(&self.drills, &mut out);
         }
         out.push_str("</testsuites>\n");
         out
     }
 }
 
+impl PhaseReport {
+    /// Its JUnit test cases: one per criterion, and the rollback.
+    fn tests(&self) -> usize {
+        self.criteria.len() + usize::from(self.rollback.is_some())
+    }
+
+    /// Those that failed.
+    fn failures(&self) -> usize {
+        self.criteria.iter().filter(|c| c.verdict.failed()).count()
+            + usize::from(self.rollback.as_ref().is_some_and(RollbackReport::failed))
+    }
+
+    /// Its JUnit test suite.
+    fn junit(&self, out: &mut String) {
+        let id = escape(&self.id);
+        out.push_str(&format!(
+            "  <testsuite name=\"{id}\" tests=\"{}\" failures=\"{}\">\n",
+            self.tests(),
+            self.failures()
+        ));
+        for criterion in &self.criteria {
+            out.push_str(&format!("    <testcase classname=\"{id}\" name=\"{}\">", escape(&criterion.id)));
+            match criterion.verdict {
+                CriterionVerdict::Pass => {}
+                CriterionVerdict::Assumed => out.push_str("<skipped message=\"assumed in simulation\"/>"),
+                verdict => out.push_str(&format!(
+                    "<failure message=\"{}\">{}: {}</failure>",
+                    escape(verdict.as_str()),
+                    escape(&criterion.target),
+                    escape(&criterion.measured)
+                )),
+            }
+            out.push_str("</testcase>\n");
+        }
+        if let Some(rollback) = &self.rollback {
+            out.push_str(&format!("    <testcase classname=\"{id}\" name=\"rollback\">"));
+            if rollback.failed() {
+                out.push_str(&format!(
+                    "<failure message=\"rollback {}\">{:.0} s against a budget of {:.0} s</failure>",
+                    if rollback.ok { "over budget" } else { "failed" },
+                    rollback.seconds,
+                    rollback.budget_seconds.unwrap_or(0.0)
+                ));
+            }
+            out.push_str("</testcase>\n");
+        }
+        out.push_str("  </testsuite>\n");
+    }
+}
+
+/// The JUnit test suite of the loss audit; `lost` is what it found missing, if anything.
+fn junit_audit(lost: Option<&str>, out: &mut String) {
+    out.push_str(&format!(
+        "  <testsuite name=\"audit\" tests=\"1\" failures=\"{}\">\n    <testcase classname=\"audit\" name=\"no-acknowledged-write-lost\">",
+        usize::from(lost.is_some())
+    ));
+    if let Some(lost) = lost {
+        out.push_str(&format!("<failure message=\"acknowledged writes lost\">{}</failure>", escape(lost)));
+    }
+    out.push_str("</testcase>\n  </testsuite>\n");
+}
+
+/// The JUnit test suite of the rollback drills.
+fn junit_drills(drills: &[Drill], out: &mut String) {
+    let failed = drills.iter().filter(|d| !d.met).count();
+    out.push_str(&format!("  <testsuite name=\"rollback-drills\" tests=\"{}\" failures=\"{failed}\">\n", drills.len()));
+    for drill in drills {
+        out.push_str(&format!("    <testcase classname=\"rollback-drills\" name=\"{}\">", escape(&drill.phase)));
+        if !drill.met {
+            out.push_str(&format!("<failure message=\"rollback drill failed\">{}</failure>", escape(&drill.detail)));
+        }
+        out.push_str("</testcase>\n");
+    }
+    out.push_str("  </testsuite>\n");
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn plan() -> Plan {
+        let (_, document) = handoff_plan::source::load(include_bytes!("../../../plans/menu-service.yaml")).unwrap();
+        serde_json::from_value(document.value).unwrap()
+    }
+
+    /// A log from events given as `(hours since the start, event)`.
+    fn records(events: Vec<(i64, Value)>) -> Vec<Record> {
+        let start: jiff::Timestamp = "2025-03-01T00:00:00Z".parse().unwrap();
+        let records = events.into_iter().enumerate().map(|(i, (hours, mut event))| {
+            event["seq"] = json!(i + 1);
+            event["at"] = json!(start + jiff::SignedDuration::from_hours(hours));
+            serde_json::from_value(event).unwrap()
+        });
+        records.collect()
+    }
+
+    fn audit(lost: u64) -> Audit {
+        let examples = (0..lost).map(|n| format!("`item-{n:07}`: missing")).collect();
+        Audit { store: "restaurant-db".into(), acknowledged_writes: 1200, documents: 300, lost, examples }
+    }
+
+    /// A report of `events`, as a scenario expecting `expect` to roll back when given.
+    fn report(events: Vec<(i64, Value)>, outcome: &Outcome, audit: Result<Audit, String>, expect: &str) -> Report {
+        let plan = plan();
+        let scenario = (!expect.is_empty()).then(|| Scenario {
+            name: format!("fail `{expect}`"),
+            description: None,
+            faults: Vec::new(),
+            expect_rollback: Some(Id(expect.to_owned())),
+        });
+        let canary = vec![
+            CanaryPoint { weight: 0, reads: 900, p95_ms: 4.5, error_percent: 0.0 },
+            CanaryPoint { weight: 25, reads: 300, p95_ms: 6.25, error_percent: 1.5 },
+        ];
+        let tally = |requests, failed| Tally { requests, failed };
+        let totals =
+            BTreeMap::from([("reads", tally(1500, 3)), ("writes", tally(1200, 0)), ("dual_writes", tally(400, 2))]);
+        build(Inputs {
+            plan: &plan,
+            records: &records(events),
+            outcome,
+            scenario: scenario.as_ref(),
+            audit,
+            canary,
+            faults: vec!["`kafka` is down".to_owned()],
+            totals,
+            timings: Timings { sandbox_seconds: 2.5, seed_seconds: 0.75, run_seconds: 30.0 },
+            day: Duration::from_secs(2),
+        })
+    }
+
+    /// Phase 1 passes with a full comparison, an assumed command and decisions (which carry
+    /// no phase, so the report leaves them out); phase 2 fails its criteria in every way and
+    /// rolls back.
+    fn rolled_back_log(ok: bool, breached: bool) -> Vec<(i64, Value)> {
+        let criterion = |phase: &str, criterion: &str, verdict: &str| {
+            json!({"event": "criterion_evaluated", "phase": phase, "criterion": criterion, "verdict": verdict,
+                   "samples": 10, "failed": 1, "detail": format!("last value of `{criterion}` | 1")})
+        };
+        let finished = |step: &str, output: Value| {
+            json!({"event": "step_finished", "phase": "read-only-sync", "step": step, "role": "forward",
+                   "output": output})
+        };
+        vec![
+            (0, json!({"event": "phase_started", "phase": "read-only-sync"})),
+            (3, finished("p1-deploy-menu-service", json!({"assumed": "`kubectl apply` (command not run)"}))),
+            (
+                5,
+                finished(
+                    "p1-verify-full",
+                    json!({"integrity": {"source": "menu-db", "target": "restaurant-db", "compared": 5000, "discrepancies": 2}}),
+                ),
+            ),
+            (6, json!({"event": "decided", "key": "read-only-sync/approval-1", "approved": true, "by": "simulation"})),
+            (7, json!({"event": "decided", "key": "read-only-sync/approval-2", "approved": true, "by": "someone"})),
+            (8, criterion("read-only-sync", "sync-complete", "pass")),
+            (9, criterion("read-only-sync", "sync-lag", "inconclusive")),
+            (30, json!({"event": "phase_passed", "phase": "read-only-sync"})),
+            (31, json!({"event": "phase_started", "phase": "shadow-writes"})),
+            (40, criterion("shadow-writes", "dual-write-success", "fail")),
+            (41, criterion("shadow-writes", "data-consistency", "provider_error")),
+            (41, criterion("shadow-writes", "no-such-criterion", "pass")),
+            (
+                42,
+                json!({"event": "rollback_started", "phase": "shadow-writes", "reason": "criterion <failed> & \"x\""}),
+            ),
+            (
+                43,
+                json!({"event": "rollback_finished", "phase": "shadow-writes", "ok": ok, "seconds": 125.5,
+                        "budget_seconds": 600.0, "breached": breached}),
+            ),
+        ]
+    }
+
+    /// Phase 1 as above, then phase 3 passes a confirmed criterion.
+    fn passing_log() -> Vec<(i64, Value)> {
+        let mut log = rolled_back_log(true, false);
+        log.truncate(8);
+        log.push((31, json!({"event": "phase_started", "phase": "switch-reads"})));
+        log.push((
+            32,
+            json!({"event": "criterion_evaluated", "phase": "switch-reads",
+            "criterion": "zero-customer-complaints", "verdict": "pass", "samples": 1, "failed": 0,
+            "detail": "confirmed by simulation"}),
+        ));
+        log.push((50, json!({"event": "phase_passed", "phase": "switch-reads"})));
+        log
+    }
+
+    fn outputs(report: &Report) -> String {
+        let templates = handoff_render::Templates::load(None).unwrap();
+        let json = serde_json::to_string_pretty(report).unwrap();
+        format!("{json}\n---\n{}\n---\n{}", report.junit(), report.markdown(&templates).unwrap())
+    }
+
+    #[test]
+    fn a_rolled_back_phase_with_every_kind_of_finding() {
+        let outcome =
+            Outcome::RolledBack { phase: "shadow-writes".into(), reason: "criterion failed".into(), seconds: 1.0 };
+        let report = report(rolled_back_log(true, false), &outcome, Ok(audit(0)), "shadow-writes");
+        insta::assert_snapshot!("rolled_back", outputs(&report));
+    }
+
+    #[test]
+    fn a_rollback_over_budget_with_writes_lost() {
+        let outcome = Outcome::RollbackFailed { phase: "shadow-writes".into(), reason: "over budget".into() };
+        let report = report(rolled_back_log(true, true), &outcome, Ok(audit(2)), "shadow-writes");
+        insta::assert_snapshot!("over_budget", outputs(&report));
+    }
+
+    #[test]
+    fn a_failed_rollback_expected_elsewhere() {
+        let outcome = Outcome::RollbackFailed { phase: "shadow-writes".into(), reason: "a step failed".into() };
+        let report = report(rolled_back_log(false, false), &outcome, Err("no server".into()), "switch-reads");
+        insta::assert_snapshot!("rollback_failed", outputs(&report));
+    }
+
+    #[test]
+    fn a_passing_run_and_its_drills() {
+        let mut report = report(passing_log(), &Outcome::Completed, Ok(audit(0)), "");
+        let drill = |lost: u64| {
+            let outcome = Outcome::RolledBack { phase: "shadow-writes".into(), reason: "drill".into(), seconds: 1.0 };
+            super::tests::report(rolled_back_log(true, false), &outcome, Ok(audit(lost)), "shadow-writes")
+        };
+        report.add_drill(&drill(0));
+        report.add_drill(&drill(1));
+        insta::assert_snapshot!("passed_with_drills", outputs(&report));
+    }
+
+    #[test]
+    fn every_phase_passed_but_writes_were_lost() {
+        for outcome in [Outcome::Completed, Outcome::Aborted] {
+            let report = report(passing_log(), &outcome, Ok(audit(1)), "read-only-sync");
+            insta::assert_snapshot!(outputs(&report));
+        }
+    }
 }

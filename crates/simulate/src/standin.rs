@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use handoff_plan::simulation::ResponseField;
+use handoff_plan::simulation::{Response, ResponseField};
 use serde_json::{Value, json};
 
 /// Shared state of the stand-in service.
@@ -89,6 +89,15 @@ impl StandIn {
         Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, measurer, server, thread: Some(thread) })
     }
 
+    /// Answers the plan's declared `responses` (at their URLs' paths under this service).
+    pub fn declare(&self, responses: &[Response]) {
+        let mut state = lock(&self.state);
+        for response in responses {
+            let path = response.url.strip_prefix(&self.url).unwrap_or(&response.url).to_owned();
+            state.responses.insert(path, response.json.clone());
+        }
+    }
+
     /// Where `/measures/…` and declared responses get their values (set once).
     pub fn measure_with(&self, measurer: Measurer) {
         let _ = self.measurer.set(measurer);
@@ -114,28 +123,35 @@ fn answer(mut request: tiny_http::Request, state: &Mutex<State>, measure: &dyn F
     let mut text = String::new();
     let _ = request.as_reader().take(1 << 20).read_to_string(&mut text);
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let (status, reply) = route(state, &method, &path, body, measure);
+    let reply = route(state, &method, &path, body, measure);
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
-    let mut response = tiny_http::Response::from_string(reply.to_string()).with_status_code(status);
+    let mut response = tiny_http::Response::from_string(reply.body.to_string()).with_status_code(reply.status);
     if let Ok(header) = header {
         response.add_header(header);
     }
     let _ = request.respond(response);
 }
 
-/// Answers one request. The state is not locked while measuring: measures read it.
-fn route(
-    state: &Mutex<State>,
-    method: &str,
-    path: &str,
+/// A status code and a JSON body.
+#[derive(Debug, PartialEq)]
+struct Reply {
+    status: u16,
     body: Value,
-    measure: &dyn Fn(&str) -> Option<f64>,
-) -> (u16, Value) {
+}
+
+impl Reply {
+    fn new(status: u16, body: Value) -> Reply {
+        Reply { status, body }
+    }
+}
+
+/// Answers one request. The state is not locked while measuring: measures read it.
+fn route(state: &Mutex<State>, method: &str, path: &str, body: Value, measure: &dyn Fn(&str) -> Option<f64>) -> Reply {
     let writes = matches!(method, "PUT" | "POST" | "PATCH");
     if let Some(metric) = path.strip_prefix("/measures/") {
         return match measure(metric) {
-            Some(value) => (200, json!({"value": value})),
-            None => (
+            Some(value) => Reply::new(200, json!({"value": value})),
+            None => Reply::new(
                 404,
                 json!({"error": format!("no value for `{metric}`: is it under `simulation.measures`? A measure of requests has none until such requests ran")}),
             ),
@@ -146,43 +162,43 @@ fn route(
         let mut body = json!({});
         for (pointer, field) in fields {
             let Some(measured) = measure(&field.metric.0) else {
-                return (
+                return Reply::new(
                     503,
                     json!({"error": format!("`{}` has no value yet (no requests of its kind ran)", field.metric)}),
                 );
             };
             set(&mut body, &pointer, field.value(measured));
         }
-        return (200, body);
+        return Reply::new(200, body);
     }
     let mut state = lock(state);
     if let Some(route) = path.strip_prefix("/routes/") {
         if writes {
             state.routes.insert(route.to_owned(), body.clone());
-            return (200, body);
+            return Reply::new(200, body);
         }
         return match state.routes.get(route) {
-            Some(current) => (200, current.clone()),
-            None => (404, json!({"error": "no weights set"})),
+            Some(current) => Reply::new(200, current.clone()),
+            None => Reply::new(404, json!({"error": "no weights set"})),
         };
     }
     if path.starts_with("/svc/") {
         if writes {
             state.written.insert(path.to_owned(), body.clone());
-            return (200, body);
+            return Reply::new(200, body);
         }
         if path.contains("/health") {
             let check = |kind: &str| if state.dependencies_down.iter().any(|d| d == kind) { "down" } else { "up" };
             let status = if state.dependencies_down.is_empty() { "up" } else { "down" };
             let body = json!({"status": status, "checks": {"mongodb": check("mongodb"), "redis": check("redis"), "kafka": check("kafka")}});
-            return (if status == "up" { 200 } else { 503 }, body);
+            return Reply::new(if status == "up" { 200 } else { 503 }, body);
         }
         return match state.written.get(path) {
-            Some(body) => (200, body.clone()),
-            None => (200, json!({"status": "ok"})),
+            Some(body) => Reply::new(200, body.clone()),
+            None => Reply::new(200, json!({"status": "ok"})),
         };
     }
-    (404, json!({"error": "unknown path"}))
+    Reply::new(404, json!({"error": "unknown path"}))
 }
 
 /// Sets `value` at a JSON pointer, creating the objects on the way.
@@ -213,19 +229,19 @@ mod tests {
         let measure = |metric: &str| measures.lock().unwrap().get(metric).copied();
         let get = |path: &str| route(&state, "GET", path, Value::Null, &measure);
         let put = |path: &str, body: Value| route(&state, "PUT", path, body, &measure);
-        assert_eq!(get("/svc/MENU/health/ready").1["checks"]["kafka"], "up");
+        assert_eq!(get("/svc/MENU/health/ready").body["checks"]["kafka"], "up");
         lock(&state).dependencies_down.push("kafka".into());
-        assert_eq!(get("/svc/MENU/health/ready").0, 503);
+        assert_eq!(get("/svc/MENU/health/ready").status, 503);
         lock(&state).dependencies_down.clear();
         put("/svc/FLAGS/flags/dual_write", json!({"enabled": true}));
         assert!(lock(&state).flag("dual_write") && !lock(&state).flag("read_only"));
-        assert_eq!(get("/svc/FLAGS/flags/dual_write").1, json!({"enabled": true}));
-        assert_eq!(get("/routes/reads").0, 404);
+        assert_eq!(get("/svc/FLAGS/flags/dual_write").body, json!({"enabled": true}));
+        assert_eq!(get("/routes/reads").status, 404);
         put("/routes/reads", json!({"weights": {"old": 75, "new": 25}}));
         assert_eq!(lock(&state).weight("reads", "new"), Some(25.0));
-        assert_eq!(get("/measures/p95").0, 404);
+        assert_eq!(get("/measures/p95").status, 404);
         measures.lock().unwrap().insert("p95".into(), 12.5);
-        assert_eq!(get("/measures/p95").1, json!({"value": 12.5}));
+        assert_eq!(get("/measures/p95").body, json!({"value": 12.5}));
     }
 
     #[test]
@@ -244,10 +260,10 @@ mod tests {
             ]),
         );
         let get = || route(&state, "GET", "/svc/SEARCH/index/status", Value::Null, &measure);
-        assert_eq!(get().0, 503);
+        assert_eq!(get().status, 503);
         *lag.lock().unwrap() = Some(0.25);
-        assert_eq!(get(), (200, json!({"lag_seconds": 0.25, "index": {"up_to_date": true}})));
+        assert_eq!(get(), Reply::new(200, json!({"lag_seconds": 0.25, "index": {"up_to_date": true}})));
         *lag.lock().unwrap() = Some(4.0);
-        assert_eq!(get().1["index"]["up_to_date"], false);
+        assert_eq!(get().body["index"]["up_to_date"], false);
     }
 }
