@@ -38,7 +38,7 @@ fn main() {
         let report = runtime
             .block_on(handoff_simulate::simulate(&plan, &registry, &options, &mut |_| {}, &CancellationToken::new()))
             .expect("the simulation runs");
-        assert_eq!(report.verdict, "pass", "{}", report.outcome);
+        assert_eq!(report.verdict, handoff_simulate::RunVerdict::Pass, "{}", report.outcome);
         let floor = report.simulated_days * DAY.as_secs_f64();
         let seconds = report.timings.run_seconds;
         println!(

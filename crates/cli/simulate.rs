@@ -161,7 +161,7 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
     }
     Ok(match report.verdict {
         _ if interrupted => exit::INTERRUPTED,
-        "pass" => exit::OK,
+        handoff_simulate::RunVerdict::Pass => exit::OK,
         _ => exit::SIMULATION_FAILED,
     })
 }

@@ -177,16 +177,30 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
     out
 }
 
+/// A reference the `simulation:` section makes: where, to what, and the kinds it may be.
+type SimRef<'p> = (String, &'p Id, &'static [ResourceKind]);
+
 /// Every resource, phase and metric the `simulation:` section names exists and has the
 /// right kind.
 fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out: &mut Vec<Diagnostic>) {
-    use crate::simulation::{FaultKind, Measure};
-    use ResourceKind::{Kafka, Mesh, Mongodb, Redis, Service};
-    let mut refs: Vec<(String, &Id, &[ResourceKind])> = Vec::new();
+    let mut refs: Vec<SimRef<'_>> = Vec::new();
     for (i, dataset) in simulation.dataset.iter().enumerate() {
-        refs.push((format!("/simulation/dataset/{i}/resource"), &dataset.resource, &[Mongodb]));
+        refs.push((format!("/simulation/dataset/{i}/resource"), &dataset.resource, &[ResourceKind::Mongodb]));
     }
-    let app = &simulation.app;
+    app_refs(&simulation.app, &mut refs, out);
+    fault_refs(plan, simulation, &mut refs, out);
+    measure_refs(plan, simulation, &mut refs, out);
+    response_checks(simulation, out);
+    for (at, id, kinds) in refs {
+        if let Some(issue) = resource_ref(plan, "", id, kinds) {
+            out.push(Diagnostic::new(issue.code, at, issue.message));
+        }
+    }
+}
+
+/// The application model's services, stores, routes, cache and broker.
+fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out: &mut Vec<Diagnostic>) {
+    use ResourceKind::{Kafka, Mesh, Mongodb, Redis, Service};
     for (service, store) in &app.stores {
         refs.push((format!("/simulation/app/stores/{service}"), service, &[Service]));
         refs.push((format!("/simulation/app/stores/{service}"), store, &[Mongodb]));
@@ -198,14 +212,12 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
     if let Some(route) = &app.writes {
         refs.push(("/simulation/app/writes".to_owned(), route, &[Mesh]));
     }
-    for service in app.read_only_flags.keys() {
-        if !app.stores.contains_key(service) {
-            out.push(Diagnostic::new(
-                codes::UNDEFINED_RESOURCE,
-                format!("/simulation/app/read_only_flags/{service}"),
-                format!("`{service}` has no store under `app.stores`; name a service listed there"),
-            ));
-        }
+    for service in app.read_only_flags.keys().filter(|s| !app.stores.contains_key(*s)) {
+        out.push(Diagnostic::new(
+            codes::UNDEFINED_RESOURCE,
+            format!("/simulation/app/read_only_flags/{service}"),
+            format!("`{service}` has no store under `app.stores`; name a service listed there"),
+        ));
     }
     if let Some(cache) = &app.cache {
         refs.push(("/simulation/app/cache/resource".to_owned(), &cache.resource, &[Redis]));
@@ -213,12 +225,30 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
     if let Some(events) = &app.events {
         refs.push(("/simulation/app/events/broker".to_owned(), &events.broker, &[Kafka]));
     }
-    let any = [Mongodb, Kafka, Redis];
+    if !app.stores.contains_key(&app.owner) {
+        out.push(Diagnostic::new(
+            codes::UNDEFINED_RESOURCE,
+            "/simulation/app/owner",
+            format!("the owner `{}` has no store under `app.stores`", app.owner),
+        ));
+    }
+}
+
+/// What each fault acts on, and the phase it is injected in.
+fn fault_refs<'p>(
+    plan: &Plan,
+    simulation: &'p crate::simulation::Simulation,
+    refs: &mut Vec<SimRef<'p>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::simulation::FaultKind;
+    use ResourceKind::{Kafka, Mongodb, Redis, Service};
+    const ANY: &[ResourceKind] = &[Mongodb, Kafka, Redis];
     for (i, fault) in simulation.faults.iter().enumerate() {
-        let (resource, kinds): (&Id, &[ResourceKind]) = match &fault.fault {
+        let (resource, kinds): (&Id, &'static [ResourceKind]) = match &fault.fault {
             FaultKind::WriteErrors { resource, .. } => (resource, &[Mongodb]),
             FaultKind::CacheFlush { resource } => (resource, &[Redis]),
-            FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => (resource, &any),
+            FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => (resource, ANY),
             FaultKind::ServiceLatency { service, .. } => (service, &[Service]),
         };
         refs.push((format!("/simulation/faults/{i}/fault"), resource, kinds));
@@ -230,6 +260,16 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
             ));
         }
     }
+}
+
+/// Every measure is of a metric the plan defines, on a service or store that exists.
+fn measure_refs<'p>(
+    plan: &Plan,
+    simulation: &'p crate::simulation::Simulation,
+    refs: &mut Vec<SimRef<'p>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::simulation::Measure;
     for (metric, measure) in &simulation.measures {
         let at = format!("/simulation/measures/{metric}");
         if !plan.metrics.contains_key(metric) {
@@ -240,11 +280,17 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
             ));
         }
         match measure {
-            Measure::ServiceUp(service) => refs.push((at, service, &[Service])),
-            Measure::Collections(store) | Measure::StoreReads(store) => refs.push((at, store, &[Mongodb])),
+            Measure::ServiceUp(service) => refs.push((at, service, &[ResourceKind::Service])),
+            Measure::Collections(store) | Measure::StoreReads(store) => {
+                refs.push((at, store, &[ResourceKind::Mongodb]));
+            }
             _ => {}
         }
     }
+}
+
+/// Declared responses start with a stand-in variable and build their fields from measures.
+fn response_checks(simulation: &crate::simulation::Simulation, out: &mut Vec<Diagnostic>) {
     for (i, response) in simulation.responses.iter().enumerate() {
         let at = format!("/simulation/responses/{i}");
         let variable = response.url.strip_prefix("${").and_then(|rest| rest.split_once('}')).map(|(name, _)| name);
@@ -259,41 +305,39 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
             ));
         }
         for (pointer, field) in &response.json {
-            let at = crate::source::child(&format!("{at}/json"), pointer);
-            if !pointer.starts_with('/') {
-                out.push(Diagnostic::new(
-                    codes::INVALID_VALUE,
-                    at.clone(),
-                    format!("`{pointer}` is not a JSON pointer; write it as `/{pointer}`"),
-                ));
-            }
-            if !simulation.measures.contains_key(&field.metric) {
-                out.push(Diagnostic::new(
-                    codes::UNDEFINED_METRIC,
-                    format!("{at}/metric"),
-                    format!("metric `{}` is not measured; add it under `simulation.measures`", field.metric),
-                ));
-            }
-            if field.op.is_some() != field.threshold.is_some() {
-                out.push(Diagnostic::new(
-                    codes::INVALID_VALUE,
-                    at,
-                    "`op` and `threshold` go together: give both for a true/false field, or neither for the value",
-                ));
-            }
+            response_field(simulation, &crate::source::child(&format!("{at}/json"), pointer), pointer, field, out);
         }
     }
-    if !app.stores.contains_key(&app.owner) {
+}
+
+/// One field of a declared response.
+fn response_field(
+    simulation: &crate::simulation::Simulation,
+    at: &str,
+    pointer: &str,
+    field: &crate::simulation::ResponseField,
+    out: &mut Vec<Diagnostic>,
+) {
+    if !pointer.starts_with('/') {
         out.push(Diagnostic::new(
-            codes::UNDEFINED_RESOURCE,
-            "/simulation/app/owner",
-            format!("the owner `{}` has no store under `app.stores`", app.owner),
+            codes::INVALID_VALUE,
+            at,
+            format!("`{pointer}` is not a JSON pointer; write it as `/{pointer}`"),
         ));
     }
-    for (at, id, kinds) in refs {
-        if let Some(issue) = resource_ref(plan, "", id, kinds) {
-            out.push(Diagnostic::new(issue.code, at, issue.message));
-        }
+    if !simulation.measures.contains_key(&field.metric) {
+        out.push(Diagnostic::new(
+            codes::UNDEFINED_METRIC,
+            format!("{at}/metric"),
+            format!("metric `{}` is not measured; add it under `simulation.measures`", field.metric),
+        ));
+    }
+    if field.op.is_some() != field.threshold.is_some() {
+        out.push(Diagnostic::new(
+            codes::INVALID_VALUE,
+            at,
+            "`op` and `threshold` go together: give both for a true/false field, or neither for the value",
+        ));
     }
 }
 

@@ -28,7 +28,7 @@ pub mod derive;
 pub mod report;
 pub mod standin;
 
-pub use report::Report;
+pub use report::{Report, RunVerdict};
 
 /// Why a simulation could not run (as opposed to a plan that fails in it).
 #[derive(Debug, thiserror::Error)]

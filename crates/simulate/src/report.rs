@@ -26,7 +26,7 @@ pub struct Report {
     /// Scenario name, if any.
     pub scenario: Option<String>,
     /// `pass` when every phase passed; otherwise `fail`.
-    pub verdict: &'static str,
+    pub verdict: RunVerdict,
     /// What the scenario expected, and whether it happened.
     pub expectation: Option<Expectation>,
     /// How the run ended, in words.
@@ -484,19 +484,30 @@ fn simulated_days(records: &[Record]) -> f64 {
     }
 }
 
-/// The report's verdict (`pass` or `fail`) and how the run ended, in words; `lost` is what
-/// the loss audit found missing, if anything.
-fn headline(outcome: &Outcome, lost: Option<&str>) -> (&'static str, String) {
+/// A simulation's verdict, in the report as `pass` or `fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunVerdict {
+    /// Every phase passed and nothing acknowledged was lost.
+    Pass,
+    /// Anything else.
+    Fail,
+}
+
+/// The report's verdict and how the run ended, in words; `lost` is what the loss audit
+/// found missing, if anything.
+fn headline(outcome: &Outcome, lost: Option<&str>) -> (RunVerdict, String) {
+    let failed = |words: String| (RunVerdict::Fail, words);
     match outcome {
-        Outcome::Completed if lost.is_none() => ("pass", "every phase passed".to_owned()),
-        Outcome::Completed => ("fail", format!("every phase passed, but {}", lost.unwrap_or_default())),
+        Outcome::Completed if lost.is_none() => (RunVerdict::Pass, "every phase passed".to_owned()),
+        Outcome::Completed => failed(format!("every phase passed, but {}", lost.unwrap_or_default())),
         Outcome::RolledBack { phase, reason, .. } => {
-            ("fail", format!("phase `{phase}` failed and was rolled back within its budget: {reason}"))
+            failed(format!("phase `{phase}` failed and was rolled back within its budget: {reason}"))
         }
-        Outcome::RollbackFailed { phase, reason } => ("fail", format!("phase `{phase}`'s rollback failed: {reason}")),
-        Outcome::Paused { reason, .. } => ("fail", format!("paused: {reason}")),
-        Outcome::Interrupted { reason } => ("fail", format!("interrupted: {reason}")),
-        Outcome::Aborted => ("fail", "aborted".to_owned()),
+        Outcome::RollbackFailed { phase, reason } => failed(format!("phase `{phase}`'s rollback failed: {reason}")),
+        Outcome::Paused { reason, .. } => failed(format!("paused: {reason}")),
+        Outcome::Interrupted { reason } => failed(format!("interrupted: {reason}")),
+        Outcome::Aborted => failed("aborted".to_owned()),
     }
 }
 
@@ -534,8 +545,8 @@ impl Report {
             met,
             detail,
         });
-        if !met && self.verdict == "pass" {
-            self.verdict = "fail";
+        if !met && self.verdict == RunVerdict::Pass {
+            self.verdict = RunVerdict::Fail;
             self.outcome = format!("{}, but a rollback drill failed", self.outcome);
         }
     }
