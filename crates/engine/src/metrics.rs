@@ -105,9 +105,10 @@ fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// The number in a Prometheus sample `[<time>, "<value>"]`.
+/// The number in a Prometheus sample `[<time>, "<value>"]`. `NaN` (a ratio over no events,
+/// `0/0`) is no data, never a value that passes or fails a threshold.
 fn prometheus_value(sample: &Value) -> Option<f64> {
-    sample.get(1)?.as_str()?.parse().ok()
+    sample.get(1)?.as_str()?.parse().ok().filter(|v: &f64| !v.is_nan())
 }
 
 impl Metrics {
@@ -142,11 +143,13 @@ impl MetricProvider for Metrics {
                     let series = result.as_array().map(Vec::as_slice).unwrap_or_default();
                     match series {
                         [] => Ok(None),
-                        [one] => one
-                            .get("value")
-                            .and_then(prometheus_value)
-                            .map(Some)
-                            .ok_or_else(|| error(name, "the series has no numeric value")),
+                        [one] => match one.get("value") {
+                            Some(sample) if sample.get(1).and_then(Value::as_str) == Some("NaN") => Ok(None),
+                            sample => sample
+                                .and_then(prometheus_value)
+                                .map(Some)
+                                .ok_or_else(|| error(name, "the series has no numeric value")),
+                        },
                         _ => {
                             Err(error(name, format!("the query returned {} series; it must return one", series.len())))
                         }

@@ -23,9 +23,11 @@ use tokio::sync::Mutex;
 pub mod engine;
 mod probe;
 mod process;
+mod prometheus;
 mod proxy;
 
 pub use engine::Engine;
+pub use prometheus::Prometheus;
 pub use proxy::FaultProxy;
 
 use process::{Launch, Process};
