@@ -154,7 +154,10 @@ fn a_scenario_fails_its_phase_and_rolls_back_within_budget_and_a_drill_rolls_bac
     );
     assert!(drill["rollback"]["seconds"].as_f64().unwrap() <= drill["rollback"]["budget_seconds"].as_f64().unwrap());
     assert!(markdown.contains("Rollback drills"), "{markdown}");
-    assert!(junit.contains("<testsuite name=\"rollback-drills\" tests=\"1\" failures=\"0\">"), "{junit}");
+    assert!(
+        junit.contains("<testsuite name=\"rollback-drills\" tests=\"1\" failures=\"0\" errors=\"0\" skipped=\"0\">"),
+        "{junit}"
+    );
     // Which criterion fails first varies from run to run, so the structure is checked
     // here and snapshotted on the passing run.
     assert!(markdown.contains("fails and rolls back within budget with nothing lost — **met**"), "{markdown}");

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod app;
 pub mod derive;
+mod junit;
 pub mod report;
 pub mod standin;
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::Timings;
 use crate::app::{Audit, CanaryPoint, Tally};
+use crate::junit::{self, Case, CaseOutcome, Suite};
 
 /// The hidden marker that lets CI update one PR comment in place.
 pub const MARKER: &str = "<!-- handoff-simulate-report -->";
@@ -570,109 +571,73 @@ impl Report {
         templates.render(handoff_render::REPORT, &view)
     }
 
-    /// The report as JUnit XML: a test suite per phase, a test case per criterion and
-    /// rollback.
+    /// The report as JUnit XML: a test suite per phase (a test case per criterion and the
+    /// rollback), one for the loss audit, one for the rollback drills.
     pub fn junit(&self) -> String {
-        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let mut suites: Vec<Suite> = self.phases.iter().map(PhaseReport::suite).collect();
         let lost = self.audit.loss();
-        let total: usize = 1 + self.drills.len() + self.phases.iter().map(PhaseReport::tests).sum::<usize>();
-        let failed: usize = usize::from(lost.is_some())
-            + self.drills.iter().filter(|d| !d.met).count()
-            + self.phases.iter().map(PhaseReport::failures).sum::<usize>();
-        out.push_str(&format!(
-            "<testsuites name=\"handoff simulate {}\" tests=\"{total}\" failures=\"{failed}\">\n",
-            escape(&self.plan)
-        ));
-        for phase in &self.phases {
-            phase.junit(&mut out);
-        }
-        junit_audit(lost.as_deref(), &mut out);
+        let audit = match lost {
+            Some(lost) => CaseOutcome::Failed("acknowledged writes lost".to_owned(), lost),
+            None => CaseOutcome::Passed,
+        };
+        let case = Case { name: "no-acknowledged-write-lost".to_owned(), outcome: audit };
+        suites.push(Suite { name: "audit".to_owned(), cases: vec![case] });
         if !self.drills.is_empty() {
-            junit_drills(&self.drills, &mut out);
+            let cases = self.drills.iter().map(Drill::case).collect();
+            suites.push(Suite { name: "rollback-drills".to_owned(), cases });
         }
-        out.push_str("</testsuites>\n");
-        out
+        junit::document(&format!("handoff simulate {}", self.plan), &suites)
     }
 }
 
 impl PhaseReport {
-    /// Its JUnit test cases: one per criterion, and the rollback.
-    fn tests(&self) -> usize {
-        self.criteria.len() + usize::from(self.rollback.is_some())
-    }
-
-    /// Those that failed.
-    fn failures(&self) -> usize {
-        self.criteria.iter().filter(|c| c.verdict.failed()).count()
-            + usize::from(self.rollback.as_ref().is_some_and(RollbackReport::failed))
-    }
-
-    /// Its JUnit test suite.
-    fn junit(&self, out: &mut String) {
-        let id = escape(&self.id);
-        out.push_str(&format!(
-            "  <testsuite name=\"{id}\" tests=\"{}\" failures=\"{}\">\n",
-            self.tests(),
-            self.failures()
-        ));
-        for criterion in &self.criteria {
-            out.push_str(&format!("    <testcase classname=\"{id}\" name=\"{}\">", escape(&criterion.id)));
-            match criterion.verdict {
-                CriterionVerdict::Pass => {}
-                CriterionVerdict::Assumed => out.push_str("<skipped message=\"assumed in simulation\"/>"),
-                verdict => out.push_str(&format!(
-                    "<failure message=\"{}\">{}: {}</failure>",
-                    escape(verdict.as_str()),
-                    escape(&criterion.target),
-                    escape(&criterion.measured)
-                )),
-            }
-            out.push_str("</testcase>\n");
-        }
+    /// Its JUnit test suite: a case per criterion, and the rollback.
+    fn suite(&self) -> Suite {
+        let mut cases: Vec<Case> = self.criteria.iter().map(CriterionReport::case).collect();
         if let Some(rollback) = &self.rollback {
-            out.push_str(&format!("    <testcase classname=\"{id}\" name=\"rollback\">"));
-            if rollback.failed() {
-                out.push_str(&format!(
-                    "<failure message=\"rollback {}\">{:.0} s against a budget of {:.0} s</failure>",
-                    if rollback.ok { "over budget" } else { "failed" },
-                    rollback.seconds,
-                    rollback.budget_seconds.unwrap_or(0.0)
-                ));
-            }
-            out.push_str("</testcase>\n");
+            let outcome = if rollback.failed() {
+                CaseOutcome::Failed(
+                    format!("rollback {}", if rollback.ok { "over budget" } else { "failed" }),
+                    format!(
+                        "{:.0} s against a budget of {:.0} s",
+                        rollback.seconds,
+                        rollback.budget_seconds.unwrap_or(0.0)
+                    ),
+                )
+            } else {
+                CaseOutcome::Passed
+            };
+            cases.push(Case { name: "rollback".to_owned(), outcome });
         }
-        out.push_str("  </testsuite>\n");
+        Suite { name: self.id.clone(), cases }
     }
 }
 
-/// The JUnit test suite of the loss audit; `lost` is what it found missing, if anything.
-fn junit_audit(lost: Option<&str>, out: &mut String) {
-    out.push_str(&format!(
-        "  <testsuite name=\"audit\" tests=\"1\" failures=\"{}\">\n    <testcase classname=\"audit\" name=\"no-acknowledged-write-lost\">",
-        usize::from(lost.is_some())
-    ));
-    if let Some(lost) = lost {
-        out.push_str(&format!("<failure message=\"acknowledged writes lost\">{}</failure>", escape(lost)));
+impl CriterionReport {
+    /// Its JUnit test case: a provider error is an error (the criterion could not be
+    /// decided), a person's check assumed by the simulation is skipped.
+    fn case(&self) -> Case {
+        let details = || format!("{}: {}", self.target, self.measured);
+        let outcome = match self.verdict {
+            CriterionVerdict::Pass => CaseOutcome::Passed,
+            CriterionVerdict::Assumed => CaseOutcome::Skipped("assumed in simulation".to_owned()),
+            CriterionVerdict::ProviderError => CaseOutcome::Error(self.verdict.as_str().to_owned(), details()),
+            verdict => CaseOutcome::Failed(verdict.as_str().to_owned(), details()),
+        };
+        Case { name: self.id.clone(), outcome }
     }
-    out.push_str("</testcase>\n  </testsuite>\n");
 }
 
-/// The JUnit test suite of the rollback drills.
-fn junit_drills(drills: &[Drill], out: &mut String) {
-    let failed = drills.iter().filter(|d| !d.met).count();
-    out.push_str(&format!("  <testsuite name=\"rollback-drills\" tests=\"{}\" failures=\"{failed}\">\n", drills.len()));
-    for drill in drills {
-        out.push_str(&format!("    <testcase classname=\"rollback-drills\" name=\"{}\">", escape(&drill.phase)));
-        if !drill.met {
-            out.push_str(&format!("<failure message=\"rollback drill failed\">{}</failure>", escape(&drill.detail)));
-        }
-        out.push_str("</testcase>\n");
+impl Drill {
+    /// Its JUnit test case.
+    fn case(&self) -> Case {
+        let outcome = if self.met {
+            CaseOutcome::Passed
+        } else {
+            CaseOutcome::Failed("rollback drill failed".to_owned(), self.detail.clone())
+        };
+        Case { name: self.phase.clone(), outcome }
     }
-    out.push_str("  </testsuite>\n");
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -680,6 +645,23 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Checks JUnit text with the consumers' own schema (Jenkins' junit-10.xsd, beside the
+    /// project in shared/validators) and libxml2's validator.
+    fn assert_valid_junit(text: &str) {
+        use std::io::Write as _;
+        let xsd = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/validators/junit-10.xsd");
+        let mut child = std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", xsd, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("xmllint runs (`bash .ci/setup` installs libxml2-utils)");
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "the JUnit report does not validate against {xsd}:\n{stderr}\n{text}");
+    }
 
     fn plan() -> Plan {
         let (_, document) = handoff_plan::source::load(include_bytes!("../../../plans/menu-service.yaml")).unwrap();
@@ -793,7 +775,9 @@ mod tests {
     fn outputs(report: &Report) -> String {
         let templates = handoff_render::Templates::load(None).unwrap();
         let json = serde_json::to_string_pretty(report).unwrap();
-        format!("{json}\n---\n{}\n---\n{}", report.junit(), report.markdown(&templates).unwrap())
+        let junit = report.junit();
+        assert_valid_junit(&junit);
+        format!("{json}\n---\n{junit}\n---\n{}", report.markdown(&templates).unwrap())
     }
 
     #[test]
