@@ -34,6 +34,9 @@ pub struct Report {
     pub outcome: String,
     /// Simulated time the run covered, in days.
     pub simulated_days: f64,
+    /// The plan date simulated day 0 stands for: the first phase's planned start (the
+    /// plan's calendar), else the day the run started.
+    pub starts_on: jiff::civil::Date,
     /// Real seconds per simulated day.
     pub day_seconds: f64,
     /// Wall time of each stage.
@@ -330,6 +333,7 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Report {
         expectation,
         outcome,
         simulated_days: simulated_days(inputs.records),
+        starts_on: starts_on(inputs.plan, inputs.records),
         day_seconds: inputs.day.as_secs_f64(),
         timings: inputs.timings,
         phases,
@@ -343,6 +347,14 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Report {
             .map(|(kind, tally)| LoadLine { kind: kind.to_owned(), requests: tally.requests, failed: tally.failed })
             .collect(),
     }
+}
+
+/// The plan date of simulated day 0.
+fn starts_on(plan: &Plan, records: &[Record]) -> jiff::civil::Date {
+    let planned = plan.calendar().into_iter().flatten().next().map(|dates| dates.start.0);
+    let started =
+        || records.first().map_or(jiff::civil::Date::ZERO, |r| jiff::tz::Offset::UTC.to_datetime(r.at).date());
+    planned.unwrap_or_else(started)
 }
 
 /// Every phase of `plan` as the run's log tells it.
@@ -556,14 +568,17 @@ impl Report {
     pub fn markdown(&self, templates: &handoff_render::Templates) -> Result<String, handoff_render::RenderError> {
         let mut view = serde_json::to_value(self).unwrap_or_default();
         view["marker"] = Value::String(MARKER.to_owned());
-        // Mermaid's Gantt reads plain numbers as seconds since the epoch (`dateFormat X`).
+        // The Gantt shows plan dates (`dateFormat YYYY-MM-DD HH:mm`): day 0 is `starts_on`.
+        let origin = self.starts_on.to_datetime(jiff::civil::Time::midnight());
         for (phase, shown) in self.phases.iter().zip(view["phases"].as_array_mut().into_iter().flatten()) {
             shown["passed_criteria"] =
                 phase.criteria.iter().filter(|c| c.verdict == CriterionVerdict::Pass).count().into();
             shown["discrepancies"] = phase.integrity.iter().map(|i| i.discrepancies).sum::<u64>().into();
             if let (Some(start), Some(days)) = (phase.start_day, phase.days) {
+                let minutes = (start * 1_440.0).round() as i64;
+                let at = origin.checked_add(jiff::SignedDuration::from_mins(minutes)).unwrap_or(origin);
                 shown["gantt"] = serde_json::json!({
-                    "start": (start * 86_400.0).round() as u64,
+                    "start": at.strftime("%Y-%m-%d %H:%M").to_string(),
                     "hours": (days * 24.0).round().max(1.0) as u64,
                 });
             }
@@ -645,6 +660,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// The report's Gantt chart as mermaid's own parser reads it (tests/validators, installed
+    /// by `.ci/setup`): a line per task, `<phase> <start> <end>` in UTC.
+    fn gantt_as_mermaid_reads_it(markdown: &str) -> String {
+        use std::io::Write as _;
+        let chart = markdown.split("```mermaid\n").find(|block| block.starts_with("gantt")).expect("a Gantt chart");
+        let chart = chart.split("```").next().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/validators/mermaid-gantt.mjs");
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .env("TZ", "UTC")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        child.stdin.take().unwrap().write_all(chart.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "mermaid rejects the Gantt (run `bash .ci/setup` first):\n{stderr}\n{chart}");
+        String::from_utf8(output.stdout).unwrap()
+    }
 
     /// Checks JUnit text with the consumers' own schema (Jenkins' junit-10.xsd, beside the
     /// project in shared/validators) and libxml2's validator.
@@ -777,7 +814,9 @@ mod tests {
         let json = serde_json::to_string_pretty(report).unwrap();
         let junit = report.junit();
         assert_valid_junit(&junit);
-        format!("{json}\n---\n{junit}\n---\n{}", report.markdown(&templates).unwrap())
+        let markdown = report.markdown(&templates).unwrap();
+        let gantt = gantt_as_mermaid_reads_it(&markdown);
+        format!("{json}\n---\n{junit}\n---\n{markdown}\n---\n{gantt}")
     }
 
     #[test]
