@@ -321,22 +321,10 @@ impl Graph {
                 let _ = writeln!(out, "  criterion `{}`: {}", criterion.id, criterion_text(criterion));
             }
             for alert in &phase.alerts {
-                let _ = writeln!(
-                    out,
-                    "  alert `{}`: {} {} {} → {:?}",
-                    alert.name,
-                    alert.metric,
-                    alert.op.symbol(),
-                    alert.threshold,
-                    alert.action
-                );
+                let _ = writeln!(out, "  alert `{}`: {}", alert.name, alert_text(alert));
             }
-            let budget =
-                phase.budget.map_or("no budget".to_owned(), |b| format!("budget {}", humantime::format_duration(b)));
-            let _ = writeln!(out, "  on failure: compensate completed steps in reverse, then rollback ({budget}):");
-            for step in &phase.rollback {
-                let _ = writeln!(out, "      {:<28} {}", step.id, step.uses);
-            }
+            let restore = self.plan.phases.get(index).and_then(|p| p.restore.as_deref());
+            failure_text(phase, restore, &mut out);
         }
         out
     }
@@ -488,6 +476,30 @@ fn flags(step: &StepNode) -> String {
         flags.push("resumable".to_owned());
     }
     flags.join(", ")
+}
+
+/// An alert's condition, hold time, severity and action, in one line.
+fn alert_text(alert: &Alert) -> String {
+    let held = alert.for_.as_ref().map(|d| format!(" for {d}")).unwrap_or_default();
+    let (severity, action) = (format!("{:?}", alert.severity), format!("{:?}", alert.action));
+    let condition = format!("{} {} {}", alert.metric, alert.op.symbol(), alert.threshold);
+    format!("{condition}{held} ({}) → {}", severity.to_lowercase(), action.to_lowercase())
+}
+
+/// What a phase's failure sets off: compensation and the rollback steps within their
+/// budget, or, for a point of no return, compensation only and how to recover.
+fn failure_text(phase: &PhaseNode, restore: Option<&str>, out: &mut String) {
+    if !phase.reversible {
+        let _ =
+            writeln!(out, "  on failure: compensate completed steps in reverse; no rollback (a point of no return)");
+        let _ = writeln!(out, "  to recover: {}", restore.unwrap_or("nothing written (`restore:`)"));
+        return;
+    }
+    let budget = phase.budget.map_or("no budget".to_owned(), |b| format!("budget {}", humantime::format_duration(b)));
+    let _ = writeln!(out, "  on failure: compensate completed steps in reverse, then rollback ({budget}):");
+    for step in &phase.rollback {
+        let _ = writeln!(out, "      {:<28} {}", step.id, step.uses);
+    }
 }
 
 /// A criterion in one line.
