@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use handoff_engine::{Event, Outcome, Record, Verdict};
-use handoff_executor::StepOutput;
+use handoff_executor::{DecisionKey, StepOutput};
 use handoff_plan::model::{Id, Phase, Plan};
-use handoff_plan::simulation::Scenario;
+use handoff_plan::simulation::{Measure, Scenario};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -397,16 +397,30 @@ impl<'a> Timeline<'a> {
         Timeline { plan, start, phases, reasons: BTreeMap::new() }
     }
 
+    /// The phase a record is about: its own, or a decision's (by the decision's key).
+    fn phase_of(&self, event: &Event) -> Option<usize> {
+        let id = match event {
+            Event::Decided { key, .. } => key.parse::<DecisionKey>().ok()?.phase,
+            other => other.phase()?.to_owned(),
+        };
+        self.plan.phases.iter().position(|p| p.id.0 == id)
+    }
+
     /// What one record of a phase says about it.
     fn record(&mut self, record: &Record) {
-        let phase = record.event.phase().and_then(|id| self.plan.phases.iter().position(|p| p.id.0 == id));
-        let Some(phase) = phase else { return };
+        let Some(phase) = self.phase_of(&record.event) else { return };
         let day = self.start.map(|s| record.at.duration_since(s).as_secs_f64() / 86_400.0);
         let report = &mut self.phases[phase];
         match &record.event {
-            Event::PhaseStarted { .. } => {
+            Event::PhaseStarted { phase: id } => {
                 report.status = PhaseStatus::Stopped;
                 report.start_day = day;
+                if !self.plan.phases[phase].reversible {
+                    let key = DecisionKey::irreversible(id);
+                    report
+                        .assumed
+                        .push(format!("`{key}`: a person's go for a point of no return (given by the simulation)"));
+                }
             }
             Event::PhasePassed { .. } => {
                 report.status = PhaseStatus::Passed;
@@ -429,7 +443,8 @@ impl<'a> Timeline<'a> {
                 report.end(day);
             }
             Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
-                report.criteria.push(criterion_report(&self.plan.phases[phase], criterion, *verdict, detail));
+                let evaluated = Evaluated { criterion, verdict: *verdict, detail };
+                report.criteria.push(criterion_report(self.plan, &self.plan.phases[phase], evaluated));
             }
             Event::StepFinished { step, output, .. } => step_finding(report, step, output),
             Event::Decided { key, decision } if decision.by == "simulation" => {
@@ -449,9 +464,26 @@ impl PhaseReport {
     }
 }
 
-/// A criterion of `phase` as evaluated: its target in words and its verdict (a person's
-/// check is assumed in a simulation, whatever the engine recorded).
-fn criterion_report(phase: &Phase, criterion: &str, verdict: Verdict, detail: &str) -> CriterionReport {
+/// A criterion as the engine evaluated it.
+struct Evaluated<'r> {
+    criterion: &'r str,
+    verdict: Verdict,
+    detail: &'r str,
+}
+
+/// The value a simulation gives `metric` without measuring it (a `constant` measure).
+fn constant(plan: &Plan, metric: &Id) -> Option<f64> {
+    match plan.simulation.as_ref()?.measures.get(metric)? {
+        Measure::Constant(value) => Some(*value),
+        _ => None,
+    }
+}
+
+/// A criterion of `phase` as evaluated: its target in words and its verdict. A person's
+/// check is assumed in a simulation, whatever the engine recorded; so is a criterion on a
+/// metric the simulation holds constant (its samples measured nothing).
+fn criterion_report(plan: &Plan, phase: &Phase, evaluated: Evaluated<'_>) -> CriterionReport {
+    let Evaluated { criterion, verdict, detail } = evaluated;
     let declared = phase.criteria.iter().find(|c| c.id.0 == *criterion);
     let confirm = declared.and_then(|c| c.confirm.as_ref());
     let target = match (declared, confirm) {
@@ -464,12 +496,18 @@ fn criterion_report(phase: &Phase, criterion: &str, verdict: Verdict, detail: &s
         ),
         _ => String::new(),
     };
+    let held = declared.and_then(|c| c.metric.as_ref()).and_then(|m| constant(plan, m));
+    let (measured, verdict) = match (confirm, held) {
+        (Some(_), _) => (detail.to_owned(), CriterionVerdict::Assumed),
+        (None, Some(value)) => (format!("not measured: held at {value} by the simulation"), CriterionVerdict::Assumed),
+        (None, None) => (detail.to_owned(), verdict.into()),
+    };
     CriterionReport {
         id: criterion.to_owned(),
         description: declared.map(|c| c.description.clone()).unwrap_or_default(),
         target,
-        measured: detail.to_owned(),
-        verdict: if confirm.is_some() { CriterionVerdict::Assumed } else { verdict.into() },
+        measured,
+        verdict,
     }
 }
 
@@ -794,7 +832,8 @@ mod tests {
         ]
     }
 
-    /// Phase 1 as above, then phase 3 passes a confirmed criterion.
+    /// Phase 1 as above, then phase 3 passes a confirmed criterion and phase 4 one on a
+    /// metric the simulation holds constant.
     fn passing_log() -> Vec<(i64, Value)> {
         let mut log = rolled_back_log(true, false);
         log.truncate(8);
@@ -806,6 +845,14 @@ mod tests {
             "detail": "confirmed by simulation"}),
         ));
         log.push((50, json!({"event": "phase_passed", "phase": "switch-reads"})));
+        log.push((51, json!({"event": "phase_started", "phase": "cutover-writes"})));
+        log.push((
+            60,
+            json!({"event": "criterion_evaluated", "phase": "cutover-writes",
+            "criterion": "zero-booking-failures", "verdict": "pass", "samples": 168, "failed": 0,
+            "detail": "168 samples, 0 violating (limit 0), 0 without data, 0 provider errors; last value 0"}),
+        ));
+        log.push((61, json!({"event": "phase_passed", "phase": "cutover-writes"})));
         log
     }
 
