@@ -317,13 +317,14 @@ impl DirStore {
         result
     }
 
-    /// The epoch after every one issued so far (and after `current`'s), made durable.
-    fn next_epoch(&self, current: Option<&LockRecord>) -> Result<u64, StoreError> {
+    /// Raises the epoch counter to at least `floor`, plus `step`, durably; returns it.
+    /// A take-over asks for the epoch after every one issued (`step` 1); a break keeps the
+    /// broken lock's epoch issued (`step` 0), so no later lease reuses it.
+    fn raise_epoch(&self, floor: u64, step: u64) -> Result<u64, StoreError> {
         let path = self.epoch_path();
-        let issued = read_epoch(&path)?.max(current.map_or(0, |c| c.epoch));
-        let next = issued.saturating_add(1);
-        write_atomic(&path, next.to_string().as_bytes())?;
-        Ok(next)
+        let epoch = read_epoch(&path)?.max(floor).saturating_add(step);
+        write_atomic(&path, epoch.to_string().as_bytes())?;
+        Ok(epoch)
     }
 
     /// Removes the lock file and the epoch counter where they cannot be read; refused when
@@ -473,7 +474,8 @@ impl Store for DirStore {
             {
                 return Err(StoreError::Locked(Box::new(current.clone())));
             }
-            let record = LockRecord { epoch: self.next_epoch(current.as_ref())?, ..request.record.clone() };
+            let epoch = self.raise_epoch(current.as_ref().map_or(0, |c| c.epoch), 1)?;
+            let record = LockRecord { epoch, ..request.record.clone() };
             write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default())?;
             Ok(Acquired { lease: record.lease(), previous: current })
         })
@@ -505,7 +507,11 @@ impl Store for DirStore {
 
     fn break_lock(&self, target: &BreakTarget) -> Result<Option<LockRecord>, StoreError> {
         self.guarded(|path| match target {
-            BreakTarget::Id(id) => break_by_id(path, id),
+            BreakTarget::Id(id) => {
+                let removed = break_by_id(path, id)?;
+                self.raise_epoch(removed.as_ref().map_or(0, |r| r.epoch), 0)?;
+                Ok(removed)
+            }
             BreakTarget::Damaged => self.break_damaged(path),
         })
     }
