@@ -246,6 +246,31 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Whether every thread of `pid` is stopped.
+fn stopped(pid: Pid) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.filter_map(Result::ok).all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
+/// Stops `pid` (SIGSTOP) at a moment it does not hold the store's guard (an append's or a
+/// heartbeat's `flock`): a holder stopped inside one would keep a take-over waiting until
+/// it continues, which is safe but not the race under test.
+fn stop_outside_the_guard(pid: Pid, guard: &Path) {
+    loop {
+        kill(pid, Signal::SIGSTOP).unwrap();
+        assert!(wait_for(Duration::from_secs(10), || stopped(pid)), "SIGSTOP did not stop {pid}");
+        let file = std::fs::File::open(guard).unwrap();
+        if file.try_lock().is_ok() {
+            return;
+        }
+        kill(pid, Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// One trial of the race: the holder is stopped in its slow step until its lease expires,
 /// another process resumes, then the holder continues.
 fn stopped_holder_race() {
@@ -256,7 +281,7 @@ fn stopped_holder_race() {
     let started = |work: &Workspace| work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "slow");
     assert!(wait_for(Duration::from_secs(30), || started(&work)), "the slow step did not start");
     let pid = Pid::from_raw(i32::try_from(first.id()).unwrap());
-    kill(pid, Signal::SIGSTOP).unwrap();
+    stop_outside_the_guard(pid, &work.store().join("lock.guard"));
     let expired = || {
         let list = work.run("lock list", &["--json"]);
         serde_json::from_slice::<serde_json::Value>(&list.stdout).is_ok_and(|v| v["stale"] == true)
@@ -264,9 +289,7 @@ fn stopped_holder_race() {
     assert!(wait_for(Duration::from_secs(30), expired), "the stopped holder's lease never expired");
     let second = work.spawn("resume", &["--allow-shell"]);
     let resumes = |work: &Workspace| work.records().iter().filter(|r| r["event"] == "run_resumed").count();
-    // The second takes over (unless the first was stopped holding the store's flock: then
-    // it takes over once the first lets go of it, after SIGCONT).
-    wait_for(Duration::from_secs(20), || resumes(&work) == 2);
+    assert!(wait_for(Duration::from_secs(30), || resumes(&work) == 2), "the second did not take over");
     // Let a `slow` step finish meanwhile, so that the first, when it continues, has a
     // result to record as well as an overdue heartbeat.
     let slow_done = || std::fs::read_to_string(work.path("runs.log")).is_ok_and(|t| t.contains("slow"));
