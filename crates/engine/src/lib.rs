@@ -130,12 +130,15 @@ impl RunOptions {
             endpoints: Endpoints::default(),
             confirm_irreversible: false,
             auto_decide: None,
-            lock_ttl: Duration::from_secs(30),
+            lock_ttl: LOCK_TTL,
             force_unlock: None,
             command: String::new(),
         }
     }
 }
+
+/// The lock's default expiry after the last heartbeat.
+const LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// A run's plan, executors and store.
 pub struct Engine<'e> {
@@ -173,7 +176,7 @@ fn run_id() -> String {
 /// of this process's own; returns that run.
 fn record_break(store: &dyn Store, what: &str, command: &str) -> Result<Option<String>, EngineError> {
     let Some(run) = store.latest_run()? else { return Ok(None) };
-    let record = LockRecord::for_this_process(command, Duration::from_secs(30));
+    let record = LockRecord::for_this_process(command, LOCK_TTL);
     let Acquired { lease, .. } = store.lock(&LockRequest { record, force_unlock: None })?;
     let result = (|| {
         let state = RunState::replay(&store.load(&run)?);
@@ -272,8 +275,8 @@ impl<'e> Engine<'e> {
         Ok((run, state))
     }
 
-    /// The latest run, which must not have ended.
-    /// Called under the lock: a torn last line of its log is cut off first.
+    /// The latest run, which must not have ended. Called under the lock, it first cuts off
+    /// a torn last line of the run's log.
     fn unfinished(&self) -> Result<(String, RunState), EngineError> {
         if let Some(run) = self.store.latest_run()? {
             let cut = self.store.repair(&run, &self.lease())?;
