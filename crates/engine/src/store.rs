@@ -310,7 +310,9 @@ impl DirStore {
     fn guarded<T>(&self, f: impl FnOnce(&Path) -> Result<T, StoreError>) -> Result<T, StoreError> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let guard_path = self.dir.join("lock.guard");
-        let guard = File::create(&guard_path).map_err(io(&guard_path))?;
+        // Opened without truncating: a guard that changed would make every fsync commit it.
+        let guard = OpenOptions::new().write(true).create(true).truncate(false).open(&guard_path);
+        let guard = guard.map_err(io(&guard_path))?;
         guard.lock().map_err(io(&guard_path))?;
         let result = f(&self.dir.join("lock.json"));
         drop(guard);
