@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use handoff_engine::{DirStore, Engine, Event, Graph, Outcome, Record, RunOptions, Store};
+use handoff_engine::{DirStore, Engine, Event, Graph, LockRecord, LockRequest, Outcome, Record, RunOptions, Store};
 use handoff_executor::VirtualClock;
 use handoff_registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,8 @@ fn main() {
         // The physical limit: the same number of durable appends, nothing else.
         let raw = DirStore::new(&dir, "raw", "bench");
         raw.create_run("raw", &serde_json::Value::Null).unwrap();
+        let record = LockRecord::for_this_process("bench", Duration::from_secs(30));
+        let lease = raw.lock(&LockRequest { record, force_unlock: None }).unwrap().lease;
         let record = Record {
             seq: 0,
             at: jiff::Timestamp::now(),
@@ -74,7 +76,7 @@ fn main() {
         };
         let started = Instant::now();
         for seq in 0..records {
-            raw.append("raw", &Record { seq: seq as u64, ..record.clone() }).unwrap();
+            raw.append("raw", &lease, &Record { seq: seq as u64, ..record.clone() }).unwrap();
         }
         log_times.push(started.elapsed());
     }

@@ -11,6 +11,7 @@ use handoff_registry::Registry;
 
 mod approve;
 mod exit;
+mod lock;
 mod plan;
 mod render;
 mod run;
@@ -90,6 +91,9 @@ Codes are documented in docs/lints.md.")]
     /// Abort the latest run: roll back the phase in progress and end the run.
     #[command(after_help = RUN_HELP)]
     Abort(run::AbortArgs),
+    /// Show or break a plan's lock in an environment (`lock list`, `lock break`).
+    #[command(subcommand)]
+    Lock(lock::Command),
     /// Record a person's decision for a paused run (an approval gate, a `gate.manual`
     /// step, a confirmed criterion, a point of no return).
     Approve(approve::Args),
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&args, &registry, out),
         Command::Abort(args) => run::abort(&args, &registry, out),
         Command::Approve(args) => approve::run(&args, &registry, out),
+        Command::Lock(command) => lock::run(&command, &registry, out),
         Command::Simulate(args) => simulate::run(args, &registry, out),
         Command::Render(args) => render::run(&args, &registry, out),
         Command::Sandbox(sandbox::Command::Up(args)) => sandbox::up(&args, &registry, out),

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use handoff_engine::state::PhaseState;
-use handoff_engine::{Engine, LockRecord, RunState};
+use handoff_engine::{Engine, LockState, RunState};
 use handoff_registry::Registry;
 
 use crate::exit;
@@ -36,15 +36,20 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         return Ok(exit::OK);
     };
     if *json {
+        let lock = match &lock {
+            LockState::Free => serde_json::Value::Null,
+            LockState::Held(record) => serde_json::json!(record),
+            LockState::Damaged(message) => serde_json::json!({"damaged": message}),
+        };
         writeln!(out, "{}", serde_json::json!({"status": state.status_word(), "state": state, "lock": lock}))?;
     } else {
-        write_status(&state, lock.as_ref(), out)?;
+        write_status(&state, &lock, out)?;
     }
     Ok(exit::OK)
 }
 
 /// The run, its lock, then every phase.
-fn write_status(state: &RunState, lock: Option<&LockRecord>, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_status(state: &RunState, lock: &LockState, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "run {} of {} in {}: {}", state.run, state.plan, state.env, state.status_word())?;
     writeln!(out, "  plan digest {}", state.digest)?;
     if let (Some(start), Some(last)) = (state.started_at, state.updated_at) {
@@ -57,12 +62,13 @@ fn write_status(state: &RunState, lock: Option<&LockRecord>, out: &mut dyn Write
         writeln!(out, "  interrupted: {reason}")?;
     }
     match lock {
-        Some(lock) => writeln!(
+        LockState::Held(lock) => writeln!(
             out,
-            "  lock {} held by {} (pid {} on {}), heartbeat {}",
-            lock.id, lock.owner, lock.pid, lock.host, lock.heartbeat_at
+            "  lock {} held by {} (pid {} on {}, epoch {}), heartbeat {}",
+            lock.id, lock.owner, lock.pid, lock.host, lock.epoch, lock.heartbeat_at
         )?,
-        None => writeln!(out, "  not locked")?,
+        LockState::Free => writeln!(out, "  not locked")?,
+        LockState::Damaged(message) => writeln!(out, "  LOCK DAMAGED: {message}")?,
     }
     for phase in &state.phases {
         write_phase(phase, out)?;

@@ -142,6 +142,11 @@ pub(crate) struct Exec {
     /// Take over this lock although its holder looks alive (the id is in the lock error).
     #[arg(long, value_name = "LOCK_ID")]
     force_unlock: Option<String>,
+    /// Seconds after its last heartbeat when this run's lock expires (it heartbeats every
+    /// third of that); another process may take over an expired lock.
+    #[arg(long, env = "HANDOFF_LOCK_TTL", value_name = "SECONDS", default_value_t = LOCK_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    lock_ttl: u64,
     /// Real time, or virtual time that skips every wait (rehearsals).
     #[arg(long, value_enum, default_value_t = ClockArg::Real)]
     clock: ClockArg,
@@ -217,7 +222,7 @@ impl Prepared {
             options.endpoints = endpoints(&self.graph.plan, &target.env)?;
         }
         options.confirm_irreversible = exec.is_some_and(|e| e.confirm_irreversible);
-        options.lock_ttl = LOCK_TTL;
+        options.lock_ttl = exec.map_or(LOCK_TTL, |e| Duration::from_secs(e.lock_ttl));
         options.force_unlock = exec.and_then(|e| e.force_unlock.clone());
         options.command = std::env::args().collect::<Vec<_>>().join(" ");
         Ok(options)

@@ -10,12 +10,14 @@ use tokio::sync::broadcast;
 use crate::events::{Event, Notice, Record};
 use crate::metrics::Emitted;
 use crate::state::RunState;
-use crate::store::{Store, StoreError};
+use crate::store::{Lease, Store, StoreError};
 
 /// Writes a run's records.
 pub(crate) struct Journal {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) run: String,
+    /// The lease every append is made under (fenced by the store).
+    lease: Lease,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) notices: broadcast::Sender<Notice>,
     pub(crate) emitted: Emitted,
@@ -43,6 +45,7 @@ impl Journal {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         run: String,
+        lease: Lease,
         state: RunState,
         clock: Arc<dyn Clock>,
         notices: broadcast::Sender<Notice>,
@@ -52,6 +55,7 @@ impl Journal {
         Journal {
             store,
             run,
+            lease,
             clock,
             notices,
             emitted,
@@ -101,7 +105,7 @@ impl Journal {
         }
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let record = Record { seq: state.next_seq, at: self.clock.now(), event };
-        if let Err(error) = self.store.append(&self.run, &record) {
+        if let Err(error) = self.store.append(&self.run, &self.lease, &record) {
             drop(state);
             self.fail(&error);
             return Err(error);

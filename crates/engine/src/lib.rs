@@ -34,7 +34,7 @@ pub use events::{Event, Notice, Record, Role, RunStatus, Verdict};
 pub use graph::{Graph, GraphError};
 pub use runner::Outcome;
 pub use state::RunState;
-pub use store::{DirStore, LockRecord, LockRequest, Store, StoreError};
+pub use store::{Acquired, BreakTarget, DirStore, Lease, LockRecord, LockRequest, LockState, Store, StoreError};
 
 use journal::Journal;
 use runner::Runner;
@@ -130,12 +130,15 @@ impl RunOptions {
             endpoints: Endpoints::default(),
             confirm_irreversible: false,
             auto_decide: None,
-            lock_ttl: Duration::from_secs(30),
+            lock_ttl: LOCK_TTL,
             force_unlock: None,
             command: String::new(),
         }
     }
 }
+
+/// The lock's default expiry after the last heartbeat.
+const LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// A run's plan, executors and store.
 pub struct Engine<'e> {
@@ -143,6 +146,19 @@ pub struct Engine<'e> {
     executors: &'e dyn Executors,
     store: Arc<dyn Store>,
     notices: broadcast::Sender<Notice>,
+    /// The lease held while a command runs; outside one there is none, and a journal
+    /// made without one can append nothing (the store fences it).
+    lease: Mutex<Option<Lease>>,
+}
+
+/// What `handoff lock break` did.
+#[derive(Debug)]
+pub struct Broken {
+    /// The lock removed (`None` for a damaged lock file).
+    pub removed: Option<LockRecord>,
+    /// The unfinished run the break was recorded in (as its interruption), if there is
+    /// one, or why it could not be recorded.
+    pub recorded: Result<Option<String>, EngineError>,
 }
 
 /// Why a cancelled run stopped, unless something else (a lost lock) says otherwise.
@@ -154,6 +170,25 @@ fn signal_reason() -> Arc<Mutex<String>> {
 fn run_id() -> String {
     let now = jiff::Timestamp::now();
     format!("{}-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ"), std::process::id()).replace('.', "")
+}
+
+/// Records `what` as the interruption of the latest run, if it has not ended, under a lock
+/// of this process's own; returns that run.
+fn record_break(store: &dyn Store, what: &str, command: &str) -> Result<Option<String>, EngineError> {
+    let Some(run) = store.latest_run()? else { return Ok(None) };
+    let record = LockRecord::for_this_process(command, LOCK_TTL);
+    let Acquired { lease, .. } = store.lock(&LockRequest { record, force_unlock: None })?;
+    let result = (|| {
+        let state = RunState::replay(&store.load(&run)?);
+        if state.finished.is_some() {
+            return Ok(None);
+        }
+        let event = Event::Interrupted { reason: what.to_owned() };
+        store.append(&run, &lease, &Record { seq: state.next_seq, at: jiff::Timestamp::now(), event })?;
+        Ok(Some(run))
+    })();
+    store.unlock(&lease)?;
+    result
 }
 
 /// What changed between two JSON values, as `pointer: old → new` lines.
@@ -173,7 +208,7 @@ fn differences(old: &Value, new: &Value, pointer: &str, out: &mut Vec<String>) {
 impl<'e> Engine<'e> {
     /// An engine for a compiled plan.
     pub fn new(graph: &'e Graph, executors: &'e dyn Executors, store: Arc<dyn Store>) -> Engine<'e> {
-        Engine { graph, executors, store, notices: broadcast::channel(4096).0 }
+        Engine { graph, executors, store, notices: broadcast::channel(4096).0, lease: Mutex::new(None) }
     }
 
     /// Everything the engine records, as it happens, plus progress reports.
@@ -181,10 +216,57 @@ impl<'e> Engine<'e> {
         self.notices.subscribe()
     }
 
-    /// The latest run's state and the lock holder, if there is a run.
-    pub fn status(store: &dyn Store) -> Result<Option<(RunState, Option<LockRecord>)>, EngineError> {
+    /// The latest run's state and its lock, if there is a run. Never writes: a torn last
+    /// line is left out, not cut off.
+    pub fn status(store: &dyn Store) -> Result<Option<(RunState, LockState)>, EngineError> {
         let Some(run) = store.latest_run()? else { return Ok(None) };
-        Ok(Some((RunState::replay(&store.load(&run)?), store.current_lock()?)))
+        let state = RunState::replay(&store.load(&run)?);
+        let lock = LockState::of(store)?;
+        Ok(Some((state, lock)))
+    }
+
+    /// Removes the lock `target` names (`handoff lock break`) and records the break, with
+    /// `reason`, as the interruption of the latest run if it has not ended. A holder
+    /// still running stops at its next append, which the store refuses.
+    pub fn break_lock(
+        store: &dyn Store,
+        target: &BreakTarget,
+        reason: &str,
+        command: &str,
+    ) -> Result<Broken, EngineError> {
+        let removed = store.break_lock(target)?;
+        let what = match &removed {
+            Some(lock) => format!("lock {} (pid {} on {}, epoch {}) broken", lock.id, lock.pid, lock.host, lock.epoch),
+            None => "a damaged lock file was removed".to_owned(),
+        };
+        let recorded = record_break(store, &format!("{what}: {reason}"), command);
+        Ok(Broken { removed, recorded })
+    }
+
+    /// The lease of the command running now (none outside one).
+    fn lease(&self) -> Lease {
+        self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_default()
+    }
+
+    /// Takes the lock for this process (over `force_unlock`, if given) and keeps its lease
+    /// for the journal.
+    fn acquire(&self, options: &RunOptions, force_unlock: Option<String>) -> Result<Lease, EngineError> {
+        let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
+        let Acquired { lease, previous } = self.store.lock(&LockRequest { record, force_unlock })?;
+        if let Some(previous) = previous {
+            tracing::warn!(lock = %previous.id, host = %previous.host, pid = previous.pid, "took over a stale lock");
+        }
+        *self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease.clone());
+        Ok(lease)
+    }
+
+    /// Releases the lock; a store error of a holder that no longer holds it is a lost lock.
+    fn release<T>(&self, lease: &Lease, result: Result<T, EngineError>) -> Result<T, EngineError> {
+        self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let lost = matches!(result, Err(EngineError::Store(_)))
+            && !matches!(self.store.current_lock(), Ok(Some(ref current)) if current.lease() == *lease);
+        self.store.unlock(lease)?;
+        if lost { Err(EngineError::LostLock) } else { result }
     }
 
     fn latest(&self) -> Result<(String, RunState), EngineError> {
@@ -193,8 +275,15 @@ impl<'e> Engine<'e> {
         Ok((run, state))
     }
 
-    /// The latest run, which must not have ended.
+    /// The latest run, which must not have ended. Called under the lock, it first cuts off
+    /// a torn last line of the run's log.
     fn unfinished(&self) -> Result<(String, RunState), EngineError> {
+        if let Some(run) = self.store.latest_run()? {
+            let cut = self.store.repair(&run, &self.lease())?;
+            if cut > 0 {
+                tracing::warn!(run, bytes = cut, "cut off a torn last line of the log (a crash while it was written)");
+            }
+        }
         let (run, state) = self.latest()?;
         if state.finished.is_some() {
             return Err(EngineError::Ended { run, status: state.status_word().to_owned() });
@@ -227,17 +316,13 @@ impl<'e> Engine<'e> {
         if !refused.is_empty() {
             return Err(EngineError::Refused(refused));
         }
-        let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
-        let id = record.id.clone();
-        if let Some(previous) = self.store.lock(&LockRequest { record, force_unlock: options.force_unlock.clone() })? {
-            tracing::warn!(lock = %previous.id, host = %previous.host, pid = previous.pid, "took over a stale lock");
-        }
+        let lease = self.acquire(options, options.force_unlock.clone())?;
         let heartbeat = async {
             let every = options.lock_ttl / 3;
             let mut failures = 0;
             loop {
                 tokio::time::sleep(every).await;
-                match self.store.heartbeat(&id) {
+                match self.store.heartbeat(&lease) {
                     Ok(true) => failures = 0,
                     // A passing I/O error is retried; two in a row leave too little of the TTL.
                     Err(error) if failures == 0 => {
@@ -257,8 +342,7 @@ impl<'e> Engine<'e> {
             result = work => result,
             () = heartbeat => Err(EngineError::LostLock),
         };
-        self.store.unlock(&id)?;
-        result
+        self.release(&lease, result)
     }
 
     fn runner(
@@ -288,6 +372,7 @@ impl<'e> Engine<'e> {
         Arc::new(Journal::new(
             self.store.clone(),
             run.to_owned(),
+            self.lease(),
             state,
             options.clock.clone(),
             self.notices.clone(),
@@ -453,15 +538,12 @@ impl<'e> Engine<'e> {
             let known = known.iter().map(DecisionKey::to_string).collect();
             return Err(EngineError::UnknownKey { key: key.to_owned(), known });
         }
-        let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
-        let id = record.id.clone();
-        self.store.lock(&LockRequest { record, force_unlock: None })?;
+        let lease = self.acquire(options, None)?;
         let result = (|| {
             let (run, state) = self.unfinished()?;
             self.journal(&run, state, options).record(Event::Decided { key: key.to_owned(), decision })?;
             Ok(run)
         })();
-        self.store.unlock(&id)?;
-        result
+        self.release(&lease, result)
     }
 }

@@ -1,0 +1,351 @@
+//! The run log and the lease through the real binary: a torn last line against a corrupt
+//! record, a read-only `status`, an empty log, damaged lock files and `handoff lock
+//! list|break`, and a holder stopped (SIGSTOP) past its lease that must never write again
+//! once another process took over.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::{handoff_with, transcript};
+
+/// A phase that does something, asks a person, then does something else; and a phase
+/// with a step that takes a while.
+const PLAN: &str = r#"apiVersion: handoff.dev/v1alpha1
+kind: MigrationPlan
+metadata: {name: store}
+environments: {local: {endpoints: {}}}
+phases:
+  - id: one
+    name: One
+    steps:
+      - {id: a, uses: shell.run, idempotent: true, with: {command: [sh, -c, 'echo a >> "$WORK/runs.log"'], env: {WORK: "${WORK}"}}}
+      - {id: ask, uses: gate.manual, with: {prompt: Go on?, approvers: [lead]}}
+    rollback: {max_duration: 1m, steps: []}
+  - id: two
+    name: Two
+    steps:
+      - {id: slow, uses: shell.run, idempotent: true, with: {command: [sh, -c, 'sleep 2; echo slow >> "$WORK/runs.log"'], env: {WORK: "${WORK}"}}}
+      - {id: b, uses: shell.run, idempotent: true, with: {command: [sh, -c, 'echo b >> "$WORK/runs.log"'], env: {WORK: "${WORK}"}}}
+    rollback: {max_duration: 1m, steps: []}
+"#;
+
+/// A plan, its state directory and the work directory its steps write to.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new(plan: &str) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plan.yaml"), plan).unwrap();
+        Workspace { dir }
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    /// `handoff VERB plan.yaml ARGS --env local --state-dir …`.
+    fn args(&self, verb: &str, args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = verb.split(' ').map(str::to_owned).collect();
+        all.push(self.path("plan.yaml").display().to_string());
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all.extend(["--env".to_owned(), "local".to_owned(), "--state-dir".to_owned()]);
+        all.push(self.path("state").display().to_string());
+        all
+    }
+
+    fn run(&self, verb: &str, args: &[&str]) -> Output {
+        let all = self.args(verb, args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        handoff_with(&all, &[("WORK", self.dir.path().as_os_str())])
+    }
+
+    fn spawn(&self, verb: &str, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_handoff"))
+            .args(self.args(verb, args))
+            .env("WORK", self.dir.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("state/store/local")
+    }
+
+    /// The log of the only run.
+    fn log(&self) -> PathBuf {
+        let runs = self.store().join("runs");
+        let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap();
+        run.path().join("events.jsonl")
+    }
+
+    /// The records of the only run, whole lines only.
+    fn records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// A run paused at the gate of phase one.
+    fn paused(plan: &str) -> Workspace {
+        let work = Workspace::new(plan);
+        let run = work.run("run", &["--allow-shell"]);
+        assert_eq!(run.status.code(), Some(4), "{}", transcript(&run));
+        work
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+}
+
+#[test]
+fn a_torn_last_line_is_left_to_a_resume_and_a_corrupt_record_is_refused_with_its_number() {
+    let work = Workspace::paused(PLAN);
+    let log = work.log();
+    let whole = std::fs::read(&log).unwrap();
+    let records = work.records().len();
+
+    // Torn: `status` reads around it and leaves the file as it is.
+    append(&log, b"{\"seq\":99,\"at\":\"19");
+    let torn = std::fs::read(&log).unwrap();
+    let status = work.run("status", &[]);
+    assert_eq!(status.status.code(), Some(0), "{}", transcript(&status));
+    assert!(stdout(&status).contains("waiting for `one/ask`"), "{}", transcript(&status));
+    assert_eq!(std::fs::read(&log).unwrap(), torn, "status never writes");
+    // A resume (under the lock) cuts it off and goes on from the records before it.
+    let resume = work.run("resume", &["--allow-shell"]);
+    assert_eq!(resume.status.code(), Some(4), "{}", transcript(&resume));
+    let repaired = std::fs::read(&log).unwrap();
+    assert!(repaired.starts_with(&whole) && repaired.ends_with(b"\n"), "{}", String::from_utf8_lossy(&repaired));
+    assert_eq!(work.records().len(), std::fs::read_to_string(&log).unwrap().lines().count());
+
+    // Complete but corrupt: refused by every command, with its number, and never changed.
+    let records_now = work.records().len();
+    assert!(records_now > records);
+    append(&log, b"{\"seq\": not json}\n");
+    let corrupt = std::fs::read(&log).unwrap();
+    for verb in ["status", "resume", "run", "abort"] {
+        let flags: &[&str] = if verb == "status" { &[] } else { &["--allow-shell"] };
+        let output = work.run(verb, flags);
+        assert_eq!(output.status.code(), Some(2), "{verb}: {}", transcript(&output));
+        let text = stderr(&output);
+        let number = records_now + 1;
+        assert!(text.contains(&format!("record {number} is corrupt")), "{verb}: {text}");
+        assert!(text.contains(&format!("head -n {records_now}")), "{verb}: {text}");
+        assert_eq!(std::fs::read(&log).unwrap(), corrupt, "{verb} changed the log");
+    }
+}
+
+#[test]
+fn an_empty_log_is_reported_and_no_run_starts_over_it() {
+    let work = Workspace::paused(PLAN);
+    std::fs::write(work.log(), b"").unwrap();
+    let status = work.run("status", &[]);
+    assert_eq!(status.status.code(), Some(2), "{}", transcript(&status));
+    assert!(stderr(&status).contains("the event log is empty"), "{}", transcript(&status));
+    let run = work.run("run", &["--allow-shell"]);
+    assert_eq!(run.status.code(), Some(2), "{}", transcript(&run));
+    assert!(stderr(&run).contains("the event log is empty") && stderr(&run).contains("runs/"), "{}", transcript(&run));
+    assert_eq!(std::fs::read_dir(work.store().join("runs")).unwrap().count(), 1, "no new run started");
+    assert_eq!(std::fs::read_to_string(work.path("runs.log")).unwrap(), "a\n", "nothing ran again");
+}
+
+#[test]
+fn a_damaged_lock_is_reported_and_lock_break_clears_it() {
+    let work = Workspace::paused(PLAN);
+    let lock = work.store().join("lock.json");
+    for damage in ["", "{\"id\": \"x\", "] {
+        std::fs::write(&lock, damage).unwrap();
+        let status = work.run("status", &[]);
+        assert_eq!(status.status.code(), Some(0), "{}", transcript(&status));
+        assert!(
+            stdout(&status).contains("LOCK DAMAGED") && stdout(&status).contains("lock.json"),
+            "{}",
+            transcript(&status)
+        );
+        let resume = work.run("resume", &["--allow-shell"]);
+        assert_eq!(resume.status.code(), Some(2), "{}", transcript(&resume));
+        assert!(stderr(&resume).contains("is damaged") && stderr(&resume).contains("lock break --damaged"));
+        let list = work.run("lock list", &[]);
+        assert!(stdout(&list).starts_with("DAMAGED: "), "{}", transcript(&list));
+        let wrong = work.run("lock break", &["some-id", "--reason", "test"]);
+        assert_eq!(wrong.status.code(), Some(2), "{}", transcript(&wrong));
+        assert!(stderr(&wrong).contains("the current lock is damaged"), "{}", transcript(&wrong));
+        let broken = work.run("lock break", &["--damaged", "--reason", "lock.json truncated"]);
+        assert_eq!(broken.status.code(), Some(0), "{}", transcript(&broken));
+        assert!(stdout(&broken).contains("recorded in run"), "{}", transcript(&broken));
+        assert!(stdout(&work.run("lock list", &[])).starts_with("not locked"));
+    }
+    let status = stdout(&work.run("status", &[]));
+    assert!(status.contains("interrupted: a damaged lock file was removed: lock.json truncated"), "{status}");
+    let resume = work.run("resume", &["--allow-shell"]);
+    assert_eq!(resume.status.code(), Some(4), "the run goes on: {}", transcript(&resume));
+}
+
+#[test]
+fn lock_list_shows_the_holder_and_lock_break_removes_only_that_lock() {
+    let work = Workspace::paused(PLAN);
+    let holder = serde_json::json!({
+        "id": "elsewhere-42-7", "owner": "ada", "host": "elsewhere", "pid": 42, "command": "handoff run",
+        "acquired_at": jiff::Timestamp::now(), "heartbeat_at": jiff::Timestamp::now(), "ttl_seconds": 3600, "epoch": 9
+    });
+    std::fs::write(work.store().join("lock.json"), holder.to_string()).unwrap();
+    assert_eq!(work.run("resume", &["--allow-shell"]).status.code(), Some(6));
+    let list = stdout(&work.run("lock list", &[]));
+    for field in ["lock elsewhere-42-7 (live)", "owner      ada", "host       elsewhere (pid 42)", "epoch      9"] {
+        assert!(list.contains(field), "{field}: {list}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&stdout(&work.run("lock list", &["--json"]))).unwrap();
+    assert_eq!((json["lock"]["epoch"].as_u64(), json["stale"].as_bool()), (Some(9), Some(false)));
+    let wrong = work.run("lock break", &["other", "--reason", "no"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains("the current lock is elsewhere-42-7"), "{}", transcript(&wrong));
+    let damaged = work.run("lock break", &["--damaged", "--reason", "no"]);
+    assert_eq!(damaged.status.code(), Some(2), "a readable lock is not damaged: {}", transcript(&damaged));
+    let broken = work.run("lock break", &["elsewhere-42-7", "--reason", "host decommissioned"]);
+    assert_eq!(broken.status.code(), Some(0), "{}", transcript(&broken));
+    assert!(stdout(&broken).contains("its holder looked alive"), "{}", transcript(&broken));
+    let last = work.records().pop().unwrap();
+    assert_eq!(last["event"], "interrupted");
+    assert!(last["reason"].as_str().unwrap().ends_with("broken: host decommissioned"), "{last}");
+    // The next lease's epoch is past the broken one.
+    let resume = work.run("resume", &["--allow-shell"]);
+    assert_eq!(resume.status.code(), Some(4), "{}", transcript(&resume));
+    let epoch: u64 = std::fs::read_to_string(work.store().join("lock.epoch")).unwrap().trim().parse().unwrap();
+    assert!(epoch > 9, "epoch {epoch}");
+}
+
+/// Waits for `done` to hold, up to `limit`; says whether it did.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Whether every thread of `pid` is stopped.
+fn stopped(pid: Pid) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.filter_map(Result::ok).all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
+/// Stops `pid` (SIGSTOP) at a moment it does not hold the store's guard (an append's or a
+/// heartbeat's `flock`): a holder stopped inside one would keep a take-over waiting until
+/// it continues, which is safe but not the race under test.
+fn stop_outside_the_guard(pid: Pid, guard: &Path) {
+    loop {
+        kill(pid, Signal::SIGSTOP).unwrap();
+        assert!(wait_for(Duration::from_secs(10), || stopped(pid)), "SIGSTOP did not stop {pid}");
+        let file = std::fs::File::open(guard).unwrap();
+        if file.try_lock().is_ok() {
+            return;
+        }
+        kill(pid, Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One trial of the race: the holder is stopped in its slow step until its lease expires,
+/// another process resumes, then the holder continues.
+fn stopped_holder_race() {
+    let work = Workspace::paused(PLAN);
+    let approve = work.run("approve", &["one/ask"]);
+    assert_eq!(approve.status.code(), Some(0), "{}", transcript(&approve));
+    let first = work.spawn("resume", &["--allow-shell", "--lock-ttl", "1"]);
+    let started = |work: &Workspace| work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "slow");
+    assert!(wait_for(Duration::from_secs(30), || started(&work)), "the slow step did not start");
+    let pid = Pid::from_raw(i32::try_from(first.id()).unwrap());
+    stop_outside_the_guard(pid, &work.store().join("lock.guard"));
+    let expired = || {
+        let list = work.run("lock list", &["--json"]);
+        serde_json::from_slice::<serde_json::Value>(&list.stdout).is_ok_and(|v| v["stale"] == true)
+    };
+    assert!(wait_for(Duration::from_secs(30), expired), "the stopped holder's lease never expired");
+    let second = work.spawn("resume", &["--allow-shell"]);
+    let resumes = |work: &Workspace| work.records().iter().filter(|r| r["event"] == "run_resumed").count();
+    assert!(wait_for(Duration::from_secs(30), || resumes(&work) == 2), "the second did not take over");
+    // Let a `slow` step finish meanwhile, so that the first, when it continues, has a
+    // result to record as well as an overdue heartbeat.
+    let slow_done = || std::fs::read_to_string(work.path("runs.log")).is_ok_and(|t| t.contains("slow"));
+    wait_for(Duration::from_secs(20), slow_done);
+    kill(pid, Signal::SIGCONT).unwrap();
+    let lost = first.wait_with_output_stderr();
+    assert_eq!(lost.0, Some(2), "the stopped holder exits as having lost its lock: {}", lost.1);
+    assert!(lost.1.contains("lost its lock"), "{}", lost.1);
+    let done = second.wait_with_output_stderr();
+    assert_eq!(done.0, Some(0), "the second run completes: {}", done.1);
+    check_single_writer(&work.records());
+}
+
+/// The log of the race: sequence numbers 1, 2, …; after the take-over's `run_resumed`,
+/// only the new holder's records (each step started and finished once, no interruption).
+fn check_single_writer(records: &[serde_json::Value]) {
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
+    let takeover = records.iter().rposition(|r| r["event"] == "run_resumed").unwrap();
+    let after = &records[takeover + 1..];
+    let events: Vec<String> = after
+        .iter()
+        .filter(|r| !matches!(r["event"].as_str(), Some("metric" | "checkpoint")))
+        .map(|r| {
+            format!("{} {}", r["event"].as_str().unwrap(), r["step"].as_str().or(r["phase"].as_str()).unwrap_or(""))
+        })
+        .collect();
+    let expected = [
+        "step_started slow",
+        "step_finished slow",
+        "step_started b",
+        "step_finished b",
+        "phase_passed two",
+        "run_finished ",
+    ];
+    assert_eq!(events, expected, "{records:#?}");
+}
+
+/// `wait_with_output` for a child whose stdout is not piped: its exit code and stderr.
+trait WaitStderr {
+    fn wait_with_output_stderr(self) -> (Option<i32>, String);
+}
+
+impl WaitStderr for Child {
+    fn wait_with_output_stderr(mut self) -> (Option<i32>, String) {
+        let mut text = String::new();
+        if let Some(mut pipe) = self.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
+        }
+        (self.wait().unwrap().code(), text)
+    }
+}
+
+#[test]
+fn a_holder_stopped_past_its_lease_never_writes_after_a_take_over() {
+    for _ in 0..3 {
+        stopped_holder_race();
+    }
+}
