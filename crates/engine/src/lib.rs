@@ -394,7 +394,10 @@ impl<'e> Engine<'e> {
     }
 
     /// Continues the latest run where it stopped. `settle` says, for steps that were
-    /// running when it stopped, whether they took effect (`true`) or must run again.
+    /// running when it stopped (`(phase, step, done)`), whether they took effect (`true`)
+    /// or not (run again; in a rollback, nothing to undo); a step named `<step>/undo`
+    /// settles the step's interrupted undo (`false`: run it again). Refuses a plan changed
+    /// for the phases the run reached (see `changes`).
     pub async fn resume(
         &self,
         options: &RunOptions,

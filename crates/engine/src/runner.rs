@@ -793,8 +793,8 @@ impl Runner<'_> {
         Ok(pause.unwrap_or(End::Done))
     }
 
-    /// Rolls a phase back: completed steps compensated in reverse, then the rollback
-    /// steps, timed against the budget. Continues an interrupted rollback.
+    /// Rolls a phase back: its steps undone in reverse (see `compensate`), then the
+    /// rollback steps, timed against the budget. Continues an interrupted rollback.
     pub(crate) async fn rollback(&self, phase: &PhaseNode, reason: String) -> Result<Outcome, EngineError> {
         let started_at = match self.journal.read(|s| Some(s.phase(&phase.id)?.rollback.as_ref()?.started_at)) {
             Some(started_at) => started_at,
