@@ -251,7 +251,8 @@ pub fn phases_of(plan: &Value) -> Vec<&Value> {
 
 /// What `resume` compares of a phase of a plan's canonical JSON: the phase as written but
 /// for names — its steps, their order and groups, gates, criteria, alerts, rollback steps
-/// and budget, reversibility — plus the plan's alerts that apply to it (`plan_alerts`).
+/// and budget, reversibility — plus the plan's alerts that apply to it (`plan_alerts`) and
+/// the definitions of the metrics its criteria and alerts read (`plan_metrics`).
 pub fn phase_structure(plan: &Value, phase: &Value) -> Value {
     let mut structure = phase.clone();
     let unname = |value: &mut Value| drop(value.as_object_mut().map(|o| o.remove("name")));
@@ -263,8 +264,14 @@ pub fn phase_structure(plan: &Value, phase: &Value) -> Value {
     }
     let applies = |alert: &&Value| alert["phases"].as_array().is_none_or(|p| p.is_empty() || p.contains(&phase["id"]));
     let alerts: Vec<Value> = plan["alerts"].as_array().into_iter().flatten().filter(applies).cloned().collect();
+    let read = phase["criteria"].as_array().into_iter().chain(phase["alerts"].as_array()).flatten().chain(&alerts);
+    let metrics: serde_json::Map<String, Value> = read
+        .filter_map(|item| item["metric"].as_str())
+        .map(|id| (id.to_owned(), plan["metrics"][id].clone()))
+        .collect();
     if let Some(object) = structure.as_object_mut() {
         object.insert("plan_alerts".to_owned(), Value::Array(alerts));
+        object.insert("plan_metrics".to_owned(), Value::Object(metrics));
     }
     structure
 }

@@ -943,7 +943,7 @@ fn unsettled(phase: &PhaseNode, step: &StepNode, state: &PhaseState) -> Option<E
     }
     let key = DecisionKey::step(&phase.id, &step.id);
     let reason = format!(
-        "{what} was running when the run stopped and is not idempotent, and phase `{}` rolls back: check whether it took effect, then `handoff resume --settle {key}=done` (it did: it is undone) or `--settle {key}=retry` (it did not: nothing to undo)",
+        "{what} was stopped while it ran and is not idempotent, and phase `{}` rolls back: check whether it took effect, then `handoff resume --settle {key}=done` (it did: it is undone) or `--settle {key}=retry` (it did not: nothing to undo)",
         phase.id
     );
     Some(End::Unsettled { key, reason })

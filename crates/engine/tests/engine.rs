@@ -580,10 +580,10 @@ async fn resume_continues_at_the_interrupted_step_with_its_checkpoint() {
     insta::assert_snapshot!("resume", format!("first: {}\n{}", shown(&first), harness.transcript(&outcome, 0)));
 }
 
-/// [`RESUMABLE`] and a second phase.
+/// [`RESUMABLE`] and a second phase, with metrics and an alert that only notifies.
 fn two_phases() -> String {
     format!(
-        "{RESUMABLE}  - {{id: two, name: Two, steps: [{{id: b, uses: test.ok}}], rollback: {{max_duration: 1m, steps: []}}}}\n"
+        "{METRICS}alerts: [{{name: Lag, metric: lag, op: '>', threshold: 50s, severity: warning, action: notify}}]{RESUMABLE}  - {{id: two, name: Two, steps: [{{id: b, uses: test.ok}}], rollback: {{max_duration: 1m, steps: []}}}}\n"
     )
 }
 
@@ -602,6 +602,8 @@ async fn resume_refuses_any_change_to_a_phase_the_run_reached_but_not_to_later_o
             "rollback: {max_duration: 1m, steps: []}\n  - {id: two",
             "rollback: {max_duration: 1s, steps: []}\n  - {id: two",
         ),
+        ("an alert on it", "threshold: 50s", "threshold: 40s"),
+        ("a metric it reads", "lag: {unit: seconds", "lag: {unit: ms"),
         (
             "a phase inserted before",
             "phases:\n",
