@@ -438,16 +438,7 @@ impl<'e> Engine<'e> {
             let current = state.phases.iter().rev().find(|p| !p.passed).map(|p| p.id.clone());
             let runner = self.runner(journal.clone(), options, cancel, reason.clone());
             let outcome = match current.and_then(|id| self.graph.phase(&id)) {
-                Some(phase) => {
-                    let outcome = runner.rollback(phase, format!("aborted: {why}")).await?;
-                    if let Outcome::RolledBack { .. } = outcome {
-                        // `rollback` ended the run as rolled back; the abort is recorded too.
-                        journal.record(Event::RunFinished { status: RunStatus::Aborted })?;
-                        Outcome::Aborted
-                    } else {
-                        outcome
-                    }
-                }
+                Some(phase) => runner.abort(phase, format!("{}{why}", runner::ABORTED)).await?,
                 None => {
                     journal.record(Event::RunFinished { status: RunStatus::Aborted })?;
                     Outcome::Aborted

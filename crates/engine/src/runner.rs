@@ -72,6 +72,10 @@ pub enum Answer {
     Settle,
 }
 
+/// What the reason of an abort's rollback starts with (a rollback resumed after it paused
+/// for a person is still an abort).
+pub(crate) const ABORTED: &str = "aborted: ";
+
 /// The suffix of the key that settles a step's interrupted undo (`<phase>/<step>/undo`).
 pub(crate) const UNDO: &str = "/undo";
 
@@ -228,10 +232,12 @@ impl Runner<'_> {
                 continue;
             }
             if let Some(reason) = rollback {
-                return self
-                    .rollback(phase, reason)
-                    .instrument(tracing::info_span!("rollback", phase = %phase.id))
-                    .await;
+                let span = tracing::info_span!("rollback", phase = %phase.id);
+                return if reason.starts_with(ABORTED) {
+                    self.abort(phase, reason).instrument(span).await
+                } else {
+                    self.rollback(phase, reason).instrument(span).await
+                };
             }
             if !started {
                 if let Some(outcome) = self.confirm_start(phase)? {
@@ -791,6 +797,18 @@ impl Runner<'_> {
             }
         }
         Ok(pause.unwrap_or(End::Done))
+    }
+
+    /// Rolls `phase` back because a person aborted the run (`reason` starts with
+    /// [`ABORTED`]); a rollback that succeeds ends the run as aborted.
+    pub(crate) async fn abort(&self, phase: &PhaseNode, reason: String) -> Result<Outcome, EngineError> {
+        let outcome = self.rollback(phase, reason).await?;
+        if !matches!(outcome, Outcome::RolledBack { .. }) {
+            return Ok(outcome);
+        }
+        // `rollback` ended the run as rolled back; the abort is recorded too.
+        self.record(Event::RunFinished { status: RunStatus::Aborted })?;
+        Ok(Outcome::Aborted)
     }
 
     /// Rolls a phase back: its steps undone in reverse (see `compensate`), then the
