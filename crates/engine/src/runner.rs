@@ -850,7 +850,10 @@ impl Runner<'_> {
                 continue;
             }
             if let Some(question) = unsettled(phase, step, &state) {
-                return Ok(Err(question));
+                if self.journal.auto_decide.is_none() {
+                    return Ok(Err(question));
+                }
+                self.auto_settle(phase, step, &state)?;
             }
             let output = state.steps.get(&step.id).map(|s| s.output.clone()).unwrap_or_default();
             match self.undo(phase, step, &output).await? {
@@ -860,6 +863,15 @@ impl Runner<'_> {
             }
         }
         Ok(Ok(failures))
+    }
+
+    /// When every question is decided automatically (a simulation), what was stopped while
+    /// it ran is made sure to be undone: a step is settled as done (so it is undone), an
+    /// interrupted undo as not done (so it runs again).
+    fn auto_settle(&self, phase: &PhaseNode, step: &StepNode, state: &PhaseState) -> Result<(), EngineError> {
+        let (done, role) =
+            if state.undo_interrupted(&step.id) { (false, Role::Compensate) } else { (true, Role::Forward) };
+        self.record(Event::StepSettled { phase: phase.id.clone(), step: step.id.clone(), done, role })
     }
 
     /// Runs one step's compensation with the output it recorded (none when it never

@@ -784,6 +784,18 @@ async fn a_rollback_asks_whether_an_interrupted_step_that_is_not_idempotent_took
 }
 
 #[tokio::test]
+async fn a_simulation_undoes_what_was_stopped_without_asking() {
+    let harness = Harness::new();
+    let graph = harness.graph(UNDO);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let (run, _) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
+    let before = crash_before(&harness, &run, finished("a"));
+    let options = RunOptions { auto_decide: Some("simulation".to_owned()), ..harness.options() };
+    let (_, outcome) = engine.abort(&options, "drill", &CancellationToken::new()).await.unwrap();
+    insta::assert_snapshot!("auto_settle", harness.transcript(&outcome, before));
+}
+
+#[tokio::test]
 async fn an_interrupted_undo_runs_again_only_when_idempotent_or_settled() {
     let mut transcripts = Vec::new();
     for (step, settle) in [("b", None), ("a", Some(true)), ("a", Some(false))] {
