@@ -855,8 +855,13 @@ impl Runner<'_> {
                 }
                 self.auto_settle(phase, step, &state)?;
             }
-            let output = state.steps.get(&step.id).map(|s| s.output.clone()).unwrap_or_default();
-            match self.undo(phase, step, &output).await? {
+            let Some(action) = self.executors.action(&step.uses) else { continue };
+            let Some(step_state) = state.steps.get(&step.id) else { continue };
+            // An observation that was stopped changed nothing.
+            if !step_state.finished && action.declaration().effect == handoff_plan::Effect::Observe {
+                continue;
+            }
+            match self.undo(phase, step, action, step_state).await? {
                 Undo::Done => {}
                 Undo::Failed(why) => failures.push(why),
                 Undo::Interrupted => return Ok(Err(End::Interrupted)),
@@ -875,9 +880,15 @@ impl Runner<'_> {
     }
 
     /// Runs one step's compensation with the output it recorded (none when it never
-    /// finished), its start and end recorded.
-    async fn undo(&self, phase: &PhaseNode, step: &StepNode, output: &StepOutput) -> Result<Undo, EngineError> {
-        let Some(action) = self.executors.action(&step.uses) else { return Ok(Undo::Done) };
+    /// finished), its start and end recorded. A step that never finished and whose
+    /// compensation refuses to run without its output is left to the rollback steps.
+    async fn undo(
+        &self,
+        phase: &PhaseNode,
+        step: &StepNode,
+        action: &dyn DynAction,
+        state: &StepState,
+    ) -> Result<Undo, EngineError> {
         let (phase_id, id) = (phase.id.clone(), step.id.clone());
         self.record(Event::StepStarted {
             phase: phase_id.clone(),
@@ -887,7 +898,7 @@ impl Runner<'_> {
         })?;
         let cx = self.context(&phase.id, &step.id, 1, None, Role::Compensate, &self.cancel);
         let span = tracing::info_span!("compensate", step = %id, uses = %step.uses);
-        match action.compensate(&step.with, output, &cx).instrument(span).await {
+        match action.compensate(&step.with, &state.output, &cx).instrument(span).await {
             Ok(compensation) => {
                 let outcome = match compensation {
                     Compensation::NotNeeded => "nothing to undo".to_owned(),
@@ -898,6 +909,11 @@ impl Runner<'_> {
                 Ok(Undo::Done)
             }
             Err(_) if self.cancel.is_cancelled() => Ok(Undo::Interrupted),
+            Err(StepError::Refused(why)) if !state.finished => {
+                let outcome = format!("left to the rollback steps: it never finished, and its undo refused ({why})");
+                self.record(Event::StepCompensated { phase: phase_id, step: id, outcome })?;
+                Ok(Undo::Done)
+            }
             Err(error) => {
                 let failure = format!("undoing `{id}` failed: {error}");
                 let error = error.to_string();
