@@ -225,19 +225,67 @@ fn step_key(event: &serde_json::Value) -> String {
     format!("{}/{}", event["phase"].as_str().unwrap_or_default(), event["step"].as_str().unwrap_or_default())
 }
 
+/// What the SIGKILL test saw at its kills.
+#[derive(Default)]
+struct Kills {
+    /// Pids killed.
+    killed: Vec<serde_json::Value>,
+    /// Steps started and not finished at some kill.
+    interrupted: std::collections::BTreeSet<String>,
+    /// For each step finished at a kill: how many executions `runs.log` had then.
+    finished_before: std::collections::BTreeMap<String, usize>,
+}
+
+impl Kills {
+    /// Notes what the log says at a kill, when `runs.log` had `runs` executions.
+    fn note(&mut self, log: &[serde_json::Value], runs: usize) {
+        for event in log {
+            if event["event"] == "step_finished" {
+                self.finished_before.entry(step_key(event)).or_insert(runs);
+            }
+        }
+        for event in log.iter().filter(|e| e["event"] == "step_started") {
+            let key = step_key(event);
+            if !log.iter().any(|e| e["event"] == "step_finished" && step_key(e) == key) {
+                self.interrupted.insert(key);
+            }
+        }
+    }
+
+    /// Every step took effect; it ran again only when a kill interrupted it, never after it
+    /// finished; and a kill cost at most one execution per step of a parallel group.
+    fn check(&self, work: &Path, executions: &[&str], steps: &[&str]) {
+        for &step in steps {
+            let marker = work.join("effects").join(step.replace('/', "-"));
+            assert!(marker.is_dir(), "the effect of {step} is missing");
+            let count = executions.iter().filter(|l| **l == step).count();
+            assert!(count >= 1, "{step} never ran");
+            if count > 1 {
+                assert!(self.interrupted.contains(step), "{step} ran {count} times but was never interrupted mid-run");
+            }
+            if let Some(&seen) = self.finished_before.get(step) {
+                assert!(!executions[seen..].contains(&step), "{step} ran again after it finished");
+            }
+        }
+        let (kills, widest_group) = (self.killed.len(), 2);
+        assert!(
+            executions.len() - steps.len() <= kills * widest_group,
+            "{} extra executions for {kills} kills",
+            executions.len() - steps.len()
+        );
+    }
+}
+
 #[test]
 fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let state_arg = state.to_str().unwrap();
     let plan = "tests/fixtures/run/crash.yaml";
-    let mut kills = 0;
-    let mut interrupted_steps = std::collections::BTreeSet::new();
-    let mut finished_before_kill = std::collections::BTreeMap::<String, usize>::new();
+    let mut kills = Kills::default();
     let mut target = 3;
     let mut first = true;
     let mut finished = 0;
-    let mut killed = Vec::new();
     loop {
         let verb = if first { "run" } else { "resume" };
         first = false;
@@ -263,66 +311,36 @@ fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps(
             None => {
                 kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
                 child.wait().unwrap();
-                killed.push(serde_json::Value::from(child.id()));
-                kills += 1;
+                kills.killed.push(serde_json::Value::from(child.id()));
                 // What the log says at the moment of the kill.
                 let log = events(&state);
                 if log.iter().any(|e| e["event"] == "run_finished") {
                     break; // killed after the run had ended: nothing to resume
                 }
                 let runs = std::fs::read_to_string(work.path().join("runs.log")).unwrap_or_default();
-                for event in &log {
-                    if event["event"] == "step_finished" {
-                        finished_before_kill.entry(step_key(event)).or_insert(runs.lines().count());
-                    }
-                }
-                for event in log.iter().filter(|e| e["event"] == "step_started") {
-                    let key = step_key(event);
-                    if !log.iter().any(|e| e["event"] == "step_finished" && step_key(e) == key) {
-                        interrupted_steps.insert(key);
-                    }
-                }
+                kills.note(&log, runs.lines().count());
                 // Kill again after 2 to 5 more records; when a resume made no progress
                 // (it records itself and starts a group's steps before any finishes), give
                 // the next one room to finish a step.
                 let now_finished = log.iter().filter(|e| e["event"] == "step_finished").count();
-                target = log.len() + if now_finished == finished { 6 } else { 2 + kills % 4 };
+                target = log.len() + if now_finished == finished { 6 } else { 2 + kills.killed.len() % 4 };
                 finished = now_finished;
             }
         }
     }
-    assert!(kills >= 10, "the run was killed at {kills} points only");
+    assert!(kills.killed.len() >= 10, "the run was killed at {} points only", kills.killed.len());
     let runs = std::fs::read_to_string(work.path().join("runs.log")).unwrap();
     let executions: Vec<&str> = runs.lines().collect();
     let steps = [
         "one/a", "one/b", "one/c", "one/d", "two/a2", "two/b2", "two/c2", "two/d2", "three/a3", "three/b3", "three/c3",
         "three/d3", "four/a4", "four/b4", "four/c4", "four/d4",
     ];
-    for step in steps {
-        let marker = work.path().join("effects").join(step.replace('/', "-"));
-        assert!(marker.is_dir(), "the effect of {step} is missing");
-        let count = executions.iter().filter(|l| **l == step).count();
-        assert!(count >= 1, "{step} never ran");
-        if count > 1 {
-            assert!(interrupted_steps.contains(step), "{step} ran {count} times but was never interrupted mid-run");
-        }
-        // A step that finished before a kill never ran again after it.
-        if let Some(&seen) = finished_before_kill.get(step) {
-            assert!(!executions[seen..].contains(&step), "{step} ran again after it finished");
-        }
-    }
-    // A kill interrupts at most the steps running at that moment: two in a parallel group.
-    let widest_group = 2;
-    assert!(
-        executions.len() - steps.len() <= kills * widest_group,
-        "{} extra executions for {kills} kills",
-        executions.len() - steps.len()
-    );
+    kills.check(work.path(), &executions, &steps);
     let status = handoff(&["status", plan, "--env", "local", "--state-dir", state_arg, "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["status"], "completed");
     // The lock is released, or left by a process killed after the run ended.
-    assert!(status["lock"].is_null() || killed.contains(&status["lock"]["pid"]), "{}", status["lock"]);
+    assert!(status["lock"].is_null() || kills.killed.contains(&status["lock"]["pid"]), "{}", status["lock"]);
 }
 
 #[test]
@@ -474,4 +492,182 @@ with: {command: [sh, -c, 'echo \"connecting with $TOKEN\"; echo \"bad $TOKEN\" >
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("connecting with ${TOKEN}"), "{log}");
     assert!(!log.contains(secret) && !transcript(&output).contains(secret), "the secret leaked");
+}
+
+/// A plan of steps that are not idempotent: each appends its effect line (`P/S`) to
+/// `effects` and its undo appends `undo P/S`. Phase `two` fails: `e` fails while `d`, in
+/// its group, runs (so `d` is cancelled, its effect there or not), and its rollback step
+/// `r` appends `two/r`. Steps pause a little on both sides of their effect, so kills land
+/// in the middle of steps as well as between them.
+fn undo_plan(effects: &Path) -> String {
+    let effects = effects.display();
+    let command = |line: &str| format!("[sh, -c, 'sleep 0.01; echo {line} >> {effects}; sleep 0.01']");
+    let step = |phase: &str, id: &str, extra: &str| {
+        let undo = command(&format!("undo {phase}/{id}"));
+        format!(
+            "{{id: {id}, uses: shell.run{extra}, with: {{command: {}, undo: {undo}}}}}",
+            command(&format!("{phase}/{id}"))
+        )
+    };
+    let rollback = format!("{{id: r, uses: shell.run, with: {{command: {}}}}}", command("two/r"));
+    let fail = "{id: e, uses: shell.run, group: g, with: {command: [sh, -c, 'sleep 0.015; exit 1']}}";
+    format!(
+        "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {{name: undo}}\nenvironments: {{local: {{endpoints: {{}}}}}}
+phases:
+  - {{id: one, name: One, steps: [{}, {}], rollback: {{max_duration: 1h, steps: []}}}}
+  - {{id: two, name: Two, steps: [{}, {}, {fail}], rollback: {{max_duration: 1h, steps: [{rollback}]}}}}
+",
+        step("one", "a", ""),
+        step("one", "b", ""),
+        step("two", "c", ""),
+        step("two", "d", ", group: g"),
+    )
+}
+
+/// Waits until no process names `dir` on its command line: a step's `sh` that outlived a
+/// killed handoff has finished its effect (or is gone) before anyone looks at the effects.
+fn wait_for_steps_gone(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            cmdline.windows(needle.len()).any(|w| w == needle.as_slice())
+        });
+        if !alive {
+            return;
+        }
+        assert!(Instant::now() < deadline, "a step's process outlived handoff for 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One trial of the crash harness: its directory, plan and state.
+struct Trial {
+    dir: tempfile::TempDir,
+}
+
+impl Trial {
+    fn new() -> Trial {
+        let trial = Trial { dir: tempfile::tempdir().unwrap() };
+        std::fs::write(trial.path("plan.yaml"), undo_plan(&trial.path("effects"))).unwrap();
+        trial
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn effects(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("effects")).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    /// The event log's whole records.
+    fn log(&self) -> Vec<serde_json::Value> {
+        let runs = self.path("state/undo/local/runs");
+        let Some(run) = std::fs::read_dir(runs).ok().and_then(|mut d| d.next()).and_then(Result::ok) else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(run.path().join("events.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// `handoff VERB` on the trial's plan, in the background.
+    fn spawn(&self, verb: &str, settle: &[String]) -> Child {
+        let (plan, state) = (self.path("plan.yaml"), self.path("state"));
+        let mut args = vec![verb, plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap()];
+        args.extend(["--allow-shell", "--clock", "virtual"]);
+        for key in settle {
+            args.extend(["--settle", key.as_str()]);
+        }
+        spawn(&args, self.dir.path())
+    }
+
+    /// Runs `child` to its end, or kills it once the log has `kill_at` records (and a few
+    /// random milliseconds more): its exit code, `None` when killed.
+    fn drive(&self, mut child: Child, kill_at: Option<(usize, u64)>) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status.code().expect("handoff exits by itself unless killed"));
+            }
+            if let Some((records, delay)) = kill_at
+                && self.log().len() >= records
+            {
+                std::thread::sleep(Duration::from_millis(delay));
+                kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+                let status = child.wait().unwrap();
+                wait_for_steps_gone(self.dir.path());
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "handoff hung");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// What the effects file says about what the run paused on: a step's key (`P/S`) or a
+    /// step's undo (`P/S/undo`) is settled as done when its line is there.
+    fn settle(&self) -> String {
+        let paused = self.log().into_iter().rev().find(|e| e["event"] == "paused").expect("a pause");
+        let key = paused["key"].as_str().unwrap().to_owned();
+        let line = match key.strip_suffix("/undo") {
+            Some(step) => format!("undo {step}"),
+            None => key.clone(),
+        };
+        let done = self.effects().contains(&line);
+        format!("{key}={}", if done { "done" } else { "retry" })
+    }
+}
+
+#[test]
+fn killed_at_random_points_and_settled_as_the_effects_show_every_effect_and_undo_happens_once() {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("HANDOFF_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // `two/d` may have been cancelled before or after its effect; the rest happen.
+    let expected = ["one/a", "one/b", "two/c", "two/r", "undo two/c"];
+    let mut settled = 0;
+    for trial_number in 0..40 {
+        let trial = Trial::new();
+        let mut child = trial.spawn("run", &[]);
+        // A run writes about 30 records; kill somewhere in it, and now and then in a resume.
+        let mut kill_at = Some((rng.random_range(2..32), rng.random_range(0..25)));
+        let mut settle = Vec::new();
+        let code = loop {
+            let code = trial.drive(child, kill_at);
+            kill_at = if code.is_none() && rng.random_bool(0.3) {
+                Some((trial.log().len() + rng.random_range(1..8), rng.random_range(0..25)))
+            } else {
+                None
+            };
+            if trial.log().iter().any(|e| e["event"] == "run_finished") {
+                break code;
+            }
+            match code {
+                Some(4) => {
+                    settle = vec![trial.settle()];
+                    settled += 1;
+                }
+                None => settle.clear(),
+                Some(other) => panic!("trial {trial_number} (seed {seed}): handoff exited {other}"),
+            }
+            child = trial.spawn("resume", &settle);
+        };
+        let effects = trial.effects();
+        for line in expected {
+            let count = effects.iter().filter(|e| *e == line).count();
+            assert_eq!(count, 1, "trial {trial_number} (seed {seed}): `{line}` happened {count} times: {effects:?}");
+        }
+        let count = |line: &str| effects.iter().filter(|e| *e == line).count();
+        assert!(count("two/d") <= 1, "trial {trial_number} (seed {seed}): {effects:?}");
+        assert_eq!(count("undo two/d"), count("two/d"), "trial {trial_number} (seed {seed}): {effects:?}");
+        assert_eq!(
+            effects.len(),
+            expected.len() + 2 * count("two/d"),
+            "trial {trial_number} (seed {seed}): {effects:?}"
+        );
+        let finished = trial.log().into_iter().rev().find(|e| e["event"] == "run_finished").unwrap();
+        assert_eq!(finished["status"], "rolled_back", "trial {trial_number} (seed {seed}), exit {code:?}");
+    }
+    println!("seed {seed}: 40 trials, {settled} settled by a person");
 }

@@ -27,7 +27,9 @@ pub(crate) struct ResumeArgs {
     #[command(flatten)]
     exec: Exec,
     /// For a step that was running when the run stopped and is not idempotent: whether
-    /// it took effect (`done`) or must run again (`retry`).
+    /// it took effect (`done`) or must run again (`retry`); during a rollback, `retry` says
+    /// it did not take effect (nothing to undo). `PHASE/STEP/undo=…` settles the step's
+    /// interrupted undo the same way.
     #[arg(long, value_name = "PHASE/STEP=done|retry", value_parser = parse_settle)]
     settle: Vec<(String, String, bool)>,
 }

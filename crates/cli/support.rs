@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use handoff_engine::{DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions};
+use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions};
 use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
 use handoff_plan::model::Plan;
 use handoff_registry::Registry;
@@ -318,10 +318,16 @@ impl<'a> Printer<'a> {
                     "run {run}: phase `{phase}` failed and its ROLLBACK FAILED: {reason}\n  a person must restore service now; the log has every step: handoff status {plan} --env {env}"
                 ),
             ),
-            Outcome::Paused { key, reason } => (
+            Outcome::Paused { key, reason, answer: Answer::Approve } => (
                 exit::PAUSED,
                 format!(
                     "run {run}: paused: {reason}\n  decide:  handoff approve {plan} --env {env} {key} [--reject]\n  then:    handoff resume {plan} --env {env}"
+                ),
+            ),
+            Outcome::Paused { key, reason, answer: Answer::Settle } => (
+                exit::PAUSED,
+                format!(
+                    "run {run}: paused: {reason}\n  settle:  handoff resume {plan} --env {env} --settle {key}=done   (or --settle {key}=retry)"
                 ),
             ),
             Outcome::Interrupted { reason } => (
@@ -353,8 +359,10 @@ pub(crate) fn line(record: &Record) -> Option<String> {
             format!("  ✗ {step}: {error}{}", if *retrying { " (retrying)" } else { "" })
         }
         Event::BackgroundRestarted { step, .. } => format!("  ↻ {step} started again in the background"),
-        Event::StepSettled { step, done, .. } => {
-            format!("  = {step} settled as {}", if *done { "done" } else { "to retry" })
+        Event::StepSettled { step, done, role, .. } => {
+            let what =
+                if *role == handoff_engine::Role::Compensate { format!("the undo of {step}") } else { step.clone() };
+            format!("  = {what} settled as {}", if *done { "done" } else { "to retry" })
         }
         Event::StepCompensated { step, outcome, .. } => format!("  ↺ {step}: {outcome}"),
         Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),

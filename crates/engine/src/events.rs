@@ -31,6 +31,18 @@ pub enum Role {
     Rollback,
 }
 
+impl Role {
+    /// [`Role::Forward`] (what a record without a role means).
+    pub fn forward() -> Role {
+        Role::Forward
+    }
+
+    /// Whether it is [`Role::Forward`].
+    pub fn is_forward(&self) -> bool {
+        *self == Role::Forward
+    }
+}
+
 /// How a run ended (or stopped for now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,6 +163,9 @@ pub enum Event {
         step: String,
         /// `true`: it took effect, count it as finished; `false`: run it again.
         done: bool,
+        /// What was running: the step itself (forward or rollback) or its compensation.
+        #[serde(default = "Role::forward", skip_serializing_if = "Role::is_forward")]
+        role: Role,
     },
     /// A background step that finished before the run stopped was started again.
     BackgroundRestarted {

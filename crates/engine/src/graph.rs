@@ -51,6 +51,8 @@ pub struct Graph {
     pub canonical: Value,
     /// Phases in execution order.
     pub phases: Vec<PhaseNode>,
+    /// Position of each phase in `phases`, by id.
+    index: BTreeMap<String, usize>,
 }
 
 /// A phase: stages of steps, then gates and criteria, with its rollback.
@@ -241,6 +243,39 @@ pub fn digest(value: &Value) -> String {
     format!("sha256:{hex}")
 }
 
+/// The phases of a plan's canonical JSON ([`Graph::canonical`], or a run's snapshot), in
+/// order.
+pub fn phases_of(plan: &Value) -> Vec<&Value> {
+    plan["phases"].as_array().map(|phases| phases.iter().collect()).unwrap_or_default()
+}
+
+/// What `resume` compares of a phase of a plan's canonical JSON: the phase as written but
+/// for names — its steps, their order and groups, gates, criteria, alerts, rollback steps
+/// and budget, reversibility — plus the plan's alerts that apply to it (`plan_alerts`) and
+/// the definitions of the metrics its criteria and alerts read (`plan_metrics`).
+pub fn phase_structure(plan: &Value, phase: &Value) -> Value {
+    let mut structure = phase.clone();
+    let unname = |value: &mut Value| drop(value.as_object_mut().map(|o| o.remove("name")));
+    unname(&mut structure);
+    for steps in ["/steps", "/rollback/steps"] {
+        if let Some(Value::Array(steps)) = structure.pointer_mut(steps) {
+            steps.iter_mut().for_each(unname);
+        }
+    }
+    let applies = |alert: &&Value| alert["phases"].as_array().is_none_or(|p| p.is_empty() || p.contains(&phase["id"]));
+    let alerts: Vec<Value> = plan["alerts"].as_array().into_iter().flatten().filter(applies).cloned().collect();
+    let read = phase["criteria"].as_array().into_iter().chain(phase["alerts"].as_array()).flatten().chain(&alerts);
+    let metrics: serde_json::Map<String, Value> = read
+        .filter_map(|item| item["metric"].as_str())
+        .map(|id| (id.to_owned(), plan["metrics"][id].clone()))
+        .collect();
+    if let Some(object) = structure.as_object_mut() {
+        object.insert("plan_alerts".to_owned(), Value::Array(alerts));
+        object.insert("plan_metrics".to_owned(), Value::Object(metrics));
+    }
+    structure
+}
+
 /// What identifies a step's work: everything but its name.
 fn step_identity(step: &Step) -> Value {
     let mut value = serde_json::to_value(step).unwrap_or_default();
@@ -254,12 +289,14 @@ impl Graph {
     /// Compiles a plan (which passed validation) against the executors that will run it.
     pub fn compile(plan: &Plan, executors: &dyn Executors) -> Result<Graph, Vec<GraphError>> {
         let mut errors = Vec::new();
-        let phases = plan.phases.iter().map(|phase| phase_node(plan, phase, executors, &mut errors)).collect();
+        let phases: Vec<PhaseNode> =
+            plan.phases.iter().map(|phase| phase_node(plan, phase, executors, &mut errors)).collect();
         if !errors.is_empty() {
             return Err(errors);
         }
         let value = serde_json::to_value(plan).unwrap_or_default();
-        Ok(Graph { plan: plan.clone(), digest: digest(&value), canonical: canonical(&value), phases })
+        let index = phases.iter().enumerate().map(|(at, phase): (usize, &PhaseNode)| (phase.id.clone(), at)).collect();
+        Ok(Graph { plan: plan.clone(), digest: digest(&value), canonical: canonical(&value), phases, index })
     }
 
     /// Every step with its phase id, rollback steps included.
@@ -286,9 +323,14 @@ impl Graph {
         keys
     }
 
+    /// The phase with this id.
+    pub fn phase(&self, id: &str) -> Option<&PhaseNode> {
+        self.phases.get(*self.index.get(id)?)
+    }
+
     /// The step with this id in a phase (forward or rollback).
     pub fn step(&self, phase: &str, step: &str) -> Option<&StepNode> {
-        let phase = self.phases.iter().find(|p| p.id == phase)?;
+        let phase = self.phase(phase)?;
         phase.stages.iter().flatten().chain(&phase.rollback).find(|s| s.id == step)
     }
 

@@ -32,7 +32,7 @@ pub mod store;
 
 pub use events::{Event, Notice, Record, Role, RunStatus, Verdict};
 pub use graph::{Graph, GraphError};
-pub use runner::Outcome;
+pub use runner::{Answer, Outcome};
 pub use state::RunState;
 pub use store::{Acquired, BreakTarget, DirStore, Lease, LockRecord, LockRequest, LockState, Store, StoreError};
 
@@ -68,8 +68,8 @@ pub enum EngineError {
         /// Where it stands.
         status: String,
     },
-    /// The plan changed for steps that already ran.
-    #[error("the plan changed for steps run {run} already completed; resume refuses:\n{}\nrestore the plan, or abort this run and start a new one", .changes.join("\n"))]
+    /// The plan changed for phases the run already reached.
+    #[error("the plan changed for phases run {run} already started or passed; resume refuses:\n{}\nrestore the plan, or abort this run and start a new one", .changes.join("\n"))]
     PlanChanged {
         /// Run id.
         run: String,
@@ -92,8 +92,10 @@ pub enum EngineError {
         "the run lost its lock (another process took it, or the lock file could not be written) and stopped; see `handoff status`, then `handoff resume` when no other run is active"
     )]
     LostLock,
-    /// `--settle` named something that is not an interrupted step.
-    #[error("--settle {0}: not a step that was running when the run stopped")]
+    /// `--settle` named something that is not an interrupted step or undo.
+    #[error(
+        "--settle {0}: not a step (`PHASE/STEP`) or a step's undo (`PHASE/STEP/undo`) that was running when the run stopped"
+    )]
     Settle(String),
 }
 
@@ -200,9 +202,38 @@ fn differences(old: &Value, new: &Value, pointer: &str, out: &mut Vec<String>) {
                 differences(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &child, out);
             }
         }
+        (Value::Array(a), Value::Array(b)) => {
+            for at in 0..a.len().max(b.len()) {
+                let child = format!("{pointer}/{at}");
+                differences(a.get(at).unwrap_or(&Value::Null), b.get(at).unwrap_or(&Value::Null), &child, out);
+            }
+        }
         (a, b) if a != b => out.push(format!("{pointer}: {a} → {b}")),
         _ => {}
     }
+}
+
+/// What people said (`--settle PHASE/STEP=done|retry`, or `PHASE/STEP/undo=…` for a
+/// step's undo) about what was running when the run stopped, as the records that say it;
+/// anything else named is refused.
+fn settlements(state: &RunState, settle: &[(String, String, bool)]) -> Result<Vec<Event>, EngineError> {
+    let mut events = Vec::new();
+    for (phase, named, done) in settle {
+        let phase_state = state.phase(phase);
+        let (step, role, open) = match named.strip_suffix(runner::UNDO) {
+            Some(step) => (step, Role::Compensate, phase_state.is_some_and(|p| p.undoing.contains(step))),
+            None => (
+                named.as_str(),
+                Role::Forward,
+                phase_state.and_then(|p| p.steps.get(named)).is_some_and(|s| s.interrupted()),
+            ),
+        };
+        if !open {
+            return Err(EngineError::Settle(DecisionKey::step(phase, named).to_string()));
+        }
+        events.push(Event::StepSettled { phase: phase.clone(), step: step.to_owned(), done: *done, role });
+    }
+    Ok(events)
 }
 
 impl<'e> Engine<'e> {
@@ -412,57 +443,46 @@ impl<'e> Engine<'e> {
         .await
     }
 
-    /// The steps that completed in `state` and differ in this plan.
+    /// How this plan differs from the run's for the phases the run reached (started,
+    /// passed or rolling back): the phases up to the last one reached must be the same, in
+    /// the same order, and each must be unchanged but for names ([`graph::phase_structure`]).
+    /// Later phases may change. One line per difference.
     fn changes(&self, run: &str, state: &RunState) -> Result<Vec<String>, EngineError> {
         let old: Value = self.store.plan_of(run)?;
+        let new = &self.graph.canonical;
+        let (before, after) = (graph::phases_of(&old), graph::phases_of(new));
+        let id = |phase: &Value| phase["id"].as_str().unwrap_or_default().to_owned();
+        let reached = before.iter().rposition(|p| state.phase(&id(p)).is_some()).map_or(0, |at| at + 1);
+        let ids = |phases: &[&Value], upto: usize| phases.iter().take(upto).map(|p| id(p)).collect::<Vec<_>>();
+        let was = ids(&before, reached);
+        let current = was.last().cloned().unwrap_or_default();
+        // The new plan's phases up to the current one (where it moved), else as many.
+        let upto = after.iter().position(|p| id(p) == current).map_or(reached, |at| at + 1);
+        let now = ids(&after, upto);
+        if was != now {
+            let list = |ids: &[String]| ids.join(", ");
+            return Ok(vec![format!(
+                "  the phases up to `{current}`, where the run stands, were [{}] and are now [{}]",
+                list(&was),
+                list(&now)
+            )]);
+        }
         let mut changes = Vec::new();
-        for phase in &state.phases {
-            let old_phase = old["phases"].as_array().into_iter().flatten().find(|p| p["id"] == phase.id.as_str());
-            for (id, step) in phase.steps.iter().filter(|(_, s)| s.finished) {
-                let find = |plan_phase: Option<&Value>| {
-                    plan_phase.and_then(|p| {
-                        let rollback = p.pointer("/rollback/steps").and_then(Value::as_array).into_iter().flatten();
-                        p["steps"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .chain(rollback)
-                            .find(|s| s["id"] == id.as_str())
-                            .cloned()
-                    })
-                };
-                let new_phase = self.graph.canonical["phases"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p["id"] == phase.id.as_str());
-                let (old_step, new_step) = (find(old_phase), find(new_phase));
-                let where_ = format!(
-                    "phase `{}`, step `{id}` ({})",
-                    phase.id,
-                    if step.finished { "completed" } else { "started" }
-                );
-                match (old_step, new_step) {
-                    (Some(mut a), Some(mut b)) => {
-                        for v in [&mut a, &mut b] {
-                            if let Some(o) = v.as_object_mut() {
-                                o.remove("name");
-                            }
-                        }
-                        let mut lines = Vec::new();
-                        differences(&a, &b, "", &mut lines);
-                        changes.extend(lines.into_iter().map(|l| format!("  {where_}: {l}")));
-                    }
-                    (Some(_), None) => changes.push(format!("  {where_}: removed from the plan")),
-                    _ => {}
-                }
-            }
+        for (a, b) in before.iter().zip(&after).take(reached) {
+            let phase = id(a);
+            let how = if state.phase(&phase).is_some_and(|p| p.passed) { "passed" } else { "started" };
+            let mut lines = Vec::new();
+            differences(&graph::phase_structure(&old, a), &graph::phase_structure(new, b), "", &mut lines);
+            changes.extend(lines.into_iter().map(|line| format!("  phase `{phase}` ({how}): {line}")));
         }
         Ok(changes)
     }
 
     /// Continues the latest run where it stopped. `settle` says, for steps that were
-    /// running when it stopped, whether they took effect (`true`) or must run again.
+    /// running when it stopped (`(phase, step, done)`), whether they took effect (`true`)
+    /// or not (run again; in a rollback, nothing to undo); a step named `<step>/undo`
+    /// settles the step's interrupted undo (`false`: run it again). Refuses a plan changed
+    /// for the phases the run reached (see `changes`).
     pub async fn resume(
         &self,
         options: &RunOptions,
@@ -476,14 +496,11 @@ impl<'e> Engine<'e> {
             if !changes.is_empty() {
                 return Err(EngineError::PlanChanged { run, changes });
             }
+            let settled = settlements(&state, settle)?;
             let journal = self.journal(&run, state.clone(), options);
             journal.record(Event::RunResumed { digest: self.graph.digest.clone() })?;
-            for (phase, step, done) in settle {
-                let interrupted = state.phase(phase).and_then(|p| p.steps.get(step)).is_some_and(|s| s.interrupted());
-                if !interrupted {
-                    return Err(EngineError::Settle(DecisionKey::step(phase, step).to_string()));
-                }
-                journal.record(Event::StepSettled { phase: phase.clone(), step: step.clone(), done: *done })?;
+            for event in settled {
+                journal.record(event)?;
             }
             let outcome = self.runner(journal, options, cancel, reason.clone()).drive().await?;
             Ok((run, outcome))
@@ -505,17 +522,8 @@ impl<'e> Engine<'e> {
             journal.record(Event::RunResumed { digest: self.graph.digest.clone() })?;
             let current = state.phases.iter().rev().find(|p| !p.passed).map(|p| p.id.clone());
             let runner = self.runner(journal.clone(), options, cancel, reason.clone());
-            let outcome = match current.and_then(|id| self.graph.phases.iter().find(|p| p.id == id)) {
-                Some(phase) => {
-                    let outcome = runner.rollback(phase, format!("aborted: {why}")).await?;
-                    if let Outcome::RolledBack { .. } = outcome {
-                        // `rollback` ended the run as rolled back; the abort is recorded too.
-                        journal.record(Event::RunFinished { status: RunStatus::Aborted })?;
-                        Outcome::Aborted
-                    } else {
-                        outcome
-                    }
-                }
+            let outcome = match current.and_then(|id| self.graph.phase(&id)) {
+                Some(phase) => runner.abort(phase, format!("{}{why}", runner::ABORTED)).await?,
                 None => {
                     journal.record(Event::RunFinished { status: RunStatus::Aborted })?;
                     Outcome::Aborted

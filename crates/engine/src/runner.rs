@@ -21,6 +21,7 @@ use crate::journal::Journal;
 use crate::metrics::{MetricProvider, Metrics};
 use crate::observe::{AlertWatch, Tally};
 use crate::schedule::{Next, Observation, RangeQuery};
+use crate::state::{PhaseState, StepState};
 
 /// How a run stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +50,8 @@ pub enum Outcome {
         key: DecisionKey,
         /// The question.
         reason: String,
+        /// How the person answers.
+        answer: Answer,
     },
     /// Interrupted (signal, lost lock); resume continues.
     Interrupted {
@@ -58,6 +61,23 @@ pub enum Outcome {
     /// A person aborted the run.
     Aborted,
 }
+
+/// How a person answers a pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// With a decision: `handoff approve KEY [--reject]`, then `handoff resume`.
+    Approve,
+    /// By saying whether what was running when the run stopped took effect: `handoff
+    /// resume --settle KEY=done` (it did) or `--settle KEY=retry` (it did not).
+    Settle,
+}
+
+/// What the reason of an abort's rollback starts with (a rollback resumed after it paused
+/// for a person is still an abort).
+pub(crate) const ABORTED: &str = "aborted: ";
+
+/// The suffix of the key that settles a step's interrupted undo (`<phase>/<step>/undo`).
+pub(crate) const UNDO: &str = "/undo";
 
 /// How a phase or step ended.
 #[derive(Debug)]
@@ -70,6 +90,19 @@ enum End {
         key: DecisionKey,
         reason: String,
     },
+    /// Something that was running when the run stopped may or may not have taken effect;
+    /// a person settles it.
+    Unsettled {
+        key: DecisionKey,
+        reason: String,
+    },
+    Interrupted,
+}
+
+/// How undoing one step ended.
+enum Undo {
+    Done,
+    Failed(String),
     Interrupted,
 }
 
@@ -130,8 +163,21 @@ impl Runner<'_> {
     }
 
     fn paused(&self, key: DecisionKey, reason: String) -> Result<Outcome, EngineError> {
+        self.asked(key, reason, Answer::Approve)
+    }
+
+    fn asked(&self, key: DecisionKey, reason: String, answer: Answer) -> Result<Outcome, EngineError> {
         self.record(Event::Paused { key: key.to_string(), reason: reason.clone() })?;
-        Ok(Outcome::Paused { key, reason })
+        Ok(Outcome::Paused { key, reason, answer })
+    }
+
+    /// How a phase's stop ends the run, when it is a question or an interruption.
+    fn stopped(&self, end: End) -> Result<Outcome, EngineError> {
+        match end {
+            End::Paused { key, reason } => self.paused(key, reason),
+            End::Unsettled { key, reason } => self.asked(key, reason, Answer::Settle),
+            _ => self.interrupted(),
+        }
     }
 
     /// Starts again the background steps that were running when the run stopped (they
@@ -169,7 +215,7 @@ impl Runner<'_> {
     async fn drive_phases(&self) -> Result<Outcome, EngineError> {
         if let Some(failure) = self.restart_background().await? {
             let current = self.journal.read(|s| s.phases.iter().rev().find(|p| !p.passed).map(|p| p.id.clone()));
-            if let Some(phase) = current.and_then(|id| self.graph.phases.iter().find(|p| p.id == id)) {
+            if let Some(phase) = current.and_then(|id| self.graph.phase(&id)) {
                 return self
                     .rollback(phase, failure)
                     .instrument(tracing::info_span!("rollback", phase = %phase.id))
@@ -177,19 +223,23 @@ impl Runner<'_> {
             }
         }
         for phase in &self.graph.phases {
-            let state = self.journal.state();
-            let phase_state = state.phase(&phase.id);
-            if phase_state.is_some_and(|p| p.passed) {
+            let (started, passed, rollback) = self.journal.read(|s| {
+                let state = s.phase(&phase.id);
+                let rollback = state.and_then(|p| Some(p.rollback.as_ref()?.reason.clone()));
+                (state.is_some(), state.is_some_and(|p| p.passed), rollback)
+            });
+            if passed {
                 continue;
             }
-            if let Some(rollback) = phase_state.and_then(|p| p.rollback.as_ref()) {
-                let reason = rollback.reason.clone();
-                return self
-                    .rollback(phase, reason)
-                    .instrument(tracing::info_span!("rollback", phase = %phase.id))
-                    .await;
+            if let Some(reason) = rollback {
+                let span = tracing::info_span!("rollback", phase = %phase.id);
+                return if reason.starts_with(ABORTED) {
+                    self.abort(phase, reason).instrument(span).await
+                } else {
+                    self.rollback(phase, reason).instrument(span).await
+                };
             }
-            if phase_state.is_none() {
+            if !started {
                 if let Some(outcome) = self.confirm_start(phase)? {
                     return Ok(outcome);
                 }
@@ -201,8 +251,7 @@ impl Runner<'_> {
                 End::Failed(reason) | End::Cancelled(reason) => {
                     return self.rollback(phase, reason).instrument(span).await;
                 }
-                End::Paused { key, reason } => return self.paused(key, reason),
-                End::Interrupted => return self.interrupted(),
+                end => return self.stopped(end),
             }
         }
         self.record(Event::RunFinished { status: RunStatus::Completed })?;
@@ -340,7 +389,7 @@ impl Runner<'_> {
             End::Done => 0,
             End::Cancelled(_) => 1,
             End::Interrupted => 2,
-            End::Paused { .. } => 3,
+            End::Paused { .. } | End::Unsettled { .. } => 3,
             End::Failed(_) => 4,
         };
         let mut result = End::Done;
@@ -414,7 +463,7 @@ impl Runner<'_> {
         }
         if existing.interrupted() && !existing.retry_settled && !(step.idempotent || step.resumable) {
             let key = DecisionKey::step(&phase.id, &step.id);
-            return Err(End::Paused {
+            return Err(End::Unsettled {
                 reason: format!(
                     "step `{}` ({}) was running when the run stopped and is not idempotent: check whether it took effect, then `handoff resume --settle {key}=done` or `--settle {key}=retry`",
                     step.id, step.uses
@@ -750,8 +799,20 @@ impl Runner<'_> {
         Ok(pause.unwrap_or(End::Done))
     }
 
-    /// Rolls a phase back: completed steps compensated in reverse, then the rollback
-    /// steps, timed against the budget. Continues an interrupted rollback.
+    /// Rolls `phase` back because a person aborted the run (`reason` starts with
+    /// [`ABORTED`]); a rollback that succeeds ends the run as aborted.
+    pub(crate) async fn abort(&self, phase: &PhaseNode, reason: String) -> Result<Outcome, EngineError> {
+        let outcome = self.rollback(phase, reason).await?;
+        if !matches!(outcome, Outcome::RolledBack { .. }) {
+            return Ok(outcome);
+        }
+        // `rollback` ended the run as rolled back; the abort is recorded too.
+        self.record(Event::RunFinished { status: RunStatus::Aborted })?;
+        Ok(Outcome::Aborted)
+    }
+
+    /// Rolls a phase back: its steps undone in reverse (see `compensate`), then the
+    /// rollback steps, timed against the budget. Continues an interrupted rollback.
     pub(crate) async fn rollback(&self, phase: &PhaseNode, reason: String) -> Result<Outcome, EngineError> {
         let started_at = match self.journal.read(|s| Some(s.phase(&phase.id)?.rollback.as_ref()?.started_at)) {
             Some(started_at) => started_at,
@@ -761,63 +822,106 @@ impl Runner<'_> {
                 self.clock.now()
             }
         };
-        let Some(mut failures) = self.compensate(phase).await? else { return self.interrupted() };
+        let mut failures = match self.compensate(phase).await? {
+            Ok(failures) => failures,
+            Err(stop) => return self.stopped(stop),
+        };
         for step in &phase.rollback {
             match self.step(phase, step, Role::Rollback, &self.cancel).await? {
                 End::Done => {}
                 End::Failed(why) | End::Cancelled(why) => failures.push(why),
-                End::Paused { key, reason } => return self.paused(key, reason),
-                End::Interrupted => return self.interrupted(),
+                stop => return self.stopped(stop),
             }
         }
         self.finish_rollback(phase, reason, started_at, failures)
     }
 
-    /// Compensates the phase's completed steps in reverse (those not compensated yet):
-    /// what failed, or `None` when the run was interrupted.
-    async fn compensate(&self, phase: &PhaseNode) -> Result<Option<Vec<String>>, EngineError> {
+    /// Undoes the phase's steps (those not undone yet), each once: first the forward steps
+    /// that were running when the phase stopped, since they may have taken effect (last in
+    /// plan order first), then the completed ones, last completed first. A step that is not
+    /// idempotent and whose step or undo may or may not have taken effect is not undone
+    /// blindly: the rollback stops with the question. What failed, or how it stopped.
+    async fn compensate(&self, phase: &PhaseNode) -> Result<Result<Vec<String>, End>, EngineError> {
+        let state = self.journal.read(|s| s.phase(&phase.id).cloned()).unwrap_or_default();
         let mut failures = Vec::new();
-        let phase_state = self.journal.read(|s| s.phase(&phase.id).cloned()).unwrap_or_default();
-        for id in phase_state.finished_order.iter().rev() {
-            if phase_state.compensated.contains(id) {
+        for step in to_undo(phase, &state) {
+            if let Some(error) = state.undo_failed.get(&step.id) {
+                failures.push(format!("undoing `{}` failed: {error}", step.id));
                 continue;
             }
-            let (Some(step), Some(done)) = (self.graph.step(&phase.id, id), phase_state.steps.get(id)) else {
-                continue;
-            };
+            if let Some(question) = unsettled(phase, step, &state) {
+                if self.journal.auto_decide.is_none() {
+                    return Ok(Err(question));
+                }
+                self.auto_settle(phase, step, &state)?;
+            }
             let Some(action) = self.executors.action(&step.uses) else { continue };
-            self.record(Event::StepStarted {
-                phase: phase.id.clone(),
-                step: id.clone(),
-                role: Role::Compensate,
-                attempt: 1,
-            })?;
-            let cx = self.context(&phase.id, id, 1, None, Role::Compensate, &self.cancel);
-            let span = tracing::info_span!("compensate", step = %id, uses = %step.uses);
-            match action.compensate(&step.with, &done.output, &cx).instrument(span).await {
-                Ok(compensation) => {
-                    let outcome = match compensation {
-                        Compensation::NotNeeded => "nothing to undo".to_owned(),
-                        Compensation::Undone(what) => format!("undone: {what}"),
-                        Compensation::LeftToRollback => "left to the rollback steps".to_owned(),
-                    };
-                    self.record(Event::StepCompensated { phase: phase.id.clone(), step: id.clone(), outcome })?;
-                }
-                Err(_) if self.cancel.is_cancelled() => return Ok(None),
-                Err(error) => {
-                    self.record(Event::StepFailed {
-                        phase: phase.id.clone(),
-                        step: id.clone(),
-                        role: Role::Compensate,
-                        attempt: 1,
-                        error: error.to_string(),
-                        retrying: false,
-                    })?;
-                    failures.push(format!("undoing `{id}` failed: {error}"));
-                }
+            let Some(step_state) = state.steps.get(&step.id) else { continue };
+            // An observation that was stopped changed nothing.
+            if !step_state.finished && action.declaration().effect == handoff_plan::Effect::Observe {
+                continue;
+            }
+            match self.undo(phase, step, action, step_state).await? {
+                Undo::Done => {}
+                Undo::Failed(why) => failures.push(why),
+                Undo::Interrupted => return Ok(Err(End::Interrupted)),
             }
         }
-        Ok(Some(failures))
+        Ok(Ok(failures))
+    }
+
+    /// When every question is decided automatically (a simulation), what was stopped while
+    /// it ran is made sure to be undone: a step is settled as done (so it is undone), an
+    /// interrupted undo as not done (so it runs again).
+    fn auto_settle(&self, phase: &PhaseNode, step: &StepNode, state: &PhaseState) -> Result<(), EngineError> {
+        let (done, role) =
+            if state.undo_interrupted(&step.id) { (false, Role::Compensate) } else { (true, Role::Forward) };
+        self.record(Event::StepSettled { phase: phase.id.clone(), step: step.id.clone(), done, role })
+    }
+
+    /// Runs one step's compensation with the output it recorded (none when it never
+    /// finished), its start and end recorded. A step that never finished and whose
+    /// compensation refuses to run without its output is left to the rollback steps.
+    async fn undo(
+        &self,
+        phase: &PhaseNode,
+        step: &StepNode,
+        action: &dyn DynAction,
+        state: &StepState,
+    ) -> Result<Undo, EngineError> {
+        let (phase_id, id) = (phase.id.clone(), step.id.clone());
+        self.record(Event::StepStarted {
+            phase: phase_id.clone(),
+            step: id.clone(),
+            role: Role::Compensate,
+            attempt: 1,
+        })?;
+        let cx = self.context(&phase.id, &step.id, 1, None, Role::Compensate, &self.cancel);
+        let span = tracing::info_span!("compensate", step = %id, uses = %step.uses);
+        match action.compensate(&step.with, &state.output, &cx).instrument(span).await {
+            Ok(compensation) => {
+                let outcome = match compensation {
+                    Compensation::NotNeeded => "nothing to undo".to_owned(),
+                    Compensation::Undone(what) => format!("undone: {what}"),
+                    Compensation::LeftToRollback => "left to the rollback steps".to_owned(),
+                };
+                self.record(Event::StepCompensated { phase: phase_id, step: id, outcome })?;
+                Ok(Undo::Done)
+            }
+            Err(_) if self.cancel.is_cancelled() => Ok(Undo::Interrupted),
+            Err(StepError::Refused(why)) if !state.finished => {
+                let outcome = format!("left to the rollback steps: it never finished, and its undo refused ({why})");
+                self.record(Event::StepCompensated { phase: phase_id, step: id, outcome })?;
+                Ok(Undo::Done)
+            }
+            Err(error) => {
+                let failure = format!("undoing `{id}` failed: {error}");
+                let error = error.to_string();
+                let role = Role::Compensate;
+                self.record(Event::StepFailed { phase: phase_id, step: id, role, attempt: 1, error, retrying: false })?;
+                Ok(Undo::Failed(failure))
+            }
+        }
     }
 
     /// Records how the rollback started at `started_at` ended, against its budget, and ends
@@ -853,6 +957,42 @@ impl Runner<'_> {
             Outcome::RollbackFailed { phase: phase.id.clone(), reason: format!("{reason}; {}", failures.join("; ")) }
         })
     }
+}
+
+/// The steps a rollback of `phase` undoes, in order: the forward steps that were running
+/// when the phase stopped (unless a person said they did not take effect), last in plan
+/// order first; then the completed ones, last completed first; none already undone.
+fn to_undo<'g>(phase: &'g PhaseNode, state: &PhaseState) -> Vec<&'g StepNode> {
+    let forward = || phase.stages.iter().flatten();
+    let interrupted =
+        forward().rev().filter(|s| state.steps.get(&s.id).is_some_and(|s| s.interrupted() && !s.retry_settled));
+    let finished = state.finished_order.iter().rev().filter_map(|id| forward().find(|s| s.id == *id));
+    interrupted.chain(finished).filter(|s| !state.compensated.contains(&s.id)).collect()
+}
+
+/// The question a rollback asks before undoing a step that is not idempotent when what
+/// was running of it — its undo, or the step itself — may or may not have taken effect.
+fn unsettled(phase: &PhaseNode, step: &StepNode, state: &PhaseState) -> Option<End> {
+    if step.idempotent {
+        return None;
+    }
+    let what = format!("step `{}` ({})", step.id, step.uses);
+    if state.undo_interrupted(&step.id) {
+        let key = DecisionKey::step(&phase.id, &format!("{}{UNDO}", step.id));
+        let reason = format!(
+            "the undo of {what} was running when the run stopped and is not idempotent: check whether it took effect, then `handoff resume --settle {key}=done` (it did) or `--settle {key}=retry` (run it again)"
+        );
+        return Some(End::Unsettled { key, reason });
+    }
+    if !state.steps.get(&step.id).is_some_and(StepState::interrupted) {
+        return None;
+    }
+    let key = DecisionKey::step(&phase.id, &step.id);
+    let reason = format!(
+        "{what} was stopped while it ran and is not idempotent, and phase `{}` rolls back: check whether it took effect, then `handoff resume --settle {key}=done` (it did: it is undone) or `--settle {key}=retry` (it did not: nothing to undo)",
+        phase.id
+    );
+    Some(End::Unsettled { key, reason })
 }
 
 /// The pause a step asked for, under the key it named (an executor's key that is not

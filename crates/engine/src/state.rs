@@ -42,6 +42,9 @@ pub struct RunState {
     pub stopped: BTreeSet<String>,
     /// Sequence number of the next record.
     pub next_seq: u64,
+    /// Position of each phase in `phases`, by id (lookups stay logarithmic in long plans).
+    #[serde(skip)]
+    index: BTreeMap<String, usize>,
 }
 
 /// Where a phase stands.
@@ -57,8 +60,16 @@ pub struct PhaseState {
     pub steps: BTreeMap<String, StepState>,
     /// Forward steps in the order they finished (compensation runs in reverse).
     pub finished_order: Vec<String>,
-    /// Steps already compensated.
+    /// Steps already compensated (or whose interrupted compensation a person settled as
+    /// done).
     pub compensated: BTreeSet<String>,
+    /// Steps whose compensation started and has not ended: it was running when the run
+    /// stopped.
+    pub undoing: BTreeSet<String>,
+    /// Steps whose interrupted compensation a person said to run again (for one attempt).
+    pub undo_retry: BTreeSet<String>,
+    /// Steps whose compensation failed, with the error.
+    pub undo_failed: BTreeMap<String, String>,
     /// Gates that opened.
     pub gates: BTreeSet<String>,
     /// Criteria results, by criterion id.
@@ -173,7 +184,8 @@ impl PhaseState {
         }
     }
 
-    /// A person settled an interrupted step: it took effect (`done`), or it runs again.
+    /// A person settled an interrupted step: it took effect (`done`), or it runs again
+    /// (during a rollback: it did not take effect, so there is nothing to undo).
     fn settled(&mut self, step: &str, done: bool, at: Timestamp) {
         let Some(state) = self.steps.get_mut(step) else { return };
         if !done {
@@ -185,6 +197,39 @@ impl PhaseState {
         if state.role == Role::Forward {
             self.finished_order.push(step.to_owned());
         }
+    }
+}
+
+impl PhaseState {
+    /// A compensation of `step` started (a person's "run it again" covers this attempt).
+    fn compensation_started(&mut self, step: &str) {
+        self.undoing.insert(step.to_owned());
+        self.undo_retry.remove(step);
+    }
+
+    /// A compensation of `step` ended: done, or failed with `error`.
+    fn compensation_ended(&mut self, step: &str, error: Option<&str>) {
+        self.undoing.remove(step);
+        match error {
+            Some(error) => drop(self.undo_failed.insert(step.to_owned(), error.to_owned())),
+            None => drop(self.compensated.insert(step.to_owned())),
+        }
+    }
+
+    /// A person settled an interrupted compensation: it took effect (`done`), or it runs
+    /// again.
+    fn compensation_settled(&mut self, step: &str, done: bool) {
+        if done {
+            self.compensation_ended(step, None);
+        } else {
+            self.undo_retry.insert(step.to_owned());
+        }
+    }
+
+    /// Whether `step`'s compensation was running when the run stopped and nobody said to
+    /// run it again.
+    pub fn undo_interrupted(&self, step: &str) -> bool {
+        self.undoing.contains(step) && !self.undo_retry.contains(step)
     }
 }
 
@@ -200,16 +245,15 @@ impl RunState {
 
     /// The state of a phase, if it started.
     pub fn phase(&self, id: &str) -> Option<&PhaseState> {
-        self.phases.iter().find(|p| p.id == id)
+        self.phases.get(*self.index.get(id)?)
     }
 
     fn phase_mut(&mut self, id: &str) -> &mut PhaseState {
-        if let Some(index) = self.phases.iter().position(|p| p.id == id) {
-            &mut self.phases[index]
-        } else {
+        let index = *self.index.entry(id.to_owned()).or_insert_with(|| {
             self.phases.push(PhaseState { id: id.to_owned(), ..PhaseState::default() });
-            self.phases.last_mut().unwrap_or_else(|| unreachable!("pushed above"))
-        }
+            self.phases.len() - 1
+        });
+        &mut self.phases[index]
     }
 
     /// Applies one record.
@@ -277,7 +321,9 @@ impl RunState {
         match event {
             Event::StepStarted { phase, step, role, attempt } => {
                 let phase = self.phase_mut(phase);
-                if *role != Role::Compensate {
+                if *role == Role::Compensate {
+                    phase.compensation_started(step);
+                } else {
                     phase.started(step, *role, *attempt, at);
                 }
             }
@@ -290,17 +336,19 @@ impl RunState {
                 self.stopped.extend(output.stops.iter().cloned());
                 self.phase_mut(phase).finished(step, *role, output, at);
             }
-            Event::StepFailed { phase, step, role, error, .. } => {
-                if *role != Role::Compensate
-                    && let Some(state) = self.phase_mut(phase).steps.get_mut(step)
-                {
+            Event::StepFailed { phase, step, role: Role::Compensate, error, .. } => {
+                self.phase_mut(phase).compensation_ended(step, Some(error));
+            }
+            Event::StepFailed { phase, step, error, .. } => {
+                if let Some(state) = self.phase_mut(phase).steps.get_mut(step) {
                     state.error = Some(error.clone());
                 }
             }
-            Event::StepSettled { phase, step, done } => self.phase_mut(phase).settled(step, *done, at),
-            Event::StepCompensated { phase, step, .. } => {
-                self.phase_mut(phase).compensated.insert(step.clone());
+            Event::StepSettled { phase, step, done, role: Role::Compensate } => {
+                self.phase_mut(phase).compensation_settled(step, *done);
             }
+            Event::StepSettled { phase, step, done, .. } => self.phase_mut(phase).settled(step, *done, at),
+            Event::StepCompensated { phase, step, .. } => self.phase_mut(phase).compensation_ended(step, None),
             _ => {}
         }
     }
