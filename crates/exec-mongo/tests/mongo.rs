@@ -412,3 +412,49 @@ async fn a_sync_whose_source_drops_its_connections_catches_up_without_loss() {
     let verified = world.verify(json!({"mode": "full"})).await;
     assert_eq!(verified["discrepancies"], json!(0), "{verified}");
 }
+
+/// `_id`s of one numeric type with a NaN among them (which sorts first, and which no range
+/// operator matches).
+async fn seed_with_nan(coll: &mongodb::Collection<Document>, id: impl Fn(i64) -> Bson, nan: Bson) -> u64 {
+    let mut documents: Vec<Document> = (0..300).map(|i| doc! { "_id": id(i), "n": i }).collect();
+    documents.push(doc! { "_id": nan, "n": -1 });
+    coll.insert_many(documents).await.unwrap();
+    301
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_ids_are_copied_and_verified_in_a_range_of_their_own() {
+    let world = World::start().await;
+    let decimal = |text: &str| Bson::Decimal128(text.parse().unwrap());
+    let kinds: [(&str, Box<dyn Fn(i64) -> Bson>, Bson); 2] = [
+        ("double", Box::new(|i| Bson::Double(i as f64 + 0.5)), Bson::Double(f64::NAN)),
+        ("decimal", Box::new(move |i| decimal(&format!("{i}.25"))), decimal("NaN")),
+    ];
+    for (kind, id, nan) in kinds {
+        world.old.delete_many(doc! {}).await.unwrap();
+        world.new.delete_many(doc! {}).await.unwrap();
+        let count = seed_with_nan(&world.old, id, nan.clone()).await;
+        let (output, _) = world.step("copy", copy_params(), None).await;
+        assert_eq!(output["id_types"], json!([kind]), "{output}");
+        assert!(output["ranges"].as_u64().unwrap() > 1, "{kind} ids are split: {output}");
+        assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count, "{kind}: {output}");
+        assert_eq!(world.new.count_documents(doc! {"_id": nan.clone()}).await.unwrap(), 1, "{kind}");
+        let same = world.verify(json!({"mode": "full"})).await;
+        assert_eq!((same["discrepancies"].clone(), same["compared"].clone()), (json!(0), json!(count)), "{same}");
+        // A NaN only on the source side is found.
+        world.new.delete_one(doc! {"_id": nan.clone()}).await.unwrap();
+        let missing = world.verify(json!({"mode": "full"})).await;
+        assert_eq!((missing["missing"].clone(), missing["discrepancies"].clone()), (json!(1), json!(1)), "{missing}");
+        // A copy resumed just after the NaN (written first, in `_id` order) copies the rest.
+        world.new.delete_many(doc! {}).await.unwrap();
+        let (_, first) = world.step("copy", copy_params(), None).await;
+        let mut plan = first.checkpoints.lock().unwrap()[0].clone();
+        let nan_range = (plan["ranges"].as_array().unwrap().iter())
+            .position(|r| r["lo"].is_null() && !r["hi"].is_null())
+            .expect("a first range");
+        plan["positions"] = json!({ nan_range.to_string(): nan.clone().into_canonical_extjson() });
+        world.new.delete_many(doc! {}).await.unwrap();
+        world.step("copy", copy_params(), Some(plan)).await;
+        assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count - 1, "{kind}: all but the NaN");
+    }
+}
