@@ -413,9 +413,12 @@ async fn a_sync_whose_source_drops_its_connections_catches_up_without_loss() {
     assert_eq!(verified["discrepancies"], json!(0), "{verified}");
 }
 
+/// The `_id` of the i-th document.
+type IdOf = fn(i64) -> Bson;
+
 /// `_id`s of one numeric type with a NaN among them (which sorts first, and which no range
 /// operator matches).
-async fn seed_with_nan(coll: &mongodb::Collection<Document>, id: impl Fn(i64) -> Bson, nan: Bson) -> u64 {
+async fn seed_with_nan(coll: &mongodb::Collection<Document>, id: IdOf, nan: Bson) -> u64 {
     let mut documents: Vec<Document> = (0..300).map(|i| doc! { "_id": id(i), "n": i }).collect();
     documents.push(doc! { "_id": nan, "n": -1 });
     coll.insert_many(documents).await.unwrap();
@@ -426,9 +429,9 @@ async fn seed_with_nan(coll: &mongodb::Collection<Document>, id: impl Fn(i64) ->
 async fn nan_ids_are_copied_and_verified_in_a_range_of_their_own() {
     let world = World::start().await;
     let decimal = |text: &str| Bson::Decimal128(text.parse().unwrap());
-    let kinds: [(&str, Box<dyn Fn(i64) -> Bson>, Bson); 2] = [
-        ("double", Box::new(|i| Bson::Double(i as f64 + 0.5)), Bson::Double(f64::NAN)),
-        ("decimal", Box::new(move |i| decimal(&format!("{i}.25"))), decimal("NaN")),
+    let kinds: [(&str, IdOf, Bson); 2] = [
+        ("double", |i| Bson::Double(i as f64 + 0.5), Bson::Double(f64::NAN)),
+        ("decimal", |i| Bson::Decimal128(format!("{i}.25").parse().unwrap()), decimal("NaN")),
     ];
     for (kind, id, nan) in kinds {
         world.old.delete_many(doc! {}).await.unwrap();
