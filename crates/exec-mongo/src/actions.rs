@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Metrics the sync actions emit.
-const SYNC_METRICS: &[&str] = &["sync_lag_seconds", "sync_applied_ops_per_second"];
+const SYNC_METRICS: &[&str] = &["sync_lag_seconds", "sync_applied_ops_per_second", "sync_refused_documents"];
 /// Metrics `mongo.verify` emits.
 const VERIFY_METRICS: &[&str] = &["data_discrepancies", "data_consistency_percent", "documents_verified"];
 

@@ -461,3 +461,32 @@ async fn nan_ids_are_copied_and_verified_in_a_range_of_their_own() {
         assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count - 1, "{kind}: all but the NaN");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_prefixed_field_survives_the_sync_and_a_refused_change_does_not_stop_it() {
+    let world = World::start().await;
+    seed(&world.old, 10).await;
+    world.step("copy", copy_params(), None).await;
+    let (_, reports) = world.step("sync", sync_params("100ms"), None).await;
+    // A top-level `$`-prefixed field: MongoDB 5.0+ refuses it in a replacement document.
+    let raw = world.old.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+    raw.insert_one(mongodb::bson::rawdoc! {"_id": "dollar", "$price": 5, "name": "odd"}).await.unwrap();
+    let change = vec![doc! {"$replaceWith": {"$literal": {"_id": "dollar", "$price": 6, "name": "odder"}}}];
+    world.old.update_one(doc! {"_id": "dollar"}, change).await.unwrap();
+    // A change the target refuses outright (its validator), then an ordinary one.
+    let target_db = world.new.client().database("menu");
+    let validator = doc! {"collMod": "menu_items", "validator": {"name": {"$type": "string"}}};
+    target_db.run_command(validator).await.unwrap();
+    world.old.insert_one(doc! {"_id": "refused", "name": 42}).await.unwrap();
+    world.old.insert_one(doc! {"_id": "after", "name": "fine"}).await.unwrap();
+    let (stopped, _) = world.step("stop_sync", json!({"sync": "s", "drain": true}), None).await;
+    assert_eq!((stopped["refused"].clone(), stopped["refused_examples"].clone()), (json!(1), json!(["refused"])));
+    let dollar = world.new.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+    let copied = dollar.find_one(doc! {"_id": "dollar"}).await.unwrap().expect("the $-prefixed document arrived");
+    assert_eq!(copied.get_i32("$price").unwrap(), 6);
+    assert_eq!(copied.get_str("name").unwrap(), "odder");
+    assert!(world.new.find_one(doc! {"_id": "after"}).await.unwrap().is_some(), "the sync went on");
+    assert_eq!(reports.metrics.lock().unwrap()["sync_refused_documents"], 1.0);
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["missing"], json!(1), "only the refused document differs: {verified}");
+}

@@ -219,7 +219,7 @@ pub(crate) async fn reconcile(
             .map_err(|e| failed(&what(), e))?;
         while let Some(document) = cursor.try_next().await.map_err(|e| failed(&what(), e))? {
             let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-            documents.replace_one(doc! { "_id": id }, document).upsert(true).await.map_err(|e| failed(&what(), e))?;
+            super::upsert(&documents, &id, document).await.map_err(|e| failed(&what(), e))?;
             copied += 1;
         }
     }
