@@ -148,6 +148,14 @@ pub struct Reconcile {
     /// Also delete documents only the repaired side has.
     #[serde(default)]
     pub delete_extra: bool,
+    /// Field order does not matter, as in the paired `mongo.verify`; with `false`, a
+    /// document whose fields only differ in order is rewritten in the truth's order.
+    #[serde(default = "yes")]
+    pub ignore_field_order: bool,
+    /// Numbers compare by value across types, as in the paired `mongo.verify`; with
+    /// `false`, an `int` where the truth has a `long` is rewritten.
+    #[serde(default)]
+    pub numeric_by_value: bool,
 }
 
 /// `mongo.archive`: dump a collection to a compressed archive with a manifest.
@@ -156,7 +164,8 @@ pub struct Reconcile {
 pub struct Archive {
     /// The collection archived.
     pub source: Side,
-    /// Archive path (a directory receives `<collection>.archive.zst` and `manifest.json`).
+    /// Archive path: a directory that receives `<collection>.bson.gz` (the documents as a
+    /// gzip'd BSON stream, the format of `mongodump`) and `manifest.json`.
     pub path: String,
     /// Restore the archive into a scratch collection and compare, proving it restorable.
     #[serde(default = "yes")]

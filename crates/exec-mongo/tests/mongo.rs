@@ -242,10 +242,23 @@ async fn verify_finds_every_kind_of_discrepancy() {
     let with = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "direction": "source_to_target", "delete_extra": true});
     let (repaired, _) = world.step("reconcile", with.clone(), None).await;
     assert_eq!((repaired["copied"].clone(), repaired["deleted"].clone()), (json!(3), json!(1)), "{repaired}");
-    let (again, _) = world.step("reconcile", with, None).await;
+    let (again, _) = world.step("reconcile", with.clone(), None).await;
     assert_eq!((again["copied"].clone(), again["deleted"].clone()), (json!(0), json!(0)), "{again}");
     let clean = world.verify(json!({"mode": "full", "ignore_field_order": true})).await;
     assert_eq!(clean["discrepancies"], json!(0), "missing, changed and int→long repaired, extra deleted: {clean}");
+
+    // Under a strict verify's settings reconcile repairs what that verify reports: the
+    // document whose fields differ only in order is rewritten, and strict verify converges.
+    let still = world.verify(json!({"mode": "full", "ignore_field_order": false})).await;
+    assert_eq!(still["different"], json!(1), "the reordered document: {still}");
+    let mut strict_with = with;
+    strict_with["ignore_field_order"] = json!(false);
+    let (rewritten, _) = world.step("reconcile", strict_with.clone(), None).await;
+    assert_eq!(rewritten["copied"], json!(1), "{rewritten}");
+    let converged = world.verify(json!({"mode": "full", "ignore_field_order": false})).await;
+    assert_eq!(converged["discrepancies"], json!(0), "{converged}");
+    let (nothing, _) = world.step("reconcile", strict_with, None).await;
+    assert_eq!(nothing["copied"], json!(0), "{nothing}");
 }
 
 fn sync_params(every: &str) -> Value {
