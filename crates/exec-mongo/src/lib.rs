@@ -44,7 +44,11 @@ pub struct Copy {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub range_size: Option<u64>,
-    /// Copy the source's indexes and collection options.
+    /// Copy the source's indexes and collection options: its collation (the target is
+    /// created with it before the first document; an existing target must have it) and its
+    /// validation rules (`validator`, `validationLevel`, `validationAction`, set after the
+    /// last document, so documents the source let in are not refused). Other options
+    /// (capped, time series, clustered) are not copied.
     #[serde(default = "yes")]
     pub copy_indexes: bool,
     /// Upper bound on documents written per second (no bound when absent).

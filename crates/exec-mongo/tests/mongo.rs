@@ -503,3 +503,43 @@ async fn a_dollar_prefixed_field_survives_the_sync_and_a_refused_change_does_not
     let verified = world.verify(json!({"mode": "full"})).await;
     assert_eq!(verified["missing"], json!(1), "only the refused document differs: {verified}");
 }
+
+/// The options `listCollections` reports for a collection.
+async fn options(coll: &mongodb::Collection<Document>) -> Document {
+    let db = coll.client().database(coll.namespace().db.as_str());
+    let reply = db.run_command(doc! {"listCollections": 1, "filter": {"name": coll.name()}}).await.unwrap();
+    let batch = reply.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+    batch[0].as_document().unwrap().get_document("options").unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_carries_the_collation_and_the_validation_rules_over() {
+    let world = World::start().await;
+    let source_db = world.old.client().database("restaurant");
+    let create = doc! {
+        "create": "menu_items", "collation": {"locale": "fr"},
+        "validator": {"name": {"$type": "string"}}, "validationLevel": "moderate", "validationAction": "warn",
+    };
+    source_db.run_command(create).await.unwrap();
+    seed(&world.old, 50).await;
+    // The source's `warn` action let this one in; the copy must not be refused it.
+    world.old.insert_one(doc! {"_id": "unnamed", "name": 7}).await.unwrap();
+    let (output, _) = world.step("copy", copy_params(), None).await;
+    assert_eq!(
+        output["collection_options"],
+        json!(["collation", "validator", "validationLevel", "validationAction"]),
+        "{output}"
+    );
+    assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), 51);
+    let (source, target) = (options(&world.old).await, options(&world.new).await);
+    for key in ["validator", "validationLevel", "validationAction"] {
+        assert_eq!(source.get(key), target.get(key), "{key}: {target}");
+    }
+    assert_eq!(target.get_document("collation").unwrap().get_str("locale").unwrap(), "fr", "{target}");
+    // A target that exists with another collation is refused, before anything is written.
+    world.new.drop().await.unwrap();
+    world.new.client().database("menu").run_command(doc! {"create": "menu_items"}).await.unwrap();
+    let refused = world.try_step("copy", copy_params(), None, Default::default(), false).await.unwrap_err();
+    assert!(refused.to_string().contains("exists with another collation"), "{refused}");
+    assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), 0);
+}
