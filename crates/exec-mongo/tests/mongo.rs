@@ -502,6 +502,12 @@ async fn a_dollar_prefixed_field_survives_the_sync_and_a_refused_change_does_not
     assert_eq!(reports.metrics.lock().unwrap()["sync_refused_documents"], 1.0);
     let verified = world.verify(json!({"mode": "full"})).await;
     assert_eq!(verified["missing"], json!(1), "only the refused document differs: {verified}");
+    // A server's refusal is printed as what the server said, not as the raw reply in hex.
+    let with =
+        json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "direction": "source_to_target"});
+    let error = world.try_step("reconcile", with, None, Default::default(), false).await.unwrap_err().to_string();
+    assert!(error.contains("Document failed validation (code 121)"), "{error}");
+    assert!(!error.contains("RawDocumentBuf") && !error.contains("server response"), "{error}");
 }
 
 /// The options `listCollections` reports for a collection.
