@@ -53,7 +53,9 @@ impl Action for CopyCollection {
 
     fn describe(&self, copy: &Copy) -> String {
         let (source, target) = (label(&copy.source), label(&copy.target));
-        format!("copy {source} to {target} in parallel `_id` ranges (resumable), then its indexes, collation and validation rules")
+        format!(
+            "copy {source} to {target} in parallel `_id` ranges (resumable), then its indexes, collation and validation rules"
+        )
     }
 
     async fn execute(&self, copy: Copy, cx: &Context) -> Result<StepOutput<CopyOutput>, StepError> {
