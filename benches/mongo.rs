@@ -139,29 +139,63 @@ async fn sync_lag(bench: &Bench, rate: u64, seconds: u64) -> (f64, f64, f64) {
     (percentile(&lags, 0.5), percentile(&lags, 0.99), achieved)
 }
 
-/// A copy interrupted halfway (its cancellation token fired, as a kill would stop it),
-/// then resumed from its last checkpoint. Returns the share of documents written twice.
-async fn interrupted_copy(bench: &Bench, docs: usize) -> f64 {
+/// A sink that records like [`Recorder`] and fires a copy's cancellation at the first
+/// checkpoint crediting at least `at` documents: the interruption point is a count, not a
+/// time, so it does not depend on how fast the copy runs.
+struct Interrupter {
+    recorder: Recorder,
+    at: u64,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl handoff_executor::Sink for Interrupter {
+    fn checkpoint(&self, phase: &str, step: &str, data: &Value) -> std::io::Result<()> {
+        self.recorder.checkpoint(phase, step, data)?;
+        if data["copied"].as_u64().is_some_and(|copied| copied >= self.at) {
+            self.cancel.cancel();
+        }
+        Ok(())
+    }
+    fn metric(&self, phase: &str, step: &str, name: &str, value: f64) {
+        self.recorder.metric(phase, step, name, value);
+    }
+    fn progress(&self, phase: &str, step: &str, message: &str, fraction: Option<f64>) {
+        self.recorder.progress(phase, step, message, fraction);
+    }
+    fn decision(&self, key: &str) -> Option<handoff_executor::Decision> {
+        self.recorder.decision(key)
+    }
+    fn output(&self, step: &str) -> Option<handoff_executor::StepOutput> {
+        self.recorder.output(step)
+    }
+}
+
+/// A copy interrupted at its first checkpoint past half the documents (its cancellation
+/// token fired, as a kill would stop it), then resumed from its last checkpoint. Returns
+/// the share of documents written twice, or `None` when the copy had finished all its
+/// ranges before the interruption could stop it (a small collection: nothing to resume).
+async fn interrupted_copy(bench: &Bench, docs: usize) -> Option<f64> {
     bench.new.drop().await.unwrap();
-    let with = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "parallelism": PARALLELISM, "batch_size": BATCH, "copy_indexes": false});
-    let recorder = Arc::new(Recorder::default());
-    let cx = Context::detached(
+    // Ranges small enough that each `_id` type splits into PARALLELISM of them: when half
+    // the documents are credited, ranges remain that have not started, so the interruption
+    // stops the copy at any size (each finished range is checkpointed).
+    let range_size = (docs / (4 * PARALLELISM)).max(1);
+    let with = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "parallelism": PARALLELISM, "batch_size": BATCH, "range_size": range_size, "copy_indexes": false});
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let sink = Arc::new(Interrupter { recorder: Recorder::default(), at: docs as u64 / 2, cancel: cancel.clone() });
+    let mut cx = Context::detached(
         "bench",
         Endpoints::new(bench.endpoints.clone()),
         bench.resources.clone(),
         None,
-        recorder.clone(),
+        sink.clone(),
     );
-    let watcher = async {
-        while bench.new.estimated_document_count().await.unwrap() < docs as u64 / 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        cx.cancel.cancel();
-    };
-    let (first, ()) = tokio::join!(bench.mongo.run("copy", &with, &cx), watcher);
-    assert!(first.is_err(), "the copy was interrupted");
+    cx.cancel = cancel;
+    if bench.mongo.run("copy", &with, &cx).await.is_ok() {
+        return None;
+    }
     let written_before = bench.new.count_documents(doc! {}).await.unwrap();
-    let checkpoint = recorder.checkpoints.lock().unwrap().last().cloned();
+    let checkpoint = sink.recorder.checkpoints.lock().unwrap().last().cloned();
     let credited = checkpoint.as_ref().and_then(|c| c["copied"].as_u64()).unwrap_or(0);
     let cx = Context::detached(
         "bench",
@@ -173,15 +207,14 @@ async fn interrupted_copy(bench: &Bench, docs: usize) -> f64 {
     let second = bench.mongo.run("copy", &with, &cx).await.unwrap();
     let processed_again = second.detail["documents_copied"].as_u64().unwrap() - credited;
     assert_eq!(bench.new.count_documents(doc! {}).await.unwrap(), docs as u64, "nothing lost");
-    (written_before + processed_again - docs as u64) as f64 / docs as f64
+    Some((written_before + processed_again).saturating_sub(docs as u64) as f64 / docs as f64)
 }
 
 /// A sync killed halfway through a steady load (its task aborted without draining, so only its checkpoints
 /// survive, as after SIGKILL) and started again from its last checkpoint. Returns (changes
 /// made, changes applied twice, discrepancies after).
 async fn interrupted_sync(bench: &Bench, every: &str) -> (u64, u64, Value) {
-    bench.old.drop().await.unwrap();
-    bench.new.drop().await.unwrap();
+    bench.reset().await;
     let seed: Vec<Document> = (0..2000).map(|n| item(n, Bson::Int64(n as i64))).collect();
     raw_write(&bench.old, &seed).await;
     let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "checkpoint_every": every});
@@ -232,8 +265,7 @@ async fn interrupted_sync(bench: &Bench, every: &str) -> (u64, u64, Value) {
 /// Injects each kind of discrepancy into an exact copy; returns lines of what verify found
 /// (strict, and lenient on field order and numeric types) against what was injected.
 async fn accuracy(bench: &Bench, docs: usize) -> Vec<String> {
-    bench.old.drop().await.unwrap();
-    bench.new.drop().await.unwrap();
+    bench.reset().await;
     let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, true))).collect();
     raw_write(&bench.old, &prebuilt).await;
     let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}});
@@ -291,13 +323,9 @@ async fn accuracy(bench: &Bench, docs: usize) -> Vec<String> {
     lines
 }
 
-fn main() {
-    let docs: usize = std::env::var("HANDOFF_BENCH_DOCS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
-    let parts =
-        std::env::var("HANDOFF_BENCH_PARTS").unwrap_or_else(|_| "sync,sync-resume,accuracy,resume,copy".to_owned());
-    let wants = |part: &str| parts.split(',').any(|p| p == part);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
+impl Bench {
+    /// Two sandbox servers, with the source and target collections and the executor.
+    async fn start() -> Bench {
         let specs = [ServiceSpec::new("old_db", ServiceKind::Mongo), ServiceSpec::new("new_db", ServiceKind::Mongo)];
         let sandbox = Sandbox::start(&specs, &Options::default()).await.expect("the sandbox starts");
         let url = |name: &str| sandbox.service(name).unwrap().endpoint().url.clone();
@@ -310,10 +338,13 @@ fn main() {
         let mut resources = BTreeMap::new();
         for (name, db) in [("old_db", "restaurant"), ("new_db", "menu")] {
             endpoints.insert(name.to_owned(), url(name));
-            let resource: Resource = serde_json::from_value(json!({"kind": "mongodb", "endpoint": name, "database": db, "collections": ["menu_items"]})).unwrap();
+            let resource: Resource = serde_json::from_value(
+                json!({"kind": "mongodb", "endpoint": name, "database": db, "collections": ["menu_items"]}),
+            )
+            .unwrap();
             resources.insert(Id(name.to_owned()), resource);
         }
-        let bench = Bench {
+        Bench {
             old: old_client.database("restaurant").collection("menu_items"),
             new: new_client.database("menu").collection("menu_items"),
             scratch: new_client.database("menu").collection("scratch"),
@@ -321,21 +352,140 @@ fn main() {
             endpoints,
             resources,
             mongo: handoff_exec_mongo::executor(),
-        };
-        let pair = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}});
-        let with = |extra: Value| {
-            let mut value = pair.clone();
-            value.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            value
-        };
+        }
+    }
+
+    /// Empties both sides between parts. SecantusDB has answered a `drop` right after a
+    /// large interrupted copy with "internal server error": the documents are then deleted
+    /// instead, so the next part starts empty either way.
+    async fn reset(&self) {
+        for coll in [&self.old, &self.new] {
+            if let Err(error) = coll.drop().await {
+                eprintln!("dropping {} failed ({error}); deleting its documents instead", coll.name());
+                coll.delete_many(doc! {}).await.unwrap();
+            }
+        }
+    }
+
+    /// The step parameters naming both sides, with `extra`.
+    fn with(&self, extra: Value) -> Value {
+        let mut value = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}});
+        value.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        value
+    }
+}
+
+/// The `resume` part: a copy interrupted at half, then resumed.
+async fn resume_part(bench: &Bench, docs: usize) {
+    let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, true))).collect();
+    raw_write(&bench.old, &prebuilt).await;
+    let redone = interrupted_copy(bench, docs).await;
+    let verified = bench.step("verify", bench.with(json!({"mode": "full"}))).await.0;
+    match redone {
+        Some(redone) => println!(
+            "copy of {docs} documents (mixed _ids) interrupted at its first checkpoint past half, then resumed: {:.2}% written twice, {} discrepancies after",
+            redone * 100.0,
+            verified["discrepancies"]
+        ),
+        None => println!(
+            "copy of {docs} documents (mixed _ids): every range finished before the interruption at half could stop it (nothing to resume), {} discrepancies",
+            verified["discrepancies"]
+        ),
+    }
+    bench.reset().await;
+}
+
+/// The `copy` part for one kind of `_id`: copy and verify against the raw limits.
+async fn copy_part(bench: &Bench, docs: usize, mixed: bool) {
+    let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, mixed))).collect();
+    let bytes = mongodb::bson::to_vec(&prebuilt[0]).unwrap().len();
+    raw_write(&bench.old, &prebuilt).await;
+    let label = if mixed { "mixed _id types" } else { "ObjectId _ids" };
+    println!("{docs} documents of {bytes} bytes, {label}; medians of {RUNS} runs");
+    let (mut reads, mut writes, mut copies, mut scans, mut verifies) = (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        assert_eq!(drain(&bench.old).await, docs);
+        reads.push(started.elapsed());
+        writes.push(raw_write(&bench.scratch, &prebuilt).await);
+        bench.new.drop().await.unwrap();
+        let (output, took) = bench
+            .step("copy", bench.with(json!({"parallelism": PARALLELISM, "batch_size": BATCH, "copy_indexes": false})))
+            .await;
+        assert_eq!(output["documents_copied"], json!(docs));
+        copies.push(took);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(drain(&bench.old), drain(&bench.new));
+        assert_eq!((a, b), (docs, docs));
+        scans.push(started.elapsed());
+        let (output, took) = bench.step("verify", bench.with(json!({"mode": "full"}))).await;
+        assert_eq!(output["discrepancies"], json!(0), "{output}");
+        verifies.push(took);
+    }
+    let (read, write, copy, scan, verify) =
+        (median(reads), median(writes), median(copies), median(scans), median(verifies));
+    let limit = read.max(write);
+    println!(
+        "  raw read {:.2} s, raw write {:.2} s (parallel {PARALLELISM}, batches of {BATCH})",
+        read.as_secs_f64(),
+        write.as_secs_f64()
+    );
+    println!(
+        "  copy     {:.2} s   copy / max(read, write)      {:.2}",
+        copy.as_secs_f64(),
+        copy.as_secs_f64() / limit.as_secs_f64()
+    );
+    println!("  scan both sides {:.2} s", scan.as_secs_f64());
+    println!(
+        "  verify   {:.2} s   verify / parallel scan        {:.2}   ({:.0} documents/s)",
+        verify.as_secs_f64(),
+        verify.as_secs_f64() / scan.as_secs_f64(),
+        docs as f64 / verify.as_secs_f64()
+    );
+    if !mixed {
+        // The seed's check: 1,000 random documents, one round trip each.
+        let ids: Vec<Bson> = bench
+            .old
+            .find(doc! {})
+            .projection(doc! {"_id": 1})
+            .limit(1000)
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.get("_id").unwrap().clone())
+            .collect();
+        let started = Instant::now();
+        for id in &ids {
+            let _ = bench.old.find_one(doc! {"_id": id}).await.unwrap();
+            let _ = bench.new.find_one(doc! {"_id": id}).await.unwrap();
+        }
+        let seed = ids.len() as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "  seed method (1,000 samples, a round trip per document per side): {seed:.0} documents/s; verify 100% is {:.1}x faster per document",
+            docs as f64 / verify.as_secs_f64() / seed
+        );
+    }
+    bench.reset().await;
+}
+
+fn main() {
+    let docs: usize = std::env::var("HANDOFF_BENCH_DOCS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let parts =
+        std::env::var("HANDOFF_BENCH_PARTS").unwrap_or_else(|_| "sync,sync-resume,accuracy,resume,copy".to_owned());
+    let wants = |part: &str| parts.split(',').any(|p| p == part);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let bench = Bench::start().await;
         if wants("sync") {
             println!("sync lag under a steady insert load (a change stream on the target times arrivals), 10 s per rate:");
             for rate in [100, 300, 1000] {
                 let (p50, p99, achieved) = sync_lag(&bench, rate, 10).await;
                 println!("  {rate:>5}/s asked, {achieved:>6.0}/s achieved: lag p50 {p50:.3} s, p99 {p99:.3} s");
             }
-            bench.old.drop().await.unwrap();
-            bench.new.drop().await.unwrap();
+            bench.reset().await;
         }
         if wants("sync-resume") {
             for every in ["1s", "250ms"] {
@@ -350,69 +500,17 @@ fn main() {
             for line in accuracy(&bench, docs.min(20_000)).await {
                 println!("accuracy: {line}");
             }
-            bench.old.drop().await.unwrap();
-            bench.new.drop().await.unwrap();
+            bench.reset().await;
         }
         if wants("resume") {
-            let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, true))).collect();
-            raw_write(&bench.old, &prebuilt).await;
-            let redone = interrupted_copy(&bench, docs).await;
-            let verified = bench.step("verify", with(json!({"mode": "full"}))).await.0;
-            println!(
-                "copy of {docs} documents (mixed _ids) interrupted halfway, then resumed: {:.2}% written twice, {} discrepancies after",
-                redone * 100.0,
-                verified["discrepancies"]
-            );
-            bench.old.drop().await.unwrap();
-            bench.new.drop().await.unwrap();
+            resume_part(&bench, docs).await;
         }
         for mixed in [false, true] {
             let wanted = wants("copy") || wants(if mixed { "mixed" } else { "objectid" });
             if !wanted {
                 continue;
             }
-            let prebuilt: Vec<Document> = (0..docs).map(|n| item(n, id(n, mixed))).collect();
-            let bytes = mongodb::bson::to_vec(&prebuilt[0]).unwrap().len();
-            raw_write(&bench.old, &prebuilt).await;
-            let label = if mixed { "mixed _id types" } else { "ObjectId _ids" };
-            println!("{docs} documents of {bytes} bytes, {label}; medians of {RUNS} runs");
-            let (mut reads, mut writes, mut copies, mut scans, mut verifies) = (vec![], vec![], vec![], vec![], vec![]);
-            for _ in 0..RUNS {
-                let started = Instant::now();
-                assert_eq!(drain(&bench.old).await, docs);
-                reads.push(started.elapsed());
-                writes.push(raw_write(&bench.scratch, &prebuilt).await);
-                bench.new.drop().await.unwrap();
-                let (output, took) = bench.step("copy", with(json!({"parallelism": PARALLELISM, "batch_size": BATCH, "copy_indexes": false}))).await;
-                assert_eq!(output["documents_copied"], json!(docs));
-                copies.push(took);
-                let started = Instant::now();
-                let (a, b) = tokio::join!(drain(&bench.old), drain(&bench.new));
-                assert_eq!((a, b), (docs, docs));
-                scans.push(started.elapsed());
-                let (output, took) = bench.step("verify", with(json!({"mode": "full"}))).await;
-                assert_eq!(output["discrepancies"], json!(0), "{output}");
-                verifies.push(took);
-            }
-            let (read, write, copy, scan, verify) = (median(reads), median(writes), median(copies), median(scans), median(verifies));
-            let limit = read.max(write);
-            println!("  raw read {:.2} s, raw write {:.2} s (parallel {PARALLELISM}, batches of {BATCH})", read.as_secs_f64(), write.as_secs_f64());
-            println!("  copy     {:.2} s   copy / max(read, write)      {:.2}", copy.as_secs_f64(), copy.as_secs_f64() / limit.as_secs_f64());
-            println!("  scan both sides {:.2} s", scan.as_secs_f64());
-            println!("  verify   {:.2} s   verify / parallel scan        {:.2}   ({:.0} documents/s)", verify.as_secs_f64(), verify.as_secs_f64() / scan.as_secs_f64(), docs as f64 / verify.as_secs_f64());
-            if !mixed {
-                // The seed's check: 1,000 random documents, one round trip each.
-                let ids: Vec<Bson> = bench.old.find(doc! {}).projection(doc! {"_id": 1}).limit(1000).await.unwrap().try_collect::<Vec<_>>().await.unwrap().into_iter().map(|d| d.get("_id").unwrap().clone()).collect();
-                let started = Instant::now();
-                for id in &ids {
-                    let _ = bench.old.find_one(doc! {"_id": id}).await.unwrap();
-                    let _ = bench.new.find_one(doc! {"_id": id}).await.unwrap();
-                }
-                let seed = ids.len() as f64 / started.elapsed().as_secs_f64();
-                println!("  seed method (1,000 samples, a round trip per document per side): {seed:.0} documents/s; verify 100% is {:.1}x faster per document", docs as f64 / verify.as_secs_f64() / seed);
-            }
-            bench.old.drop().await.unwrap();
-            bench.new.drop().await.unwrap();
+            copy_part(&bench, docs, mixed).await;
         }
     });
 }

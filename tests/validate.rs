@@ -88,3 +88,26 @@ fn literal_secrets_never_reach_any_output() {
         }
     }
 }
+
+/// A FIFO would block the read forever and a device never ends: both are refused before
+/// they are opened, with exit 2, by `validate` and by a command that loads a plan; a
+/// symlink to a plan is read as the plan. (`handoff` fails a test that hangs.)
+#[test]
+fn only_regular_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("plan.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap();
+    for args in [&["validate", fifo][..], &["plan", "show", fifo], &["validate", "/dev/zero"]] {
+        let output = handoff(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", transcript(&output));
+        let text = transcript(&output);
+        assert!(text.contains("not a regular file; pass a plan file"), "{text}");
+    }
+    assert!(transcript(&handoff(&["validate", fifo])).contains("is a FIFO (named pipe)"));
+    let link = dir.path().join("link.yaml");
+    std::os::unix::fs::symlink(support::root().join("plans/menu-service.yaml"), &link).unwrap();
+    let output = handoff(&["validate", link.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", transcript(&output));
+}

@@ -38,17 +38,41 @@ enum Format {
 }
 
 /// Reads at most `MAX_FILE_BYTES + 1` bytes, so a huge file is rejected without being
-/// loaded.
+/// loaded. Only a regular file (or a symlink to one) is opened: a FIFO would block the read
+/// forever and a device would never end, so both are refused before opening, and the opened
+/// file is checked again.
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    if path.is_dir() {
-        anyhow::bail!("{} is a directory; pass plan files (e.g. {}/*.yaml)", path.display(), path.display());
-    }
+    let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    regular(path, &metadata)?;
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    regular(path, &file.metadata().with_context(|| format!("cannot read {}", path.display()))?)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(bytes)
+}
+
+/// Refuses anything but a regular file, naming what it is.
+fn regular(path: &Path, metadata: &std::fs::Metadata) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    if kind.is_dir() {
+        anyhow::bail!("{} is a directory; pass plan files (e.g. {}/*.yaml)", path.display(), path.display());
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    };
+    anyhow::bail!("{} is {what}, not a regular file; pass a plan file", path.display())
 }
 
 /// Validates every path; returns the exit code.

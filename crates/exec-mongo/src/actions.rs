@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Metrics the sync actions emit.
-const SYNC_METRICS: &[&str] = &["sync_lag_seconds", "sync_applied_ops_per_second"];
+const SYNC_METRICS: &[&str] = &["sync_lag_seconds", "sync_applied_ops_per_second", "sync_refused_documents"];
 /// Metrics `mongo.verify` emits.
 const VERIFY_METRICS: &[&str] = &["data_discrepancies", "data_consistency_percent", "documents_verified"];
 
@@ -53,7 +53,9 @@ impl Action for CopyCollection {
 
     fn describe(&self, copy: &Copy) -> String {
         let (source, target) = (label(&copy.source), label(&copy.target));
-        format!("copy {source} to {target} in parallel `_id` ranges (resumable), then its indexes")
+        format!(
+            "copy {source} to {target} in parallel `_id` ranges (resumable), then its indexes, collation and validation rules"
+        )
     }
 
     async fn execute(&self, copy: Copy, cx: &Context) -> Result<StepOutput<CopyOutput>, StepError> {

@@ -44,7 +44,11 @@ pub struct Copy {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub range_size: Option<u64>,
-    /// Copy the source's indexes and collection options.
+    /// Copy the source's indexes and collection options: its collation (the target is
+    /// created with it before the first document; an existing target must have it) and its
+    /// validation rules (`validator`, `validationLevel`, `validationAction`, set after the
+    /// last document, so documents the source let in are not refused). Other options
+    /// (capped, time series, clustered) are not copied.
     #[serde(default = "yes")]
     pub copy_indexes: bool,
     /// Upper bound on documents written per second (no bound when absent).
@@ -148,6 +152,14 @@ pub struct Reconcile {
     /// Also delete documents only the repaired side has.
     #[serde(default)]
     pub delete_extra: bool,
+    /// Field order does not matter, as in the paired `mongo.verify`; with `false`, a
+    /// document whose fields only differ in order is rewritten in the truth's order.
+    #[serde(default = "yes")]
+    pub ignore_field_order: bool,
+    /// Numbers compare by value across types, as in the paired `mongo.verify`; with
+    /// `false`, an `int` where the truth has a `long` is rewritten.
+    #[serde(default)]
+    pub numeric_by_value: bool,
 }
 
 /// `mongo.archive`: dump a collection to a compressed archive with a manifest.
@@ -156,7 +168,8 @@ pub struct Reconcile {
 pub struct Archive {
     /// The collection archived.
     pub source: Side,
-    /// Archive path (a directory receives `<collection>.archive.zst` and `manifest.json`).
+    /// Archive path: a directory that receives `<collection>.bson.gz` (the documents as a
+    /// gzip'd BSON stream, the format of `mongodump`) and `manifest.json`.
     pub path: String,
     /// Restore the archive into a scratch collection and compare, proving it restorable.
     #[serde(default = "yes")]

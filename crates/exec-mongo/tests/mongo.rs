@@ -242,10 +242,23 @@ async fn verify_finds_every_kind_of_discrepancy() {
     let with = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "direction": "source_to_target", "delete_extra": true});
     let (repaired, _) = world.step("reconcile", with.clone(), None).await;
     assert_eq!((repaired["copied"].clone(), repaired["deleted"].clone()), (json!(3), json!(1)), "{repaired}");
-    let (again, _) = world.step("reconcile", with, None).await;
+    let (again, _) = world.step("reconcile", with.clone(), None).await;
     assert_eq!((again["copied"].clone(), again["deleted"].clone()), (json!(0), json!(0)), "{again}");
     let clean = world.verify(json!({"mode": "full", "ignore_field_order": true})).await;
     assert_eq!(clean["discrepancies"], json!(0), "missing, changed and int→long repaired, extra deleted: {clean}");
+
+    // Under a strict verify's settings reconcile repairs what that verify reports: the
+    // document whose fields differ only in order is rewritten, and strict verify converges.
+    let still = world.verify(json!({"mode": "full", "ignore_field_order": false})).await;
+    assert_eq!(still["different"], json!(1), "the reordered document: {still}");
+    let mut strict_with = with;
+    strict_with["ignore_field_order"] = json!(false);
+    let (rewritten, _) = world.step("reconcile", strict_with.clone(), None).await;
+    assert_eq!(rewritten["copied"], json!(1), "{rewritten}");
+    let converged = world.verify(json!({"mode": "full", "ignore_field_order": false})).await;
+    assert_eq!(converged["discrepancies"], json!(0), "{converged}");
+    let (nothing, _) = world.step("reconcile", strict_with, None).await;
+    assert_eq!(nothing["copied"], json!(0), "{nothing}");
 }
 
 fn sync_params(every: &str) -> Value {
@@ -411,4 +424,128 @@ async fn a_sync_whose_source_drops_its_connections_catches_up_without_loss() {
     }
     let verified = world.verify(json!({"mode": "full"})).await;
     assert_eq!(verified["discrepancies"], json!(0), "{verified}");
+}
+
+/// The `_id` of the i-th document.
+type IdOf = fn(i64) -> Bson;
+
+/// `_id`s of one numeric type with a NaN among them (which sorts first, and which no range
+/// operator matches).
+async fn seed_with_nan(coll: &mongodb::Collection<Document>, id: IdOf, nan: Bson) -> u64 {
+    let mut documents: Vec<Document> = (0..300).map(|i| doc! { "_id": id(i), "n": i }).collect();
+    documents.push(doc! { "_id": nan, "n": -1 });
+    coll.insert_many(documents).await.unwrap();
+    301
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_ids_are_copied_and_verified_in_a_range_of_their_own() {
+    let world = World::start().await;
+    let decimal = |text: &str| Bson::Decimal128(text.parse().unwrap());
+    let kinds: [(&str, IdOf, Bson); 2] = [
+        ("double", |i| Bson::Double(i as f64 + 0.5), Bson::Double(f64::NAN)),
+        ("decimal", |i| Bson::Decimal128(format!("{i}.25").parse().unwrap()), decimal("NaN")),
+    ];
+    for (kind, id, nan) in kinds {
+        world.old.delete_many(doc! {}).await.unwrap();
+        world.new.delete_many(doc! {}).await.unwrap();
+        let count = seed_with_nan(&world.old, id, nan.clone()).await;
+        let (output, _) = world.step("copy", copy_params(), None).await;
+        assert_eq!(output["id_types"], json!([kind]), "{output}");
+        assert!(output["ranges"].as_u64().unwrap() > 1, "{kind} ids are split: {output}");
+        assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count, "{kind}: {output}");
+        assert_eq!(world.new.count_documents(doc! {"_id": nan.clone()}).await.unwrap(), 1, "{kind}");
+        let same = world.verify(json!({"mode": "full"})).await;
+        assert_eq!((same["discrepancies"].clone(), same["compared"].clone()), (json!(0), json!(count)), "{same}");
+        // A NaN only on the source side is found.
+        world.new.delete_one(doc! {"_id": nan.clone()}).await.unwrap();
+        let missing = world.verify(json!({"mode": "full"})).await;
+        assert_eq!((missing["missing"].clone(), missing["discrepancies"].clone()), (json!(1), json!(1)), "{missing}");
+        // A copy resumed just after the NaN (written first, in `_id` order) copies the rest.
+        world.new.delete_many(doc! {}).await.unwrap();
+        let (_, first) = world.step("copy", copy_params(), None).await;
+        let mut plan = first.checkpoints.lock().unwrap()[0].clone();
+        let nan_range = (plan["ranges"].as_array().unwrap().iter())
+            .position(|r| r["lo"].is_null() && !r["hi"].is_null())
+            .expect("a first range");
+        plan["positions"] = json!({ nan_range.to_string(): nan.clone().into_canonical_extjson() });
+        world.new.delete_many(doc! {}).await.unwrap();
+        world.step("copy", copy_params(), Some(plan)).await;
+        assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), count - 1, "{kind}: all but the NaN");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_prefixed_field_survives_the_sync_and_a_refused_change_does_not_stop_it() {
+    let world = World::start().await;
+    seed(&world.old, 10).await;
+    world.step("copy", copy_params(), None).await;
+    let (_, reports) = world.step("sync", sync_params("100ms"), None).await;
+    // A top-level `$`-prefixed field: MongoDB 5.0+ refuses it in a replacement document.
+    let raw = world.old.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+    raw.insert_one(mongodb::bson::rawdoc! {"_id": "dollar", "$price": 5, "name": "odd"}).await.unwrap();
+    let change = vec![doc! {"$replaceWith": {"$literal": {"_id": "dollar", "$price": 6, "name": "odder"}}}];
+    world.old.update_one(doc! {"_id": "dollar"}, change).await.unwrap();
+    // A change the target refuses outright (its validator), then an ordinary one.
+    let target_db = world.new.client().database("menu");
+    let validator = doc! {"collMod": "menu_items", "validator": {"name": {"$type": "string"}}};
+    target_db.run_command(validator).await.unwrap();
+    world.old.insert_one(doc! {"_id": "refused", "name": 42}).await.unwrap();
+    world.old.insert_one(doc! {"_id": "after", "name": "fine"}).await.unwrap();
+    let (stopped, _) = world.step("stop_sync", json!({"sync": "s", "drain": true}), None).await;
+    assert_eq!((stopped["refused"].clone(), stopped["refused_examples"].clone()), (json!(1), json!(["refused"])));
+    let dollar = world.new.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+    let copied = dollar.find_one(doc! {"_id": "dollar"}).await.unwrap().expect("the $-prefixed document arrived");
+    assert_eq!(copied.get_i32("$price").unwrap(), 6);
+    assert_eq!(copied.get_str("name").unwrap(), "odder");
+    assert!(world.new.find_one(doc! {"_id": "after"}).await.unwrap().is_some(), "the sync went on");
+    assert_eq!(reports.metrics.lock().unwrap()["sync_refused_documents"], 1.0);
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["missing"], json!(1), "only the refused document differs: {verified}");
+    // A server's refusal is printed as what the server said, not as the raw reply in hex.
+    let with =
+        json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "direction": "source_to_target"});
+    let error = world.try_step("reconcile", with, None, Default::default(), false).await.unwrap_err().to_string();
+    assert!(error.contains("Document failed validation (code 121)"), "{error}");
+    assert!(!error.contains("RawDocumentBuf") && !error.contains("server response"), "{error}");
+}
+
+/// The options `listCollections` reports for a collection.
+async fn options(coll: &mongodb::Collection<Document>) -> Document {
+    let db = coll.client().database(coll.namespace().db.as_str());
+    let reply = db.run_command(doc! {"listCollections": 1, "filter": {"name": coll.name()}}).await.unwrap();
+    let batch = reply.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+    batch[0].as_document().unwrap().get_document("options").unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_carries_the_collation_and_the_validation_rules_over() {
+    let world = World::start().await;
+    let source_db = world.old.client().database("restaurant");
+    let create = doc! {
+        "create": "menu_items", "collation": {"locale": "fr"},
+        "validator": {"name": {"$type": "string"}}, "validationLevel": "moderate", "validationAction": "warn",
+    };
+    source_db.run_command(create).await.unwrap();
+    seed(&world.old, 50).await;
+    // The source's `warn` action let this one in; the copy must not be refused it.
+    world.old.insert_one(doc! {"_id": "unnamed", "name": 7}).await.unwrap();
+    let (output, _) = world.step("copy", copy_params(), None).await;
+    assert_eq!(
+        output["collection_options"],
+        json!(["collation", "validator", "validationLevel", "validationAction"]),
+        "{output}"
+    );
+    assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), 51);
+    let (source, target) = (options(&world.old).await, options(&world.new).await);
+    for key in ["validator", "validationLevel", "validationAction"] {
+        assert_eq!(source.get(key), target.get(key), "{key}: {target}");
+    }
+    assert_eq!(target.get_document("collation").unwrap().get_str("locale").unwrap(), "fr", "{target}");
+    // A target that exists with another collation is refused, before anything is written.
+    world.new.drop().await.unwrap();
+    world.new.client().database("menu").run_command(doc! {"create": "menu_items"}).await.unwrap();
+    let refused = world.try_step("copy", copy_params(), None, Default::default(), false).await.unwrap_err();
+    assert!(refused.to_string().contains("exists with another collation"), "{refused}");
+    assert_eq!(world.new.count_documents(doc! {}).await.unwrap(), 0);
 }

@@ -86,6 +86,7 @@ impl<'c> Checker<'c> {
         let schema = schema::generate(&catalog.schemas());
         let validator = jsonschema::options()
             .should_validate_formats(true)
+            .with_format(units::DURATION_FORMAT, units::Duration::within_bounds)
             .build(&schema)
             .map_err(|e| CheckerError::Schema(e.to_string()))?;
         Ok(Checker { catalog, schema, validator })
@@ -125,6 +126,7 @@ impl<'c> Checker<'c> {
             match serde_json::from_value::<Plan>(document.value.clone()) {
                 Ok(plan) => {
                     report.diagnostics = lint::lint(&plan, &document.value, self.catalog);
+                    report.diagnostics.extend(calendar_overflow(&plan));
                     report.plan = Some(plan);
                 }
                 Err(e) => report.diagnostics.push(Diagnostic::new(codes::SCHEMA, "", e.to_string())),
@@ -157,22 +159,7 @@ impl<'c> Checker<'c> {
             ValidationErrorKind::AdditionalProperties { unexpected }
             | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
                 let allowed = self.allowed_keys(error.schema_path().as_str());
-                for key in unexpected {
-                    let key_pointer = crate::source::child(&pointer, key);
-                    let mut diagnostic = Diagnostic::new(
-                        codes::UNKNOWN_FIELD,
-                        key_pointer.clone(),
-                        format!(
-                            "unknown field `{key}` in {place}{}",
-                            suggestion(key, allowed.iter().map(String::as_str))
-                        ),
-                    )
-                    .at(document.key_span(&key_pointer));
-                    if !allowed.is_empty() {
-                        diagnostic = diagnostic.with_help(format!("allowed here: {}", allowed.join(", ")));
-                    }
-                    out.push(diagnostic);
-                }
+                out.extend(unexpected.iter().map(|key| unknown_key(key, &pointer, &allowed, document)));
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default();
@@ -186,10 +173,7 @@ impl<'c> Checker<'c> {
                 );
             }
             ValidationErrorKind::Type { kind } => {
-                let expected = match kind {
-                    TypeKind::Single(t) => yaml_type(*t).to_owned(),
-                    TypeKind::Multiple(set) => set.iter().map(yaml_type).collect::<Vec<_>>().join(" or "),
-                };
+                let expected = expected_types(kind);
                 out.push(at(codes::WRONG_TYPE, format!("{place} must be {expected}, not {}", type_name(instance))));
             }
             ValidationErrorKind::Enum { options } => {
@@ -204,6 +188,10 @@ impl<'c> Checker<'c> {
             }
             ValidationErrorKind::Pattern { pattern } => {
                 out.push(at(codes::INVALID_FORMAT, pattern_message(&place, instance, pattern)))
+            }
+            ValidationErrorKind::Format { format } if format == units::DURATION_FORMAT => {
+                let text = instance.as_str().unwrap_or_default();
+                out.push(at(codes::OUT_OF_RANGE, format!("{place}: {}", units::too_long(text))));
             }
             ValidationErrorKind::Format { format } => {
                 out.push(at(codes::INVALID_FORMAT, format!("{place}: {} is not a valid {format}", short(instance))));
@@ -233,36 +221,36 @@ impl<'c> Checker<'c> {
                             self.schema_error(inner, document, out);
                         }
                     }
-                    None => match (constants(context), self.variants(error.schema_path().as_str())) {
-                        (Some(options), _) => out.push(self.not_one_of(
-                            &place,
-                            instance,
-                            &options,
-                            at(codes::INVALID_VALUE, String::new()),
-                        )),
-                        (None, Some(variants)) => {
-                            let found: Vec<String> = instance
-                                .as_object()
-                                .into_iter()
-                                .flat_map(|o| o.keys())
-                                .map(|k| format!("`{k}`"))
-                                .collect();
-                            out.push(at(
-                                codes::SCHEMA,
-                                format!(
-                                    "{place} must have exactly one of {}; it has {}",
-                                    variants.join(", "),
-                                    if found.is_empty() { "none".to_owned() } else { found.join(", ") }
-                                ),
-                            ));
-                        }
-                        (None, None) => {
-                            out.push(at(codes::SCHEMA, format!("{place} matches none of the allowed forms")))
-                        }
-                    },
+                    None => out.push(self.no_branch(error, context, at(codes::SCHEMA, String::new()))),
                 }
             }
             _ => out.push(at(codes::SCHEMA, format!("{place}: {}", error.masked()))),
+        }
+    }
+
+    /// A `oneOf`/`anyOf` none of whose branches is close: the constants it allows, the
+    /// variants it must have exactly one of, or that it matches no form; `diagnostic`
+    /// carries pointer and span.
+    fn no_branch(
+        &self,
+        error: &ValidationError<'_>,
+        context: &[Vec<ValidationError<'static>>],
+        diagnostic: Diagnostic,
+    ) -> Diagnostic {
+        let (instance, place) = (error.instance(), describe(&diagnostic.pointer));
+        match (constants(context), self.variants(error.schema_path().as_str())) {
+            (Some(options), _) => {
+                let diagnostic = Diagnostic { code: codes::INVALID_VALUE, ..diagnostic };
+                self.not_one_of(&place, instance, &options, diagnostic)
+            }
+            (None, Some(variants)) => {
+                let found: Vec<String> =
+                    instance.as_object().into_iter().flat_map(|o| o.keys()).map(|k| format!("`{k}`")).collect();
+                let found = if found.is_empty() { "none".to_owned() } else { found.join(", ") };
+                let message = format!("{place} must have exactly one of {}; it has {found}", variants.join(", "));
+                Diagnostic { message, ..diagnostic }
+            }
+            (None, None) => Diagnostic { message: format!("{place} matches none of the allowed forms"), ..diagnostic },
         }
     }
 
@@ -366,6 +354,26 @@ fn constants(branches: &[Vec<ValidationError<'static>>]) -> Option<Vec<Value>> {
         .collect()
 }
 
+/// An unknown key of the mapping at `pointer`, with the keys allowed there.
+fn unknown_key(key: &str, pointer: &str, allowed: &[String], document: &Document) -> Diagnostic {
+    let key_pointer = crate::source::child(pointer, key);
+    let place = describe(pointer);
+    let message = format!("unknown field `{key}` in {place}{}", suggestion(key, allowed.iter().map(String::as_str)));
+    let diagnostic =
+        Diagnostic::new(codes::UNKNOWN_FIELD, key_pointer.clone(), message).at(document.key_span(&key_pointer));
+    if allowed.is_empty() { diagnostic } else { diagnostic.with_help(format!("allowed here: {}", allowed.join(", "))) }
+}
+
+/// A phase whose planned end falls past the calendar's last day.
+fn calendar_overflow(plan: &Plan) -> Option<Diagnostic> {
+    let p = plan.calendar_overflow()?;
+    Some(Diagnostic::new(
+        codes::OUT_OF_RANGE,
+        format!("/phases/{p}/schedule/duration"),
+        format!("phase `{}` would end after 9999-12-31, the last day of the calendar", plan.phases[p].id),
+    ))
+}
+
 fn pattern_message(place: &str, instance: &Value, pattern: &str) -> String {
     let value = short(instance);
     let expected = if pattern == units::DURATION_PATTERN {
@@ -416,6 +424,14 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 /// A JSON Schema type in the words of YAML authors.
+/// The YAML names of a JSON Schema `type`: `a mapping or a list`.
+fn expected_types(kind: &TypeKind) -> String {
+    match kind {
+        TypeKind::Single(t) => yaml_type(*t).to_owned(),
+        TypeKind::Multiple(set) => set.iter().map(yaml_type).collect::<Vec<_>>().join(" or "),
+    }
+}
+
 fn yaml_type(json_type: jsonschema::JsonType) -> &'static str {
     use jsonschema::JsonType;
     match json_type {

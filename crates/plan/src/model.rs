@@ -766,20 +766,36 @@ pub struct PhaseDates<'a> {
 
 impl Plan {
     /// The dates of every phase, in order; `None` for a phase without a schedule or whose
-    /// start cannot be known (no declared start and nothing dated before it).
+    /// start cannot be known (no declared start and nothing dated before it, or an end past
+    /// the calendar before it: see [`Plan::calendar_overflow`]).
     pub fn calendar(&self) -> Vec<Option<PhaseDates<'_>>> {
+        self.dated().0
+    }
+
+    /// The index of the first phase whose planned end falls past the calendar's last day
+    /// (9999-12-31); its dates, and those that follow from them, are unknown.
+    pub fn calendar_overflow(&self) -> Option<usize> {
+        self.dated().1
+    }
+
+    fn dated(&self) -> (Vec<Option<PhaseDates<'_>>>, Option<usize>) {
         let mut previous_end = self.timeline.as_ref().map(|t| (t.start, None::<&Id>));
+        let mut overflow = None;
         let mut out = Vec::with_capacity(self.phases.len());
-        for phase in &self.phases {
+        for (p, phase) in self.phases.iter().enumerate() {
             let expected = previous_end;
             let dates = phase.schedule.as_ref().and_then(|schedule| {
                 let start = schedule.start.or(expected.map(|(end, _)| end))?;
-                Some(PhaseDates { start, end: start.plus(&schedule.duration), expected })
+                let end = start.plus(&schedule.duration);
+                if end.is_none() {
+                    overflow = overflow.or(Some(p));
+                }
+                Some(PhaseDates { start, end: end?, expected })
             });
             previous_end = dates.map(|d| (d.end, Some(&phase.id)));
             out.push(dates);
         }
-        out
+        (out, overflow)
     }
 
     /// Every step of the plan with its phase: phase steps first, then rollback steps.

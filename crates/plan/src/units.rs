@@ -11,6 +11,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 /// Pattern of a duration: one or more `<integer><unit>` parts, units `ms s m h d w`.
 pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d|w)( [0-9]+(ms|s|m|h|d|w))*$";
 
+/// The JSON Schema `format` of a duration whose bound the pattern cannot express: the
+/// checker registers [`Duration::within_bounds`] under this name.
+pub const DURATION_FORMAT: &str = "handoff-duration";
+
+/// The longest duration a plan may use, in days (100 years): every sum of plan dates and
+/// durations stays inside the calendar and every clock's arithmetic.
+pub const MAX_DURATION_DAYS: u64 = 36_525;
+
+/// [`MAX_DURATION_DAYS`] in milliseconds.
+const MAX_DURATION_MS: u64 = MAX_DURATION_DAYS * 86_400_000;
+
 /// A length of time written with units: `300ms`, `5m`, `14d`, `1h 30m`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duration {
@@ -18,18 +29,56 @@ pub struct Duration {
     value: std::time::Duration,
 }
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DurationError {
+    /// It does not match [`DURATION_PATTERN`].
+    Malformed,
+    /// It is longer than [`MAX_DURATION_DAYS`].
+    TooLong,
+}
+
 impl Duration {
-    /// Parses `5m`, `14d`, `1h 30m`; `None` when the text is not a duration.
+    /// Parses `5m`, `14d`, `1h 30m`; `None` when the text is not a duration or is longer
+    /// than [`MAX_DURATION_DAYS`].
     pub fn parse(text: &str) -> Option<Duration> {
-        let well_formed = text.split(' ').all(|part| {
+        Self::read(text).ok()
+    }
+
+    fn read(text: &str) -> Result<Duration, DurationError> {
+        let millis = Self::millis(text)?;
+        Ok(Duration { text: text.to_owned(), value: std::time::Duration::from_millis(millis) })
+    }
+
+    /// False only for a well-formed duration longer than [`MAX_DURATION_DAYS`] (a malformed
+    /// one is the pattern's to report).
+    pub fn within_bounds(text: &str) -> bool {
+        Self::millis(text) != Err(DurationError::TooLong)
+    }
+
+    /// The text's length in milliseconds, every sum checked before it is made.
+    fn millis(text: &str) -> Result<u64, DurationError> {
+        let mut total: u64 = 0;
+        for part in text.split(' ') {
             let digits = part.bytes().take_while(u8::is_ascii_digit).count();
-            digits > 0 && matches!(&part[digits..], "ms" | "s" | "m" | "h" | "d" | "w")
-        });
-        if !well_formed {
-            return None;
+            let unit: u64 = match &part[digits..] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                "w" => 604_800_000,
+                _ => return Err(DurationError::Malformed),
+            };
+            if digits == 0 {
+                return Err(DurationError::Malformed);
+            }
+            // Leading zeros aside, more than 20 digits overflow u64 whatever the unit.
+            let number = part[..digits].trim_start_matches('0');
+            let count: u64 = if number.is_empty() { 0 } else { number.parse().map_err(|_| DurationError::TooLong)? };
+            total = count.checked_mul(unit).and_then(|ms| total.checked_add(ms)).ok_or(DurationError::TooLong)?;
         }
-        let value = humantime::parse_duration(text).ok()?;
-        Some(Duration { text: text.to_owned(), value })
+        if total > MAX_DURATION_MS { Err(DurationError::TooLong) } else { Ok(total) }
     }
 
     /// The duration as a standard library value.
@@ -63,9 +112,13 @@ impl Serialize for Duration {
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Duration::parse(&text).ok_or_else(|| {
-            de::Error::custom(format!("`{text}` is not a duration; write e.g. `300ms`, `5m`, `14d` or `1h 30m`"))
-        })
+        match Duration::read(&text) {
+            Ok(duration) => Ok(duration),
+            Err(DurationError::TooLong) => Err(de::Error::custom(too_long(&text))),
+            Err(DurationError::Malformed) => Err(de::Error::custom(format!(
+                "`{text}` is not a duration; write e.g. `300ms`, `5m`, `14d` or `1h 30m`"
+            ))),
+        }
     }
 }
 
@@ -78,10 +131,16 @@ impl JsonSchema for Duration {
         schemars::json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
-            "description": "A duration: integer and unit (ms, s, m, h, d, w), e.g. `300ms`, `5m`, `14d`, `1h 30m`.",
+            "format": DURATION_FORMAT,
+            "description": "A duration: integer and unit (ms, s, m, h, d, w), e.g. `300ms`, `5m`, `14d`, `1h 30m`; at most 100 years (`36525d`).",
             "examples": ["5m", "1h", "14d"]
         })
     }
+}
+
+/// The message for a duration longer than [`MAX_DURATION_DAYS`].
+pub fn too_long(text: &str) -> String {
+    format!("`{text}` is longer than {MAX_DURATION_DAYS} days (100 years), the longest duration a plan may use")
 }
 
 /// What a quantity measures, with its value in the dimension's base unit.
@@ -227,10 +286,12 @@ impl JsonSchema for Quantity {
 pub struct Date(pub jiff::civil::Date);
 
 impl Date {
-    /// This date plus a duration, rounded down to whole days.
-    pub fn plus(self, duration: &Duration) -> Date {
-        let days = (duration.get().as_secs() / 86_400) as i64;
-        Date(self.0.checked_add(jiff::Span::new().days(days)).unwrap_or(self.0))
+    /// This date plus a duration, rounded down to whole days; `None` past the calendar's
+    /// last day (9999-12-31).
+    pub fn plus(self, duration: &Duration) -> Option<Date> {
+        let days = i64::try_from(duration.get().as_secs() / 86_400).ok()?;
+        let span = jiff::Span::new().try_days(days).ok()?;
+        self.0.checked_add(span).ok().map(Date)
     }
 
     /// Whole days from `self` to `later` (negative when `later` is earlier).
@@ -286,7 +347,27 @@ mod tests {
         }
         for text in ["", "5", "m", "5 m", "1.5h", "5min", "-5m", "5m ", "1h30m"] {
             assert_eq!(Duration::parse(text), None, "{text}");
+            assert!(Duration::within_bounds(text), "{text} is the pattern's to refuse");
         }
+    }
+
+    #[test]
+    fn durations_are_bounded_before_any_sum() {
+        assert_eq!(Duration::parse("36525d").map(|d| d.get().as_secs()), Some(36_525 * 86_400));
+        assert_eq!(Duration::parse("0036525d 0ms").map(|d| d.get().as_secs()), Some(36_525 * 86_400));
+        for text in ["36526d", "7304485d", "36525d 1ms", "99999999999999999999999w", "18446744073709551615ms 1ms"] {
+            assert_eq!(Duration::parse(text), None, "{text}");
+            assert!(!Duration::within_bounds(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn dates_past_the_calendar_are_none() {
+        let date = |text: &str| Date(text.parse().unwrap());
+        let days = |text: &str| Duration::parse(text).unwrap();
+        assert_eq!(date("2024-01-01").plus(&days("14d")), Some(date("2024-01-15")));
+        assert_eq!(date("9999-12-01").plus(&days("31d")), None);
+        assert_eq!(date("0000-01-01").plus(&days("36525d")), Some(date("0100-01-01")));
     }
 
     #[test]

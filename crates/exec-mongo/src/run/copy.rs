@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, TryStreamExt};
 use handoff_executor::{Context, StepError};
 use mongodb::IndexModel;
-use mongodb::bson::RawDocumentBuf;
+use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
 use mongodb::error::ErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -56,6 +56,9 @@ pub struct CopyOutput {
     pub ranges_resumed_inside: usize,
     /// Secondary indexes copied.
     pub indexes: usize,
+    /// Collection options copied (`collation`, `validator`, `validationLevel`,
+    /// `validationAction`: those the source has).
+    pub collection_options: Vec<String>,
     /// The source's change stream position before the first read (where a sync starts).
     pub change_stream_start: Option<Value>,
     /// BSON types of the `_id`s met.
@@ -108,6 +111,76 @@ async fn copy_indexes(source: &Coll, target: &Coll) -> Result<usize, StepError> 
         target.raw.create_indexes(models).await.map_err(|e| failed(&what(), e))?;
     }
     Ok(count)
+}
+
+/// The collection options a copy carries over: the collation when the target is created
+/// (before the first document), the validation rules after the last (the source's
+/// `moderate` level or `warn` action may hold documents its validator refuses).
+const CREATE_OPTIONS: [&str; 1] = ["collation"];
+/// See [`CREATE_OPTIONS`].
+const VALIDATION_OPTIONS: [&str; 3] = ["validator", "validationLevel", "validationAction"];
+
+/// The database a collection lives in.
+fn database(coll: &Coll) -> mongodb::Database {
+    coll.raw.client().database(coll.raw.namespace().db.as_str())
+}
+
+/// A collection's options as `listCollections` reports them; `None` when it does not exist.
+async fn options_of(coll: &Coll) -> Result<Option<Document>, StepError> {
+    let name = coll.raw.namespace().coll;
+    let command = doc! { "listCollections": 1, "filter": { "name": &name } };
+    let reply = database(coll)
+        .run_command(command)
+        .await
+        .map_err(|e| failed(&format!("reading the options of {}", coll.label), e))?;
+    let first = reply.get_document("cursor").and_then(|c| c.get_array("firstBatch")).ok().and_then(|b| b.first());
+    Ok(first.and_then(Bson::as_document).map(|spec| spec.get_document("options").cloned().unwrap_or_default()))
+}
+
+/// The options named in `keys` that `options` has, in the order of `keys`.
+fn pick(options: &Document, keys: &[&str]) -> Document {
+    keys.iter().filter_map(|&key| Some((key.to_owned(), options.get(key)?.clone()))).collect()
+}
+
+/// Creates the target with the source's collation before anything is written to it; a
+/// target that exists already must have the same collation (it cannot be changed).
+/// Returns the options carried over.
+async fn create_like(source: &Coll, target: &Coll) -> Result<(Document, Vec<String>), StepError> {
+    let options = options_of(source).await?.unwrap_or_default();
+    let wanted = pick(&options, &CREATE_OPTIONS);
+    match options_of(target).await? {
+        None => {
+            let mut create = doc! { "create": target.raw.namespace().coll };
+            create.extend(wanted.clone());
+            database(target).run_command(create).await.map_err(|e| failed(&format!("creating {}", target.label), e))?;
+        }
+        Some(existing) if existing.get("collation") != wanted.get("collation") => {
+            return Err(StepError::Refused(format!(
+                "{} exists with another collation than {} ({} there, {} here): drop it, or create it with the source's collation",
+                target.label,
+                source.label,
+                existing.get("collation").map_or("none".to_owned(), ToString::to_string),
+                wanted.get("collation").map_or("none".to_owned(), ToString::to_string),
+            )));
+        }
+        Some(_) => {}
+    }
+    Ok((options, wanted.keys().cloned().collect()))
+}
+
+/// Gives the target the source's validation rules (`collMod`), after the copy.
+async fn copy_validation(source_options: &Document, target: &Coll) -> Result<Vec<String>, StepError> {
+    let rules = pick(source_options, &VALIDATION_OPTIONS);
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut command = doc! { "collMod": target.raw.namespace().coll };
+    command.extend(rules.clone());
+    database(target)
+        .run_command(command)
+        .await
+        .map_err(|e| failed(&format!("setting the validation rules of {}", target.label), e))?;
+    Ok(rules.keys().cloned().collect())
 }
 
 /// What the ranges of one copy share.
@@ -230,10 +303,13 @@ async fn write_batch(
     if let Some(snapshot) = snapshot {
         shared.cx.save_checkpoint(&snapshot).map_err(|e| failed("saving copy progress", e))?;
         let rate = now as f64 / shared.started.elapsed().as_secs_f64().max(1e-3);
-        let eta = shared.total.saturating_sub(now) as f64 / rate.max(1.0);
+        // Documents inserted since the ranges were counted make the total grow, never the
+        // progress pass it.
+        let total = shared.total.max(now);
+        let eta = total.saturating_sub(now) as f64 / rate.max(1.0);
         shared.cx.progress(
-            &format!("{now}/{} documents, {rate:.0}/s, about {eta:.0}s left", shared.total),
-            Some(now as f64 / shared.total.max(1) as f64),
+            &format!("{now}/{total} documents, {rate:.0}/s, about {eta:.0}s left"),
+            Some(now as f64 / total.max(1) as f64),
         );
     }
     Ok(())
@@ -263,24 +339,30 @@ async fn copy_range(index: usize, range: Range, shared: &Shared<'_>) -> Result<(
     shared.cx.save_checkpoint(&snapshot).map_err(|e| failed("saving copy progress", e))
 }
 
+/// A fresh copy's plan: the change stream position first, then the ranges; checkpointed.
+async fn plan(params: &Copy, source: &Coll, target: &Coll, cx: &Context) -> Result<Progress, StepError> {
+    let change_stream_start = change_stream_start(source, target).await?;
+    let min_size = params.range_size.unwrap_or(partition::MIN_RANGE_DOCUMENTS);
+    let parallelism = params.parallelism.unwrap_or(4).max(1);
+    let ranges = partition::plan(source, parallelism, min_size, true).await?;
+    let progress = Progress { ranges, change_stream_start, ..Progress::default() };
+    cx.save_checkpoint(&serde_json::to_value(&progress).unwrap_or_default())
+        .map_err(|e| failed("saving the copy plan", e))?;
+    Ok(progress)
+}
+
 /// Runs `mongo.copy`.
 pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Result<CopyOutput, StepError> {
     let source = clients.resolve(cx, &params.source, &params.target).await?;
     let target = clients.resolve(cx, &params.target, &params.source).await?;
     let parallelism = params.parallelism.unwrap_or(4).max(1);
     let batch_size = params.batch_size.unwrap_or(1000).max(1) as usize;
+    let (source_options, mut collection_options) =
+        if params.copy_indexes { create_like(&source, &target).await? } else { Default::default() };
     let resumed = cx.checkpoint.as_ref().and_then(|c| serde_json::from_value::<Progress>(c.clone()).ok());
     let progress = match resumed {
         Some(progress) => progress,
-        None => {
-            let change_stream_start = change_stream_start(&source, &target).await?;
-            let min_size = params.range_size.unwrap_or(partition::MIN_RANGE_DOCUMENTS);
-            let ranges = partition::plan(&source, parallelism, min_size, true).await?;
-            let progress = Progress { ranges, change_stream_start, ..Progress::default() };
-            cx.save_checkpoint(&serde_json::to_value(&progress).unwrap_or_default())
-                .map_err(|e| failed("saving the copy plan", e))?;
-            progress
-        }
+        None => plan(params, &source, &target, cx).await?,
     };
     let total: u64 = progress.ranges.iter().map(|r| r.documents).sum();
     let skipped = progress.done.len();
@@ -313,6 +395,9 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
     // Secondary indexes come last: a unique one built first would turn a clash into a
     // duplicate-key error that the copy takes for "already copied", and skip a document.
     let indexes = if params.copy_indexes { copy_indexes(&source, &target).await? } else { 0 };
+    if params.copy_indexes {
+        collection_options.extend(copy_validation(&source_options, &target).await?);
+    }
     let copied = copied.load(Ordering::Relaxed);
     cx.emit("documents_copied", copied as f64);
     let state = state.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -324,6 +409,7 @@ pub(crate) async fn run(params: &Copy, cx: &Context, clients: &Clients) -> Resul
         ranges_resumed_as_done: skipped,
         ranges_resumed_inside: resumed_inside,
         indexes,
+        collection_options,
         change_stream_start: state.change_stream_start,
         id_types: state.ranges.iter().filter(|r| !r.bson_type.is_empty()).map(|r| r.bson_type.clone()).collect(),
         seconds: started.elapsed().as_secs_f64(),

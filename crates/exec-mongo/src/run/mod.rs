@@ -32,9 +32,60 @@ pub(crate) struct Coll {
     pub(crate) label: String,
 }
 
-/// A failed MongoDB call, with what it was doing.
-pub(crate) fn failed(what: &str, error: impl std::fmt::Display) -> StepError {
-    StepError::Failed(format!("{what}: {error}"))
+/// A failed call, with what it was doing. A MongoDB error is told by what the server said
+/// ([`readable`]), not by the driver's dump of the reply (a hex blob).
+pub(crate) fn failed<E: std::fmt::Display + 'static>(what: &str, error: E) -> StepError {
+    let any: &dyn std::any::Any = &error;
+    let cause = any.downcast_ref::<mongodb::error::Error>().map_or_else(|| error.to_string(), readable);
+    StepError::Failed(format!("{what}: {cause}"))
+}
+
+/// What a MongoDB error says: the server's message, code and code name for a command or
+/// write error, the driver's text for anything else (never the raw reply).
+pub(crate) fn readable(error: &mongodb::error::Error) -> String {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let server = |name: &str, code: i32, message: &str| match name {
+        "" => format!("{message} (code {code})"),
+        name => format!("{message} ({name}, code {code})"),
+    };
+    match &*error.kind {
+        ErrorKind::Command(e) => server(&e.code_name, e.code, &e.message),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => {
+            server(e.code_name.as_deref().unwrap_or(""), e.code, &e.message)
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => server(&e.code_name, e.code, &e.message),
+        ErrorKind::InsertMany(e) => {
+            let writes = e.write_errors.iter().flatten();
+            let mut parts: Vec<String> = writes.map(|w| server("", w.code, &w.message)).take(3).collect();
+            parts.extend(e.write_concern_error.iter().map(|w| server(&w.code_name, w.code, &w.message)));
+            if parts.is_empty() { error.kind.to_string() } else { parts.join("; ") }
+        }
+        kind => kind.to_string(),
+    }
+}
+
+/// Server error code of a replacement document the server refuses (a top-level
+/// `$`-prefixed field, refused in a replacement since MongoDB 5.0).
+const DOLLAR_PREFIXED_FIELD: i32 = 52;
+
+/// Writes a document's current version: a replace-with-upsert, or, when the server refuses
+/// the document as a replacement (a top-level `$`-prefixed field), a pipeline update that
+/// takes the whole document as data (`$replaceWith` of its `$literal`).
+pub(crate) async fn upsert(
+    target: &Collection<mongodb::bson::Document>,
+    id: &Bson,
+    document: mongodb::bson::Document,
+) -> Result<(), mongodb::error::Error> {
+    use mongodb::bson::doc;
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match target.replace_one(doc! { "_id": id }, &document).upsert(true).await {
+        Err(e) if matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DOLLAR_PREFIXED_FIELD) =>
+        {
+            let pipeline = vec![doc! { "$replaceWith": { "$literal": document } }];
+            target.update_one(doc! { "_id": id }, pipeline).upsert(true).await.map(drop)
+        }
+        other => other.map(drop),
+    }
 }
 
 impl Clients {

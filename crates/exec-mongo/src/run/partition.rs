@@ -5,6 +5,12 @@
 //! operators bracket by type: `{_id: {$gte: 5}}` never matches a string `_id`. So the key
 //! space is split by `_id` type first (`$type`), then into ranges with bounds of that type;
 //! the first and last range of each type are open.
+//!
+//! Some values no range operator matches: a NaN `_id` (double or Decimal128) sorts before
+//! every number, yet neither `$lt` nor `$gte` matches it. So the first range of a type is
+//! "not at or above its upper bound" (`$not: {$gte: hi}`), which holds them; and a resume
+//! after such a value continues with the ordered ones (`$gte: -Infinity`), since `$gt: NaN`
+//! matches nothing.
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
@@ -34,19 +40,47 @@ impl Range {
             return Ok(doc! {});
         }
         let mut condition = doc! { "$type": &self.bson_type };
-        match (after, &self.lo) {
+        let after = after.map(from_json).transpose()?;
+        match (&after, &self.lo) {
+            (Some(after), _) if unordered(after) => {
+                condition.insert("$gte", lowest(after));
+            }
             (Some(after), _) => {
-                condition.insert("$gt", from_json(after)?);
+                condition.insert("$gt", after.clone());
             }
             (None, Some(lo)) => {
                 condition.insert("$gte", from_json(lo)?);
             }
             (None, None) => {}
         }
-        if let Some(hi) = &self.hi {
-            condition.insert("$lt", from_json(hi)?);
+        match (&self.hi, after.is_none() && self.lo.is_none()) {
+            // The first range also holds what no range operator matches (NaN).
+            (Some(hi), true) => {
+                condition.insert("$not", doc! { "$gte": from_json(hi)? });
+            }
+            (Some(hi), false) => {
+                condition.insert("$lt", from_json(hi)?);
+            }
+            (None, _) => {}
         }
         Ok(doc! { "_id": condition })
+    }
+}
+
+/// A value that sorts among its type but that no range operator matches: NaN.
+fn unordered(value: &Bson) -> bool {
+    match value {
+        Bson::Double(f) => f.is_nan(),
+        Bson::Decimal128(d) => d.to_string().contains("NaN"),
+        _ => false,
+    }
+}
+
+/// The lowest ordered value of an unordered value's type: `-Infinity`.
+fn lowest(value: &Bson) -> Bson {
+    match value {
+        Bson::Decimal128(_) => "-Infinity".parse().map_or(Bson::Double(f64::NEG_INFINITY), Bson::Decimal128),
+        _ => Bson::Double(f64::NEG_INFINITY),
     }
 }
 
@@ -134,4 +168,38 @@ pub(crate) async fn plan(coll: &Coll, parts: u32, min_size: u64, typed: bool) ->
         }
     }
     Ok(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{Bson, doc};
+    use serde_json::json;
+
+    use super::Range;
+
+    fn range(lo: Option<f64>, hi: Option<f64>) -> Range {
+        let bound = |v: Option<f64>| v.map(|v| Bson::Double(v).into_canonical_extjson());
+        Range { bson_type: "double".to_owned(), lo: bound(lo), hi: bound(hi), documents: 0 }
+    }
+
+    #[test]
+    fn the_first_range_holds_what_no_range_operator_matches() {
+        let nan = Bson::Double(f64::NAN).into_canonical_extjson();
+        let first = range(None, Some(5.0));
+        assert_eq!(first.filter(None).unwrap(), doc! {"_id": {"$type": "double", "$not": {"$gte": 5.0}}});
+        // Resumed after the NaN (sorted first): the ordered values, not `$gt: NaN` (nothing).
+        assert_eq!(
+            first.filter(Some(&nan)).unwrap(),
+            doc! {"_id": {"$type": "double", "$gte": f64::NEG_INFINITY, "$lt": 5.0}}
+        );
+        assert_eq!(
+            first.filter(Some(&json!({"$numberDouble": "1.5"}))).unwrap(),
+            doc! {"_id": {"$type": "double", "$gt": 1.5, "$lt": 5.0}}
+        );
+        assert_eq!(range(Some(5.0), None).filter(None).unwrap(), doc! {"_id": {"$type": "double", "$gte": 5.0}});
+        let decimal_nan = Bson::Decimal128("NaN".parse().unwrap()).into_canonical_extjson();
+        let whole = Range { bson_type: "decimal".to_owned(), lo: None, hi: None, documents: 0 };
+        let resumed = whole.filter(Some(&decimal_nan)).unwrap();
+        assert_eq!(resumed.get_document("_id").unwrap().get("$gte").unwrap().to_string(), "-Infinity");
+    }
 }

@@ -5,7 +5,11 @@
 //! `mongo.copy` of the same source recorded in the target database (so nothing written
 //! during the copy is missed), else from now. Every event is applied idempotently — an
 //! insert, update or replace becomes a replace-with-upsert of the document's current
-//! version, a delete a delete — so replaying events already applied is harmless.
+//! version, a delete a delete — so replaying events already applied is harmless. A
+//! document the target refuses as a replacement (a top-level `$`-prefixed field) is written
+//! by a pipeline update instead; a change the target refuses outright (a validator, say)
+//! is reported when it happens (progress and `sync_refused_documents`), counted with its
+//! `_id` for `mongo.stop_sync` and a reconcile, and the sync keeps going.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Clients, Coll, failed};
+use super::{Clients, Coll, failed, readable};
 use crate::{StopSync, Sync};
 
 /// Collection (in the target database) where `mongo.copy` leaves its change stream start.
@@ -32,12 +36,19 @@ const HISTORY_LOST: [i32; 2] = [286, 280];
 /// Lag reported when a sync has failed, so any lag criterion fails.
 const FAILED_LAG: f64 = 1.0e9;
 
+/// Example `_id`s of refused changes kept for `mongo.stop_sync`.
+const REFUSED_EXAMPLES: usize = 10;
+
 /// Counters of one sync.
 #[derive(Debug, Default, Clone, Serialize)]
 struct Stats {
     applied: u64,
     upserted: u64,
     deleted: u64,
+    /// Changes the target refused (each reported when it happened).
+    refused: u64,
+    /// `_id`s of the first refused changes (canonical extended JSON).
+    refused_ids: Vec<serde_json::Value>,
 }
 
 /// What starting a sync did.
@@ -71,6 +82,12 @@ pub struct StopOutput {
     /// Of which deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<u64>,
+    /// Changes the target refused (their documents differ until a `mongo.reconcile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
+    /// `_id`s of the first refused changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_examples: Vec<serde_json::Value>,
 }
 
 struct Running {
@@ -114,37 +131,31 @@ fn history_message(source: &Coll) -> String {
     )
 }
 
-/// Applies one event to the target.
+/// A change the target refused for its document (a write error), as opposed to a failure of
+/// the connection or the server.
+fn refused(error: &mongodb::error::Error) -> bool {
+    matches!(&*error.kind, ErrorKind::Write(mongodb::error::WriteFailure::WriteError(_)))
+}
+
+/// Applies one event to the target. A change the target refuses is reported, counted and
+/// skipped; only a failure of the connection or the server ends the sync.
 async fn apply(
     event: ChangeStreamEvent<Document>,
     target: &mongodb::Collection<Document>,
+    cx: &Context,
     label: &str,
     stats: &mut Stats,
 ) -> Result<(), StepError> {
     let id = event.document_key.as_ref().and_then(|k| k.get("_id").cloned());
-    let what = || format!("applying a change to {label}");
-    match (event.operation_type.clone(), id) {
+    let written = match (event.operation_type.clone(), &id) {
         (OperationType::Insert | OperationType::Update | OperationType::Replace, Some(id)) => {
             match event.full_document {
-                Some(document) => {
-                    target
-                        .replace_one(doc! { "_id": &id }, document)
-                        .upsert(true)
-                        .await
-                        .map_err(|e| failed(&what(), e))?;
-                    stats.upserted += 1;
-                }
+                Some(document) => super::upsert(target, id, document).await.map(|()| stats.upserted += 1),
                 // Updated, then deleted before the lookup: the delete event follows.
-                None => {
-                    target.delete_one(doc! { "_id": &id }).await.map_err(|e| failed(&what(), e))?;
-                    stats.deleted += 1;
-                }
+                None => target.delete_one(doc! { "_id": id }).await.map(|_| stats.deleted += 1),
             }
         }
-        (OperationType::Delete, Some(id)) => {
-            target.delete_one(doc! { "_id": &id }).await.map_err(|e| failed(&what(), e))?;
-            stats.deleted += 1;
-        }
+        (OperationType::Delete, Some(id)) => target.delete_one(doc! { "_id": id }).await.map(|_| stats.deleted += 1),
         (OperationType::Drop | OperationType::DropDatabase | OperationType::Rename | OperationType::Invalidate, _) => {
             return Err(StepError::Failed(format!(
                 "the source collection was dropped or renamed ({:?}); the sync into {label} stopped",
@@ -152,8 +163,23 @@ async fn apply(
             )));
         }
         _ => return Ok(()),
+    };
+    match written {
+        Ok(()) => stats.applied += 1,
+        Err(error) if refused(&error) => {
+            let id = id.as_ref().map(super::to_json).unwrap_or_default();
+            cx.progress(
+                &format!("{label} refused the change of _id {id}, left for a reconcile: {}", readable(&error)),
+                None,
+            );
+            stats.refused += 1;
+            if stats.refused_ids.len() < REFUSED_EXAMPLES {
+                stats.refused_ids.push(id);
+            }
+            cx.emit("sync_refused_documents", stats.refused as f64);
+        }
+        Err(error) => return Err(failed(&format!("applying a change to {label}"), error)),
     }
-    stats.applied += 1;
     Ok(())
 }
 
@@ -264,7 +290,7 @@ async fn apply_loop(
             Ok(Some(event)) => {
                 lag = lag_of(&event).unwrap_or(lag);
                 let position = event.cluster_time;
-                if let Err(error) = apply(event, &target_docs, &target.label, &mut stats).await {
+                if let Err(error) = apply(event, &target_docs, &cx, &target.label, &mut stats).await {
                     break Err(error);
                 }
                 (false, position)
@@ -364,7 +390,15 @@ pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Resu
     let id = params.sync.to_string();
     let running = syncs.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
     let Some(running) = running else {
-        return Ok(StopOutput { was_running: false, drained: None, applied: None, upserted: None, deleted: None });
+        return Ok(StopOutput {
+            was_running: false,
+            drained: None,
+            applied: None,
+            upserted: None,
+            deleted: None,
+            refused: None,
+            refused_examples: Vec::new(),
+        });
     };
     let _ = running.stop.send(Some(params.drain));
     let stats = tokio::select! {
@@ -377,6 +411,8 @@ pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Resu
         applied: Some(stats.applied),
         upserted: Some(stats.upserted),
         deleted: Some(stats.deleted),
+        refused: Some(stats.refused),
+        refused_examples: stats.refused_ids,
     })
 }
 

@@ -190,8 +190,9 @@ pub(crate) async fn compare_all(
     Ok(total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
-/// `mongo.reconcile`: makes one side equal the other — copies missing and differing
-/// documents from the side of truth, and deletes the repaired side's extra documents when
+/// `mongo.reconcile`: makes one side equal the other under the comparison settings of its
+/// paired `mongo.verify` — copies missing and differing documents from the side of truth
+/// (in the truth's field order and numeric types), and deletes the repaired side's extra documents when
 /// asked. Idempotent: a second run finds nothing to do.
 pub(crate) async fn reconcile(
     params: &crate::Reconcile,
@@ -204,7 +205,8 @@ pub(crate) async fn reconcile(
     };
     let truth = clients.resolve(cx, truth_side, repaired_side).await?;
     let repaired = clients.resolve(cx, repaired_side, truth_side).await?;
-    let canon = Canon { ignore_field_order: true, numeric_by_value: false };
+    // The paired verify's settings: every difference it reports is one repaired here.
+    let canon = Canon { ignore_field_order: params.ignore_field_order, numeric_by_value: params.numeric_by_value };
     let findings = compare_all(&truth, &repaired, canon, usize::MAX, cx).await?;
     let mut copied = 0u64;
     let stale: Vec<Bson> = findings.missing_ids.iter().chain(&findings.different_ids).cloned().collect();
@@ -219,7 +221,7 @@ pub(crate) async fn reconcile(
             .map_err(|e| failed(&what(), e))?;
         while let Some(document) = cursor.try_next().await.map_err(|e| failed(&what(), e))? {
             let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-            documents.replace_one(doc! { "_id": id }, document).upsert(true).await.map_err(|e| failed(&what(), e))?;
+            super::upsert(&documents, &id, document).await.map_err(|e| failed(&what(), e))?;
             copied += 1;
         }
     }
