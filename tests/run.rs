@@ -472,6 +472,68 @@ with: {command: [sh, -c, 'echo \"connecting with $TOKEN\"; echo \"bad $TOKEN\" >
     let log =
         std::fs::read_dir(state.join("leak/local/runs")).unwrap().next().unwrap().unwrap().path().join("events.jsonl");
     let log = std::fs::read_to_string(log).unwrap();
-    assert!(log.contains("connecting with ${TOKEN}"), "{log}");
+    assert!(log.contains("connecting with ${SECRET_TOKEN}"), "{log}");
     assert!(!log.contains(secret) && !transcript(&output).contains(secret), "the secret leaked");
+}
+
+/// A plan whose one step writes its process group id to `$WORK/pgid`, leaves a grandchild
+/// running, and would record its effect in `$WORK/effects` half a minute later.
+const LINGERING: &str = "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: crash}\n\
+environments: {local: {endpoints: {}}}\nphases:\n  - {id: one, name: One, rollback: {max_duration: 1m, steps: []}, \
+steps: [{id: slow, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, \
+'cut -d\" \" -f5 /proc/$$/stat > \"$WORK/pgid.new\"; mv \"$WORK/pgid.new\" \"$WORK/pgid\"; \
+sleep 30 & sleep 30; echo done >> \"$WORK/effects\"']}}]}\n";
+
+/// Starts the lingering plan, waits until its step is running, and returns handoff and the
+/// step's process group.
+fn start_lingering(work: &Path) -> (Child, i32) {
+    let plan = work.join("lingering.yaml");
+    std::fs::write(&plan, LINGERING).unwrap();
+    let state = work.join("state");
+    let args =
+        ["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap(), "--allow-shell"];
+    let child = spawn(&args, work);
+    let started = Instant::now();
+    let pgid = loop {
+        if let Ok(text) = std::fs::read_to_string(work.join("pgid")) {
+            break text.trim().parse::<i32>().expect("a process group id");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the step never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (child, pgid)
+}
+
+/// Waits (a bounded time, a guard against a hang) until no process of `pgid` is left.
+fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
+    let started = Instant::now();
+    while !handoff_executor::process::group_gone(pgid) {
+        if started.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn a_step_s_processes_die_with_a_killed_handoff() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut child, pgid) = start_lingering(work.path());
+    assert!(!handoff_executor::process::group_gone(pgid), "the step runs");
+    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    assert!(wait_group_gone(pgid, Duration::from_secs(25)), "the step's group outlived handoff");
+    assert!(!work.path().join("effects").exists(), "the step's effect happened after handoff died");
+}
+
+#[test]
+fn sigterm_stops_a_step_s_whole_group_before_handoff_exits() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut child, pgid) = start_lingering(work.path());
+    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(handoff_executor::process::group_gone(pgid), "handoff exited with processes of the step left");
+    assert!(!work.path().join("effects").exists(), "the step's effect happened");
 }

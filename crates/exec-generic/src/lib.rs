@@ -19,9 +19,15 @@ mod run;
 #[serde(deny_unknown_fields)]
 pub struct ShellRun {
     /// Program and arguments; run directly, without a shell, unless `program` is a shell.
+    /// `${ENV_VAR}` references are expanded by handoff, like in every parameter (a shell's own
+    /// variables are written `$name`); expanded values are masked in what the command prints.
+    /// The command runs in its own process group, stopped (SIGTERM, then SIGKILL after 5 s)
+    /// when it exits, when the run is cancelled, or when handoff dies.
     #[schemars(length(min = 1))]
     pub command: Vec<String>,
-    /// Extra environment variables (values may be `${ENV_VAR}` references).
+    /// The command's environment (values may be `${ENV_VAR}` references). The command gets
+    /// these, `HANDOFF_RUN_ID`, `HANDOFF_PHASE` and `HANDOFF_STEP`, and from handoff's own
+    /// environment only `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ` and `TMPDIR`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory, relative to the plan file.
