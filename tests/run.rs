@@ -537,3 +537,30 @@ fn sigterm_stops_a_step_s_whole_group_before_handoff_exits() {
     assert!(handoff_executor::process::group_gone(pgid), "handoff exited with processes of the step left");
     assert!(!work.path().join("effects").exists(), "the step's effect happened");
 }
+
+#[test]
+fn an_archive_path_from_a_variable_is_written_where_the_variable_points() {
+    use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let specs = [ServiceSpec::new("old", ServiceKind::Mongo)];
+    let sandbox = runtime.block_on(Sandbox::start(&specs, &Options::default())).expect("the sandbox starts");
+    let old = sandbox.service("old").unwrap().endpoint().url.clone();
+    runtime.block_on(async {
+        let client = mongodb::Client::with_uri_str(&old).await.unwrap();
+        let items = client.database("restaurant").collection::<mongodb::bson::Document>("menu_items");
+        items.insert_many((0..50).map(|i| mongodb::bson::doc! {"_id": i, "name": format!("Dish {i}")})).await.unwrap();
+    });
+    let work = tempfile::tempdir().unwrap();
+    let archives = work.path().join("archives");
+    let state = work.path().join("state");
+    let plan = "tests/fixtures/run/mongo-archive.yaml";
+    let args = ["run", plan, "--env", "sandbox", "--state-dir", state.to_str().unwrap()];
+    let env = [("OLD_DB_URL", OsStr::new(&old)), ("ARCHIVE_DIR", archives.as_os_str())];
+    let output = handoff_with(&args, &env);
+    runtime.block_on(sandbox.shutdown());
+    let text = transcript(&output);
+    assert!(matches!(output.status.code(), Some(0 | 4)), "{text}");
+    let written: Vec<_> = std::fs::read_dir(archives.join("menu-items")).expect("the archive's directory").collect();
+    assert!(written.len() >= 2, "the archive and its manifest: {written:?}");
+    assert!(!root().join("tests/fixtures/run/${ARCHIVE_DIR}").exists(), "a directory named after the reference");
+}
