@@ -564,3 +564,48 @@ fn an_archive_path_from_a_variable_is_written_where_the_variable_points() {
     assert!(written.len() >= 2, "the archive and its manifest: {written:?}");
     assert!(!root().join("tests/fixtures/run/${ARCHIVE_DIR}").exists(), "a directory named after the reference");
 }
+
+#[test]
+fn an_environment_not_in_the_plan_is_refused_by_every_command_before_any_path_is_made() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("a/b/state");
+    let state_arg = state.to_str().unwrap();
+    for args in [
+        vec!["approve", SETTINGS, "switch-writes/approval-1", "--env", "../../x", "--state-dir", state_arg],
+        vec!["status", SETTINGS, "--env", "nosuchenv", "--state-dir", state_arg],
+        vec!["resume", SETTINGS, "--env", "../x", "--state-dir", state_arg],
+        vec!["abort", SETTINGS, "--env", "nosuchenv", "--state-dir", state_arg],
+    ] {
+        let output = handoff(&args);
+        let text = transcript(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains("is not in the plan; it defines: local"), "{args:?}: {text}");
+    }
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing was written anywhere");
+}
+
+#[test]
+fn control_characters_from_a_plan_and_a_command_never_reach_the_terminal_raw() {
+    let work = tempfile::tempdir().unwrap();
+    let plan = work.path().join("escape.yaml");
+    std::fs::write(
+        &plan,
+        "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: escape}\nenvironments: {local: {endpoints: {}}}\n\
+phases:\n  - {id: one, name: \"One \\e[2J\", rollback: {max_duration: 1m, steps: []}, steps: [{id: loud, uses: shell.run, \
+with: {command: [sh, -c, 'printf \"\\033[31mred\\033]0;title\\007\" >&2; exit 3']}}]}\n",
+    )
+    .unwrap();
+    let state = work.path().join("state");
+    let args =
+        ["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap(), "--allow-shell"];
+    let run = handoff(&args);
+    let status = handoff(&["status", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap()]);
+    let rendered = work.path().join("out");
+    let render = handoff(&["render", plan.to_str().unwrap(), "--out", rendered.to_str().unwrap()]);
+    assert_eq!(render.status.code(), Some(0), "{}", transcript(&render));
+    let runbook = std::fs::read_to_string(rendered.join("runbook.md")).unwrap();
+    for (what, text) in [("run", transcript(&run)), ("status", transcript(&status)), ("runbook", runbook)] {
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{what} printed control characters raw: {text:?}");
+    }
+    assert!(transcript(&run).contains("\\u{1b}[31mred"), "{}", transcript(&run));
+}
