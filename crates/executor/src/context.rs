@@ -275,9 +275,9 @@ impl Context {
         self.sink.metric(&self.phase, &self.step, name, value);
     }
 
-    /// Reports progress.
+    /// Reports progress (masked like the step's output).
     pub fn progress(&self, message: &str, fraction: Option<f64>) {
-        self.sink.progress(&self.phase, &self.step, message, fraction);
+        self.sink.progress(&self.phase, &self.step, &self.mask(message), fraction);
     }
 
     /// What a person decided about this step, if anything.
@@ -341,6 +341,31 @@ mod tests {
         assert_eq!(expand_with("mongodb://${USER}@h/${USER}", lookup).unwrap(), "mongodb://ada@h/ada");
         assert_eq!(expand_with("no refs ${", lookup).unwrap(), "no refs ${");
         assert_eq!(expand_with("${PASS}", lookup).unwrap_err().0, "PASS");
+    }
+
+    #[test]
+    fn parameters_expand_everywhere_and_their_values_are_masked() {
+        let (name, value) = ("PATH", std::env::var("PATH").expect("tests run with a PATH"));
+        let with =
+            serde_json::json!({"path": format!("${{{name}}}/x"), "list": [1, {"deep": format!("a ${{{name}}}")}]});
+        let mut masks = Masks::default();
+        let expanded = expand_value(&with, &mut masks).unwrap();
+        assert_eq!(expanded["path"], format!("{value}/x"));
+        assert_eq!(expanded["list"][1]["deep"], format!("a {value}"));
+        assert_eq!(masks.mask(&format!("said {value}!")), format!("said ${{{name}}}!"));
+        let unset =
+            expand_value(&serde_json::json!({"a/b": ["${HANDOFF_SURELY_UNSET_1234}"]}), &mut masks).unwrap_err();
+        assert_eq!(unset.to_string().split(':').next(), Some("parameter `/a~1b/0`"));
+        assert_eq!(unset.unset.0, "HANDOFF_SURELY_UNSET_1234");
+    }
+
+    #[test]
+    fn masks_replace_the_longest_value_first_and_skip_short_ones() {
+        let mut masks = Masks::default();
+        masks.add("abc", "${SHORT}");
+        masks.add("secret", "${A}");
+        masks.add("secret-and-more", "${B}");
+        assert_eq!(masks.mask("abc secret secret-and-more"), "abc ${A} ${B}");
     }
 }
 
