@@ -616,7 +616,10 @@ with: {command: [sh, -c, 'printf \"\\033[31mred\\033]0;title\\007\" >&2; exit 3'
     let render = handoff(&["render", plan.to_str().unwrap(), "--out", rendered.to_str().unwrap()]);
     assert_eq!(render.status.code(), Some(0), "{}", transcript(&render));
     let runbook = std::fs::read_to_string(rendered.join("runbook.md")).unwrap();
-    for (what, text) in [("run", transcript(&run)), ("status", transcript(&status)), ("runbook", runbook)] {
+    let show = transcript(&handoff(&["plan", "show", plan.to_str().unwrap()]));
+    let dry = transcript(&handoff(&[&args[..], &["--dry-run"]].concat()));
+    let outputs = [("run", transcript(&run)), ("status", transcript(&status)), ("runbook", runbook)];
+    for (what, text) in outputs.into_iter().chain([("plan show", show), ("dry run", dry)]) {
         assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{what} printed control characters raw: {text:?}");
     }
     assert!(transcript(&run).contains("\\u{1b}[31mred"), "{}", transcript(&run));

@@ -142,6 +142,7 @@ fn drive(
 
 /// `handoff run --dry-run`: every step with what it would do, and what would be refused.
 fn dry_run(graph: &Graph, engine: &Engine<'_>, options: &RunOptions, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let out = &mut support::Escaped(out);
     writeln!(
         out,
         "dry run of {} in {} ({}); nothing is executed or recorded",
