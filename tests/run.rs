@@ -489,18 +489,19 @@ with: {command: [sh, -c, 'echo \"connecting with $TOKEN\"; echo \"bad $TOKEN\" >
 }
 
 /// A plan whose one step writes its process group id to `$WORK/pgid`, leaves a grandchild
-/// running, and would record its effect in `$WORK/effects` half a minute later.
+/// running, and would record its effect in `$WORK/effects` half a minute later; its shell
+/// first runs `TRAP` (`trap "" TERM` ignores SIGTERM).
 const LINGERING: &str = "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: crash}\n\
 environments: {local: {endpoints: {}}}\nphases:\n  - {id: one, name: One, rollback: {max_duration: 1m, steps: []}, \
 steps: [{id: slow, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, \
-'cut -d\" \" -f5 /proc/$$/stat > \"$WORK/pgid.new\"; mv \"$WORK/pgid.new\" \"$WORK/pgid\"; \
+'TRAP; cut -d\" \" -f5 /proc/$$/stat > \"$WORK/pgid.new\"; mv \"$WORK/pgid.new\" \"$WORK/pgid\"; \
 sleep 30 & sleep 30; echo done >> \"$WORK/effects\"']}}]}\n";
 
-/// Starts the lingering plan, waits until its step is running, and returns handoff and the
-/// step's process group.
-fn start_lingering(work: &Path) -> (Child, i32) {
+/// Starts the lingering plan with `trap` as its shell's first command, waits until its step
+/// is running, and returns handoff and the step's process group.
+fn start_lingering(work: &Path, trap: &str) -> (Child, i32) {
     let plan = work.join("lingering.yaml");
-    std::fs::write(&plan, LINGERING).unwrap();
+    std::fs::write(&plan, LINGERING.replace("TRAP", trap)).unwrap();
     let state = work.join("state");
     let args =
         ["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap(), "--allow-shell"];
@@ -530,24 +531,30 @@ fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
 
 #[test]
 fn a_step_s_processes_die_with_a_killed_handoff() {
-    let work = tempfile::tempdir().unwrap();
-    let (mut child, pgid) = start_lingering(work.path());
-    assert!(!handoff_executor::process::group_gone(pgid), "the step runs");
-    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGKILL).unwrap();
-    child.wait().unwrap();
-    assert!(wait_group_gone(pgid, Duration::from_secs(25)), "the step's group outlived handoff");
-    assert!(!work.path().join("effects").exists(), "the step's effect happened after handoff died");
+    // A step that ignores SIGTERM is killed after the grace.
+    for trap in ["true", r#"trap "" TERM"#] {
+        let work = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = start_lingering(work.path(), trap);
+        assert!(!handoff_executor::process::group_gone(pgid), "the step runs");
+        kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert!(wait_group_gone(pgid, Duration::from_secs(25)), "the step's group outlived handoff ({trap})");
+        assert!(!work.path().join("effects").exists(), "the step's effect happened after handoff died ({trap})");
+    }
 }
 
 #[test]
 fn sigterm_stops_a_step_s_whole_group_before_handoff_exits() {
-    let work = tempfile::tempdir().unwrap();
-    let (mut child, pgid) = start_lingering(work.path());
-    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    assert!(handoff_executor::process::group_gone(pgid), "handoff exited with processes of the step left");
-    assert!(!work.path().join("effects").exists(), "the step's effect happened");
+    // A step that ignores SIGTERM is killed after the grace.
+    for trap in ["true", r#"trap "" TERM"#] {
+        let work = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = start_lingering(work.path(), trap);
+        kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{trap}");
+        assert!(handoff_executor::process::group_gone(pgid), "handoff exited with processes of the step left ({trap})");
+        assert!(!work.path().join("effects").exists(), "the step's effect happened ({trap})");
+    }
 }
 
 #[test]
