@@ -924,21 +924,25 @@ fn argument_credential(pointer: String) -> Diagnostic {
     )
 }
 
-/// `scheme://user:password@host` with a literal password → a message (without the secret).
+/// `scheme://user:password@host` with a literal password, anywhere in `text` (a command line
+/// may hold several URLs) → a message (without the secret). A `${ENV_VAR}` reference or a
+/// shell variable (`$DB_PASSWORD`) is no literal.
 fn literal_credential_in_url(text: &str) -> Option<String> {
-    let (before, rest) = text.split_once("://")?;
-    // Inside a command line, the scheme is the word just before `://`.
-    let scheme = before.rsplit(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))).next()?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':')?;
-    if password.is_empty() || is_reference(password) {
-        return None;
-    }
-    Some(format!(
-        "the `{scheme}://` connection string carries a literal password for user `{}`; use a `${{ENV_VAR}}` reference",
-        if is_reference(user) { "<from env>" } else { user }
-    ))
+    text.match_indices("://").find_map(|(at, _)| {
+        // Inside a command line, the scheme is the word just before `://`.
+        let scheme = text[..at].rsplit(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))).next()?;
+        let rest = &text[at + 3..];
+        let authority = rest.split(['/', '?', '#', ' ', '"', '\'']).next()?;
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        if password.is_empty() || is_reference(password) || password.starts_with('$') {
+            return None;
+        }
+        Some(format!(
+            "the `{scheme}://` connection string carries a literal password for user `{}`; use a `${{ENV_VAR}}` reference",
+            if is_reference(user) { "<from env>" } else { user }
+        ))
+    })
 }
 
 /// Counts for summaries: phases, steps, criteria, rollbacks.
@@ -972,5 +976,9 @@ mod tests {
         assert_eq!(literal_credential_in_url("mongodb://app:${DB_PASSWORD}@db/menu"), None);
         assert_eq!(literal_credential_in_url("${MONGO_URI}"), None);
         assert_eq!(literal_credential_in_url("https://example.com/a@b"), None);
+        let command = "curl https://example.com/x && mongosh 'mongodb://app:hunter2@db/menu' --quiet";
+        let message = literal_credential_in_url(command).unwrap();
+        assert!(message.starts_with("the `mongodb://` connection string") && !message.contains("hunter2"), "{message}");
+        assert_eq!(literal_credential_in_url(r#"mongosh "mongodb://app:$DB_PASSWORD@db/menu""#), None);
     }
 }
