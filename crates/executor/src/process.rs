@@ -129,13 +129,14 @@ impl Group {
     }
 
     /// Stops every process of the group: SIGTERM, then SIGKILL after `grace`; returns once
-    /// no process of the group is left.
+    /// no process of the group is left (or, should one outlive SIGKILL — stuck in the
+    /// kernel —, after another `grace`).
     pub async fn terminate(&mut self, grace: Duration) {
         let _ = killpg(self.pgid, Signal::SIGCONT);
         let _ = killpg(self.pgid, Signal::SIGTERM);
         if tokio::time::timeout(grace, self.gone()).await.is_err() {
             let _ = killpg(self.pgid, Signal::SIGKILL);
-            self.gone().await;
+            let _ = tokio::time::timeout(grace, self.gone()).await;
         }
     }
 
