@@ -22,21 +22,23 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// The supervisor (`$1`: lifeline or not, `$2`: grace in seconds, then the program and its
 /// arguments): runs the program with stdin closed, ignores SIGTERM and SIGINT itself (the
-/// program in its group gets them), and exits with the program's status. With a lifeline
-/// (fd 3, a copy of its stdin), a watcher waits for end of file, then — ignoring SIGTERM
-/// from then on — sends SIGTERM to the whole group and SIGKILL after the grace.
+/// program in its group gets them), and exits with the program's status once its watcher is
+/// gone too. With a lifeline (fd 3, a copy of its stdin), a watcher waits for end of file,
+/// then — ignoring SIGTERM from then on — sends SIGTERM to the whole group and SIGKILL after
+/// the grace. The watcher starts before the supervisor's own trap, so that it never
+/// inherits the trap and always dies of the supervisor's SIGTERM before it fired.
 const SUPERVISOR: &str = r#"lifeline=$1
 grace=$2
 shift 2
 exec 3<&0
 "$@" </dev/null 3<&- &
 server=$!
-trap : TERM INT
 watcher=
 if [ -n "$lifeline" ]; then
-  ( trap - TERM INT; read -r _ <&3; trap '' TERM INT; kill -TERM 0; sleep "$grace"; kill -KILL 0 ) &
+  ( read -r _ <&3; trap '' TERM INT; kill -TERM 0; sleep "$grace"; kill -KILL 0 ) &
   watcher=$!
 fi
+trap : TERM INT
 exec 3<&-
 wait "$server"
 status=$?
@@ -44,7 +46,10 @@ while kill -0 "$server" 2>/dev/null; do
   wait "$server"
   status=$?
 done
-[ -n "$watcher" ] && kill "$watcher" 2>/dev/null
+if [ -n "$watcher" ]; then
+  kill "$watcher" 2>/dev/null
+  wait "$watcher"
+fi
 exit "$status"
 "#;
 
@@ -142,7 +147,7 @@ impl Group {
 
     /// Waits until no live process is left in the group (the supervisor reaped).
     async fn gone(&mut self) {
-        let mut pause = Duration::from_millis(5);
+        let mut pause = Duration::from_millis(1);
         loop {
             let _ = self.child.try_wait();
             if group_gone(self.pgid.as_raw()) {
