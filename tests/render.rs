@@ -132,3 +132,18 @@ fn template_errors_name_the_file_and_line() {
     assert!(text.starts_with("exit: 0"), "{text}");
     assert_eq!(std::fs::read_to_string(out.path().join("timeline.md")).unwrap(), "phases: 5\n");
 }
+
+#[test]
+fn render_refuses_to_write_through_a_symbolic_link_in_its_output_directory() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let outside = work.path().join("outside.md");
+    std::fs::write(&outside, "keep me").unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("runbook.md")).unwrap();
+    let output = handoff(&["render", "plans/menu-service.yaml", "--out", out.to_str().unwrap()]);
+    let text = transcript(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("is a symbolic link"), "{text}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me", "the link was followed");
+}

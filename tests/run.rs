@@ -490,7 +490,7 @@ with: {command: [sh, -c, 'echo \"connecting with $TOKEN\"; echo \"bad $TOKEN\" >
     let log =
         std::fs::read_dir(state.join("leak/local/runs")).unwrap().next().unwrap().unwrap().path().join("events.jsonl");
     let log = std::fs::read_to_string(log).unwrap();
-    assert!(log.contains("connecting with ${TOKEN}"), "{log}");
+    assert!(log.contains("connecting with ${SECRET_TOKEN}"), "{log}");
     assert!(!log.contains(secret) && !transcript(&output).contains(secret), "the secret leaked");
 }
 
@@ -670,4 +670,148 @@ fn killed_at_random_points_and_settled_as_the_effects_show_every_effect_and_undo
         assert_eq!(finished["status"], "rolled_back", "trial {trial_number} (seed {seed}), exit {code:?}");
     }
     println!("seed {seed}: 40 trials, {settled} settled by a person");
+}
+
+/// A plan whose one step writes its process group id to `$WORK/pgid`, leaves a grandchild
+/// running, and would record its effect in `$WORK/effects` half a minute later; its shell
+/// first runs `TRAP` (`trap "" TERM` ignores SIGTERM).
+const LINGERING: &str = "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: crash}\n\
+environments: {local: {endpoints: {}}}\nphases:\n  - {id: one, name: One, rollback: {max_duration: 1m, steps: []}, \
+steps: [{id: slow, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, \
+'TRAP; cut -d\" \" -f5 /proc/$$/stat > \"$WORK/pgid.new\"; mv \"$WORK/pgid.new\" \"$WORK/pgid\"; \
+sleep 30 & sleep 30; echo done >> \"$WORK/effects\"']}}]}\n";
+
+/// Starts the lingering plan with `trap` as its shell's first command, waits until its step
+/// is running, and returns handoff and the step's process group.
+fn start_lingering(work: &Path, trap: &str) -> (Child, i32) {
+    let plan = work.join("lingering.yaml");
+    std::fs::write(&plan, LINGERING.replace("TRAP", trap)).unwrap();
+    let state = work.join("state");
+    let args =
+        ["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap(), "--allow-shell"];
+    let child = spawn(&args, work);
+    let started = Instant::now();
+    let pgid = loop {
+        if let Ok(text) = std::fs::read_to_string(work.join("pgid")) {
+            break text.trim().parse::<i32>().expect("a process group id");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the step never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (child, pgid)
+}
+
+/// Waits (a bounded time, a guard against a hang) until no process of `pgid` is left.
+fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
+    let started = Instant::now();
+    while !handoff_executor::process::group_gone(pgid) {
+        if started.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn a_step_s_processes_die_with_a_killed_handoff() {
+    // A step that ignores SIGTERM is killed after the grace.
+    for trap in ["true", r#"trap "" TERM"#] {
+        let work = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = start_lingering(work.path(), trap);
+        assert!(!handoff_executor::process::group_gone(pgid), "the step runs");
+        kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert!(wait_group_gone(pgid, Duration::from_secs(25)), "the step's group outlived handoff ({trap})");
+        assert!(!work.path().join("effects").exists(), "the step's effect happened after handoff died ({trap})");
+    }
+}
+
+#[test]
+fn sigterm_stops_a_step_s_whole_group_before_handoff_exits() {
+    // A step that ignores SIGTERM is killed after the grace.
+    for trap in ["true", r#"trap "" TERM"#] {
+        let work = tempfile::tempdir().unwrap();
+        let (mut child, pgid) = start_lingering(work.path(), trap);
+        kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{trap}");
+        assert!(handoff_executor::process::group_gone(pgid), "handoff exited with processes of the step left ({trap})");
+        assert!(!work.path().join("effects").exists(), "the step's effect happened ({trap})");
+    }
+}
+
+#[test]
+fn an_archive_path_from_a_variable_is_written_where_the_variable_points() {
+    use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let specs = [ServiceSpec::new("old", ServiceKind::Mongo)];
+    let sandbox = runtime.block_on(Sandbox::start(&specs, &Options::default())).expect("the sandbox starts");
+    let old = sandbox.service("old").unwrap().endpoint().url.clone();
+    runtime.block_on(async {
+        let client = mongodb::Client::with_uri_str(&old).await.unwrap();
+        let items = client.database("restaurant").collection::<mongodb::bson::Document>("menu_items");
+        items.insert_many((0..50).map(|i| mongodb::bson::doc! {"_id": i, "name": format!("Dish {i}")})).await.unwrap();
+    });
+    let work = tempfile::tempdir().unwrap();
+    let archives = work.path().join("archives");
+    let state = work.path().join("state");
+    let plan = "tests/fixtures/run/mongo-archive.yaml";
+    let args = ["run", plan, "--env", "sandbox", "--state-dir", state.to_str().unwrap()];
+    let env = [("OLD_DB_URL", OsStr::new(&old)), ("ARCHIVE_DIR", archives.as_os_str())];
+    let output = handoff_with(&args, &env);
+    runtime.block_on(sandbox.shutdown());
+    let text = transcript(&output);
+    assert!(matches!(output.status.code(), Some(0 | 4)), "{text}");
+    let written: Vec<_> = std::fs::read_dir(archives.join("menu-items")).expect("the archive's directory").collect();
+    assert!(written.len() >= 2, "the archive and its manifest: {written:?}");
+    assert!(!root().join("tests/fixtures/run/${ARCHIVE_DIR}").exists(), "a directory named after the reference");
+}
+
+#[test]
+fn an_environment_not_in_the_plan_is_refused_by_every_command_before_any_path_is_made() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("a/b/state");
+    let state_arg = state.to_str().unwrap();
+    for args in [
+        vec!["approve", SETTINGS, "switch-writes/approval-1", "--env", "../../x", "--state-dir", state_arg],
+        vec!["status", SETTINGS, "--env", "nosuchenv", "--state-dir", state_arg],
+        vec!["resume", SETTINGS, "--env", "../x", "--state-dir", state_arg],
+        vec!["abort", SETTINGS, "--env", "nosuchenv", "--state-dir", state_arg],
+    ] {
+        let output = handoff(&args);
+        let text = transcript(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains("is not in the plan; it defines: local"), "{args:?}: {text}");
+    }
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing was written anywhere");
+}
+
+#[test]
+fn control_characters_from_a_plan_and_a_command_never_reach_the_terminal_raw() {
+    let work = tempfile::tempdir().unwrap();
+    let plan = work.path().join("escape.yaml");
+    std::fs::write(
+        &plan,
+        "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: escape}\nenvironments: {local: {endpoints: {}}}\n\
+phases:\n  - {id: one, name: \"One \\e[2J\", rollback: {max_duration: 1m, steps: []}, steps: [{id: loud, uses: shell.run, \
+with: {command: [sh, -c, 'printf \"\\033[31mred\\033]0;title\\007\" >&2; exit 3']}}]}\n",
+    )
+    .unwrap();
+    let state = work.path().join("state");
+    let args =
+        ["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap(), "--allow-shell"];
+    let run = handoff(&args);
+    let status = handoff(&["status", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap()]);
+    let rendered = work.path().join("out");
+    let render = handoff(&["render", plan.to_str().unwrap(), "--out", rendered.to_str().unwrap()]);
+    assert_eq!(render.status.code(), Some(0), "{}", transcript(&render));
+    let runbook = std::fs::read_to_string(rendered.join("runbook.md")).unwrap();
+    let show = transcript(&handoff(&["plan", "show", plan.to_str().unwrap()]));
+    let dry = transcript(&handoff(&[&args[..], &["--dry-run"]].concat()));
+    let outputs = [("run", transcript(&run)), ("status", transcript(&status)), ("runbook", runbook)];
+    for (what, text) in outputs.into_iter().chain([("plan show", show), ("dry run", dry)]) {
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{what} printed control characters raw: {text:?}");
+    }
+    assert!(transcript(&run).contains("\\u{1b}[31mred"), "{}", transcript(&run));
 }

@@ -49,7 +49,7 @@ pub(crate) fn run(command: &Command, registry: &Registry, out: &mut dyn Write) -
         Command::List { target, .. } | Command::Break { target, .. } => target,
     };
     let Some(plan) = crate::validate::load_plan(&target.plan, registry, out)? else { return Ok(exit::INVALID) };
-    let store = target.store(&plan);
+    let store = target.store(&plan)?;
     match command {
         Command::List { json, .. } => {
             let lock = LockState::of(store.as_ref())?;

@@ -34,6 +34,7 @@ pub(crate) enum ShowFormat {
 pub(crate) fn show(plan: &Path, format: ShowFormat, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
     let Some(plan) = crate::validate::load_plan(plan, registry, out)? else { return Ok(exit::INVALID) };
     let graph = crate::support::compile(&plan, registry)?;
+    let out = &mut crate::support::Escaped(out);
     match format {
         ShowFormat::Text => write!(out, "{}", graph.text())?,
         ShowFormat::Mermaid => write!(out, "{}", graph.mermaid())?,

@@ -39,8 +39,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
             plan.environments.keys().map(|k| k.0.as_str()).collect::<Vec<_>>().join(", ")
         ),
     };
-    let environment =
-        plan.environments.get(env.as_str()).with_context(|| format!("environment `{env}` is not in the plan"))?;
+    let environment = crate::support::environment(&plan, &env)?;
     let endpoint = |name: &str| environment.endpoints.get(name).cloned();
     let base = args.plan.parent().unwrap_or(Path::new("."));
     let services = registry
@@ -49,7 +48,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
     let templates = handoff_render::Templates::load(args.templates.as_deref())?;
     let artifacts = templates.plan(&plan, &|step| registry.describe_step(step), &services)?;
     for artifact in &artifacts {
-        let path = args.out.join(&artifact.path);
+        let path = inside(&args.out, &artifact.path)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -57,4 +56,23 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(exit::OK)
+}
+
+/// `out/relative`, refused when `relative` leaves `out` or when anything on the way below
+/// `out` (the file included) is a symbolic link: render writes only inside `--out`.
+fn inside(out: &Path, relative: &Path) -> anyhow::Result<PathBuf> {
+    let mut path = out.to_path_buf();
+    for component in relative.components() {
+        let std::path::Component::Normal(name) = component else {
+            anyhow::bail!("the artifact path `{}` leaves --out", relative.display());
+        };
+        path.push(name);
+        if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            anyhow::bail!(
+                "{} is a symbolic link: render writes only inside --out and does not follow links; remove it",
+                path.display()
+            );
+        }
+    }
+    Ok(path)
 }

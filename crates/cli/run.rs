@@ -104,8 +104,8 @@ fn prepare(
 
 /// Runs `work` (one of `engine`'s run calls, watching `cancel`) to its end on a runtime of
 /// its own, printing the engine's notices as they come. The first SIGINT or SIGTERM cancels
-/// the work (it stops after the running steps), a second exits at once. Returns the exit
-/// code of the outcome.
+/// the work (running steps are stopped: SIGTERM to their process groups, SIGKILL after the
+/// grace), a second exits at once. Returns the exit code of the outcome.
 fn drive(
     command: &str,
     engine: &Engine<'_>,
@@ -126,7 +126,7 @@ fn drive(
                         eprintln!("second interrupt: exiting now; `handoff resume` continues from the log");
                         return Ok(exit::INTERRUPTED);
                     }
-                    eprintln!("interrupt: stopping after the running steps (Ctrl-C again to exit at once)");
+                    eprintln!("interrupt: stopping the running steps (SIGTERM, SIGKILL after 5 s); Ctrl-C again exits at once");
                     cancel.cancel();
                 }
             }
@@ -144,6 +144,7 @@ fn drive(
 
 /// `handoff run --dry-run`: every step with what it would do, and what would be refused.
 fn dry_run(graph: &Graph, engine: &Engine<'_>, options: &RunOptions, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let out = &mut support::Escaped(out);
     writeln!(
         out,
         "dry run of {} in {} ({}); nothing is executed or recorded",

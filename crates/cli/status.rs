@@ -24,7 +24,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
     let Args { target, json } = args;
     support::init_tracing(false);
     let Some(plan) = crate::validate::load_plan(&target.plan, registry, out)? else { return Ok(exit::INVALID) };
-    let store = target.store(&plan);
+    let store = target.store(&plan)?;
     let Some((state, lock)) = Engine::status(store.as_ref())? else {
         writeln!(
             out,
@@ -43,7 +43,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         };
         writeln!(out, "{}", serde_json::json!({"status": state.status_word(), "state": state, "lock": lock}))?;
     } else {
-        write_status(&state, &lock, out)?;
+        write_status(&state, &lock, &mut support::Escaped(out))?;
     }
     Ok(exit::OK)
 }

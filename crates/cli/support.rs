@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions};
 use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
+use handoff_plan::escape::{escape, escape_lines};
 use handoff_plan::model::Plan;
 use handoff_registry::Registry;
 
@@ -124,10 +125,26 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// The store of this plan's runs in this environment.
-    pub(crate) fn store(&self, plan: &Plan) -> Arc<DirStore> {
-        Arc::new(DirStore::new(&self.state_dir, plan.metadata.name.as_str(), &self.env))
+    /// The store of this plan's runs in this environment; refused (exit 2, naming the
+    /// plan's environments) when `--env` is not one of them, so that no name reaches a path.
+    pub(crate) fn store(&self, plan: &Plan) -> anyhow::Result<Arc<DirStore>> {
+        environment(plan, &self.env)?;
+        Ok(Arc::new(DirStore::new(&self.state_dir, plan.metadata.name.as_str(), &self.env)))
     }
+}
+
+/// The plan's environment `env`, or an error naming the environments it defines.
+pub(crate) fn environment<'p>(plan: &'p Plan, env: &str) -> anyhow::Result<&'p handoff_plan::model::Environment> {
+    plan.environments.iter().find(|(name, _)| name.as_str() == env).map(|(_, environment)| environment).ok_or_else(
+        || {
+            let known: Vec<_> = plan.environments.keys().map(|k| escape(k.as_str())).collect();
+            anyhow::anyhow!(
+                "environment `{}` is not in the plan; it defines: {}",
+                escape(env),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )
+        },
+    )
 }
 
 /// How a run executes.
@@ -195,7 +212,7 @@ impl Prepared {
     /// `out` and `None` is returned.
     pub(crate) fn load(target: &Target, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<Option<Prepared>> {
         let Some(plan) = crate::validate::load_plan(&target.plan, registry, out)? else { return Ok(None) };
-        let store = target.store(&plan);
+        let store = target.store(&plan)?;
         let graph = compile(&plan, registry)?;
         Ok(Some(Prepared { graph, store }))
     }
@@ -239,13 +256,7 @@ pub(crate) fn compile(plan: &Plan, registry: &Registry) -> anyhow::Result<Graph>
 
 /// Resolves the environment's endpoints (`${VAR}` expanded); names the first unset one.
 fn endpoints(plan: &Plan, env: &str) -> anyhow::Result<Endpoints> {
-    let Some(environment) = plan.environments.get(env) else {
-        let known: Vec<&str> = plan.environments.keys().map(|k| k.as_str()).collect();
-        anyhow::bail!(
-            "environment `{env}` is not in the plan; it defines: {}",
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-        );
-    };
+    let environment = environment(plan, env)?;
     let mut values = BTreeMap::new();
     for (name, template) in &environment.endpoints {
         let value = expand_env(template).with_context(|| format!("environment `{env}`, endpoint `{name}`"))?;
@@ -275,12 +286,12 @@ impl<'a> Printer<'a> {
             }
             (Notice::Progress { .. }, true) => Ok(()),
             (Notice::Record(record), false) => match line(record) {
-                Some(text) => writeln!(self.out, "{text}"),
+                Some(text) => writeln!(self.out, "{}", escape(&text)),
                 None => Ok(()),
             },
             (Notice::Progress { step, message, fraction, .. }, false) => {
                 let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
-                writeln!(self.out, "    … {step}{percent}: {message}")
+                writeln!(self.out, "{}", escape(&format!("    … {step}{percent}: {message}")))
             }
         }
     }
@@ -298,7 +309,7 @@ impl<'a> Printer<'a> {
             };
             writeln!(self.out, "{}", serde_json::json!({"run": run, "outcome": word, "message": text, "exit": code}))?;
         } else {
-            writeln!(self.out, "{text}")?;
+            writeln!(self.out, "{}", escape_lines(&text))?;
         }
         Ok(code)
     }
@@ -392,4 +403,22 @@ pub(crate) fn line(record: &Record) -> Option<String> {
             return None;
         }
     })
+}
+
+/// A writer that escapes control characters (line breaks aside) in everything written
+/// through it: for lines built from plan names and logged messages.
+pub(crate) struct Escaped<'a>(pub(crate) &'a mut dyn Write);
+
+impl Write for Escaped<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) => self.0.write_all(escape_lines(text).as_bytes())?,
+            Err(_) => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }

@@ -426,6 +426,7 @@ impl Runner<'_> {
             resources: self.resources.clone(),
             policy: self.policy.clone(),
             sink: self.journal.clone(),
+            masks: Default::default(),
         }
     }
 

@@ -19,9 +19,15 @@ mod run;
 #[serde(deny_unknown_fields)]
 pub struct ShellRun {
     /// Program and arguments; run directly, without a shell, unless `program` is a shell.
+    /// `${ENV_VAR}` references are expanded by handoff, like in every parameter (a shell's own
+    /// variables are written `$name`); expanded values are masked in what the command prints.
+    /// The command runs in its own process group, stopped (SIGTERM, then SIGKILL after 5 s)
+    /// when it exits, when the run is cancelled, or when handoff dies.
     #[schemars(length(min = 1))]
     pub command: Vec<String>,
-    /// Extra environment variables (values may be `${ENV_VAR}` references).
+    /// The command's environment (values may be `${ENV_VAR}` references). The command gets
+    /// these, `HANDOFF_RUN_ID`, `HANDOFF_PHASE` and `HANDOFF_STEP`, and from handoff's own
+    /// environment only `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ` and `TMPDIR`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory, relative to the plan file.
@@ -189,10 +195,17 @@ pub struct Notified {
     pub sent: bool,
 }
 
+/// What the `shell` executor does, with the environment its commands get.
+const SHELL_SUMMARY: &str = "Runs commands (refused unless the plan run allows shell steps). Each command runs in its \
+own process group, stopped (SIGTERM, then SIGKILL after 5 s) when it exits, when the run is interrupted, or when \
+handoff dies. Its environment is explicit: its `env:`, `HANDOFF_RUN_ID`, `HANDOFF_PHASE`, `HANDOFF_STEP`, and from \
+handoff's own only `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`. What it prints is kept \
+(its last 2 KiB) with every expanded `${VAR}` value masked.";
+
 /// The generic executors.
 pub fn executors() -> Vec<Executor> {
     vec![
-        Executor::new("shell", "Runs commands (refused unless the plan run allows shell steps).").with(RunCommand),
+        Executor::new("shell", SHELL_SUMMARY).with(RunCommand),
         Executor::new("http", "Calls HTTP endpoints: one request, or polling until healthy.")
             .with(SendRequest)
             .with(PollHealth),
@@ -376,5 +389,16 @@ impl Action for PostWebhook {
 
     async fn execute(&self, webhook: NotifyWebhook, cx: &Context) -> Result<StepOutput<Notified>, StepError> {
         run::notify(&webhook, cx).await.map(StepOutput::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_environment_is_the_one_commands_get() {
+        let handoff = ["HANDOFF_RUN_ID", "HANDOFF_PHASE", "HANDOFF_STEP"];
+        for name in crate::run::BASE_ENVIRONMENT.iter().chain(&handoff) {
+            assert!(crate::SHELL_SUMMARY.contains(&format!("`{name}`")), "{name} is not documented");
+        }
     }
 }

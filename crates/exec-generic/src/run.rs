@@ -4,8 +4,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use handoff_executor::http::{self, Request};
-use handoff_executor::{Context, StepError, expand_env};
+use handoff_executor::process::{Group, KILL_GRACE, Start};
+use handoff_executor::{Context, StepError};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use handoff_executor::StepOutput;
 
@@ -21,14 +23,53 @@ const OUTPUT_TAIL: usize = 2048;
 pub(crate) const SHELL_REFUSED: &str =
     "shell steps are refused unless the run allows them: review the commands, then pass `--allow-shell`";
 
-fn tail(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
+/// Variables a command gets from handoff's environment when set; everything else it gets
+/// is named in the step's `env:` (or is one of the `HANDOFF_*` variables of the step).
+pub(crate) const BASE_ENVIRONMENT: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// The end of `text`, at most [`OUTPUT_TAIL`] bytes, cut at a character boundary; `text` is
+/// masked before it is cut, so no part of a secret survives a cut.
+fn tail(text: &str) -> String {
     let start = text.len().saturating_sub(OUTPUT_TAIL);
     let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     text[start..].trim_end().to_owned()
 }
 
-/// Runs `command` with the environment and working directory of `run`.
+/// The command, in its own process group that dies with handoff, with the explicit
+/// environment of `run`.
+fn command(command: &[String], run: &ShellRun, cx: &Context) -> Result<Group, StepError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(StepError::Refused("empty command".to_owned()));
+    };
+    let mut process = Group::command(program, args, Start { keep: false, grace: KILL_GRACE });
+    process
+        .current_dir(cx.policy.base_dir.join(run.workdir.as_deref().unwrap_or(".")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .envs(BASE_ENVIRONMENT.iter().filter_map(|name| Some((name, std::env::var_os(name)?))))
+        .env("HANDOFF_RUN_ID", &cx.run_id)
+        .env("HANDOFF_PHASE", &cx.phase)
+        .env("HANDOFF_STEP", &cx.step)
+        .envs(&run.env);
+    Group::spawn(&mut process).map_err(|e| StepError::Failed(format!("cannot start `{program}`: {e}")))
+}
+
+/// Reads a stream to its end, in the background.
+fn drain(stream: Option<impl AsyncRead + Unpin + Send + 'static>) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        if let Some(mut stream) = stream {
+            let _ = stream.read_to_end(&mut bytes).await;
+        }
+        bytes
+    })
+}
+
+/// Runs `command` with the environment and working directory of `run`. When the run is
+/// cancelled, every process of the command's group gets SIGTERM, then SIGKILL after
+/// [`KILL_GRACE`], and the step reports cancelled once none is left; when the command
+/// exits, what it left running in its group is stopped the same way.
 pub(crate) async fn shell(
     command: &[String],
     run: &ShellRun,
@@ -43,44 +84,27 @@ pub(crate) async fn shell(
     if !cx.policy.allow_shell {
         return Err(StepError::Refused(SHELL_REFUSED.to_owned()));
     }
-    let Some((program, args)) = command.split_first() else {
-        return Err(StepError::Refused("empty command".to_owned()));
-    };
-    let mut process = tokio::process::Command::new(program);
-    process
-        .args(args)
-        .current_dir(cx.policy.base_dir.join(run.workdir.as_deref().unwrap_or(".")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env("HANDOFF_RUN_ID", &cx.run_id)
-        .env("HANDOFF_PHASE", &cx.phase)
-        .env("HANDOFF_STEP", &cx.step);
-    // Expanded values may be secrets: whatever the command prints is masked before it is
-    // kept in the run's log.
-    let mut secrets = Vec::new();
-    for (name, template) in &run.env {
-        let value = expand_env(template).map_err(|e| StepError::Refused(format!("env `{name}`: {e}")))?;
-        if value != *template && !value.is_empty() {
-            secrets.push((value.clone(), format!("${{{name}}}")));
+    let program = &command[0];
+    let mut group = self::command(command, run, cx)?;
+    let (stdout, stderr) = (drain(group.stdout()), drain(group.stderr()));
+    let status = tokio::select! {
+        status = group.wait() => status,
+        () = cx.cancel.cancelled() => {
+            group.terminate(KILL_GRACE).await;
+            return Err(StepError::Cancelled);
         }
-        process.env(name, value);
-    }
-    let tail = |bytes: &[u8]| secrets.iter().fold(tail(bytes), |text, (secret, name)| text.replace(secret, name));
-    let child = process.spawn().map_err(|e| StepError::Failed(format!("cannot start `{program}`: {e}")))?;
-    let output = cx
-        .cancellable(child.wait_with_output())
-        .await?
-        .map_err(|e| StepError::Failed(format!("`{program}` failed: {e}")))?;
-    let code = output.status.code();
-    let result = CommandOutput { exit: code, stdout: tail(&output.stdout), stderr: tail(&output.stderr) };
+    };
+    group.terminate(KILL_GRACE).await;
+    let status = status.map_err(|e| StepError::Failed(format!("`{program}` failed: {e}")))?;
+    let text = |bytes: Result<Vec<u8>, _>| cx.mask(&String::from_utf8_lossy(&bytes.unwrap_or_default()));
+    let (stdout, stderr) = (text(stdout.await), text(stderr.await));
+    let code = status.code();
+    let result = CommandOutput { exit: code, stdout: tail(&stdout), stderr: tail(&stderr) };
     if code == Some(run.expect_exit) {
         Ok(StepOutput::new(result))
     } else {
         let how = code.map_or_else(|| "was killed by a signal".to_owned(), |c| format!("exited with {c}"));
-        let stderr = tail(&output.stderr);
-        let last = stderr.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
+        let last = result.stderr.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
         Err(StepError::Failed(format!("`{program}` {how}, expected {}{last}", run.expect_exit)))
     }
 }
@@ -116,7 +140,12 @@ pub(crate) async fn http_request(request: &HttpRequest, cx: &Context) -> Result<
     let response = cx.cancellable(send.send()).await?.map_err(|e| StepError::Failed(e.to_string()))?;
     let problems = judge(&response, request.expect_status, &request.expect_json);
     if problems.is_empty() {
-        Ok(Answer { status: response.status, body: response.json })
+        // The body is kept in the run's log: values expanded into the request are masked.
+        let body = response.json.map(|json| {
+            let text = cx.mask(&json.to_string());
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        });
+        Ok(Answer { status: response.status, body })
     } else {
         Err(StepError::Failed(format!("{} {}: {}", method(request.method), request.url, problems.join("; "))))
     }

@@ -190,11 +190,29 @@ impl<A: Action> Typed<A> {
         Typed { action, declaration: A::DECLARATION }
     }
 
-    /// The step's parameters as the action's type; refused (the schema should have caught
-    /// it) when they do not fit.
+    /// The step's parameters as written (`${VAR}`s unexpanded), for descriptions; refused
+    /// (the schema should have caught it) when they do not fit.
     fn params(&self, with: &Value) -> Result<A::Params, StepError> {
         A::Params::deserialize(with)
             .map_err(|e| StepError::Refused(format!("invalid parameters of `{}`: {e}", self.declaration.name)))
+    }
+
+    /// The step's parameters to run with: every `${VAR}` in every string expanded (an unset
+    /// one refused, naming it), and the step's context masking the values substituted.
+    fn expanded(&self, with: &Value, cx: &Context) -> Result<(A::Params, Context), StepError> {
+        let mut cx = cx.clone();
+        let with = crate::expand_value(with, &mut cx.masks).map_err(|e| StepError::Refused(e.to_string()))?;
+        Ok((self.params(&with)?, cx))
+    }
+}
+
+/// An error whose message is masked like the step's output.
+fn masked(error: StepError, cx: &Context) -> StepError {
+    match error {
+        StepError::Failed(message) => StepError::Failed(cx.mask(&message)),
+        StepError::Refused(message) => StepError::Refused(cx.mask(&message)),
+        StepError::NeedsDecision { key, prompt } => StepError::NeedsDecision { key, prompt: cx.mask(&prompt) },
+        StepError::Cancelled => StepError::Cancelled,
     }
 }
 
@@ -220,8 +238,8 @@ impl<A: Action> DynAction for Typed<A> {
 
     fn execute<'a>(&'a self, with: &'a Value, cx: &'a Context) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         Box::pin(async move {
-            let params = self.params(with)?;
-            self.action.execute(params, cx).await?.erase()
+            let (params, cx) = self.expanded(with, cx)?;
+            self.action.execute(params, &cx).await.map_err(|e| masked(e, &cx))?.erase()
         })
     }
 
@@ -232,11 +250,15 @@ impl<A: Action> DynAction for Typed<A> {
         cx: &'a Context,
     ) -> BoxFuture<'a, Result<Compensation, StepError>> {
         Box::pin(async move {
-            let params = self.params(with)?;
+            let (params, cx) = self.expanded(with, cx)?;
             let output = output.typed::<A::Output>().map_err(|e| {
                 StepError::Refused(format!("the recorded output of `{}` is not its own: {e}", self.declaration.name))
             })?;
-            self.action.compensate(params, output.detail, cx).await
+            match self.action.compensate(params, output.detail, &cx).await {
+                Ok(Compensation::Undone(what)) => Ok(Compensation::Undone(cx.mask(&what))),
+                Ok(other) => Ok(other),
+                Err(error) => Err(masked(error, &cx)),
+            }
         })
     }
 }

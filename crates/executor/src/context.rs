@@ -131,8 +131,93 @@ pub fn expand_env(text: &str) -> Result<String, UnsetVariable> {
     expand_with(text, |name| std::env::var(name).ok())
 }
 
+/// A `${NAME}` in a step's parameter that cannot be expanded.
+#[derive(Debug, thiserror::Error)]
+#[error("parameter `{pointer}`: {unset}")]
+pub struct UnsetParameter {
+    /// JSON pointer of the parameter, relative to `with:`.
+    pub pointer: String,
+    /// The variable that is not set.
+    pub unset: UnsetVariable,
+}
+
+/// Shortest expanded value that is masked: shorter values (`1`, `on`) would mangle output
+/// without protecting anything.
+const SHORTEST_MASKED: usize = 4;
+
+/// Expands every `${NAME}` in every string of `value` (a step's `with:`) from the process
+/// environment — the one rule for built-in actions' parameters. Each value substituted is
+/// added to `masks`, so that it is masked wherever the step prints it.
+pub fn expand_value(value: &Value, masks: &mut Masks) -> Result<Value, UnsetParameter> {
+    expand_at(value, &mut String::new(), masks)
+}
+
+fn expand_at(value: &Value, pointer: &mut String, masks: &mut Masks) -> Result<Value, UnsetParameter> {
+    Ok(match value {
+        Value::String(text) if text.contains("${") => {
+            let lookup = |name: &str| {
+                let found = std::env::var(name).ok();
+                if let Some(found) = &found {
+                    masks.add(found, &format!("${{{name}}}"));
+                }
+                found
+            };
+            let expanded = expand_with(text, lookup);
+            Value::String(expanded.map_err(|unset| UnsetParameter { pointer: pointer.clone(), unset })?)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| expand_child(item, pointer, &i.to_string(), masks))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| Ok((key.clone(), expand_child(item, pointer, key, masks)?)))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn expand_child(item: &Value, pointer: &mut String, key: &str, masks: &mut Masks) -> Result<Value, UnsetParameter> {
+    let len = pointer.len();
+    pointer.push('/');
+    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    let expanded = expand_at(item, pointer, masks);
+    pointer.truncate(len);
+    expanded
+}
+
+/// Values a step must never print (expanded `${VAR}`s), each with what replaces it.
+#[derive(Debug, Clone, Default)]
+pub struct Masks(Vec<(String, String)>);
+
+impl Masks {
+    /// Adds a value to mask as `replacement`.
+    pub fn add(&mut self, value: &str, replacement: &str) {
+        if value.len() >= SHORTEST_MASKED {
+            self.0.push((value.to_owned(), replacement.to_owned()));
+        }
+    }
+
+    /// `text` with every masked value replaced (longest first, so that a value containing
+    /// another is masked whole).
+    pub fn mask(&self, text: &str) -> String {
+        let mut masks: Vec<&(String, String)> = self.0.iter().collect();
+        masks.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
+        masks.iter().fold(text.to_owned(), |text, (value, replacement)| text.replace(value.as_str(), replacement))
+    }
+
+    /// Every masked value of `other` too.
+    pub fn extend(&mut self, other: &Masks) {
+        self.0.extend(other.0.iter().cloned());
+    }
+}
+
 /// [`expand_env`] with a custom variable lookup.
-pub fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, UnsetVariable> {
+pub fn expand_with(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, UnsetVariable> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -175,6 +260,8 @@ pub struct Context {
     pub policy: Arc<Policy>,
     /// Where reports go.
     pub sink: Arc<dyn Sink>,
+    /// Values the step must never print (the `${VAR}`s expanded in its parameters).
+    pub masks: Masks,
 }
 
 impl Context {
@@ -188,9 +275,9 @@ impl Context {
         self.sink.metric(&self.phase, &self.step, name, value);
     }
 
-    /// Reports progress.
+    /// Reports progress (masked like the step's output).
     pub fn progress(&self, message: &str, fraction: Option<f64>) {
-        self.sink.progress(&self.phase, &self.step, message, fraction);
+        self.sink.progress(&self.phase, &self.step, &self.mask(message), fraction);
     }
 
     /// What a person decided about this step, if anything.
@@ -233,6 +320,11 @@ impl Context {
         }
     }
 
+    /// `text` with every value the step must not print masked (see [`Masks`]).
+    pub fn mask(&self, text: &str) -> String {
+        self.masks.mask(text)
+    }
+
     /// The key people use to decide about this step (`handoff approve … <key>`).
     pub fn decision_key(&self) -> String {
         format!("{}/{}", self.phase, self.step)
@@ -249,6 +341,31 @@ mod tests {
         assert_eq!(expand_with("mongodb://${USER}@h/${USER}", lookup).unwrap(), "mongodb://ada@h/ada");
         assert_eq!(expand_with("no refs ${", lookup).unwrap(), "no refs ${");
         assert_eq!(expand_with("${PASS}", lookup).unwrap_err().0, "PASS");
+    }
+
+    #[test]
+    fn parameters_expand_everywhere_and_their_values_are_masked() {
+        let (name, value) = ("PATH", std::env::var("PATH").expect("tests run with a PATH"));
+        let with =
+            serde_json::json!({"path": format!("${{{name}}}/x"), "list": [1, {"deep": format!("a ${{{name}}}")}]});
+        let mut masks = Masks::default();
+        let expanded = expand_value(&with, &mut masks).unwrap();
+        assert_eq!(expanded["path"], format!("{value}/x"));
+        assert_eq!(expanded["list"][1]["deep"], format!("a {value}"));
+        assert_eq!(masks.mask(&format!("said {value}!")), format!("said ${{{name}}}!"));
+        let unset =
+            expand_value(&serde_json::json!({"a/b": ["${HANDOFF_SURELY_UNSET_1234}"]}), &mut masks).unwrap_err();
+        assert_eq!(unset.to_string().split(':').next(), Some("parameter `/a~1b/0`"));
+        assert_eq!(unset.unset.0, "HANDOFF_SURELY_UNSET_1234");
+    }
+
+    #[test]
+    fn masks_replace_the_longest_value_first_and_skip_short_ones() {
+        let mut masks = Masks::default();
+        masks.add("abc", "${SHORT}");
+        masks.add("secret", "${A}");
+        masks.add("secret-and-more", "${B}");
+        assert_eq!(masks.mask("abc secret secret-and-more"), "abc ${A} ${B}");
     }
 }
 
@@ -309,6 +426,7 @@ impl Context {
             resources: Arc::new(resources),
             policy: Arc::new(Policy::default()),
             sink,
+            masks: Masks::default(),
         }
     }
 }

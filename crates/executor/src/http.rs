@@ -2,7 +2,9 @@
 //! `notify.webhook`, Prometheus, HTTP JSON metrics), run off the async runtime.
 //!
 //! Errors name the URL as written in the plan (`${VAR}` references unexpanded), never the
-//! expanded URL, which may hold a secret.
+//! expanded URL, which may hold a secret. A response is masked before anything reads it: the
+//! values of credential headers and of expanded `${VAR}`s the request sent never appear in
+//! its JSON or its excerpt, even when the server echoes them.
 
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ pub struct Response {
     pub status: u16,
     /// Body as JSON, when it parses as JSON.
     pub json: Option<Value>,
-    /// The first 512 bytes of the body, for messages.
+    /// The first 512 characters of the body, for messages.
     pub excerpt: String,
 }
 
@@ -75,8 +77,16 @@ impl Request {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(self.timeout)).build().into();
         let mut builder = ureq::http::Request::builder().method(self.method.as_str()).uri(&url);
-        for (name, value) in &self.headers {
-            builder = builder.header(name, crate::expand_env(value)?);
+        let mut masks = crate::Masks::default();
+        masks.add(&url, &self.url);
+        for (name, template) in &self.headers {
+            let value = crate::expand_env(template)?;
+            if template.contains("${") || is_credential_header(name) {
+                masks.add(&value, "***");
+                // An echo may show the credential without its scheme (`Bearer …`).
+                value.split_once(' ').inspect(|(_, credential)| masks.add(credential, "***"));
+            }
+            builder = builder.header(name, value);
         }
         let sent = match &self.body {
             Some(body) => {
@@ -88,10 +98,17 @@ impl Request {
         };
         let mut response = sent.map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let text = masks.mask(&response.body_mut().read_to_string().unwrap_or_default());
         let excerpt = text.chars().take(512).collect();
         Ok(Response { status, json: serde_json::from_str(&text).ok(), excerpt })
     }
+}
+
+/// Headers that carry credentials whether or not their value is a `${VAR}` reference.
+fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["authorization", "proxy-authorization", "cookie", "x-api-key"].contains(&name.as_str())
+        || ["token", "secret", "key", "auth"].iter().any(|word| name.contains(word))
 }
 
 /// Checks `expected` (JSON pointer → value) against a response body; returns one message

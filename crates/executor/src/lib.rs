@@ -21,10 +21,13 @@ pub mod context;
 pub mod decision;
 pub mod http;
 pub mod output;
+pub mod process;
 
 pub use action::{Action, Declaration, DynAction, Typed};
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use context::{Context, Decision, Endpoints, Lifecycle, LifecycleFeed, Policy, Recorder, Sink, expand_env};
+pub use context::{
+    Context, Decision, Endpoints, Lifecycle, LifecycleFeed, Masks, Policy, Recorder, Sink, expand_env, expand_value,
+};
 pub use decision::DecisionKey;
 pub use output::{Integrity, StepOutput};
 

@@ -147,4 +147,7 @@ codes! {
     /// A phase with no success criteria.
     NO_CRITERIA = "H312" "no-criteria" Warning
         "A phase without criteria passes as soon as its steps finish. State what must hold for it to pass.";
+    /// A `${` that handoff would not expand.
+    UNEXPANDED_REFERENCE = "H313" "unexpanded-reference" Error
+        "handoff expands `${NAME}` (a letter or `_`, then letters, digits or `_`) from its environment in every string of a step's `with:`, in environment endpoints, metric sources and the `simulation:` section — nowhere else, and nothing else that starts with `${`. A malformed reference (`${}`, `${A-B}`, an unclosed `${`) or a reference in any other field would be used as written. Fix the reference; a shell's own variables are written `$name`.";
 }

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod codes;
 pub mod diagnostic;
+pub mod escape;
 pub mod lint;
 pub mod model;
 pub mod redact;

@@ -11,7 +11,7 @@ use crate::diagnostic::Diagnostic;
 use crate::model::{
     Alert, Comparator, Criterion, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule, Uses,
 };
-use crate::redact::{is_reference, is_referenced_value, is_secret_key};
+use crate::redact::{argument_secrets, is_reference, is_referenced_value, is_secret_key};
 use crate::units::Dimension;
 use crate::{Catalog, Effect};
 
@@ -174,7 +174,69 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
         simulation_refs(plan, simulation, &mut out);
     }
     credentials(raw, &mut String::new(), &mut out);
+    references(raw, &mut String::new(), &mut out);
     out
+}
+
+/// Where handoff expands `${NAME}`: a step's `with:`, environments, metric sources and the
+/// simulation section (JSON pointers).
+fn expands_references(pointer: &str) -> bool {
+    let parts: Vec<&str> = pointer.split('/').collect();
+    let step_with = |at: usize| parts.get(at) == Some(&"steps") && parts.get(at + 2) == Some(&"with");
+    match parts.get(1) {
+        Some(&("environments" | "metrics" | "simulation")) => true,
+        Some(&"phases") => step_with(3) || (parts.get(3) == Some(&"rollback") && step_with(4)),
+        _ => false,
+    }
+}
+
+/// The first `${` of `text` that is not a well-formed `${NAME}`, as written.
+fn malformed_reference(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let name_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let name = &after[..name_len];
+        if !after[name_len..].starts_with('}') || name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            let end = after.find('}').map_or(after.len(), |e| e + 1).min(24);
+            let end = (0..=end).rev().find(|&i| after.is_char_boundary(i)).unwrap_or(0);
+            return Some(&rest[start..start + 2 + end]);
+        }
+        rest = &after[name_len + 1..];
+    }
+    None
+}
+
+/// H313: a `${` that would reach an executor or the output as written.
+fn references(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
+    match value {
+        Value::String(text) if text.contains("${") => {
+            if let Some(bad) = malformed_reference(text) {
+                let message = format!("`{bad}` is not a `${{NAME}}` reference, so it would be used as written");
+                out.push(Diagnostic::new(codes::UNEXPANDED_REFERENCE, pointer.clone(), message));
+            } else if !expands_references(pointer) {
+                let message = "`${…}` is not expanded in this field (only in a step's `with:`, environments, metrics and the simulation)";
+                out.push(Diagnostic::new(codes::UNEXPANDED_REFERENCE, pointer.clone(), message));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                references(item, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = pointer.len();
+                crate::source::push_token(pointer, key);
+                references(item, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A reference the `simulation:` section makes: where, to what, and the kinds it may be.
@@ -815,6 +877,8 @@ fn credentials(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
                     pointer.clone(),
                     format!("literal `{scheme}` credentials; use a `${{ENV_VAR}}` reference"),
                 ));
+            } else if !argument_secrets(text).is_empty() {
+                out.push(argument_credential(pointer.clone()));
             }
         }
         Value::Array(items) => {
@@ -822,6 +886,14 @@ fn credentials(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
                 let len = pointer.len();
                 pointer.push_str(&format!("/{i}"));
                 credentials(item, pointer, out);
+                // `--password` `hunter2`: a secret-named flag, then its value.
+                if let (Some(Value::String(flag)), Value::String(value)) = (i.checked_sub(1).map(|p| &items[p]), item)
+                    && argument_secrets(flag).is_empty()
+                    && argument_secrets(value).is_empty()
+                    && !argument_secrets(&format!("{flag} {value}")).is_empty()
+                {
+                    out.push(argument_credential(pointer.clone()));
+                }
                 pointer.truncate(len);
             }
         }
@@ -845,19 +917,32 @@ fn credentials(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// `scheme://user:password@host` with a literal password → a message (without the secret).
+/// A credential written into a command argument (`--password=…`, `-p…`, `token=…`).
+fn argument_credential(pointer: String) -> Diagnostic {
+    Diagnostic::new(codes::LITERAL_CREDENTIAL, pointer, "a command argument carries a literal credential").with_help(
+        "pass the secret in the step's `env:` as a `${ENV_VAR}` reference and use the shell variable (`$NAME`) in the command",
+    )
+}
+
+/// `scheme://user:password@host` with a literal password, anywhere in `text` (a command line
+/// may hold several URLs) → a message (without the secret). A `${ENV_VAR}` reference or a
+/// shell variable (`$DB_PASSWORD`) is no literal.
 fn literal_credential_in_url(text: &str) -> Option<String> {
-    let (scheme, rest) = text.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':')?;
-    if password.is_empty() || is_reference(password) {
-        return None;
-    }
-    Some(format!(
-        "the `{scheme}://` connection string carries a literal password for user `{}`; use a `${{ENV_VAR}}` reference",
-        if is_reference(user) { "<from env>" } else { user }
-    ))
+    text.match_indices("://").find_map(|(at, _)| {
+        // Inside a command line, the scheme is the word just before `://`.
+        let scheme = text[..at].rsplit(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))).next()?;
+        let rest = &text[at + 3..];
+        let authority = rest.split(['/', '?', '#', ' ', '"', '\'']).next()?;
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        if password.is_empty() || is_reference(password) || password.starts_with('$') {
+            return None;
+        }
+        Some(format!(
+            "the `{scheme}://` connection string carries a literal password for user `{}`; use a `${{ENV_VAR}}` reference",
+            if is_reference(user) { "<from env>" } else { user }
+        ))
+    })
 }
 
 /// Counts for summaries: phases, steps, criteria, rollbacks.
@@ -891,5 +976,9 @@ mod tests {
         assert_eq!(literal_credential_in_url("mongodb://app:${DB_PASSWORD}@db/menu"), None);
         assert_eq!(literal_credential_in_url("${MONGO_URI}"), None);
         assert_eq!(literal_credential_in_url("https://example.com/a@b"), None);
+        let command = "curl https://example.com/x && mongosh 'mongodb://app:hunter2@db/menu' --quiet";
+        let message = literal_credential_in_url(command).unwrap();
+        assert!(message.starts_with("the `mongodb://` connection string") && !message.contains("hunter2"), "{message}");
+        assert_eq!(literal_credential_in_url(r#"mongosh "mongodb://app:$DB_PASSWORD@db/menu""#), None);
     }
 }

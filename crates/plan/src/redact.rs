@@ -101,7 +101,54 @@ pub fn scan(text: &str) -> Vec<(usize, usize)> {
             ranges.push((inner_start, inner_start + value.len()));
         }
     }
+    ranges.extend(argument_secrets(text));
     ranges.sort_unstable();
+    ranges
+}
+
+/// Whether a value is no literal: empty, a `${ENV_VAR}` reference, or a shell variable
+/// (`$DB_PASSWORD`, `"$DB_PASSWORD"`) that the command's own environment fills in.
+fn is_variable(value: &str) -> bool {
+    let value = value.trim_start_matches(['"', '\'']);
+    value.is_empty() || value.starts_with('$')
+}
+
+/// Byte ranges of credentials written into command arguments: `--password=…`,
+/// `PGPASSWORD=…`, `token=…` (a secret-named key and `=`), `--password …` (a secret-named
+/// flag and the next word), and `-p…` after `mysql`, `mysqldump` or `mariadb`. Shell
+/// variables and `${ENV_VAR}` references are not literal.
+pub fn argument_secrets(text: &str) -> Vec<(usize, usize)> {
+    let ends = |b: u8| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'&' | b';' | b'|' | b',' | b')');
+    let word_start = |at: usize| {
+        text[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).map_or(0, |i| i + 1)
+    };
+    let value_at = |start: usize| {
+        let quoted = text[start..].starts_with(['"', '\'']);
+        let inner = start + usize::from(quoted);
+        let end = token_end(text, inner, |b| if quoted { b == text.as_bytes()[start] } else { ends(b) });
+        (!is_variable(&text[start..end]) && !is_reference(&text[inner..end]) && end > inner).then_some((inner, end))
+    };
+    let mut ranges = Vec::new();
+    for (at, _) in text.match_indices('=') {
+        let key = &text[word_start(at)..at];
+        if is_secret_key(key.trim_start_matches('-')) {
+            ranges.extend(value_at(at + 1));
+        }
+    }
+    for (at, _) in text.match_indices("--") {
+        let end = token_end(text, at + 2, |b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        let flag = &text[at + 2..end];
+        if is_secret_key(flag) && text[end..].starts_with(' ') && !text[end + 1..].starts_with('-') {
+            ranges.extend(value_at(end + 1));
+        }
+    }
+    for (at, _) in text.match_indices(" -p") {
+        let line = &text[text[..at].rfind('\n').map_or(0, |i| i + 1)..at];
+        let mysql = ["mysql", "mysqldump", "mariadb"].iter().any(|program| line.contains(program));
+        if mysql && !text[at + 3..].starts_with([' ', '\t', '\n']) && at + 3 < text.len() {
+            ranges.extend(value_at(at + 3));
+        }
+    }
     ranges
 }
 
@@ -143,6 +190,11 @@ mod tests {
             "password: hunter2",
             "  db_password: 'hunter2'",
             "- {token: hunter2, other: 1}",
+            "command: [sh, -c, 'mongodump --password=hunter2 --out x']",
+            "pg_dump --password hunter2 db",
+            "PGPASSWORD=hunter2 psql -h db",
+            "curl https://x/api?token=hunter2&a=1",
+            "mysql -u root -phunter2 menu",
         ] {
             let redacted = redact(text);
             assert!(!redacted.contains("hunter2"), "{text} → {redacted}");
@@ -159,6 +211,10 @@ mod tests {
             "url: https://example.com/a@b",
             "description: the password policy",
             "token_ttl_note: see docs",
+            "sh -c 'mongodump --password=\"$DB_PASSWORD\"'",
+            "PGPASSWORD=${PG_PASSWORD} psql",
+            "mkdir -p build && mysql --version",
+            "--password --other",
         ] {
             assert_eq!(redact(text), text);
         }

@@ -407,7 +407,8 @@ impl DynAction for PluginAction {
 
     fn execute<'a>(&'a self, with: &'a Value, cx: &'a Context) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         Box::pin(async move {
-            let request = self.plugin.request("execute", self.declaration.name, with, cx);
+            let with = expanded(with)?;
+            let request = self.plugin.request("execute", self.declaration.name, &with, cx);
             match self.plugin.stream(request, cx).await? {
                 Message::Done { output, .. } => Ok(StepOutput::from_json(output)),
                 Message::Failed { message, retryable: true } => Err(StepError::Failed(message)),
@@ -425,7 +426,8 @@ impl DynAction for PluginAction {
         cx: &'a Context,
     ) -> BoxFuture<'a, Result<Compensation, StepError>> {
         Box::pin(async move {
-            let mut request = self.plugin.request("compensate", self.declaration.name, with, cx);
+            let with = expanded(with)?;
+            let mut request = self.plugin.request("compensate", self.declaration.name, &with, cx);
             request["output"] = serde_json::to_value(output).unwrap_or_default();
             match self.plugin.stream(request, cx).await? {
                 Message::Done { compensation, message, .. } => Ok(match compensation.as_deref() {
@@ -438,4 +440,11 @@ impl DynAction for PluginAction {
             }
         })
     }
+}
+
+/// A step's `with:` with every `${VAR}` expanded, as for built-in actions (an unset one
+/// refuses the step, naming it).
+fn expanded(with: &Value) -> Result<Value, StepError> {
+    handoff_executor::expand_value(with, &mut handoff_executor::Masks::default())
+        .map_err(|e| StepError::Refused(e.to_string()))
 }

@@ -118,10 +118,14 @@ impl Templates {
         Ok(Templates { tera, files })
     }
 
-    /// Renders template `name` with `context`.
+    /// Renders template `name` with `context`; control characters in the result (line breaks
+    /// aside) are escaped.
     pub fn render(&self, name: &str, context: &impl Serialize) -> Result<String, RenderError> {
         let context = tera::Context::from_serialize(context).map_err(|e| locate(&self.files, e))?;
-        self.tera.render(name, &context).map_err(|e| locate(&self.files, e))
+        // Plan text may hold control characters: none reaches a document (or the terminal
+        // that shows it) as itself.
+        let text = self.tera.render(name, &context).map_err(|e| locate(&self.files, e))?;
+        Ok(handoff_plan::escape::escape_lines(&text))
     }
 
     /// Renders one VirtualService.

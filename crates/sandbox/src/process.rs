@@ -1,38 +1,20 @@
-//! Server processes: each runs in its own process group under a small `sh` supervisor that
-//! holds a "lifeline" pipe from handoff. When handoff exits for any reason — even SIGKILL —
-//! the pipe closes and the supervisor stops the server, so nothing outlives its owner.
+//! Server processes: each runs in its own process group under the supervisor of
+//! [`handoff_executor::process`], holding a lifeline from handoff: when handoff exits for
+//! any reason — even SIGKILL — the group is stopped, so nothing outlives its owner.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use handoff_executor::process::{Group, Start};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStdin, Command};
 
-/// The supervisor: runs the server with stdin closed, forwards SIGTERM to it and waits for
-/// its clean exit, stops it when the lifeline (fd 3, a copy of the supervisor's stdin)
-/// reaches end of file, and exits with the server's status.
-const SUPERVISOR: &str = r#"exec 3<&0
-"$@" </dev/null &
-server=$!
-trap 'kill -TERM "$server" 2>/dev/null' TERM INT
-watcher=
-if [ -z "$HANDOFF_KEEP" ]; then
-  ( trap - TERM INT; read -r _ <&3; kill -TERM "$server" 2>/dev/null; sleep 3; kill -KILL "$server" 2>/dev/null ) &
-  watcher=$!
-fi
-wait "$server"
-status=$?
-while kill -0 "$server" 2>/dev/null; do
-  wait "$server"
-  status=$?
-done
-[ -n "$watcher" ] && kill "$watcher" 2>/dev/null
-exit "$status"
-"#;
+pub(crate) use handoff_executor::process::start_time;
+
+/// Time the lifeline's watcher gives a server between SIGTERM and SIGKILL.
+const LIFELINE_GRACE: Duration = Duration::from_secs(3);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,11 +29,8 @@ pub(crate) struct Launch {
 /// A running server process group.
 #[derive(Debug)]
 pub(crate) struct Process {
-    child: Child,
-    pgid: Pid,
+    group: Group,
     log: PathBuf,
-    /// Closing this stops the server; held until the process is stopped.
-    _lifeline: Option<ChildStdin>,
 }
 
 impl Process {
@@ -59,35 +38,20 @@ impl Process {
     pub(crate) fn spawn(launch: &Launch, dir: &Path, log: &Path) -> std::io::Result<Process> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg("handoff-supervisor")
-            .arg(&launch.program)
-            .args(&launch.args)
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("HANDOFF_KEEP", if launch.keep { "1" } else { "" })
-            .current_dir(dir)
-            .stdin(if launch.keep { Stdio::null() } else { Stdio::piped() })
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .kill_on_drop(!launch.keep)
-            .spawn()?;
-        let pid = child.id().ok_or_else(|| std::io::Error::other("the server exited at once"))?;
-        let lifeline = child.stdin.take();
-        let pgid = Pid::from_raw(i32::try_from(pid).map_err(std::io::Error::other)?);
-        Ok(Process { child, pgid, log: log.to_owned(), _lifeline: lifeline })
+        let start = Start { keep: launch.keep, grace: LIFELINE_GRACE };
+        let mut command = Group::command(&launch.program, &launch.args, start);
+        command.envs(launch.env.iter().map(|(k, v)| (k, v))).current_dir(dir).stdout(out).stderr(err);
+        Ok(Process { group: Group::spawn(&mut command)?, log: log.to_owned() })
     }
 
     /// The process group id (recorded so that a later run can reap it).
     pub(crate) fn pgid(&self) -> i32 {
-        self.pgid.as_raw()
+        self.group.pgid()
     }
 
     /// `Some(status)` once the server has exited.
     pub(crate) fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
+        match self.group.try_wait() {
             Ok(Some(status)) => Some(status.to_string()),
             Ok(None) => None,
             Err(e) => Some(e.to_string()),
@@ -96,43 +60,28 @@ impl Process {
 
     /// Freezes every process of the group (SIGSTOP): connections stay open, nothing answers.
     pub(crate) fn pause(&self) -> std::io::Result<()> {
-        killpg(self.pgid, Signal::SIGSTOP).map_err(std::io::Error::from)
+        self.group.signal(Signal::SIGSTOP)
     }
 
     /// Thaws a paused group (SIGCONT).
     pub(crate) fn resume(&self) -> std::io::Result<()> {
-        killpg(self.pgid, Signal::SIGCONT).map_err(std::io::Error::from)
+        self.group.signal(Signal::SIGCONT)
     }
 
-    /// Stops the server: SIGTERM through the supervisor (which waits for a clean exit), then
-    /// SIGKILL to the whole group after `grace`.
+    /// Stops the server: SIGTERM to its group (the supervisor waits for a clean exit), then
+    /// SIGKILL after `grace`.
     pub(crate) async fn stop(mut self, grace: Duration) {
-        let _ = killpg(self.pgid, Signal::SIGCONT);
-        let _ = nix::sys::signal::kill(self.pgid, Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            let _ = killpg(self.pgid, Signal::SIGKILL);
-            let _ = self.child.wait().await;
-        }
-        // The supervisor may have exited before stragglers of its group.
-        let _ = killpg(self.pgid, Signal::SIGKILL);
+        self.group.terminate(grace).await;
     }
 
     /// Lets the server run on after this handle is gone (kept sandboxes).
     pub(crate) fn detach(self) {
-        std::mem::forget(self);
+        self.group.detach();
     }
 
     /// The last `lines` lines of the server's log.
     pub(crate) fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // Stopped or not, nothing of the group survives its handle.
-        let _ = killpg(self.pgid, Signal::SIGCONT);
-        let _ = killpg(self.pgid, Signal::SIGKILL);
     }
 }
 
@@ -151,15 +100,6 @@ pub(crate) fn kill_group(pgid: i32, started: u64) {
 pub(crate) fn alive(pid: i32, started: Option<u64>) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
         && started.is_none_or(|started| start_time(pid).is_none_or(|now| now == started))
-}
-
-/// When a process started (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
-/// pid, it names one process for good. `None` where `/proc` does not tell.
-pub(crate) fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after its end.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The last `lines` lines of a file (reads at most its last 64 KiB).
