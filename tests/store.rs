@@ -287,9 +287,7 @@ fn stopped_holder_race() {
         serde_json::from_slice::<serde_json::Value>(&list.stdout).is_ok_and(|v| v["stale"] == true)
     };
     assert!(wait_for(Duration::from_secs(30), expired), "the stopped holder's lease never expired");
-    let second = work.spawn("resume", &["--allow-shell"]);
-    let resumes = |work: &Workspace| work.records().iter().filter(|r| r["event"] == "run_resumed").count();
-    assert!(wait_for(Duration::from_secs(30), || resumes(&work) == 2), "the second did not take over");
+    let second = take_over(&work);
     // Let a `slow` step finish meanwhile, so that the first, when it continues, has a
     // result to record as well as an overdue heartbeat.
     let slow_done = || std::fs::read_to_string(work.path("runs.log")).is_ok_and(|t| t.contains("slow"));
@@ -301,6 +299,28 @@ fn stopped_holder_race() {
     let done = second.wait_with_output_stderr();
     assert_eq!(done.0, Some(0), "the second run completes: {}", done.1);
     check_single_writer(&work.records());
+}
+
+/// Resumes the stopped holder's run from a second process, again while the holder's step
+/// processes still run (each such attempt is refused, exit 6, naming them); returns the
+/// process that took over.
+fn take_over(work: &Workspace) -> Child {
+    let resumes = |work: &Workspace| work.records().iter().filter(|r| r["event"] == "run_resumed").count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut second = work.spawn("resume", &["--allow-shell"]);
+        let took_over =
+            wait_for(Duration::from_secs(30), || resumes(work) == 2 || second.try_wait().unwrap().is_some());
+        assert!(took_over, "the second neither took over nor exited");
+        if resumes(work) == 2 {
+            return second;
+        }
+        let (code, stderr) = second.wait_with_output_stderr();
+        assert_eq!(code, Some(6), "a refused take-over exits 6: {stderr}");
+        assert!(stderr.contains("processes of its steps are still running"), "{stderr}");
+        assert!(Instant::now() < deadline, "the stopped holder's steps never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The log of the race: sequence numbers 1, 2, …; after the take-over's `run_resumed`,
@@ -341,6 +361,50 @@ impl WaitStderr for Child {
         }
         (self.wait().unwrap().code(), text)
     }
+}
+
+/// A step that runs for a minute, after which it would record its effect.
+const LONG_STEP: &str = r#"apiVersion: handoff.dev/v1alpha1
+kind: MigrationPlan
+metadata: {name: store}
+environments: {local: {endpoints: {}}}
+phases:
+  - id: one
+    name: One
+    steps:
+      - {id: long, uses: shell.run, idempotent: true, with: {command: [sh, -c, 'sleep 60; echo long >> "$WORK/runs.log"'], env: {WORK: "${WORK}"}}}
+    rollback: {max_duration: 1m, steps: []}
+"#;
+
+#[test]
+fn a_stale_lease_is_not_taken_over_while_its_holders_steps_still_run() {
+    let work = Workspace::new(LONG_STEP);
+    let first = work.spawn("run", &["--allow-shell", "--lock-ttl", "1"]);
+    let logged = || work.store().join("runs").read_dir().is_ok_and(|mut runs| runs.next().is_some());
+    let started = || logged() && work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "long");
+    assert!(wait_for(Duration::from_secs(30), started), "the long step did not start");
+    let pid = Pid::from_raw(i32::try_from(first.id()).unwrap());
+    stop_outside_the_guard(pid, &work.store().join("lock.guard"));
+    let stale = || {
+        let list = work.run("lock list", &["--json"]);
+        serde_json::from_slice::<serde_json::Value>(&list.stdout).is_ok_and(|v| v["stale"] == true)
+    };
+    assert!(wait_for(Duration::from_secs(30), stale), "the stopped holder's lease never expired");
+    let refused = work.run("resume", &["--allow-shell"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(6), "{}", transcript(&refused));
+    assert!(stderr.contains("processes of its steps are still running on this host (pids "), "{stderr}");
+    // The holder dies; its lifeline takes its steps' processes down: now the run can be
+    // taken over (an abort, which ends at once, where a resume would run the step again).
+    kill(pid, Signal::SIGKILL).unwrap();
+    let _ = first.wait_with_output_stderr();
+    let mut aborted = None;
+    let taken = wait_for(Duration::from_secs(30), || {
+        aborted = work.run("abort", &["--allow-shell"]).status.code();
+        aborted != Some(6)
+    });
+    assert!(taken && aborted == Some(3), "the run was not taken over once the holder's steps ended: {aborted:?}");
+    assert!(!work.path("runs.log").exists(), "the killed holder's step never took effect");
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub(crate) const ROLLED_BACK: u8 = 3;
 pub(crate) const PAUSED: u8 = 4;
 /// A rollback failed or overran its budget: a person must act now.
 pub(crate) const ROLLBACK_FAILED: u8 = 5;
-/// Another run holds the plan's lock.
+/// Another run holds the plan's lock, or a stale holder's steps may still be running.
 pub(crate) const LOCKED: u8 = 6;
 /// Interrupted (SIGINT/SIGTERM) before the work was done, as shells report it; a run's
 /// state is saved and `handoff resume` continues it.
@@ -36,7 +36,7 @@ const ALL: &[(u8, &str)] = &[
     (ROLLED_BACK, "a phase failed and was rolled back within its budget (or the run was aborted)"),
     (PAUSED, "the run is paused, waiting for a person (`handoff approve`, then `handoff resume`)"),
     (ROLLBACK_FAILED, "a rollback failed or overran its budget: a person must act now"),
-    (LOCKED, "another run holds the plan's lock"),
+    (LOCKED, "another run holds the plan's lock (or a stale holder's steps still run)"),
     (INTERRUPTED, "interrupted; `handoff resume` continues from the log"),
 ];
 
@@ -73,7 +73,10 @@ pub(crate) fn status(result: anyhow::Result<u8>) -> ExitCode {
 /// The exit code of an engine error: a held lock is [`LOCKED`] (said on stderr here),
 /// anything else an error.
 pub(crate) fn engine_error(error: EngineError) -> anyhow::Result<u8> {
-    if let EngineError::Store(StoreError::Locked(_)) = &error {
+    if let EngineError::Store(StoreError::Locked(_))
+    | EngineError::StepsStillRunning { .. }
+    | EngineError::HolderStopping { .. } = &error
+    {
         eprintln!("error: {error}");
         return Ok(LOCKED);
     }

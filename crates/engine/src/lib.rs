@@ -92,6 +92,26 @@ pub enum EngineError {
         "the run lost its lock (another process took it, or the lock file could not be written) and stopped; see `handoff status`, then `handoff resume` when no other run is active"
     )]
     LostLock,
+    /// A stale lock's holder left step processes running on this host.
+    #[error(
+        "the lock {holder} is stale, but processes of its steps are still running on this host (pids {pids}) and may still take effect; resume once they are gone (they end by themselves, or stop them with `kill -TERM <pid>`)"
+    )]
+    StepsStillRunning {
+        /// The stale lock's id.
+        holder: String,
+        /// The live step processes, as a list.
+        pids: String,
+    },
+    /// A stale lock's holder on another host may still be stopping its steps.
+    #[error(
+        "the lock {holder} expired, but its holder on another host may still be stopping its steps; resume in {seconds} s"
+    )]
+    HolderStopping {
+        /// The stale lock's id.
+        holder: String,
+        /// Seconds until its steps' kill grace has passed.
+        seconds: i64,
+    },
     /// `--settle` named something that is not an interrupted step or undo.
     #[error(
         "--settle {0}: not a step (`PHASE/STEP`) or a step's undo (`PHASE/STEP/undo`) that was running when the run stopped"
@@ -282,6 +302,9 @@ impl<'e> Engine<'e> {
     /// Takes the lock for this process (over `force_unlock`, if given) and keeps its lease
     /// for the journal.
     fn acquire(&self, options: &RunOptions, force_unlock: Option<String>) -> Result<Lease, EngineError> {
+        if force_unlock.is_none() {
+            self.previous_steps_gone()?;
+        }
         let record = LockRecord::for_this_process(&options.command, options.lock_ttl);
         let Acquired { lease, previous } = self.store.lock(&LockRequest { record, force_unlock })?;
         if let Some(previous) = previous {
@@ -289,6 +312,33 @@ impl<'e> Engine<'e> {
         }
         *self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease.clone());
         Ok(lease)
+    }
+
+    /// A stale lock is taken over only once its holder's steps cannot still be taking
+    /// effect: on this host, no process of the latest run's steps is alive (a holder stopped
+    /// past its lease leaves them running); on another host, the steps' kill grace has
+    /// passed since the lease expired (a holder that lost its lease stops its steps within
+    /// it).
+    fn previous_steps_gone(&self) -> Result<(), EngineError> {
+        let Some(held) = self.store.current_lock()? else { return Ok(()) };
+        if !held.is_stale_now() {
+            return Ok(());
+        }
+        if held.host != store::hostname() {
+            let grace = jiff::SignedDuration::try_from(handoff_executor::process::KILL_GRACE).unwrap_or_default();
+            let wait = (held.expires_at() + grace).duration_since(jiff::Timestamp::now());
+            if wait.is_positive() {
+                return Err(EngineError::HolderStopping { holder: held.id, seconds: wait.as_secs() + 1 });
+            }
+            return Ok(());
+        }
+        let Some(run) = self.store.latest_run()? else { return Ok(()) };
+        let pids = handoff_executor::process::processes_of_run(&run);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        let pids = pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        Err(EngineError::StepsStillRunning { holder: held.id, pids })
     }
 
     /// Releases the lock; a store error of a holder that no longer holds it is a lost lock.

@@ -189,6 +189,26 @@ pub fn group_gone(pgid: i32) -> bool {
     })
 }
 
+/// The live processes (zombies aside) started for a step of run `run`: whatever carries
+/// `HANDOFF_RUN_ID=<run>` in its environment, as every step process does. Only this host's
+/// processes, and only those `/proc` lets this user read.
+pub fn processes_of_run(run: &str) -> Vec<i32> {
+    let wanted = format!("HANDOFF_RUN_ID={run}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let dir = Path::new("/proc").join(pid.to_string());
+            let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
+            let alive = !std::fs::read_to_string(dir.join("stat")).unwrap_or_default().contains(") Z ");
+            alive && environ.split(|b| *b == 0).any(|var| var == wanted.as_bytes())
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// When a process started (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
 /// pid, it names one process for good. `None` where `/proc` does not tell.
 pub fn start_time(pid: i32) -> Option<u64> {
