@@ -815,3 +815,39 @@ with: {command: [sh, -c, 'printf \"\\033[31mred\\033]0;title\\007\" >&2; exit 3'
     }
     assert!(transcript(&run).contains("\\u{1b}[31mred"), "{}", transcript(&run));
 }
+
+/// Five steps that each take a moment and record their effect.
+const FIVE_STEPS: &str = "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: piped}\n\
+environments: {local: {endpoints: {}}}\nphases:\n  - {id: one, name: One, rollback: {max_duration: 1m, steps: []}, steps: [\
+{id: s1, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, 'sleep 0.2; echo s1 >> \"$WORK/effects\"']}}, \
+{id: s2, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, 'sleep 0.2; echo s2 >> \"$WORK/effects\"']}}, \
+{id: s3, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, 'sleep 0.2; echo s3 >> \"$WORK/effects\"']}}, \
+{id: s4, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, 'sleep 0.2; echo s4 >> \"$WORK/effects\"']}}, \
+{id: s5, uses: shell.run, with: {env: {WORK: \"${WORK}\"}, command: [sh, -c, 'sleep 0.2; echo s5 >> \"$WORK/effects\"']}}]}\n";
+
+#[test]
+fn a_reader_that_goes_away_does_not_stop_the_run() {
+    let work = tempfile::tempdir().unwrap();
+    let plan = work.path().join("piped.yaml");
+    std::fs::write(&plan, FIVE_STEPS).unwrap();
+    let state = work.path().join("state");
+    let args =
+        ["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap(), "--allow-shell"];
+    // `handoff run … | head -1`: the reader takes one line and closes the pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(args)
+        .env("WORK", work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "the run's own exit code: {stderr}");
+    assert!(stderr.contains("stdout was closed: the run goes on") && stderr.contains("completed"), "{stderr}");
+    let effects = std::fs::read_to_string(work.path().join("effects")).unwrap();
+    assert_eq!(effects, "s1\ns2\ns3\ns4\ns5\n", "every step ran once, to the end");
+}

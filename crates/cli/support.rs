@@ -270,29 +270,44 @@ pub(crate) struct Printer<'a> {
     json: bool,
     out: &'a mut dyn Write,
     target: &'a Target,
+    /// Standard output was closed by its reader (`| head`): the run goes on unprinted.
+    closed: bool,
 }
 
 impl<'a> Printer<'a> {
     /// A printer for a run of `target`, in `exec`'s log format.
     pub(crate) fn new(target: &'a Target, exec: &Exec, out: &'a mut dyn Write) -> Printer<'a> {
-        Printer { json: exec.json_logs(), out, target }
+        Printer { json: exec.json_logs(), out, target, closed: false }
     }
 
     /// Prints one notice (records as lines or JSON; progress for people only).
     pub(crate) fn notice(&mut self, notice: &Notice) -> std::io::Result<()> {
-        match (notice, self.json) {
-            (Notice::Record(record), true) => {
-                writeln!(self.out, "{}", serde_json::to_string(record).unwrap_or_default())
-            }
-            (Notice::Progress { .. }, true) => Ok(()),
-            (Notice::Record(record), false) => match line(record) {
-                Some(text) => writeln!(self.out, "{}", escape(&text)),
-                None => Ok(()),
-            },
+        let text = match (notice, self.json) {
+            (Notice::Record(record), true) => Some(serde_json::to_string(record).unwrap_or_default()),
+            (Notice::Progress { .. }, true) => None,
+            (Notice::Record(record), false) => line(record).map(|text| escape(&text).to_string()),
             (Notice::Progress { step, message, fraction, .. }, false) => {
                 let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
-                writeln!(self.out, "{}", escape(&format!("    … {step}{percent}: {message}")))
+                Some(escape(&format!("    … {step}{percent}: {message}")).to_string())
             }
+        };
+        text.map_or(Ok(()), |text| self.line(&text))
+    }
+
+    /// Writes one line. A reader that went away (`handoff run … | head`) does not stop the
+    /// run: it goes on, unprinted, and says so once on stderr.
+    fn line(&mut self, text: &str) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match writeln!(self.out, "{text}").and_then(|()| self.out.flush()) {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                let (plan, env) = (self.target.plan.display(), &self.target.env);
+                eprintln!("stdout was closed: the run goes on without printing (`handoff status {plan} --env {env}`)");
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -307,9 +322,12 @@ impl<'a> Printer<'a> {
                 exit::PAUSED => "paused",
                 _ => "interrupted",
             };
-            writeln!(self.out, "{}", serde_json::json!({"run": run, "outcome": word, "message": text, "exit": code}))?;
+            self.line(&serde_json::json!({"run": run, "outcome": word, "message": text, "exit": code}).to_string())?;
         } else {
-            writeln!(self.out, "{}", escape_lines(&text))?;
+            self.line(&escape_lines(&text))?;
+        }
+        if self.closed {
+            eprintln!("{}", escape_lines(&text));
         }
         Ok(code)
     }

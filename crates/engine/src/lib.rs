@@ -316,9 +316,9 @@ impl<'e> Engine<'e> {
 
     /// A stale lock is taken over only once its holder's steps cannot still be taking
     /// effect: on this host, no process of the latest run's steps is alive (a holder stopped
-    /// past its lease leaves them running); on another host, the steps' kill grace has
-    /// passed since the lease expired (a holder that lost its lease stops its steps within
-    /// it).
+    /// past its lease leaves them running; one that died takes them down within the kill
+    /// grace, which is waited for); on another host, the steps' kill grace has passed since
+    /// the lease expired (a holder that lost its lease stops its steps within it).
     fn previous_steps_gone(&self) -> Result<(), EngineError> {
         let Some(held) = self.store.current_lock()? else { return Ok(()) };
         if !held.is_stale_now() {
@@ -333,7 +333,14 @@ impl<'e> Engine<'e> {
             return Ok(());
         }
         let Some(run) = self.store.latest_run()? else { return Ok(()) };
-        let pids = handoff_executor::process::processes_of_run(&run);
+        let mut pids = handoff_executor::process::processes_of_run(&run);
+        // A holder that died takes its steps down through their lifelines within the kill
+        // grace: wait for that rather than refuse a resume right after a crash.
+        let deadline = std::time::Instant::now() + handoff_executor::process::KILL_GRACE + Duration::from_secs(2);
+        while !pids.is_empty() && !store::pid_alive(held.pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            pids = handoff_executor::process::processes_of_run(&run);
+        }
         if pids.is_empty() {
             return Ok(());
         }
