@@ -6,10 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 /// Service clients, and the crates allowed to link them (ARCHITECTURE.md, "only the executor
-/// crates, the sandbox and the simulator's application model").
+/// crates, the sandbox, the simulator's application model and the shared run store").
 const CLIENTS: &[&str] = &["mongodb", "rdkafka", "redis"];
-const CLIENT_USERS: &[&str] =
-    &["handoff-exec-mongo", "handoff-exec-kafka", "handoff-exec-redis", "handoff-sandbox", "handoff-simulate"];
+const CLIENT_USERS: &[&str] = &[
+    "handoff-exec-mongo",
+    "handoff-exec-kafka",
+    "handoff-exec-redis",
+    "handoff-sandbox",
+    "handoff-simulate",
+    "handoff-store-mongo",
+];
 
 /// The only crate that may depend on executor crates (it lists the built-in ones).
 const REGISTRY: &str = "handoff-registry";

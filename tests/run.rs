@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::backend::{BOTH, Backend, Kind};
 use support::{handoff, handoff_with, root, transcript};
 
 /// A real HTTP server on a free port, serving a directory.
@@ -210,17 +211,6 @@ fn spawn(args: &[&str], work: &Path) -> Child {
         .unwrap()
 }
 
-/// The event log of the only run under `state`.
-fn events(state: &Path) -> Vec<serde_json::Value> {
-    let runs = state.join("crash/local/runs");
-    let Some(run) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()).and_then(Result::ok) else {
-        return Vec::new();
-    };
-    let text = std::fs::read_to_string(run.path().join("events.jsonl")).unwrap_or_default();
-    // A line being written may be torn; only whole lines count.
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
 fn step_key(event: &serde_json::Value) -> String {
     format!("{}/{}", event["phase"].as_str().unwrap_or_default(), event["step"].as_str().unwrap_or_default())
 }
@@ -278,9 +268,24 @@ impl Kills {
 
 #[test]
 fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps() {
+    for kind in BOTH {
+        sigkill_and_resume(kind);
+    }
+}
+
+/// `handoff VERB PLAN --env local --allow-shell` with the arguments choosing `backend`.
+fn exec_args<'a>(verb: &'a str, plan: &'a str, backend: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec![verb, plan, "--env", "local", "--allow-shell"];
+    args.extend(backend.iter().map(String::as_str));
+    args
+}
+
+/// Kills a run at many points (SIGKILL), resuming after each, with its state in `kind`.
+fn sigkill_and_resume(kind: Kind) {
     let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let state_arg = state.to_str().unwrap();
+    let backend = Backend::new(kind);
+    let state_args = backend.args();
+    let events = || backend.records("crash", "local");
     let plan = "tests/fixtures/run/crash.yaml";
     let mut kills = Kills::default();
     let mut target = 3;
@@ -289,13 +294,13 @@ fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps(
     loop {
         let verb = if first { "run" } else { "resume" };
         first = false;
-        let mut child = spawn(&[verb, plan, "--env", "local", "--state-dir", state_arg, "--allow-shell"], work.path());
+        let mut child = spawn(&exec_args(verb, plan, &state_args), work.path());
         let deadline = Instant::now() + Duration::from_secs(60);
         let ended = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break Some(status);
             }
-            if events(&state).len() >= target {
+            if events().len() >= target {
                 break None;
             }
             assert!(Instant::now() < deadline, "handoff {verb} hung");
@@ -313,7 +318,7 @@ fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps(
                 child.wait().unwrap();
                 kills.killed.push(serde_json::Value::from(child.id()));
                 // What the log says at the moment of the kill.
-                let log = events(&state);
+                let log = events();
                 if log.iter().any(|e| e["event"] == "run_finished") {
                     break; // killed after the run had ended: nothing to resume
                 }
@@ -336,7 +341,9 @@ fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps(
         "three/d3", "four/a4", "four/b4", "four/c4", "four/d4",
     ];
     kills.check(work.path(), &executions, &steps);
-    let status = handoff(&["status", plan, "--env", "local", "--state-dir", state_arg, "--json"]);
+    let mut status_args = vec!["status", plan, "--env", "local", "--json"];
+    status_args.extend(state_args.iter().map(String::as_str));
+    let status = handoff(&status_args);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["status"], "completed");
     // The lock is released, or left by a process killed after the run ended.
@@ -345,38 +352,46 @@ fn sigkill_at_many_points_then_resume_finishes_without_repeating_finished_steps(
 
 #[test]
 fn two_processes_cannot_both_hold_the_lock() {
+    for kind in BOTH {
+        two_racers(kind);
+    }
+}
+
+/// A second `run` and a `resume` are locked out while the first runs (state in `kind`);
+/// SIGTERM stops the first cleanly and releases the lock.
+fn two_racers(kind: Kind) {
     let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let state_arg = state.to_str().unwrap();
+    let backend = Backend::new(kind);
+    let state_args = backend.args();
     let plan = work.path().join("slow.yaml");
     let text = std::fs::read_to_string(root().join("tests/fixtures/run/crash.yaml"))
         .unwrap()
         .replace("sleep 0.03", "sleep 30");
     std::fs::write(&plan, text).unwrap();
     let plan_arg = plan.to_str().unwrap();
-    let args = ["run", plan_arg, "--env", "local", "--state-dir", state_arg, "--allow-shell"];
+    let args = exec_args("run", plan_arg, &state_args);
     let mut first = spawn(&args, work.path());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !events(&state).iter().any(|e| e["event"] == "step_started") {
+    while !backend.records("crash", "local").iter().any(|e| e["event"] == "step_started") {
         assert!(Instant::now() < deadline, "the first run did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let second = handoff_with(&args, &[("WORK", work.path().as_os_str())]);
+    let work_env = [("WORK", work.path().as_os_str())];
+    let second = handoff_with(&args, &work_env);
     assert_eq!(second.status.code(), Some(6), "{}", transcript(&second));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("the plan is locked by") && stderr.contains("--force-unlock"), "{stderr}");
-    let resume = handoff_with(
-        &["resume", plan_arg, "--env", "local", "--state-dir", state_arg, "--allow-shell"],
-        &[("WORK", work.path().as_os_str())],
-    );
+    let resume = handoff_with(&exec_args("resume", plan_arg, &state_args), &work_env);
     assert_eq!(resume.status.code(), Some(6), "resume is locked out too: {}", transcript(&resume));
 
     // SIGTERM: the first run stops cleanly, records why, and releases the lock.
     kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(first.wait().unwrap().code(), Some(130));
-    let log = events(&state);
+    let log = backend.records("crash", "local");
     assert_eq!(log.last().unwrap()["event"], "interrupted");
-    let status = handoff(&["status", plan_arg, "--env", "local", "--state-dir", state_arg]);
+    let mut status_args = vec!["status", plan_arg, "--env", "local"];
+    status_args.extend(state_args.iter().map(String::as_str));
+    let status = handoff(&status_args);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains(": interrupted") && text.contains("not locked"), "{text}");
 }

@@ -5,12 +5,15 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use handoff_engine::{LockRecord, LockRequest};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::backend::{BOTH, Backend, Kind};
 use support::{handoff_with, transcript};
 
 /// A phase that does something, asks a person, then does something else; and a phase
@@ -34,40 +37,63 @@ phases:
     rollback: {max_duration: 1m, steps: []}
 "#;
 
-/// A plan, its state directory and the work directory its steps write to.
+/// A plan, the store of its runs and the work directory its steps write to.
 struct Workspace {
     dir: tempfile::TempDir,
+    backend: Backend,
 }
 
 impl Workspace {
+    /// A plan whose runs keep their state in the directory store.
     fn new(plan: &str) -> Workspace {
+        Workspace::with(plan, Kind::Dir)
+    }
+
+    /// A plan whose runs keep their state in a store of `kind`.
+    fn with(plan: &str, kind: Kind) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("plan.yaml"), plan).unwrap();
-        Workspace { dir }
+        Workspace { dir, backend: Backend::new(kind) }
     }
 
     fn path(&self, sub: &str) -> PathBuf {
         self.dir.path().join(sub)
     }
 
-    /// `handoff VERB plan.yaml ARGS --env local --state-dir …`.
+    /// `handoff VERB plan.yaml ARGS --env local --state-dir …` (or `--state URL`).
     fn args(&self, verb: &str, args: &[&str]) -> Vec<String> {
         let mut all: Vec<String> = verb.split(' ').map(str::to_owned).collect();
         all.push(self.path("plan.yaml").display().to_string());
         all.extend(args.iter().map(|a| (*a).to_owned()));
-        all.extend(["--env".to_owned(), "local".to_owned(), "--state-dir".to_owned()]);
-        all.push(self.path("state").display().to_string());
+        all.extend(["--env".to_owned(), "local".to_owned()]);
+        all.extend(self.backend.args());
         all
     }
 
     fn run(&self, verb: &str, args: &[&str]) -> Output {
+        self.run_on(None, verb, args)
+    }
+
+    /// [`Workspace::run`] as a process of host identity `host` (`HANDOFF_HOST`), if given.
+    fn run_on(&self, host: Option<&str>, verb: &str, args: &[&str]) -> Output {
         let all = self.args(verb, args);
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        handoff_with(&all, &[("WORK", self.dir.path().as_os_str())])
+        let mut env = vec![("WORK", self.dir.path().as_os_str())];
+        env.extend(host.map(|h| ("HANDOFF_HOST", OsStr::new(h))));
+        handoff_with(&all, &env)
     }
 
     fn spawn(&self, verb: &str, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_handoff"))
+        self.spawn_on(None, verb, args)
+    }
+
+    /// [`Workspace::spawn`] as a process of host identity `host`, if given.
+    fn spawn_on(&self, host: Option<&str>, verb: &str, args: &[&str]) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_handoff"));
+        if let Some(host) = host {
+            command.env("HANDOFF_HOST", host);
+        }
+        command
             .args(self.args(verb, args))
             .env("WORK", self.dir.path())
             .env("NO_COLOR", "1")
@@ -78,26 +104,31 @@ impl Workspace {
             .unwrap()
     }
 
+    /// The directory of the directory store.
     fn store(&self) -> PathBuf {
-        self.path("state/store/local")
+        self.backend.dir().join("store/local")
     }
 
-    /// The log of the only run.
+    /// The log of the only run (directory store).
     fn log(&self) -> PathBuf {
         let runs = self.store().join("runs");
         let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap();
         run.path().join("events.jsonl")
     }
 
-    /// The records of the only run, whole lines only.
+    /// The records of the latest run, complete ones only.
     fn records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.backend.records("store", "local")
     }
 
     /// A run paused at the gate of phase one.
     fn paused(plan: &str) -> Workspace {
-        let work = Workspace::new(plan);
+        Workspace::paused_in(plan, Kind::Dir)
+    }
+
+    /// A run paused at the gate of phase one, its state in a store of `kind`.
+    fn paused_in(plan: &str, kind: Kind) -> Workspace {
+        let work = Workspace::with(plan, kind);
         let run = work.run("run", &["--allow-shell"]);
         assert_eq!(run.status.code(), Some(4), "{}", transcript(&run));
         work
@@ -203,19 +234,32 @@ fn a_damaged_lock_is_reported_and_lock_break_clears_it() {
 
 #[test]
 fn lock_list_shows_the_holder_and_lock_break_removes_only_that_lock() {
-    let work = Workspace::paused(PLAN);
-    let holder = serde_json::json!({
-        "id": "elsewhere-42-7", "owner": "ada", "host": "elsewhere", "pid": 42, "command": "handoff run",
-        "acquired_at": jiff::Timestamp::now(), "heartbeat_at": jiff::Timestamp::now(), "ttl_seconds": 3600, "epoch": 9
-    });
-    std::fs::write(work.store().join("lock.json"), holder.to_string()).unwrap();
+    for kind in BOTH {
+        lock_list_and_break(kind);
+    }
+}
+
+/// A lock of another host is listed, refused to a resume, and broken only by its id, with
+/// the reason kept in the run's log; the next lease's epoch is past the broken one.
+fn lock_list_and_break(kind: Kind) {
+    let work = Workspace::paused_in(PLAN, kind);
+    let holder = LockRecord {
+        id: "elsewhere-42-7".to_owned(),
+        owner: "ada".to_owned(),
+        host: "elsewhere".to_owned(),
+        pid: 42,
+        ..LockRecord::for_this_process("handoff run", Duration::from_secs(3600))
+    };
+    let store = work.backend.store("store", "local");
+    let epoch = store.lock(&LockRequest { record: holder, force_unlock: None }).unwrap().lease.epoch;
     assert_eq!(work.run("resume", &["--allow-shell"]).status.code(), Some(6));
     let list = stdout(&work.run("lock list", &[]));
-    for field in ["lock elsewhere-42-7 (live)", "owner      ada", "host       elsewhere (pid 42)", "epoch      9"] {
+    let epoch_line = format!("epoch      {epoch}");
+    for field in ["lock elsewhere-42-7 (live)", "owner      ada", "host       elsewhere (pid 42)", &epoch_line] {
         assert!(list.contains(field), "{field}: {list}");
     }
     let json: serde_json::Value = serde_json::from_str(&stdout(&work.run("lock list", &["--json"]))).unwrap();
-    assert_eq!((json["lock"]["epoch"].as_u64(), json["stale"].as_bool()), (Some(9), Some(false)));
+    assert_eq!((json["lock"]["epoch"].as_u64(), json["stale"].as_bool()), (Some(epoch), Some(false)));
     let wrong = work.run("lock break", &["other", "--reason", "no"]);
     assert_eq!(wrong.status.code(), Some(2));
     assert!(stderr(&wrong).contains("the current lock is elsewhere-42-7"), "{}", transcript(&wrong));
@@ -227,11 +271,12 @@ fn lock_list_shows_the_holder_and_lock_break_removes_only_that_lock() {
     let last = work.records().pop().unwrap();
     assert_eq!(last["event"], "interrupted");
     assert!(last["reason"].as_str().unwrap().ends_with("broken: host decommissioned"), "{last}");
-    // The next lease's epoch is past the broken one.
     let resume = work.run("resume", &["--allow-shell"]);
     assert_eq!(resume.status.code(), Some(4), "{}", transcript(&resume));
-    let epoch: u64 = std::fs::read_to_string(work.store().join("lock.epoch")).unwrap().trim().parse().unwrap();
-    assert!(epoch > 9, "epoch {epoch}");
+    let record = LockRecord::for_this_process("test", Duration::from_secs(60));
+    let next = store.lock(&LockRequest { record, force_unlock: None }).unwrap().lease;
+    assert!(next.epoch > epoch + 1, "epoch {} after {epoch} and a resume", next.epoch);
+    store.unlock(&next).unwrap();
 }
 
 /// Waits for `done` to hold, up to `limit`; says whether it did.
@@ -271,17 +316,29 @@ fn stop_outside_the_guard(pid: Pid, guard: &Path) {
     }
 }
 
+/// Stops `pid` where the race under test needs it: outside the directory store's guard; in
+/// the MongoDB store anywhere, an append half done (written, not committed) included.
+fn stop_holder(work: &Workspace, pid: Pid) {
+    match work.backend.kind() {
+        Kind::Dir => stop_outside_the_guard(pid, &work.store().join("lock.guard")),
+        Kind::Mongo => {
+            kill(pid, Signal::SIGSTOP).unwrap();
+            assert!(wait_for(Duration::from_secs(10), || stopped(pid)), "SIGSTOP did not stop {pid}");
+        }
+    }
+}
+
 /// One trial of the race: the holder is stopped in its slow step until its lease expires,
 /// another process resumes, then the holder continues.
-fn stopped_holder_race() {
-    let work = Workspace::paused(PLAN);
+fn stopped_holder_race(kind: Kind) {
+    let work = Workspace::paused_in(PLAN, kind);
     let approve = work.run("approve", &["one/ask"]);
     assert_eq!(approve.status.code(), Some(0), "{}", transcript(&approve));
     let first = work.spawn("resume", &["--allow-shell", "--lock-ttl", "1"]);
     let started = |work: &Workspace| work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "slow");
     assert!(wait_for(Duration::from_secs(30), || started(&work)), "the slow step did not start");
     let pid = Pid::from_raw(i32::try_from(first.id()).unwrap());
-    stop_outside_the_guard(pid, &work.store().join("lock.guard"));
+    stop_holder(&work, pid);
     let expired = || {
         let list = work.run("lock list", &["--json"]);
         serde_json::from_slice::<serde_json::Value>(&list.stdout).is_ok_and(|v| v["stale"] == true)
@@ -409,7 +466,49 @@ fn a_stale_lease_is_not_taken_over_while_its_holders_steps_still_run() {
 
 #[test]
 fn a_holder_stopped_past_its_lease_never_writes_after_a_take_over() {
-    for _ in 0..3 {
-        stopped_holder_race();
+    for kind in BOTH {
+        for _ in 0..3 {
+            stopped_holder_race(kind);
+        }
     }
+}
+
+#[test]
+fn a_run_started_on_one_host_is_resumed_on_another_after_its_killed_holder_s_lease_expires() {
+    for kind in BOTH {
+        resumed_on_another_host(kind);
+    }
+}
+
+/// A run paused on `ci-runner-1` is resumed there, and that holder is SIGKILLed in its slow
+/// step; `laptop` cannot take over until the lease expired (and the steps' kill grace
+/// passed), then does, and finishes the run as the only writer.
+fn resumed_on_another_host(kind: Kind) {
+    let work = Workspace::with(PLAN, kind);
+    let run = work.run_on(Some("ci-runner-1"), "run", &["--allow-shell"]);
+    assert_eq!(run.status.code(), Some(4), "{}", transcript(&run));
+    let approve = work.run_on(Some("laptop"), "approve", &["one/ask"]);
+    assert_eq!(approve.status.code(), Some(0), "{}", transcript(&approve));
+    let mut first = work.spawn_on(Some("ci-runner-1"), "resume", &["--allow-shell", "--lock-ttl", "2"]);
+    let started = || work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "slow");
+    assert!(wait_for(Duration::from_secs(30), started), "the slow step did not start");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let held = work.backend.lock("store", "local").expect("the killed holder's lease is left");
+    assert_eq!(held.host, "ci-runner-1");
+    let refused = work.run_on(Some("laptop"), "resume", &["--allow-shell"]);
+    assert_eq!(refused.status.code(), Some(6), "a live lease of another host is not taken: {}", transcript(&refused));
+    let mut done = None;
+    let taken = wait_for(Duration::from_secs(30), || {
+        done = Some(work.run_on(Some("laptop"), "resume", &["--allow-shell"]));
+        done.as_ref().unwrap().status.code() != Some(6)
+    });
+    let done = done.unwrap();
+    assert!(taken && done.status.code() == Some(0), "{}", transcript(&done));
+    assert!(stderr(&done).contains("took over a stale lock"), "{}", transcript(&done));
+    let records = work.records();
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
+    assert_eq!(records.last().unwrap()["event"], "run_finished");
+    assert_eq!(work.backend.lock("store", "local"), None);
 }

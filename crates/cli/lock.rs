@@ -53,7 +53,7 @@ pub(crate) fn run(command: &Command, registry: &Registry, out: &mut dyn Write) -
     match command {
         Command::List { json, .. } => {
             let lock = LockState::of(store.as_ref())?;
-            list(&lock, *json, &store.dir().display().to_string(), out)?;
+            list(&lock, *json, &store.location(), out)?;
         }
         Command::Break { id, reason, .. } => {
             let target = id.clone().map_or(BreakTarget::Damaged, BreakTarget::Id);

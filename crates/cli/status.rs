@@ -26,13 +26,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
     let Some(plan) = crate::validate::load_plan(&target.plan, registry, out)? else { return Ok(exit::INVALID) };
     let store = target.store(&plan)?;
     let Some((state, lock)) = Engine::status(store.as_ref())? else {
-        writeln!(
-            out,
-            "no run of {} in {} yet (state in {})",
-            target.plan.display(),
-            target.env,
-            store.dir().display()
-        )?;
+        writeln!(out, "no run of {} in {} yet (state in {})", target.plan.display(), target.env, store.location())?;
         return Ok(exit::OK);
     };
     if *json {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions};
+use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions, Store};
 use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
 use handoff_plan::escape::{escape, escape_lines};
 use handoff_plan::model::Plan;
@@ -119,17 +119,35 @@ pub(crate) struct Target {
     /// The environment (a key of the plan's `environments`).
     #[arg(long)]
     pub(crate) env: String,
-    /// Where runs keep their state (event logs and locks).
+    /// Where runs keep their state (event logs and locks) when no shared store is chosen.
     #[arg(long, env = "HANDOFF_STATE_DIR", default_value = ".handoff/state")]
     state_dir: PathBuf,
+    /// A shared store for runs' state and locks: a MongoDB connection string (`mongodb://…`).
+    /// Overrides the environment's `state`; never printed with its credentials.
+    #[arg(long, env = "HANDOFF_STATE", value_name = "URL", hide_env_values = true)]
+    state: Option<String>,
 }
 
 impl Target {
-    /// The store of this plan's runs in this environment; refused (exit 2, naming the
-    /// plan's environments) when `--env` is not one of them, so that no name reaches a path.
-    pub(crate) fn store(&self, plan: &Plan) -> anyhow::Result<Arc<DirStore>> {
-        environment(plan, &self.env)?;
-        Ok(Arc::new(DirStore::new(&self.state_dir, plan.metadata.name.as_str(), &self.env)))
+    /// The store of this plan's runs in this environment: `--state` (or `HANDOFF_STATE`),
+    /// else the environment's `state` (its `${VAR}` expanded), else the state directory.
+    /// Refused (exit 2, naming the plan's environments) when `--env` is not one of them, so
+    /// that no name reaches a path.
+    pub(crate) fn store(&self, plan: &Plan) -> anyhow::Result<Arc<dyn Store>> {
+        let environment = environment(plan, &self.env)?;
+        let (name, env) = (plan.metadata.name.as_str(), self.env.as_str());
+        let url = match (&self.state, &environment.state) {
+            (Some(url), _) => url.clone(),
+            (None, Some(template)) => expand_env(template).with_context(|| format!("environment `{env}`, state"))?,
+            (None, None) => return Ok(Arc::new(DirStore::new(&self.state_dir, name, env))),
+        };
+        if !handoff_store_mongo::is_url(&url) {
+            anyhow::bail!(
+                "the state store `{}` is not a MongoDB connection string (mongodb:// or mongodb+srv://)",
+                handoff_store_mongo::mask(&url)
+            );
+        }
+        Ok(Arc::new(handoff_store_mongo::MongoStore::connect(&url, name, env)?))
     }
 }
 
@@ -204,7 +222,7 @@ pub(crate) struct Prepared {
     /// The execution graph (it holds the plan).
     pub(crate) graph: Graph,
     /// Where the plan's runs in the target environment are kept.
-    pub(crate) store: Arc<DirStore>,
+    pub(crate) store: Arc<dyn Store>,
 }
 
 impl Prepared {

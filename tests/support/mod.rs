@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backend;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -95,6 +95,14 @@ pub enum StoreError {
         /// The log.
         path: PathBuf,
     },
+    /// A shared store (a database) failed or returned what is not a store's document.
+    #[error("state store {location}: {message}")]
+    Backend {
+        /// Where the store is, without credentials.
+        location: String,
+        /// What failed, without credentials.
+        message: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -176,8 +184,12 @@ pub struct Lease {
     pub epoch: u64,
 }
 
-/// This machine's name.
+/// This process's host identity: `HANDOFF_HOST` when set and not empty (a pod, or a CI
+/// runner, whose machine name says nothing stable), else the machine's name.
 pub fn hostname() -> String {
+    if let Some(host) = std::env::var("HANDOFF_HOST").ok().filter(|h| !h.is_empty()) {
+        return host;
+    }
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
 }
 
@@ -194,6 +206,25 @@ pub struct LockRequest {
     pub record: LockRecord,
     /// Take over this lock even if it is live (`--force-unlock <id>`).
     pub force_unlock: Option<String>,
+}
+
+impl LockRequest {
+    /// Whether this request may replace `current`: a free lock, a stale one, or the one
+    /// `force_unlock` names ([`StoreError::WrongLock`] for another; [`StoreError::Locked`]
+    /// while a holder is live). Every store decides a take-over by this rule.
+    pub fn admits(&self, current: Option<&LockRecord>) -> Result<(), StoreError> {
+        if let Some(given) = &self.force_unlock {
+            let current_id = current.map_or("none", |c| c.id.as_str());
+            if current_id != given {
+                return Err(StoreError::WrongLock { given: given.clone(), current: current_id.to_owned() });
+            }
+        } else if let Some(current) = current
+            && !current.is_stale(Timestamp::now())
+        {
+            return Err(StoreError::Locked(Box::new(current.clone())));
+        }
+        Ok(())
+    }
 }
 
 /// A lock taken.
@@ -262,7 +293,8 @@ pub trait Store: Send + Sync {
     /// final newline: a crash mid-write) is left out; any other unreadable record is
     /// [`StoreError::Corrupt`], a log without a complete record [`StoreError::EmptyLog`].
     fn load(&self, run: &str) -> Result<Vec<Record>, StoreError>;
-    /// Cuts a torn last line off the log, under `lease`; returns how many bytes it cut.
+    /// Cuts a torn last line off the log, under `lease`; returns how much it cut (bytes of
+    /// a file, or uncommitted documents of a database).
     fn repair(&self, run: &str, lease: &Lease) -> Result<u64, StoreError>;
     /// Appends a record under `lease`; refused ([`StoreError::Fenced`]) unless the lock is
     /// still that lease. Returns once the record is durable.
@@ -467,16 +499,7 @@ impl Store for DirStore {
     fn lock(&self, request: &LockRequest) -> Result<Acquired, StoreError> {
         self.guarded(|path| {
             let current = read_lock(path)?;
-            if let Some(given) = &request.force_unlock {
-                let current_id = current.as_ref().map_or("none", |c| c.id.as_str());
-                if current_id != given {
-                    return Err(StoreError::WrongLock { given: given.clone(), current: current_id.to_owned() });
-                }
-            } else if let Some(current) = &current
-                && !current.is_stale(Timestamp::now())
-            {
-                return Err(StoreError::Locked(Box::new(current.clone())));
-            }
+            request.admits(current.as_ref())?;
             let epoch = self.raise_epoch(current.as_ref().map_or(0, |c| c.epoch), 1)?;
             let record = LockRecord { epoch, ..request.record.clone() };
             write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default())?;

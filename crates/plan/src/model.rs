@@ -215,6 +215,11 @@ pub struct Environment {
     /// references, which are resolved at run time and never printed.
     #[serde(default)]
     pub endpoints: BTreeMap<Id, String>,
+    /// Where runs in this environment keep their state and lock: a MongoDB connection
+    /// string, normally a `${ENV_VAR}` reference (e.g. `${HANDOFF_STATE}`), so that CI jobs
+    /// and laptops share one run. Absent: the local state directory. `--state` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// Something the plan touches.
