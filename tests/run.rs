@@ -1,6 +1,7 @@
 //! End-to-end tests of execution through the real binary: `run`, `resume`, `approve`,
-//! `abort`, `status`, `plan show`; crashes by SIGKILL at many points; lock contention
-//! between processes; the example plugin. HTTP metrics and health checks talk to a real
+//! `abort`, `status`, `plan show`; crashes by SIGKILL at many points and lock contention
+//! between processes (each with the directory store and the MongoDB store); the example
+//! plugin. HTTP metrics and health checks talk to a real
 //! HTTP server (Python's `http.server`).
 
 mod support;

@@ -1,7 +1,9 @@
 //! The run log and the lease through the real binary: a torn last line against a corrupt
-//! record, a read-only `status`, an empty log, damaged lock files and `handoff lock
-//! list|break`, and a holder stopped (SIGSTOP) past its lease that must never write again
-//! once another process took over.
+//! record, a read-only `status`, an empty log, damaged lock files (the directory store), and,
+//! against both the directory store and the MongoDB store, `handoff lock list|break`, a run
+//! resumed from another host identity after its SIGKILLed holder's lease expired, and a
+//! holder stopped (SIGSTOP) past its lease that must never write again once another process
+//! took over.
 
 mod support;
 
@@ -435,13 +437,20 @@ phases:
 
 #[test]
 fn a_stale_lease_is_not_taken_over_while_its_holders_steps_still_run() {
-    let work = Workspace::new(LONG_STEP);
+    for kind in BOTH {
+        stale_lease_with_running_steps(kind);
+    }
+}
+
+/// A holder stopped past its lease while its step's processes run is not taken over on
+/// this host until they are gone (its state in `kind`).
+fn stale_lease_with_running_steps(kind: Kind) {
+    let work = Workspace::with(LONG_STEP, kind);
     let first = work.spawn("run", &["--allow-shell", "--lock-ttl", "1"]);
-    let logged = || work.store().join("runs").read_dir().is_ok_and(|mut runs| runs.next().is_some());
-    let started = || logged() && work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "long");
+    let started = || work.records().iter().any(|r| r["event"] == "step_started" && r["step"] == "long");
     assert!(wait_for(Duration::from_secs(30), started), "the long step did not start");
     let pid = Pid::from_raw(i32::try_from(first.id()).unwrap());
-    stop_outside_the_guard(pid, &work.store().join("lock.guard"));
+    stop_holder(&work, pid);
     let stale = || {
         let list = work.run("lock list", &["--json"]);
         serde_json::from_slice::<serde_json::Value>(&list.stdout).is_ok_and(|v| v["stale"] == true)
