@@ -46,11 +46,6 @@ struct Workspace {
 }
 
 impl Workspace {
-    /// A plan whose runs keep their state in the directory store.
-    fn new(plan: &str) -> Workspace {
-        Workspace::with(plan, Kind::Dir)
-    }
-
     /// A plan whose runs keep their state in a store of `kind`.
     fn with(plan: &str, kind: Kind) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
