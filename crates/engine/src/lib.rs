@@ -369,7 +369,12 @@ impl<'e> Engine<'e> {
         if let Some(run) = self.store.latest_run()? {
             let cut = self.store.repair(&run, &self.lease())?;
             if cut > 0 {
-                tracing::warn!(run, bytes = cut, "cut off a torn last line of the log (a crash while it was written)");
+                tracing::warn!(
+                    run,
+                    cut,
+                    store = %self.store.location(),
+                    "cut off a torn last record of the log (a crash while it was written: bytes of a file, records never committed in a database)"
+                );
             }
         }
         let (run, state) = self.latest()?;
