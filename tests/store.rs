@@ -516,3 +516,40 @@ fn resumed_on_another_host(kind: Kind) {
     assert_eq!(records.last().unwrap()["event"], "run_finished");
     assert_eq!(work.backend.lock("store", "local"), None);
 }
+
+#[test]
+fn the_environment_s_state_chooses_the_shared_store_and_its_credentials_are_never_printed() {
+    let shared = Backend::new(Kind::Mongo);
+    let url = shared.url().unwrap().to_owned();
+    let plan = PLAN.replace("{local: {endpoints: {}}}", r#"{local: {state: "${STATE_URL}", endpoints: {}}}"#);
+    // `--state-dir` (given by the workspace) is the fallback only: the plan's store wins.
+    let work = Workspace::with(&plan, Kind::Dir);
+    let as_shared = |verb: &str, args: &[&str], url: &str| {
+        let all = work.args(verb, args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        handoff_with(&all, &[("WORK", work.path("").as_os_str()), ("STATE_URL", OsStr::new(url))])
+    };
+    let run = as_shared("run", &["--allow-shell"], &url);
+    assert_eq!(run.status.code(), Some(4), "{}", transcript(&run));
+    assert!(!work.store().exists(), "nothing was written to the state directory");
+    let records = shared.records("store", "local");
+    assert_eq!(records.last().unwrap()["event"], "paused", "{records:#?}");
+    let status = as_shared("status", &[], &url);
+    assert!(stdout(&status).contains("waiting for `one/ask`"), "{}", transcript(&status));
+
+    // With credentials in the connection string, no command prints them, whatever the
+    // server makes of them.
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let secret = "canary-pw-93d1";
+    let with_credentials = format!("{scheme}://ada:{secret}@{rest}");
+    for (verb, args) in [("lock list", &[][..]), ("status", &[]), ("resume", &["--allow-shell"][..])] {
+        let output = as_shared(verb, args, &with_credentials);
+        assert!(!transcript(&output).contains(secret), "{verb}: {}", transcript(&output));
+    }
+    let list = as_shared("lock list", &[], &with_credentials);
+    assert!(transcript(&list).contains("mongodb://***@127.0.0.1:"), "{}", transcript(&list));
+    let not_mongo = as_shared("status", &[], "postgres://ada:canary-pw-93d1@db/state");
+    assert_eq!(not_mongo.status.code(), Some(2), "{}", transcript(&not_mongo));
+    assert!(stderr(&not_mongo).contains("not a MongoDB connection string"), "{}", transcript(&not_mongo));
+    assert!(!transcript(&not_mongo).contains(secret), "{}", transcript(&not_mongo));
+}

@@ -56,6 +56,11 @@ impl Backend {
         self.dir.path().join("state")
     }
 
+    /// The connection string of the MongoDB store.
+    pub fn url(&self) -> Option<&str> {
+        self.mongo.as_ref().map(|(_, _, url)| url.as_str())
+    }
+
     /// The arguments that choose this store.
     pub fn args(&self) -> Vec<String> {
         match &self.mongo {
