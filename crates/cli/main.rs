@@ -20,6 +20,7 @@ mod simulate;
 mod status;
 mod support;
 mod validate;
+mod worker;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -119,6 +120,9 @@ Templates: templates/{virtualservice.yaml,runbook.md,alert-rules.yaml,timeline.m
 a file of the same name in --templates replaces the built-in one.
 Exit codes: 0 rendered, 1 invalid plan, 2 template, I/O or usage error.")]
     Render(render::Args),
+    /// Host the background steps of runs in a shared store (a `mongo.sync` through a long
+    /// soak) under a lease per step, until SIGTERM; deployable as a Kubernetes Deployment.
+    Worker(worker::Args),
     /// Throwaway real MongoDB, Kafka and Redis servers for simulations and debugging.
     #[command(subcommand)]
     Sandbox(sandbox::Command),
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
         Command::Abort(args) => run::abort(&args, &registry, out),
         Command::Approve(args) => approve::run(&args, &registry, out),
         Command::Lock(command) => lock::run(&command, &registry, out),
+        Command::Worker(args) => worker::run(&args, &registry, out),
         Command::Simulate(args) => simulate::run(args, &registry, out),
         Command::Render(args) => render::run(&args, &registry, out),
         Command::Sandbox(sandbox::Command::Up(args)) => sandbox::up(&args, &registry, out),

@@ -134,12 +134,20 @@ impl Target {
     /// Refused (exit 2, naming the plan's environments) when `--env` is not one of them, so
     /// that no name reaches a path.
     pub(crate) fn store(&self, plan: &Plan) -> anyhow::Result<Arc<dyn Store>> {
-        let environment = environment(plan, &self.env)?;
         let (name, env) = (plan.metadata.name.as_str(), self.env.as_str());
+        let Some(url) = self.state_url(plan)? else { return Ok(Arc::new(DirStore::new(&self.state_dir, name, env))) };
+        Ok(Arc::new(handoff_store_mongo::MongoStore::connect(&url, name, env)?))
+    }
+
+    /// The shared store's connection string (`--state`, else the environment's `state`),
+    /// checked to be one; `None` for the state directory.
+    fn state_url(&self, plan: &Plan) -> anyhow::Result<Option<String>> {
+        let environment = environment(plan, &self.env)?;
+        let env = self.env.as_str();
         let url = match (&self.state, &environment.state) {
             (Some(url), _) => url.clone(),
             (None, Some(template)) => expand_env(template).with_context(|| format!("environment `{env}`, state"))?,
-            (None, None) => return Ok(Arc::new(DirStore::new(&self.state_dir, name, env))),
+            (None, None) => return Ok(None),
         };
         if !handoff_store_mongo::is_url(&url) {
             anyhow::bail!(
@@ -147,7 +155,7 @@ impl Target {
                 handoff_store_mongo::mask(&url)
             );
         }
-        Ok(Arc::new(handoff_store_mongo::MongoStore::connect(&url, name, env)?))
+        Ok(Some(url))
     }
 }
 
@@ -191,6 +199,19 @@ pub(crate) struct Exec {
     /// Progress as text for people, or one JSON record per line for CI.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where background steps (`mongo.sync`) run: in this process, or posted to the shared
+    /// store for a `handoff worker`, so that this run may exit while they keep working.
+    #[arg(long, env = "HANDOFF_BACKGROUND", value_enum, default_value_t = Background::Here)]
+    background: Background,
+}
+
+/// Where a run's background steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Background {
+    /// In the run's own process; they stop when it exits (a resumed run starts them again).
+    Here,
+    /// In a `handoff worker` that takes them from the shared store (`--state`).
+    Worker,
 }
 
 impl Exec {
@@ -223,6 +244,8 @@ pub(crate) struct Prepared {
     pub(crate) graph: Graph,
     /// Where the plan's runs in the target environment are kept.
     pub(crate) store: Arc<dyn Store>,
+    /// The shared store's connection string, when the runs are kept in one.
+    state_url: Option<String>,
 }
 
 impl Prepared {
@@ -231,8 +254,9 @@ impl Prepared {
     pub(crate) fn load(target: &Target, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<Option<Prepared>> {
         let Some(plan) = crate::validate::load_plan(&target.plan, registry, out)? else { return Ok(None) };
         let store = target.store(&plan)?;
+        let state_url = target.state_url(&plan)?;
         let graph = compile(&plan, registry)?;
-        Ok(Some(Prepared { graph, store }))
+        Ok(Some(Prepared { graph, store, state_url }))
     }
 
     /// The engine over this graph.
@@ -260,6 +284,14 @@ impl Prepared {
         options.lock_ttl = exec.map_or(LOCK_TTL, |e| Duration::from_secs(e.lock_ttl));
         options.force_unlock = exec.and_then(|e| e.force_unlock.clone());
         options.command = std::env::args().collect::<Vec<_>>().join(" ");
+        options.post_background = exec.is_some_and(|e| e.background == Background::Worker);
+        match &self.state_url {
+            Some(url) if exec.is_some() => options.jobs = Some(Arc::new(handoff_store_mongo::MongoJobs::connect(url)?)),
+            None if options.post_background => {
+                anyhow::bail!("`--background worker` needs a shared store (`--state mongodb://…`) that workers read")
+            }
+            _ => {}
+        }
         Ok(options)
     }
 }
@@ -273,7 +305,7 @@ pub(crate) fn compile(plan: &Plan, registry: &Registry) -> anyhow::Result<Graph>
 }
 
 /// Resolves the environment's endpoints (`${VAR}` expanded); names the first unset one.
-fn endpoints(plan: &Plan, env: &str) -> anyhow::Result<Endpoints> {
+pub(crate) fn endpoints(plan: &Plan, env: &str) -> anyhow::Result<Endpoints> {
     let environment = environment(plan, env)?;
     let mut values = BTreeMap::new();
     for (name, template) in &environment.endpoints {

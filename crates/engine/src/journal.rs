@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use handoff_executor::{Clock, Decision, DecisionKey, Lifecycle, LifecycleFeed, Sink};
+use handoff_executor::{Clock, Decision, DecisionKey, HostedReply, HostedStop, Lifecycle, LifecycleFeed, Sink};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -27,6 +27,8 @@ pub(crate) struct Journal {
     /// The first append that failed outside a `Result` path (metrics from a sink).
     failure: Mutex<Option<String>>,
     lifecycle: Mutex<Lifecycles>,
+    /// The board background steps are posted to, when a worker hosts them.
+    pub(crate) hosted: std::sync::OnceLock<crate::hosted::Hosted>,
 }
 
 /// The lifecycle so far and its subscribers; closed when the run stops in this process.
@@ -70,6 +72,7 @@ impl Journal {
                     drained: Some(drained),
                 }
             }),
+            hosted: std::sync::OnceLock::new(),
         }
     }
 
@@ -185,6 +188,10 @@ impl Sink for Journal {
         let lifecycle = self.lifecycle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (sender, done) = lifecycle.open.as_ref()?;
         Some(LifecycleFeed { history: lifecycle.history.clone(), events: sender.subscribe(), done: done.clone() })
+    }
+
+    fn stop_hosted(&self, step: &str, stop: &HostedStop) -> Option<HostedReply> {
+        self.hosted.get()?.stop(step, stop)
     }
 
     fn decision(&self, key: &str) -> Option<Decision> {

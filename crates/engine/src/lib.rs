@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod events;
 pub mod graph;
+pub mod hosted;
 mod journal;
 pub mod metrics;
 pub mod observe;
@@ -139,6 +140,11 @@ pub struct RunOptions {
     pub force_unlock: Option<String>,
     /// The command line, for the lock record.
     pub command: String,
+    /// The board of steps hosted by workers (`handoff worker`) in the shared store: a step
+    /// that stops a hosted background step asks its worker through it.
+    pub jobs: Option<Arc<dyn hosted::Jobs>>,
+    /// Post background steps to `jobs` for a worker instead of running them here.
+    pub post_background: bool,
 }
 
 impl RunOptions {
@@ -155,6 +161,8 @@ impl RunOptions {
             lock_ttl: LOCK_TTL,
             force_unlock: None,
             command: String::new(),
+            jobs: None,
+            post_background: false,
         }
     }
 }
@@ -462,7 +470,7 @@ impl<'e> Engine<'e> {
     }
 
     fn journal(&self, run: &str, state: RunState, options: &RunOptions) -> Arc<Journal> {
-        Arc::new(Journal::new(
+        let journal = Arc::new(Journal::new(
             self.store.clone(),
             run.to_owned(),
             self.lease(),
@@ -470,7 +478,18 @@ impl<'e> Engine<'e> {
             options.clock.clone(),
             self.notices.clone(),
             options.auto_decide.clone(),
-        ))
+        ));
+        if let Some(jobs) = &options.jobs {
+            let plan = &self.graph.plan;
+            let _ = journal.hosted.set(hosted::Hosted {
+                jobs: jobs.clone(),
+                post: options.post_background,
+                prefix: format!("{}/{}/{run}", plan.metadata.name, options.env),
+                env: options.env.clone(),
+                plan: serde_json::to_value(plan).unwrap_or_default(),
+            });
+        }
+        journal
     }
 
     /// Starts a new run. Refuses while the latest run has not ended.

@@ -191,6 +191,9 @@ impl Runner<'_> {
                 if !step.background || !step_state.finished || state.stopped.contains(id) || phase.rollback.is_some() {
                     continue;
                 }
+                if crate::hosted::Hosted::posted(&step_state.output) {
+                    continue; // a worker hosts it: its job outlives this process
+                }
                 let Some(action) = self.executors.action(&step.uses) else { continue };
                 self.record(Event::BackgroundRestarted { phase: phase.id.clone(), step: id.clone() })?;
                 let attempt = step_state.attempts + 1;
@@ -538,6 +541,9 @@ impl Runner<'_> {
 
     /// One attempt of a step, within its timeout.
     async fn execute(&self, step: &StepNode, action: &dyn DynAction, cx: &Context) -> Result<StepOutput, StepError> {
+        if let Some(hosted) = self.journal.hosted.get().filter(|h| h.post && step.background && !cx.rolling_back) {
+            return hosted.post(&self.journal.run, &step.uses, &step.with, cx).map_err(StepError::Failed);
+        }
         let run = action.execute(&step.with, cx);
         match step.timeout {
             Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {

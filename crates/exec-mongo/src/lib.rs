@@ -8,7 +8,7 @@ use handoff_plan::lint::{ParamIssue, Site, resource_ref};
 use handoff_plan::model::{Id, Plan, ResourceKind, Step};
 use handoff_plan::units::Duration;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A collection on one of the plan's `mongodb` resources.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -76,7 +76,7 @@ pub struct Sync {
 }
 
 /// `mongo.stop_sync`: stop a background sync started by an earlier step.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopSync {
     /// Id of the `mongo.sync` or `mongo.reverse_sync` step to stop.

@@ -37,7 +37,29 @@ pub trait Sink: Send + Sync {
     fn lifecycle(&self) -> Option<LifecycleFeed> {
         None
     }
+
+    /// Asks the host of the background step `step` (a `handoff worker`, when the run hands
+    /// its background steps to one) to stop it by running `stop` there, and resolves to that
+    /// action's output as the host reports it. `None` when no host holds the step (it is
+    /// not hosted, or its host never started it).
+    fn stop_hosted(&self, step: &str, stop: &HostedStop) -> Option<HostedReply> {
+        let _ = (step, stop);
+        None
+    }
 }
+
+/// The action a host runs to stop a background step it holds (`mongo.stop_sync` with its
+/// `with:`), as the stopping step names it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostedStop {
+    /// The stopping action (`executor.action`).
+    pub uses: String,
+    /// Its parameters.
+    pub with: Value,
+}
+
+/// The output of a host's stop, once the host acknowledged it; an error names what failed.
+pub type HostedReply = std::pin::Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
 
 /// A change in a run's life.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

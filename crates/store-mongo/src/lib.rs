@@ -21,6 +21,8 @@
 //! torn last line; a later holder, with a greater epoch, overwrites it in place, and a
 //! stale holder can never overwrite a record of a greater epoch.
 
+mod jobs;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +33,8 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Collection, Database};
 use serde_json::Value;
+
+pub use jobs::MongoJobs;
 
 /// The database when the connection string names none.
 const DEFAULT_DATABASE: &str = "handoff";

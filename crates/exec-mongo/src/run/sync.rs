@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use handoff_executor::{Context, StepError};
+use handoff_executor::{Context, HostedStop, StepError};
 use mongodb::bson::{Document, Timestamp, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
@@ -389,17 +389,7 @@ pub(crate) async fn start(
 pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Result<StopOutput, StepError> {
     let id = params.sync.to_string();
     let running = syncs.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
-    let Some(running) = running else {
-        return Ok(StopOutput {
-            was_running: false,
-            drained: None,
-            applied: None,
-            upserted: None,
-            deleted: None,
-            refused: None,
-            refused_examples: Vec::new(),
-        });
-    };
+    let Some(running) = running else { return stop_hosted(params, cx).await };
     let _ = running.stop.send(Some(params.drain));
     let stats = tokio::select! {
         joined = running.task => joined.map_err(|e| StepError::Failed(format!("the sync `{id}` crashed: {e}")))??,
@@ -414,6 +404,27 @@ pub(crate) async fn stop(params: &StopSync, cx: &Context, syncs: &Syncs) -> Resu
         refused: Some(stats.refused),
         refused_examples: stats.refused_ids,
     })
+}
+
+/// Stops a sync that a host (a `handoff worker`) runs, by running this same action there;
+/// its output is what the host reports. Nothing was running when no host holds it.
+async fn stop_hosted(params: &StopSync, cx: &Context) -> Result<StopOutput, StepError> {
+    let id = params.sync.to_string();
+    let with = serde_json::to_value(params).map_err(|e| failed("encoding the stop request", e))?;
+    let stop = HostedStop { uses: "mongo.stop_sync".to_owned(), with };
+    let Some(reply) = cx.sink.stop_hosted(&id, &stop) else {
+        return Ok(StopOutput {
+            was_running: false,
+            drained: None,
+            applied: None,
+            upserted: None,
+            deleted: None,
+            refused: None,
+            refused_examples: Vec::new(),
+        });
+    };
+    let reported = cx.cancellable(reply).await?.map_err(|e| StepError::Failed(format!("the host of `{id}`: {e}")))?;
+    serde_json::from_value(reported).map_err(|e| failed(&format!("reading the host's report on `{id}`"), e))
 }
 
 #[cfg(test)]
