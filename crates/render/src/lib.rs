@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use handoff_plan::model::{Alert, Criterion, Gate, MetricSource, Phase, Plan, Step};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The built-in templates: file name and text.
@@ -163,7 +163,8 @@ pub struct Artifact {
     pub text: String,
 }
 
-/// What the VirtualService template renders.
+/// What the VirtualService template renders: one object per host and namespace, holding
+/// the routes of every step that routes that host (see [`HttpRoute`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VirtualService {
     /// Object name.
@@ -172,32 +173,67 @@ pub struct VirtualService {
     pub namespace: Option<String>,
     /// Hosts the routing applies to.
     pub hosts: Vec<String>,
-    /// A header that forces one destination, whatever the weights.
-    pub header_route: Option<ForcedRoute>,
-    /// Weighted destinations, in order (weights add up to 100).
-    pub destinations: Vec<Destination>,
-    /// Plan, phase and step that apply it (for labels and the header comment).
+    /// HTTP routes in the order Istio tries them (the first that matches wins).
+    pub http: Vec<HttpRoute>,
+    /// Plan, phase and step that applied it last (for labels and the header comment).
     pub origin: Origin,
 }
 
-/// Requests with `header: value` go to `host`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ForcedRoute {
-    /// Header name.
-    pub header: String,
-    /// Exact header value.
-    pub value: String,
-    /// The host it forces.
-    pub host: String,
+/// One HTTP route of a VirtualService, in Istio's own shape (it reads back from a live
+/// object as it was written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    /// Route name; handoff's routes are named by direction (`reads`, `reads-by-header`,
+    /// `writes`, `writes-by-header`) and `rest`.
+    pub name: String,
+    /// Requests the route takes: any of these (all requests when empty).
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HttpMatch>,
+    /// Weighted destinations (weights add up to 100).
+    pub route: Vec<RouteDestination>,
+}
+
+/// One request match: every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpMatch {
+    /// The method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// The path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    /// Headers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+/// Istio's string match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StringMatch {
+    /// Exactly this string.
+    Exact(String),
+    /// Starts with this string.
+    Prefix(String),
+    /// Matches this RE2 expression as a whole.
+    Regex(String),
 }
 
 /// A weighted destination.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteDestination {
+    /// Where requests go.
+    pub destination: Destination,
+    /// Percent of the route's requests.
+    #[serde(default)]
+    pub weight: u8,
+}
+
+/// A destination host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destination {
     /// Destination host.
     pub host: String,
-    /// Percent of requests.
-    pub weight: u8,
 }
 
 /// Where a rendered object comes from.
