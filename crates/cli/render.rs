@@ -46,7 +46,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         .virtual_services(&plan, &endpoint, base)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.plan.display()))?;
     let templates = handoff_render::Templates::load(args.templates.as_deref())?;
-    let artifacts = templates.plan(&plan, &|step| registry.describe_step(step), &services)?;
+    let artifacts = templates.plan(&plan, &env, &|step| registry.describe_step(step), &services)?;
     for artifact in &artifacts {
         let path = inside(&args.out, &artifact.path)?;
         if let Some(dir) = path.parent() {

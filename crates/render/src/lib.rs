@@ -133,15 +133,17 @@ impl Templates {
         self.render(VIRTUAL_SERVICE, service)
     }
 
-    /// Renders every artifact of a plan: `summaries` gives each step's one-line summary,
-    /// `services` the VirtualServices its traffic steps apply (with their file names).
+    /// Renders every artifact of a plan for `environment` (the alert rules select its
+    /// series): `summaries` gives each step's one-line summary, `services` the
+    /// VirtualServices its traffic steps apply (with their file names).
     pub fn plan(
         &self,
         plan: &Plan,
+        environment: &str,
         summaries: &dyn Fn(&Step) -> String,
         services: &[(String, VirtualService)],
     ) -> Result<Vec<Artifact>, RenderError> {
-        let view = PlanView::new(plan, summaries, services);
+        let view = PlanView::new(plan, environment, summaries, services);
         let mut out = vec![
             Artifact { path: "runbook.md".into(), text: self.render(RUNBOOK, &view)? },
             Artifact { path: "alert-rules.yaml".into(), text: self.render(ALERT_RULES, &view)? },
@@ -285,16 +287,21 @@ struct PlanView {
     plan: Value,
     /// Phases with dates, step summaries and criteria in words.
     phases: Vec<Value>,
-    /// Alerting rules of the alerts on Prometheus metrics.
+    /// An alerting rule for every alert of the plan.
     rules: Vec<Value>,
-    /// Alerts handoff evaluates itself (on metrics steps emit or HTTP endpoints).
-    local_alerts: Vec<Value>,
+    /// The environment the artifacts are rendered for.
+    environment: String,
     /// VirtualService files, by step.
     virtual_services: Vec<Value>,
 }
 
 impl PlanView {
-    fn new(plan: &Plan, summaries: &dyn Fn(&Step) -> String, services: &[(String, VirtualService)]) -> PlanView {
+    fn new(
+        plan: &Plan,
+        environment: &str,
+        summaries: &dyn Fn(&Step) -> String,
+        services: &[(String, VirtualService)],
+    ) -> PlanView {
         let calendar = plan.calendar();
         let phases = plan
             .phases
@@ -330,18 +337,18 @@ impl PlanView {
             plan.alerts.iter().map(|a| (a, None)).chain(
                 plan.phases.iter().flat_map(|p: &Phase| p.alerts.iter().map(move |a| (a, Some(p.id.0.as_str())))),
             );
-        let (mut rules, mut local_alerts) = (Vec::new(), Vec::new());
-        for (alert, phase) in alerts {
-            match rule(plan, alert, phase) {
-                Some(rule) => rules.push(rule),
-                None => local_alerts.push(json!({"name": alert.name, "metric": alert.metric, "phase": phase})),
-            }
-        }
+        let rules = alerts.filter_map(|(alert, phase)| rule(plan, environment, alert, phase)).collect();
         let virtual_services = services
             .iter()
             .map(|(file, s)| json!({"file": format!("virtualservices/{file}"), "phase": s.origin.phase, "step": s.origin.step}))
             .collect();
-        PlanView { plan: serde_json::to_value(plan).unwrap_or_default(), phases, rules, local_alerts, virtual_services }
+        PlanView {
+            plan: serde_json::to_value(plan).unwrap_or_default(),
+            phases,
+            rules,
+            environment: environment.to_owned(),
+            virtual_services,
+        }
     }
 }
 
@@ -368,27 +375,83 @@ fn gate(g: &Gate) -> String {
     }
 }
 
-/// A Prometheus alerting rule for an alert on a Prometheus metric; `None` for alerts on
-/// metrics Prometheus does not have.
-fn rule(plan: &Plan, alert: &Alert, phase: Option<&str>) -> Option<Value> {
+/// The series handoff exports while a run is live: 1 for the active phase.
+pub const PHASE_ACTIVE: &str = "handoff_phase_active";
+
+/// The name under which handoff exports a metric it measures itself (emitted by a step or
+/// read from an HTTP endpoint), labelled with plan, environment, phase and step.
+pub fn exported_name(metric: &str) -> String {
+    let name: String = metric.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    format!("handoff_{name}")
+}
+
+/// A Prometheus alerting rule for every alert, joined to the active-phase series so that it
+/// fires only while one of its phases runs in `environment`. An alert on a Prometheus metric
+/// compares the metric's query; an alert on a metric handoff measures compares the series
+/// handoff exports, as measured in the active phase (a value left from an earlier phase does
+/// not fire). `None` when the threshold's unit does not fit the metric (the lint reports it).
+fn rule(plan: &Plan, environment: &str, alert: &Alert, phase: Option<&str>) -> Option<Value> {
     let metric = plan.metrics.get(&alert.metric)?;
-    let MetricSource::Prometheus { query, .. } = &metric.source else { return None };
     let threshold = alert.threshold.in_unit(metric.unit)?;
     let phases: Vec<&str> = match phase {
         Some(phase) => vec![phase],
         None => alert.phases.iter().map(|p| p.0.as_str()).collect(),
     };
+    let scope = |labels: &str| {
+        let phase = match phases.as_slice() {
+            [] => String::new(),
+            [one] => format!(",phase={}", promql_string(one)),
+            many => format!(
+                ",phase=~{}",
+                promql_string(&many.iter().map(|p| regex_escape(p)).collect::<Vec<_>>().join("|"))
+            ),
+        };
+        format!("on({labels}) ({PHASE_ACTIVE}{{{}{phase}}} == 1)", selector(plan, environment))
+    };
+    let op = alert.op.symbol();
+    let expr = match &metric.source {
+        MetricSource::Prometheus { query, .. } => format!("(({}) {op} {threshold}) and {}", one_line(query), scope("")),
+        _ => format!(
+            "({}{{{}}} {op} {threshold}) and {}",
+            exported_name(&alert.metric.0),
+            selector(plan, environment),
+            scope("plan, environment, phase")
+        ),
+    };
     Some(json!({
         "alert": alert.name,
-        "expr": format!("({}) {} {}", one_line(query), alert.op.symbol(), threshold),
+        "expr": expr,
         "for": alert.for_.as_ref().map(|d| d.as_str()),
         "severity": alert.severity,
         "action": alert.action,
         "metric": alert.metric,
+        "threshold": alert.threshold.to_string(),
+        "op": op,
         "phases": phases.join(","),
-        "summary": format!("{}: {} {} {}", alert.name, alert.metric, alert.op.symbol(), alert.threshold),
+        "summary": format!("{}: {} {op} {}", alert.name, alert.metric, alert.threshold),
         "description": alert.description,
     }))
+}
+
+/// `plan="…",environment="…"`.
+fn selector(plan: &Plan, environment: &str) -> String {
+    format!("plan={},environment={}", promql_string(&plan.metadata.name.0), promql_string(environment))
+}
+
+/// A PromQL string literal.
+fn promql_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+/// `text` matched literally inside a PromQL (RE2) regular expression.
+fn regex_escape(text: &str) -> String {
+    text.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
 }
 
 /// A PromQL query on one line (a line break inside a query is only whitespace).
