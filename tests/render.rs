@@ -183,3 +183,51 @@ fn render_refuses_to_write_through_a_symbolic_link_in_its_output_directory() {
     assert!(text.contains("is a symbolic link"), "{text}");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me", "the link was followed");
 }
+
+/// Runs `tests/validators/k8s-models.mjs` (the CRD schemas of Istio and the Prometheus
+/// operator, from npm's kubernetes-models) on `objects`; returns its status and output.
+fn validate_models(objects: &[Value]) -> (bool, String) {
+    use std::io::Write as _;
+    let root = support::root().join("tests/validators");
+    assert!(root.join("node_modules/@kubernetes-models").exists(), "run .ci/setup (npm ci in tests/validators)");
+    let mut child = std::process::Command::new("node")
+        .arg(root.join("k8s-models.mjs"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    child.stdin.take().unwrap().write_all(Value::Array(objects.to_vec()).to_string().as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn every_rendered_virtual_service_and_prometheus_rule_passes_its_crd_schema() {
+    let mut objects = Vec::new();
+    for (plan, env) in [
+        ("plans/menu-service.yaml", "production"),
+        ("plans/menu-service.yaml", "staging"),
+        ("plans/examples/cache-cutover.yaml", "production"),
+        ("plans/examples/kafka-topic-migration.yaml", "production"),
+    ] {
+        let (out, text) = render(plan, &["--env", env]);
+        assert!(text.starts_with("exit: 0"), "{plan}: {text}");
+        let mut files = vec![out.path().join("alert-rules.yaml")];
+        if let Ok(dir) = std::fs::read_dir(out.path().join("virtualservices")) {
+            files.extend(dir.map(|e| e.unwrap().path()));
+        }
+        for file in files {
+            let name = format!("{plan} ({env}): {}", file.file_name().unwrap().to_str().unwrap());
+            objects.push(serde_json::json!({"file": name, "object": yaml(&file)}));
+        }
+    }
+    assert!(objects.len() > 10, "{}", objects.len());
+    let (ok, report) = validate_models(&objects);
+    assert!(ok, "{report}");
+    assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), objects.len(), "{report}");
+    // The validator finds what it is there to find: a weight that is not a number.
+    let mut broken = objects[1]["object"].clone();
+    broken["spec"]["http"][0]["route"][0]["weight"] = "ten".into();
+    let (ok, report) = validate_models(&[serde_json::json!({"file": "broken", "object": broken})]);
+    assert!(!ok && report.contains("must be integer"), "{report}");
+}
