@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use handoff_plan::model::{Alert, Criterion, Gate, MetricSource, Phase, Plan, Step};
+use handoff_plan::model::{Alert, Criterion, FailureAction, Gate, MetricSource, NoDataPolicy, Phase, Plan, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -323,7 +323,7 @@ impl PlanView {
                     "days": phase.schedule.as_ref().map(|s| (s.duration.as_secs_f64() / 86_400.0).ceil().max(1.0) as u64),
                     "reversible": phase.reversible, "restore": phase.restore,
                     "steps": phase.steps.iter().map(step).collect::<Vec<_>>(),
-                    "criteria": phase.criteria.iter().map(criterion).collect::<Vec<_>>(),
+                    "criteria": phase.criteria.iter().map(|c| criterion(c, phase.reversible)).collect::<Vec<_>>(),
                     "gates": phase.gates.iter().map(gate).collect::<Vec<_>>(),
                     "rollback": phase.rollback.as_ref().map(|r| json!({
                         "budget": r.max_duration.as_ref().map(|d| d.as_str()),
@@ -352,19 +352,42 @@ impl PlanView {
     }
 }
 
-/// A criterion in words: `metric op threshold over window`, or the person's check.
-fn criterion(c: &Criterion) -> Value {
+/// A criterion in words: `metric op threshold`, or the person's check; how it is sampled;
+/// what no data and a failure do (`reversible`: whether its phase can roll back).
+fn criterion(c: &Criterion, reversible: bool) -> Value {
     let check = match (&c.metric, c.op, &c.threshold, &c.confirm) {
-        (Some(metric), Some(op), Some(threshold), _) => {
-            let window = c.window.as_ref().map(|w| format!(" over {w}")).unwrap_or_default();
-            format!("`{metric} {} {threshold}`{window}", op.symbol())
-        }
+        (Some(metric), Some(op), Some(threshold), _) => format!("`{metric} {} {threshold}`", op.symbol()),
         (_, _, _, Some(confirm)) => {
             format!("confirmed by {}: {}", confirm.by.as_deref().unwrap_or("a person"), confirm.prompt)
         }
         _ => String::new(),
     };
-    json!({"id": c.id, "description": c.description, "check": check})
+    let mut sampling = Vec::new();
+    if c.confirm.is_some() {
+        sampling.push("asked once; a person answers".to_owned());
+    } else {
+        sampling.push(c.window.as_ref().map_or("the latest value".to_owned(), |w| format!("over {w}")));
+        sampling.extend(c.interval.as_ref().map(|i| format!("sampled every {i}")));
+        sampling.extend(c.min_samples.map(|n| format!("at least {n} samples (fewer: inconclusive)")));
+        sampling.push(format!("{} failed samples tolerated", c.failure_limit));
+        sampling.push(format!(
+            "no data: {}",
+            match c.no_data {
+                NoDataPolicy::Fail => "fails",
+                NoDataPolicy::Inconclusive => "inconclusive, a person decides",
+                NoDataPolicy::Pass => "passes",
+            }
+        ));
+    }
+    let on_failure = match (c.on_failure, reversible) {
+        (FailureAction::Rollback, true) => "the phase rolls back",
+        (FailureAction::Rollback, false) => {
+            "the phase fails (a point of no return: no rollback, follow its recovery notes)"
+        }
+        (FailureAction::Pause, _) => "the run stops for a person",
+        (FailureAction::Warn, _) => "reported, the run goes on",
+    };
+    json!({"id": c.id, "description": c.description, "check": check, "sampling": sampling.join(", "), "on_failure": on_failure})
 }
 
 fn gate(g: &Gate) -> String {
