@@ -39,6 +39,9 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
             plan.environments.keys().map(|k| k.0.as_str()).collect::<Vec<_>>().join(", ")
         ),
     };
+    if args.env.is_none() {
+        writeln!(out, "rendering for environment `{env}` (choose another with --env)")?;
+    }
     let environment = crate::support::environment(&plan, &env)?;
     let endpoint = |name: &str| environment.endpoints.get(name).cloned();
     let base = args.plan.parent().unwrap_or(Path::new("."));

@@ -103,7 +103,11 @@ pub(crate) fn service_host(
         None => host_port.split(':').next().unwrap_or_default(),
     };
     if host.is_empty() || host.contains("${") {
-        return Err(format!("cannot tell the host of service `{service}` from its endpoint `{name}`"));
+        return Err(format!(
+            "cannot tell the host of service `{service}` from its endpoint `{name}`: a VirtualService names hosts, so \
+             the endpoint must be a URL with a literal host (`http://{service}.<namespace>.svc:8080`), not a \
+             `${{VAR}}` known only at run time"
+        ));
     }
     Ok(host.to_owned())
 }
@@ -324,6 +328,20 @@ mod tests {
         ] {
             assert!(Target::parse(bad, base).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_host_known_only_at_run_time_says_what_to_write() {
+        let service: Resource =
+            serde_json::from_value(json!({"kind": "service", "endpoint": "monolith_http"})).unwrap();
+        let resources = BTreeMap::from([(Id("monolith".to_owned()), service)]);
+        let host = |value: &str| {
+            let value = value.to_owned();
+            service_host(&resources, &move |_| Some(value.clone()), &Id("monolith".to_owned()))
+        };
+        assert_eq!(host("http://monolith.app.svc:8080/api"), Ok("monolith.app.svc".to_owned()));
+        let error = host("${MONOLITH_URL}").unwrap_err();
+        assert!(error.contains("a URL with a literal host (`http://monolith.<namespace>.svc:8080`)"), "{error}");
     }
 
     #[test]
