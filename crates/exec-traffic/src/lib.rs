@@ -155,7 +155,7 @@ impl Action for Traffic {
     type Output = ShiftOutput;
     const DECLARATION: Declaration = Declaration::new::<Shift>(
         "shift",
-        "Shift traffic by a weight schedule; compensation restores the previous weights.",
+        "Shift one direction of a route's requests (its `mesh` resource's `directions:`) by a weight schedule, in the one VirtualService of its host (`kubernetes://<context>/<namespace>/virtualservices/<name>`, `file:<path>`) or a router URL (simulation); when its phase rolls back it is undone first, restoring only its own routes.",
         Effect::Change,
     )
     .resumable()
