@@ -51,20 +51,19 @@ fn kubectl_applies_each_weight_to_the_named_context_and_rollback_restores_the_li
 
     let log = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = log.lines().filter(|l| l.starts_with("ARGS")).collect();
-    assert_eq!(
-        calls,
-        [
-            "ARGS --context prod-eu get virtualservice menu-read-routing -n menu -o json --ignore-not-found",
-            "ARGS --context prod-eu apply -f -",
-            "ARGS --context prod-eu apply -f -",
-            "ARGS --context prod-eu apply -f -",
-        ]
-    );
+    // The live object is read before every apply (other steps' routes in it are kept) and
+    // before the compensation.
+    let get = "ARGS --context prod-eu get virtualservice menu-read-routing -n menu -o json --ignore-not-found";
+    let apply = "ARGS --context prod-eu apply -f -";
+    assert_eq!(calls, [get, get, apply, get, apply, get, apply]);
     let applied: Vec<&str> = log.split("ARGS").filter(|c| c.contains(" apply ")).collect();
     for (document, weight) in applied[..2].iter().zip([10, 100]) {
         let yaml = document.split_once('\n').unwrap().1;
         let vs: Value = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(vs["metadata"]["namespace"], "menu");
+        assert_eq!(vs["spec"]["hosts"], json!(["restaurant-service.restaurant.svc"]));
+        assert_eq!(vs["spec"]["http"][1]["name"], "reads");
+        assert_eq!(vs["spec"]["http"][1]["match"][0]["method"]["regex"], "GET|HEAD");
         assert_eq!(vs["spec"]["http"][1]["route"][1]["weight"], weight, "{yaml}");
     }
     // The rollback applies the object as it was, without the fields the server owns.

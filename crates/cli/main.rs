@@ -11,6 +11,7 @@ use handoff_registry::Registry;
 
 mod approve;
 mod exit;
+mod export;
 mod lock;
 mod plan;
 mod render;

@@ -39,6 +39,9 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
             plan.environments.keys().map(|k| k.0.as_str()).collect::<Vec<_>>().join(", ")
         ),
     };
+    if args.env.is_none() {
+        writeln!(out, "rendering for environment `{env}` (choose another with --env)")?;
+    }
     let environment = crate::support::environment(&plan, &env)?;
     let endpoint = |name: &str| environment.endpoints.get(name).cloned();
     let base = args.plan.parent().unwrap_or(Path::new("."));
@@ -46,7 +49,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         .virtual_services(&plan, &endpoint, base)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.plan.display()))?;
     let templates = handoff_render::Templates::load(args.templates.as_deref())?;
-    let artifacts = templates.plan(&plan, &|step| registry.describe_step(step), &services)?;
+    let artifacts = templates.plan(&plan, &env, &|step| registry.describe_step(step), &services)?;
     for artifact in &artifacts {
         let path = inside(&args.out, &artifact.path)?;
         if let Some(dir) = path.parent() {

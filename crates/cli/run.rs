@@ -8,6 +8,7 @@ use handoff_registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit;
+use crate::export::{ExportArgs, Exporter};
 use crate::support::{self, Exec, Prepared, Printer, Signals, Target};
 
 /// Arguments of `handoff run`.
@@ -17,6 +18,8 @@ pub(crate) struct RunArgs {
     target: Target,
     #[command(flatten)]
     exec: Exec,
+    #[command(flatten)]
+    export: ExportArgs,
 }
 
 /// Arguments of `handoff resume`.
@@ -26,6 +29,8 @@ pub(crate) struct ResumeArgs {
     target: Target,
     #[command(flatten)]
     exec: Exec,
+    #[command(flatten)]
+    export: ExportArgs,
     /// For a step that was running when the run stopped and is not idempotent: whether
     /// it took effect (`done`) or must run again (`retry`); during a rollback, `retry` says
     /// it did not take effect (nothing to undo). `PHASE/STEP/undo=…` settles the step's
@@ -60,23 +65,27 @@ fn parse_settle(text: &str) -> Result<(String, String, bool), String> {
 
 /// `handoff run`: starts a run (or, with `--dry-run`, says what it would do).
 pub(crate) fn run(args: &RunArgs, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let RunArgs { target, exec } = args;
+    let RunArgs { target, exec, export } = args;
     let Some((prepared, options)) = prepare(target, exec, registry, out)? else { return Ok(exit::INVALID) };
     let engine = prepared.engine(registry);
     if exec.dry_run {
         return dry_run(&prepared.graph, &engine, &options, out);
     }
+    let exporter = Exporter::start(&prepared.graph.plan, &options.env, export)?;
     let cancel = CancellationToken::new();
-    drive("run", &engine, engine.start(&options, &cancel), &cancel, Printer::new(target, exec, out))
+    let work = engine.start(&options, &cancel);
+    drive("run", &engine, work, &cancel, Printer::new(target, exec, out), exporter)
 }
 
 /// `handoff resume`: continues the latest run where it stopped.
 pub(crate) fn resume(args: &ResumeArgs, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let ResumeArgs { target, exec, settle } = args;
+    let ResumeArgs { target, exec, export, settle } = args;
     let Some((prepared, options)) = prepare(target, exec, registry, out)? else { return Ok(exit::INVALID) };
     let engine = prepared.engine(registry);
+    let exporter = Exporter::start(&prepared.graph.plan, &options.env, export)?;
     let cancel = CancellationToken::new();
-    drive("resume", &engine, engine.resume(&options, settle, &cancel), &cancel, Printer::new(target, exec, out))
+    let work = engine.resume(&options, settle, &cancel);
+    drive("resume", &engine, work, &cancel, Printer::new(target, exec, out), exporter)
 }
 
 /// `handoff abort`: rolls back the phase in progress and ends the latest run.
@@ -85,7 +94,7 @@ pub(crate) fn abort(args: &AbortArgs, registry: &Registry, out: &mut dyn Write) 
     let Some((prepared, options)) = prepare(target, exec, registry, out)? else { return Ok(exit::INVALID) };
     let engine = prepared.engine(registry);
     let cancel = CancellationToken::new();
-    drive("abort", &engine, engine.abort(&options, reason, &cancel), &cancel, Printer::new(target, exec, out))
+    drive("abort", &engine, engine.abort(&options, reason, &cancel), &cancel, Printer::new(target, exec, out), None)
 }
 
 /// What run, resume and abort share before their engine call: logging, the plan loaded and
@@ -105,22 +114,29 @@ fn prepare(
 /// Runs `work` (one of `engine`'s run calls, watching `cancel`) to its end on a runtime of
 /// its own, printing the engine's notices as they come. The first SIGINT or SIGTERM cancels
 /// the work (running steps are stopped: SIGTERM to their process groups, SIGKILL after the
-/// grace), a second exits at once. Returns the exit code of the outcome.
+/// grace), a second exits at once. Returns the exit code of the outcome. The `exporter`,
+/// when there is one, sees every notice and pushes its last state before this returns.
 fn drive(
     command: &str,
     engine: &Engine<'_>,
     work: impl Future<Output = Result<(String, Outcome), EngineError>>,
     cancel: &CancellationToken,
     mut printer: Printer<'_>,
+    exporter: Option<Exporter>,
 ) -> anyhow::Result<u8> {
-    support::runtime()?.block_on(async {
+    let export = |notice: &handoff_engine::Notice| {
+        if let Some(exporter) = &exporter {
+            exporter.notice(notice);
+        }
+    };
+    let code = support::runtime()?.block_on(async {
         let mut signals = Signals::new()?;
         let mut notices = engine.subscribe();
         tokio::pin!(work);
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
-                notice = notices.recv() => if let Ok(notice) = notice { printer.notice(&notice)? },
+                notice = notices.recv() => if let Ok(notice) = notice { export(&notice); printer.notice(&notice)? },
                 () = signals.next() => {
                     if cancel.is_cancelled() {
                         eprintln!("second interrupt: exiting now; `handoff resume` continues from the log");
@@ -132,6 +148,7 @@ fn drive(
             }
         };
         while let Ok(notice) = notices.try_recv() {
+            export(&notice);
             printer.notice(&notice)?;
         }
         tracing::debug!(command, "done");
@@ -139,7 +156,11 @@ fn drive(
             Ok((run, outcome)) => printer.outcome(&run, &outcome),
             Err(error) => exit::engine_error(error),
         }
-    })
+    });
+    if let Some(exporter) = exporter {
+        exporter.finish();
+    }
+    code
 }
 
 /// `handoff run --dry-run`: every step with what it would do, and what would be refused.

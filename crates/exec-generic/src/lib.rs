@@ -233,8 +233,10 @@ impl Action for RunCommand {
     }
 
     fn describe(&self, run: &ShellRun) -> String {
-        let undo = run.undo.as_ref().map(|u| format!("; undo: `{}`", u.join(" "))).unwrap_or_default();
-        format!("run `{}`, expect exit {}{undo}", run.command.join(" "), run.expect_exit)
+        let env: String = run.env.iter().map(|(k, v)| format!("{k}={} ", shell_word(v))).collect();
+        let dir = run.workdir.as_ref().map(|d| format!(" in {}", shell_word(d))).unwrap_or_default();
+        let undo = run.undo.as_ref().map(|u| format!("; undo: `{env}{}`", shell_words(u))).unwrap_or_default();
+        format!("run `{env}{}`{dir}, expect exit {}{undo}", shell_words(&run.command), run.expect_exit)
     }
 
     fn preflight(&self, policy: &Policy) -> Result<(), String> {
@@ -271,7 +273,19 @@ impl Action for SendRequest {
     }
 
     fn describe(&self, request: &HttpRequest) -> String {
-        format!("{} {}, expect status {}", run::method(request.method), request.url, request.expect_status)
+        let body = request.body.as_ref().map(|b| format!(" with body `{b}`")).unwrap_or_default();
+        let headers = if request.headers.is_empty() {
+            String::new()
+        } else {
+            format!(" (headers: {})", request.headers.keys().cloned().collect::<Vec<_>>().join(", "))
+        };
+        format!(
+            "{} {}{body}{headers}, expect status {}{}",
+            run::method(request.method),
+            request.url,
+            request.expect_status,
+            expectations(&request.expect_json)
+        )
     }
 
     async fn execute(&self, request: HttpRequest, cx: &Context) -> Result<StepOutput<Answer>, StepError> {
@@ -293,12 +307,52 @@ impl Action for PollHealth {
     }
 
     fn describe(&self, health: &HttpHealth) -> String {
-        format!("poll {} until status {} (within {})", health.url, health.expect_status, health.within)
+        let every = health.interval.as_ref().map(|i| format!(", every {i}")).unwrap_or_default();
+        format!(
+            "poll {} until status {}{} (within {}{every})",
+            health.url,
+            health.expect_status,
+            expectations(&health.expect_json),
+            health.within
+        )
     }
 
     async fn execute(&self, health: HttpHealth, cx: &Context) -> Result<StepOutput<Healthy>, StepError> {
         run::http_health(&health, cx).await.map(StepOutput::new)
     }
+}
+
+/// ` and <pointer> = <value>` for each expected JSON value.
+fn expectations(expect_json: &BTreeMap<String, serde_json::Value>) -> String {
+    expect_json.iter().map(|(pointer, value)| format!(" and `{pointer}` = `{value}`")).collect()
+}
+
+/// Arguments as one line a POSIX shell reads back as the same arguments.
+fn shell_words(args: &[String]) -> String {
+    args.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// One argument quoted for a POSIX shell. handoff expands `${NAME}` itself; an argument that
+/// holds one is double-quoted with every other `$`, `` ` ``, `"` and `\` escaped, so the
+/// shell expands exactly those references from the same environment.
+fn shell_word(arg: &str) -> String {
+    if !arg.contains("${") {
+        return shlex::try_quote(arg).map_or_else(|_| format!("{arg:?}"), |q| q.into_owned());
+    }
+    let mut out = String::from("\"");
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' if chars.peek() == Some(&'{') => out.push('$'),
+            '$' | '`' | '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A URL must be `http(s)://…` or a `${ENV_VAR}` reference; expectations are JSON pointers.
@@ -394,6 +448,28 @@ impl Action for PostWebhook {
 
 #[cfg(test)]
 mod tests {
+    /// A real `sh` reads the quoted line back as the same arguments, with handoff's `${NAME}`
+    /// references expanded as handoff would.
+    #[test]
+    fn shell_words_read_back_as_the_same_arguments() {
+        let args: Vec<String> =
+            ["kubectl", "a b.yaml", "echo $HOME; ls", "it's", "--uri=${URI}/x", "${URI}$B`x`\\\"", "*", "-", ""]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect();
+        let line = super::shell_words(&args);
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {line}"))
+            .env("URI", "mongodb://h/db")
+            .env("B", "not expanded")
+            .output()
+            .unwrap();
+        let read: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
+        let expected: Vec<String> = args.iter().map(|a| a.replace("${URI}", "mongodb://h/db")).collect();
+        assert_eq!(read, expected, "{line}");
+    }
+
     #[test]
     fn the_documented_environment_is_the_one_commands_get() {
         let handoff = ["HANDOFF_RUN_ID", "HANDOFF_PHASE", "HANDOFF_STEP"];

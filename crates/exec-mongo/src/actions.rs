@@ -143,7 +143,10 @@ impl Action for VerifyCollections {
     fn describe(&self, verify: &Verify) -> String {
         let (source, target) = (label(&verify.source), label(&verify.target));
         match verify.mode {
-            VerifyMode::Sample => format!("compare a random sample of {source} with {target}"),
+            VerifyMode::Sample => format!(
+                "compare a random sample of {} documents of {source} with {target}",
+                verify.sample_size.unwrap_or(1000)
+            ),
             VerifyMode::Hashed => {
                 format!("compare every document of {source} with {target} by hash, plus exact counts")
             }

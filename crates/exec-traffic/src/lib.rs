@@ -6,16 +6,18 @@
 //! API (the simulator's). The VirtualService comes from the `virtualservice.yaml.tera`
 //! template that `handoff render` uses too.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use handoff_executor::{Action, Compensation, Context, Declaration, Executor, StepError, StepOutput};
 use handoff_plan::Effect;
 use handoff_plan::lint::{ParamIssue, Site, resource_ref, traffic_schedule};
-use handoff_plan::model::{Id, Plan, ResourceKind, TrafficSchedule};
-use handoff_render::{Origin, Templates, VirtualService};
+use handoff_plan::model::{Id, Phase, Plan, ResourceKind, Step, TrafficSchedule};
+use handoff_render::{HttpRoute, Origin, Templates, VirtualService};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod check;
 mod route;
 mod run;
 
@@ -33,7 +35,8 @@ pub enum Backend {
     Simulated,
 }
 
-/// Which traffic moves.
+/// Which requests move: on a VirtualService, the ones the route's `directions:` says are
+/// reads (or writes); every other request keeps its route.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TrafficDirection {
@@ -54,7 +57,7 @@ pub struct Shift {
     pub from: Id,
     /// The `service` traffic moves to.
     pub to: Id,
-    /// Which traffic moves.
+    /// Which requests move (the route's `directions:` tells them apart).
     #[serde(default)]
     pub direction: TrafficDirection,
     /// Weights step by step (10 → 25 → 50 → 75 → 100), each held for its soak time.
@@ -62,10 +65,6 @@ pub struct Shift {
     /// How the weights are applied.
     #[serde(default)]
     pub backend: Backend,
-    /// Hosts the VirtualService routes (`spec.hosts`); the VirtualService's name when
-    /// empty.
-    #[serde(default)]
-    pub hosts: Vec<String>,
 }
 
 /// The `traffic` executor.
@@ -92,33 +91,63 @@ impl Traffic {
 /// names (`<phase>--<step>--<weight>.yaml`), for `handoff render`. Endpoints are looked up
 /// with `endpoint` (an environment's values as written); steps whose route is not a
 /// VirtualService (a router URL) are left out.
+///
+/// Each object holds the routes of every step that routes its host, merged as a run would
+/// merge them: the steps of each phase in order, each on the routes the steps before it
+/// left; a rollback step on the routes its phase's steps left (a rollback does not carry
+/// into the next phase).
 pub fn virtual_services(
     plan: &Plan,
     endpoint: &dyn Fn(&str) -> Option<String>,
     base: &std::path::Path,
 ) -> Result<Vec<(String, VirtualService)>, String> {
     let mut out = Vec::new();
-    for (phase, step) in plan.all_steps().filter(|(_, step)| step.uses.is("traffic", "shift")) {
-        let shift = Shift::deserialize(&step.with).map_err(|e| format!("step `{}`: {e}", step.id))?;
-        let at = |e: String| format!("step `{}/{}`: {e}", phase.id, step.id);
-        let route = plan.resources.get(&shift.route).and_then(|r| r.endpoint.as_ref());
-        let value = route
-            .and_then(|name| endpoint(&name.0))
-            .ok_or_else(|| at(format!("route `{}` has no endpoint", shift.route)))?;
-        let target = route::Target::parse(&value, base).map_err(at)?;
-        if matches!(target, route::Target::Router(_)) {
-            continue;
+    let mut live = BTreeMap::new();
+    for phase in &plan.phases {
+        for step in &phase.steps {
+            render_step(plan, phase, step, endpoint, base, &mut live, &mut out)?;
         }
-        let host = |service: &Id| route::service_host(&plan.resources, endpoint, service).map_err(at);
-        let hosts = (host(&shift.from)?, host(&shift.to)?);
-        for weight in shift.schedule.steps.iter().map(|s| s.weight) {
-            let origin =
-                Origin { plan: plan.metadata.name.0.clone(), phase: phase.id.0.clone(), step: step.id.0.clone() };
-            let service = route::virtual_service(&shift, weight, &target, origin, hosts.clone());
-            out.push((format!("{}--{}--{weight:03}.yaml", phase.id, step.id), service));
+        let mut after_rollback = live.clone();
+        for step in phase.rollback.iter().flat_map(|r| &r.steps) {
+            render_step(plan, phase, step, endpoint, base, &mut after_rollback, &mut out)?;
         }
     }
     Ok(out)
+}
+
+/// Renders one step's weights on the routes `live` holds per object, and leaves its last
+/// weight's routes there.
+fn render_step(
+    plan: &Plan,
+    phase: &Phase,
+    step: &Step,
+    endpoint: &dyn Fn(&str) -> Option<String>,
+    base: &std::path::Path,
+    live: &mut BTreeMap<route::Target, Vec<HttpRoute>>,
+    out: &mut Vec<(String, VirtualService)>,
+) -> Result<(), String> {
+    if !step.uses.is("traffic", "shift") {
+        return Ok(());
+    }
+    let shift = Shift::deserialize(&step.with).map_err(|e| format!("step `{}`: {e}", step.id))?;
+    let at = |e: String| format!("step `{}/{}`: {e}", phase.id, step.id);
+    let route = plan.resources.get(&shift.route).and_then(|r| r.endpoint.as_ref());
+    let value = route
+        .and_then(|name| endpoint(&name.0))
+        .ok_or_else(|| at(format!("route `{}` has no endpoint", shift.route)))?;
+    let target = route::Target::parse(&value, base).map_err(at)?;
+    if matches!(target, route::Target::Router(_)) {
+        return Ok(());
+    }
+    let mesh = route::mesh(&plan.resources, endpoint, &shift).map_err(at)?;
+    let current = live.entry(target.clone()).or_default();
+    for weight in shift.schedule.steps.iter().map(|s| s.weight) {
+        let origin = Origin { plan: plan.metadata.name.0.clone(), phase: phase.id.0.clone(), step: step.id.0.clone() };
+        let service = route::virtual_service(&shift, weight, &target, current, &mesh, origin);
+        *current = service.http.clone();
+        out.push((format!("{}--{}--{weight:03}.yaml", phase.id, step.id), service));
+    }
+    Ok(())
 }
 
 impl Action for Traffic {
@@ -126,7 +155,7 @@ impl Action for Traffic {
     type Output = ShiftOutput;
     const DECLARATION: Declaration = Declaration::new::<Shift>(
         "shift",
-        "Shift traffic by a weight schedule; compensation restores the previous weights.",
+        "Shift one direction of a route's requests (its `mesh` resource's `directions:`) by a weight schedule, in the one VirtualService of its host (`kubernetes://<context>/<namespace>/virtualservices/<name>`, `file:<path>`) or a router URL (simulation); when its phase rolls back it is undone first, restoring only its own routes.",
         Effect::Change,
     )
     .resumable()
@@ -142,6 +171,8 @@ impl Action for Traffic {
             issues.push(ParamIssue::invalid("/to", format!("traffic moves from `{}` to itself", shift.from)));
         }
         issues.extend(traffic_schedule(&shift.schedule, "/schedule"));
+        issues.extend(check::route_declarations(shift, plan));
+        issues.extend(check::host_claimed_twice(shift, site));
         issues
     }
 
@@ -153,10 +184,7 @@ impl Action for Traffic {
             .as_ref()
             .map(|h| format!("; `{}: {}` always goes to `{}`", h.header, h.value, shift.to))
             .unwrap_or_default();
-        let what = match shift.direction {
-            TrafficDirection::Reads => "reads",
-            TrafficDirection::Writes => "writes",
-        };
+        let what = route::direction_name(shift.direction);
         format!(
             "send {what} on `{}` from `{}` to `{}`: {}{header}",
             shift.route,

@@ -11,14 +11,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use handoff_plan::model::{Id, Resource};
-use handoff_render::{Destination, ForcedRoute, Origin, VirtualService};
+use handoff_plan::model::{Id, RequestMatch, Resource};
+use handoff_render::{Destination, HttpMatch, HttpRoute, Origin, RouteDestination, StringMatch, VirtualService};
 use serde_json::{Value, json};
 
-use crate::Shift;
+use crate::{Shift, TrafficDirection};
 
 /// Where a route's weights are applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Target {
     /// A VirtualService in a cluster.
     Cluster {
@@ -103,35 +103,176 @@ pub(crate) fn service_host(
         None => host_port.split(':').next().unwrap_or_default(),
     };
     if host.is_empty() || host.contains("${") {
-        return Err(format!("cannot tell the host of service `{service}` from its endpoint `{name}`"));
+        return Err(format!(
+            "cannot tell the host of service `{service}` from its endpoint `{name}`: a VirtualService names hosts, so \
+             the endpoint must be a URL with a literal host (`http://{service}.<namespace>.svc:8080`), not a \
+             `${{VAR}}` known only at run time"
+        ));
     }
     Ok(host.to_owned())
 }
 
-/// The VirtualService that sends `weight` percent of a shift's traffic to its `to`
-/// service.
+/// What a shift on a VirtualService routes, in one environment.
+#[derive(Debug, Clone)]
+pub(crate) struct Mesh {
+    /// The host the route claims (`spec.hosts`, and where requests no route takes go).
+    pub(crate) host: String,
+    /// The host of the service traffic moves away from.
+    pub(crate) from: String,
+    /// The host of the service traffic moves to.
+    pub(crate) to: String,
+    /// The requests of the shift's direction.
+    pub(crate) matcher: RequestMatch,
+}
+
+/// The route's facts for a shift (`endpoint` looks up the environment's values as written).
+pub(crate) fn mesh(
+    resources: &BTreeMap<Id, Resource>,
+    endpoint: &dyn Fn(&str) -> Option<String>,
+    shift: &Shift,
+) -> Result<Mesh, String> {
+    let route = resources.get(&shift.route).ok_or_else(|| format!("route `{}` is not a resource", shift.route))?;
+    let claimed = route.host.as_ref().ok_or_else(|| {
+        format!("route `{}` names no `host:` (the `service` whose host its VirtualService routes)", shift.route)
+    })?;
+    let matcher = route
+        .directions
+        .as_ref()
+        .and_then(|d| match shift.direction {
+            TrafficDirection::Reads => d.reads.clone(),
+            TrafficDirection::Writes => d.writes.clone(),
+        })
+        .ok_or_else(|| {
+            let what = direction_name(shift.direction);
+            format!(
+                "route `{}` does not say which requests are {what}: add `directions: {{{what}: {{methods: [...], uri_prefixes: [...]}}}}` to it",
+                shift.route
+            )
+        })?;
+    let host = |service: &Id| service_host(resources, endpoint, service);
+    Ok(Mesh { host: host(claimed)?, from: host(&shift.from)?, to: host(&shift.to)?, matcher })
+}
+
+/// `reads` or `writes`.
+pub(crate) fn direction_name(direction: TrafficDirection) -> &'static str {
+    match direction {
+        TrafficDirection::Reads => "reads",
+        TrafficDirection::Writes => "writes",
+    }
+}
+
+/// The order of handoff's routes in a VirtualService: every header route first (the most
+/// specific), then each direction's weighted route, then `rest` (every other request, to
+/// the claimed host unchanged). Routes of any other name are not handoff's and are dropped.
+const ORDER: [&str; 5] = ["reads-by-header", "writes-by-header", "reads", "writes", "rest"];
+
+/// Whether `route` is part of `direction`'s routes.
+fn owned(route: &HttpRoute, direction: TrafficDirection) -> bool {
+    let name = direction_name(direction);
+    route.name == name || route.name.strip_suffix("-by-header") == Some(name)
+}
+
+/// The routes a shift at `weight` owns: its header route (when the schedule has one) and
+/// its weighted route, both limited to the direction's requests.
+fn part(shift: &Shift, weight: u8, mesh: &Mesh) -> Vec<HttpRoute> {
+    let name = direction_name(shift.direction);
+    let to = |host: &str, weight: u8| RouteDestination { destination: Destination { host: host.to_owned() }, weight };
+    let mut routes: Vec<HttpRoute> = shift
+        .schedule
+        .header_route
+        .iter()
+        .map(|h| HttpRoute {
+            name: format!("{name}-by-header"),
+            matches: matches(&mesh.matcher, Some((&h.header, &h.value))),
+            route: vec![to(&mesh.to, 100)],
+        })
+        .collect();
+    routes.push(HttpRoute {
+        name: name.to_owned(),
+        matches: matches(&mesh.matcher, None),
+        route: vec![to(&mesh.from, 100 - weight), to(&mesh.to, weight)],
+    });
+    routes
+}
+
+/// Istio matches for a direction's requests, with a header condition when given.
+fn matches(matcher: &RequestMatch, header: Option<(&str, &str)>) -> Vec<HttpMatch> {
+    let methods: Vec<&str> = matcher.methods.iter().map(|m| m.as_str()).collect();
+    let base = HttpMatch {
+        method: (!methods.is_empty()).then(|| StringMatch::Regex(methods.join("|"))),
+        uri: None,
+        headers: header.map(|(h, v)| (h.to_owned(), StringMatch::Exact(v.to_owned()))).into_iter().collect(),
+    };
+    if matcher.uri_prefixes.is_empty() {
+        return vec![base];
+    }
+    matcher
+        .uri_prefixes
+        .iter()
+        .map(|prefix| HttpMatch { uri: Some(StringMatch::Prefix(prefix.clone())), ..base.clone() })
+        .collect()
+}
+
+/// `current` with `direction`'s routes replaced by `own`, in the defined [`ORDER`].
+fn merge(current: &[HttpRoute], direction: TrafficDirection, own: Vec<HttpRoute>, host: &str) -> Vec<HttpRoute> {
+    let rest = HttpRoute {
+        name: "rest".to_owned(),
+        matches: Vec::new(),
+        route: vec![RouteDestination { destination: Destination { host: host.to_owned() }, weight: 100 }],
+    };
+    let mut routes: Vec<HttpRoute> = current
+        .iter()
+        .filter(|r| ORDER[..4].contains(&r.name.as_str()) && !owned(r, direction))
+        .cloned()
+        .chain(own)
+        .chain([rest])
+        .collect();
+    routes.sort_by_key(|r| ORDER.iter().position(|n| *n == r.name));
+    routes
+}
+
+/// handoff's routes of a VirtualService (as JSON); routes of other names are left out.
+pub(crate) fn routes_of(document: &Value) -> Vec<HttpRoute> {
+    let Some(routes) = document.pointer("/spec/http").and_then(Value::as_array) else { return Vec::new() };
+    routes
+        .iter()
+        .filter_map(|r| serde_json::from_value::<HttpRoute>(r.clone()).ok())
+        .filter(|r| ORDER.contains(&r.name.as_str()))
+        .collect()
+}
+
+/// The VirtualService that results from sending `weight` percent of a shift's requests to
+/// its `to` service, on top of the object's `current` routes.
 pub(crate) fn virtual_service(
     shift: &Shift,
     weight: u8,
     target: &Target,
+    current: &[HttpRoute],
+    mesh: &Mesh,
     origin: Origin,
-    hosts: (String, String),
 ) -> VirtualService {
+    let http = merge(current, shift.direction, part(shift, weight, mesh), &mesh.host);
+    object(shift, target, mesh, http, origin)
+}
+
+/// The VirtualService that results from putting back this shift's own routes as they were
+/// in `previous` (none when there were none), keeping every other step's routes of `current`.
+pub(crate) fn restored(
+    shift: &Shift,
+    target: &Target,
+    current: &[HttpRoute],
+    previous: &[HttpRoute],
+    mesh: &Mesh,
+    origin: Origin,
+) -> VirtualService {
+    let own = previous.iter().filter(|r| owned(r, shift.direction)).cloned().collect();
+    let http = merge(current, shift.direction, own, &mesh.host);
+    object(shift, target, mesh, http, origin)
+}
+
+fn object(shift: &Shift, target: &Target, mesh: &Mesh, http: Vec<HttpRoute>, origin: Origin) -> VirtualService {
     let (name, namespace) = target.object(&shift.route);
-    let (from, to) = hosts;
-    let header_route = shift.schedule.header_route.as_ref().map(|h| ForcedRoute {
-        header: h.header.clone(),
-        value: h.value.clone(),
-        host: to.clone(),
-    });
-    VirtualService {
-        hosts: if shift.hosts.is_empty() { vec![name.clone()] } else { shift.hosts.clone() },
-        name,
-        namespace,
-        header_route,
-        destinations: vec![Destination { host: from, weight: 100 - weight }, Destination { host: to, weight }],
-        origin,
-    }
+    VirtualService { name, namespace, hosts: vec![mesh.host.clone()], http, origin }
 }
 
 /// What a router is sent: weights by service id, and the forced route.
@@ -144,11 +285,12 @@ pub(crate) fn router_body(shift: &Shift, weight: u8) -> Value {
     })
 }
 
-/// The weight a VirtualService (as JSON) sends to `host` on its weighted route, if it
-/// has one.
-pub(crate) fn weight_in(document: &Value, host: &str) -> Option<u64> {
+/// The weight a VirtualService (as JSON) sends to `host` on `direction`'s route (or, in an
+/// object handoff did not write, on its last route without a match), if it has one.
+pub(crate) fn weight_in(document: &Value, direction: TrafficDirection, host: &str) -> Option<u64> {
     let routes = document.pointer("/spec/http")?.as_array()?;
-    let weighted = routes.iter().rev().find(|r| r.get("match").is_none()).or(routes.last())?;
+    let named = routes.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(direction_name(direction)));
+    let weighted = named.or_else(|| routes.iter().rev().find(|r| r.get("match").is_none())).or(routes.last())?;
     let destinations = weighted.get("route")?.as_array()?;
     let total: u64 = destinations.iter().filter_map(|d| d.get("weight").and_then(Value::as_u64)).sum();
     let found = destinations.iter().find(|d| d.pointer("/destination/host").and_then(Value::as_str) == Some(host));
@@ -189,16 +331,30 @@ mod tests {
     }
 
     #[test]
+    fn a_host_known_only_at_run_time_says_what_to_write() {
+        let service: Resource =
+            serde_json::from_value(json!({"kind": "service", "endpoint": "monolith_http"})).unwrap();
+        let resources = BTreeMap::from([(Id("monolith".to_owned()), service)]);
+        let host = |value: &str| {
+            let value = value.to_owned();
+            service_host(&resources, &move |_| Some(value.clone()), &Id("monolith".to_owned()))
+        };
+        assert_eq!(host("http://monolith.app.svc:8080/api"), Ok("monolith.app.svc".to_owned()));
+        let error = host("${MONOLITH_URL}").unwrap_err();
+        assert!(error.contains("a URL with a literal host (`http://monolith.<namespace>.svc:8080`)"), "{error}");
+    }
+
+    #[test]
     fn weights_are_read_from_the_weighted_route() {
         let vs = json!({"spec": {"http": [
             {"match": [{"headers": {}}], "route": [{"destination": {"host": "new"}, "weight": 100}]},
             {"route": [{"destination": {"host": "old"}, "weight": 75}, {"destination": {"host": "new"}, "weight": 25}]},
         ]}});
-        assert_eq!(weight_in(&vs, "new"), Some(25));
-        assert_eq!(weight_in(&vs, "old"), Some(75));
-        assert_eq!(weight_in(&vs, "other"), Some(0));
+        assert_eq!(weight_in(&vs, TrafficDirection::Reads, "new"), Some(25));
+        assert_eq!(weight_in(&vs, TrafficDirection::Reads, "old"), Some(75));
+        assert_eq!(weight_in(&vs, TrafficDirection::Reads, "other"), Some(0));
         let single = json!({"spec": {"http": [{"route": [{"destination": {"host": "old"}}]}]}});
-        assert_eq!(weight_in(&single, "old"), Some(100));
-        assert_eq!(weight_in(&json!({}), "old"), None);
+        assert_eq!(weight_in(&single, TrafficDirection::Reads, "old"), Some(100));
+        assert_eq!(weight_in(&json!({}), TrafficDirection::Reads, "old"), None);
     }
 }

@@ -65,7 +65,7 @@ pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) ->
             if let Some(document) = previous.get("document") {
                 let weight = match &target {
                     Target::Router(_) => document.pointer(&format!("/weights/{}", shift.to)).and_then(Value::as_u64),
-                    _ => route::weight_in(document, &host(cx, &shift.to)?),
+                    _ => route::weight_in(document, shift.direction, &mesh(shift, cx)?.to),
                 };
                 previous["weight"] = json!(weight);
             }
@@ -81,7 +81,13 @@ pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) ->
         cx.emit("traffic_weight", f64::from(step.weight));
         let total = shift.schedule.steps.len();
         cx.progress(
-            &format!("{}% of {} to `{}`, holding {}", step.weight, direction(shift), shift.to, step.soak),
+            &format!(
+                "{}% of {} to `{}`, holding {}",
+                step.weight,
+                route::direction_name(shift.direction),
+                shift.to,
+                step.soak
+            ),
             Some((i + 1) as f64 / total as f64),
         );
         cx.cancellable(cx.clock.sleep(step.soak.get())).await?;
@@ -95,7 +101,9 @@ pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) ->
     })
 }
 
-/// Puts back the route as it was before the shift.
+/// Puts back this shift's own routes as they were before it. When the object holds other
+/// steps' routes too, only this step's part is replaced (theirs stay); otherwise the object
+/// (or file, or router) is put back as it was, exactly.
 pub(crate) async fn undo(
     shift: &Shift,
     output: &ShiftOutput,
@@ -105,8 +113,21 @@ pub(crate) async fn undo(
     let target = target(shift, cx)?;
     let previous = &output.previous;
     let document = previous.get("document");
+    let live = match &target {
+        Target::Router(_) => Value::Null,
+        _ => read(&target, cx).await?,
+    };
+    let shared = shared_with_others(shift, &live);
     match (&target, document) {
         (Target::Router(url), Some(body)) => router_put(url, body.clone(), cx).await?,
+        (Target::Router(_), None) => apply(shift, 0, &target, cx, templates).await?,
+        (_, _) if shared => {
+            let current = route::routes_of(live.get("document").unwrap_or(&Value::Null));
+            let before = route::routes_of(document.unwrap_or(&Value::Null));
+            let service = route::restored(shift, &target, &current, &before, &mesh(shift, cx)?, origin(cx));
+            put(&target, &templates.virtual_service(&service).map_err(|e| StepError::Failed(e.to_string()))?, cx)
+                .await?;
+        }
         (Target::Cluster { context, .. }, Some(document)) => {
             kubectl(
                 context,
@@ -126,24 +147,27 @@ pub(crate) async fn undo(
                 .map_err(|e| StepError::Failed(format!("cannot remove {}: {e}", path.display())))?;
             return Ok(Compensation::Undone(format!("removed {} (there was none before)", path.display())));
         }
-        (_, None) => apply(shift, 0, &target, cx, templates).await?,
+        (Target::Cluster { .. }, None) => apply(shift, 0, &target, cx, templates).await?,
     }
     Ok(Compensation::Undone(format!(
-        "route `{}` back to its previous weights ({}% to `{}`)",
+        "route `{}` back to its previous weights ({}% of {} to `{}`)",
         shift.route,
         previous.get("weight").and_then(Value::as_u64).unwrap_or(0),
+        route::direction_name(shift.direction),
         shift.to
     )))
 }
 
-fn direction(shift: &Shift) -> &'static str {
-    match shift.direction {
-        crate::TrafficDirection::Reads => "reads",
-        crate::TrafficDirection::Writes => "writes",
-    }
+/// Whether the live object (as [`read`] returns it) holds another direction's routes.
+fn shared_with_others(shift: &Shift, live: &Value) -> bool {
+    let own = route::direction_name(shift.direction);
+    route::routes_of(live.get("document").unwrap_or(&Value::Null))
+        .iter()
+        .any(|r| r.name != "rest" && r.name != own && r.name != format!("{own}-by-header"))
 }
 
-/// Sends `weight` percent to `to`.
+/// Sends `weight` percent of the shift's requests to `to`; on a VirtualService, the other
+/// steps' routes in the live object stay as they are.
 async fn apply(
     shift: &Shift,
     weight: u8,
@@ -151,24 +175,29 @@ async fn apply(
     cx: &Context,
     templates: &Templates,
 ) -> Result<(), StepError> {
-    let document = || -> Result<String, StepError> {
-        let hosts = (host(cx, &shift.from)?, host(cx, &shift.to)?);
-        let origin = Origin { plan: cx.plan.clone(), phase: cx.phase.clone(), step: cx.step.clone() };
-        let service = route::virtual_service(shift, weight, target, origin, hosts);
-        templates.virtual_service(&service).map_err(|e| StepError::Failed(e.to_string()))
-    };
+    if let Target::Router(url) = target {
+        return router_put(url, route::router_body(shift, weight), cx).await;
+    }
+    let current = route::routes_of(read(target, cx).await?.get("document").unwrap_or(&Value::Null));
+    let service = route::virtual_service(shift, weight, target, &current, &mesh(shift, cx)?, origin(cx));
+    put(target, &templates.virtual_service(&service).map_err(|e| StepError::Failed(e.to_string()))?, cx).await
+}
+
+/// Writes a rendered VirtualService to its file or applies it to its cluster.
+async fn put(target: &Target, document: &str, cx: &Context) -> Result<(), StepError> {
     match target {
-        Target::Router(url) => router_put(url, route::router_body(shift, weight), cx).await,
-        Target::File(path) => write_file(path, &document()?),
-        Target::Cluster { context, .. } => {
-            kubectl(context, &["apply", "-f", "-"], Some(&document()?), cx).await.map(drop)
-        }
+        Target::File(path) => write_file(path, document),
+        Target::Cluster { context, .. } => kubectl(context, &["apply", "-f", "-"], Some(document), cx).await.map(drop),
+        Target::Router(url) => Err(StepError::Failed(format!("{url} is a router, not a VirtualService"))),
     }
 }
 
-fn host(cx: &Context, service: &handoff_plan::model::Id) -> Result<String, StepError> {
-    route::service_host(&cx.resources, &|name| cx.endpoints.get(name).map(str::to_owned), service)
-        .map_err(StepError::Refused)
+fn origin(cx: &Context) -> Origin {
+    Origin { plan: cx.plan.clone(), phase: cx.phase.clone(), step: cx.step.clone() }
+}
+
+fn mesh(shift: &Shift, cx: &Context) -> Result<route::Mesh, StepError> {
+    route::mesh(&cx.resources, &|name| cx.endpoints.get(name).map(str::to_owned), shift).map_err(StepError::Refused)
 }
 
 /// What the route holds now: `{"document"}` (and `"text"` for a file), or null when there

@@ -19,8 +19,15 @@ fn context(route: &str, dir: &Path, checkpoint: Option<Value>, simulation: bool)
     let resource = |kind: &str, endpoint: &str| -> Resource {
         serde_json::from_value(json!({"kind": kind, "endpoint": endpoint})).unwrap()
     };
+    let mut route = resource("mesh", "route");
+    route.host = Some(Id("restaurant".to_owned()));
+    route.directions = serde_json::from_value(json!({
+        "reads": {"methods": ["GET", "HEAD"], "uri_prefixes": ["/menu"]},
+        "writes": {"methods": ["POST", "PUT", "PATCH", "DELETE"], "uri_prefixes": ["/menu"]},
+    }))
+    .unwrap();
     let resources = BTreeMap::from([
-        (Id("reads".to_owned()), resource("mesh", "route")),
+        (Id("reads".to_owned()), route),
         (Id("restaurant".to_owned()), resource("service", "old")),
         (Id("menu".to_owned()), resource("service", "new")),
     ]);
@@ -36,7 +43,6 @@ fn context(route: &str, dir: &Path, checkpoint: Option<Value>, simulation: bool)
 fn canary() -> Value {
     json!({
         "route": "reads", "from": "restaurant", "to": "menu",
-        "hosts": ["menu-api"],
         "schedule": {
             "header_route": {"header": "x-canary", "value": "true"},
             "steps": [{"weight": 10, "soak": "1d"}, {"weight": 25, "soak": "1d"}, {"weight": 50, "soak": "1d"}],
@@ -44,10 +50,11 @@ fn canary() -> Value {
     })
 }
 
-fn weighted(file: &Path) -> Vec<(String, u64)> {
+/// The destinations and weights of the route named `name`.
+fn weighted(file: &Path, name: &str) -> Vec<(String, u64)> {
     let vs: Value = serde_saphyr::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let http = vs["spec"]["http"].as_array().unwrap();
-    http.last().unwrap()["route"]
+    http.iter().find(|r| r["name"] == name).unwrap()["route"]
         .as_array()
         .unwrap()
         .iter()
@@ -64,13 +71,22 @@ async fn gitops_file_walks_the_schedule_and_compensation_removes_what_it_created
     let output = traffic.run("shift", &with, &cx).await.unwrap();
     let file = dir.path().join("gitops/menu/reads.yaml");
     assert_eq!(
-        weighted(&file),
+        weighted(&file, "reads"),
         [("restaurant-service.restaurant.svc".to_owned(), 50), ("menu-service.menu.svc".to_owned(), 50)]
     );
     let vs: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(vs["metadata"]["name"], "reads");
-    assert_eq!(vs["spec"]["hosts"], json!(["menu-api"]));
+    // The route claims the host of its `host:` service; only reads are weighted, the header
+    // route comes first and is limited to reads too, everything else keeps its host.
+    assert_eq!(vs["spec"]["hosts"], json!(["restaurant-service.restaurant.svc"]));
+    let names: Vec<&str> = vs["spec"]["http"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["reads-by-header", "reads", "rest"]);
+    assert_eq!(
+        vs["spec"]["http"][0]["match"],
+        json!([{"method": {"regex": "GET|HEAD"}, "uri": {"prefix": "/menu"}, "headers": {"x-canary": {"exact": "true"}}}])
+    );
     assert_eq!(vs["spec"]["http"][0]["route"][0]["destination"]["host"], "menu-service.menu.svc");
+    assert_eq!(weighted(&file, "rest"), [("restaurant-service.restaurant.svc".to_owned(), 100)]);
     // One checkpoint per weight, the last weight emitted, virtual time spent soaking.
     let checkpoints = reports.checkpoints.lock().unwrap().clone();
     assert_eq!(checkpoints.iter().map(|c| c["next"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
@@ -103,8 +119,38 @@ async fn compensation_restores_the_previous_file_exactly_and_resume_skips_applie
     assert_eq!(reports.checkpoints.lock().unwrap().len(), 1);
 
     let undone = traffic.undo("shift", &with, &resumed, &cx).await.unwrap();
-    assert_eq!(undone, Compensation::Undone("route `reads` back to its previous weights (5% to `menu`)".to_owned()));
+    assert_eq!(
+        undone,
+        Compensation::Undone("route `reads` back to its previous weights (5% of reads to `menu`)".to_owned())
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+}
+
+#[tokio::test]
+async fn steps_routing_one_host_share_one_object_and_compensation_restores_only_its_own_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cx, _) = context("file:routing.yaml", dir.path(), None, false);
+    let file = dir.path().join("routing.yaml");
+    let traffic = handoff_exec_traffic::executor();
+    traffic.run("shift", &canary(), &cx).await.unwrap();
+    let before_writes = std::fs::read_to_string(&file).unwrap();
+    let writes = json!({
+        "route": "reads", "from": "restaurant", "to": "menu", "direction": "writes",
+        "schedule": {"steps": [{"weight": 100, "soak": "1h"}]},
+    });
+    let output = traffic.run("shift", &writes, &cx).await.unwrap();
+    let vs: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let names: Vec<&str> = vs["spec"]["http"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["reads-by-header", "reads", "writes", "rest"]);
+    assert_eq!(vs["spec"]["http"][2]["match"][0]["method"]["regex"], "POST|PUT|PATCH|DELETE");
+    assert_eq!(weighted(&file, "writes")[1], ("menu-service.menu.svc".to_owned(), 100));
+    // The read canary's weights are untouched by the write cutover.
+    assert_eq!(weighted(&file, "reads")[1], ("menu-service.menu.svc".to_owned(), 50));
+
+    traffic.undo("shift", &writes, &output, &cx).await.unwrap();
+    let after: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let before: Value = serde_saphyr::from_str(&before_writes).unwrap();
+    assert_eq!(after["spec"], before["spec"], "only the writes part is gone");
 }
 
 #[tokio::test]

@@ -150,4 +150,7 @@ codes! {
     /// A `${` that handoff would not expand.
     UNEXPANDED_REFERENCE = "H313" "unexpanded-reference" Error
         "handoff expands `${NAME}` (a letter or `_`, then letters, digits or `_`) from its environment in every string of a step's `with:`, in environment endpoints, metric sources and the `simulation:` section — nowhere else, and nothing else that starts with `${`. A malformed reference (`${}`, `${A-B}`, an unclosed `${`) or a reference in any other field would be used as written. Fix the reference; a shell's own variables are written `$name`.";
+    /// Two VirtualServices would claim one host.
+    ROUTE_HOST_CLAIMED_TWICE = "H320" "route-host-claimed-twice" Error
+        "Two `traffic.shift` routes claim the same host (their route's `host:` service) in different VirtualServices of one environment. Istio applies only one VirtualService per host, so one step's routing would silently not take effect. Point both routes' endpoints at one VirtualService: handoff merges the steps' routes there (header routes first, then reads, then writes, then every other request to the host), and each step's compensation restores only its own part.";
 }

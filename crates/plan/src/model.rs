@@ -250,6 +250,74 @@ pub struct Resource {
     /// Key prefix of the plan's keys (for `redis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+    /// The `service` whose host a `mesh` route claims (the VirtualService's `spec.hosts`):
+    /// the host of that service's endpoint in the environment the plan runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Id>,
+    /// How a `mesh` route tells reads from writes; a `traffic.shift` of one direction
+    /// routes only the requests that direction matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directions: Option<Directions>,
+}
+
+/// How a route tells reads from writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Directions {
+    /// The requests that are reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<RequestMatch>,
+    /// The requests that are writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<RequestMatch>,
+}
+
+/// Requests of one direction: a request matches when its method is one of `methods` (any
+/// method when empty) and its path starts with one of `uri_prefixes` (any path when empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMatch {
+    /// HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<HttpMethod>,
+    /// Path prefixes (each starts with `/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uri_prefixes: Vec<String>,
+}
+
+/// An HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `OPTIONS`.
+    Options,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+}
+
+impl HttpMethod {
+    /// The method as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Options => "OPTIONS",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
 }
 
 /// Kinds of resources.

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use handoff_plan::model::{Alert, Criterion, Gate, MetricSource, Phase, Plan, Step};
-use serde::Serialize;
+use handoff_plan::model::{Alert, Criterion, FailureAction, Gate, MetricSource, NoDataPolicy, Phase, Plan, Step};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The built-in templates: file name and text.
@@ -133,15 +133,17 @@ impl Templates {
         self.render(VIRTUAL_SERVICE, service)
     }
 
-    /// Renders every artifact of a plan: `summaries` gives each step's one-line summary,
-    /// `services` the VirtualServices its traffic steps apply (with their file names).
+    /// Renders every artifact of a plan for `environment` (the alert rules select its
+    /// series): `summaries` gives each step's one-line summary, `services` the
+    /// VirtualServices its traffic steps apply (with their file names).
     pub fn plan(
         &self,
         plan: &Plan,
+        environment: &str,
         summaries: &dyn Fn(&Step) -> String,
         services: &[(String, VirtualService)],
     ) -> Result<Vec<Artifact>, RenderError> {
-        let view = PlanView::new(plan, summaries, services);
+        let view = PlanView::new(plan, environment, summaries, services);
         let mut out = vec![
             Artifact { path: "runbook.md".into(), text: self.render(RUNBOOK, &view)? },
             Artifact { path: "alert-rules.yaml".into(), text: self.render(ALERT_RULES, &view)? },
@@ -163,7 +165,8 @@ pub struct Artifact {
     pub text: String,
 }
 
-/// What the VirtualService template renders.
+/// What the VirtualService template renders: one object per host and namespace, holding
+/// the routes of every step that routes that host (see [`HttpRoute`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VirtualService {
     /// Object name.
@@ -172,32 +175,67 @@ pub struct VirtualService {
     pub namespace: Option<String>,
     /// Hosts the routing applies to.
     pub hosts: Vec<String>,
-    /// A header that forces one destination, whatever the weights.
-    pub header_route: Option<ForcedRoute>,
-    /// Weighted destinations, in order (weights add up to 100).
-    pub destinations: Vec<Destination>,
-    /// Plan, phase and step that apply it (for labels and the header comment).
+    /// HTTP routes in the order Istio tries them (the first that matches wins).
+    pub http: Vec<HttpRoute>,
+    /// Plan, phase and step that applied it last (for labels and the header comment).
     pub origin: Origin,
 }
 
-/// Requests with `header: value` go to `host`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ForcedRoute {
-    /// Header name.
-    pub header: String,
-    /// Exact header value.
-    pub value: String,
-    /// The host it forces.
-    pub host: String,
+/// One HTTP route of a VirtualService, in Istio's own shape (it reads back from a live
+/// object as it was written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    /// Route name; handoff's routes are named by direction (`reads`, `reads-by-header`,
+    /// `writes`, `writes-by-header`) and `rest`.
+    pub name: String,
+    /// Requests the route takes: any of these (all requests when empty).
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HttpMatch>,
+    /// Weighted destinations (weights add up to 100).
+    pub route: Vec<RouteDestination>,
+}
+
+/// One request match: every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpMatch {
+    /// The method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// The path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    /// Headers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+/// Istio's string match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StringMatch {
+    /// Exactly this string.
+    Exact(String),
+    /// Starts with this string.
+    Prefix(String),
+    /// Matches this RE2 expression as a whole.
+    Regex(String),
 }
 
 /// A weighted destination.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteDestination {
+    /// Where requests go.
+    pub destination: Destination,
+    /// Percent of the route's requests.
+    #[serde(default)]
+    pub weight: u8,
+}
+
+/// A destination host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destination {
     /// Destination host.
     pub host: String,
-    /// Percent of requests.
-    pub weight: u8,
 }
 
 /// Where a rendered object comes from.
@@ -249,16 +287,21 @@ struct PlanView {
     plan: Value,
     /// Phases with dates, step summaries and criteria in words.
     phases: Vec<Value>,
-    /// Alerting rules of the alerts on Prometheus metrics.
+    /// An alerting rule for every alert of the plan.
     rules: Vec<Value>,
-    /// Alerts handoff evaluates itself (on metrics steps emit or HTTP endpoints).
-    local_alerts: Vec<Value>,
+    /// The environment the artifacts are rendered for.
+    environment: String,
     /// VirtualService files, by step.
     virtual_services: Vec<Value>,
 }
 
 impl PlanView {
-    fn new(plan: &Plan, summaries: &dyn Fn(&Step) -> String, services: &[(String, VirtualService)]) -> PlanView {
+    fn new(
+        plan: &Plan,
+        environment: &str,
+        summaries: &dyn Fn(&Step) -> String,
+        services: &[(String, VirtualService)],
+    ) -> PlanView {
         let calendar = plan.calendar();
         let phases = plan
             .phases
@@ -280,7 +323,7 @@ impl PlanView {
                     "days": phase.schedule.as_ref().map(|s| (s.duration.as_secs_f64() / 86_400.0).ceil().max(1.0) as u64),
                     "reversible": phase.reversible, "restore": phase.restore,
                     "steps": phase.steps.iter().map(step).collect::<Vec<_>>(),
-                    "criteria": phase.criteria.iter().map(criterion).collect::<Vec<_>>(),
+                    "criteria": phase.criteria.iter().map(|c| criterion(c, phase.reversible)).collect::<Vec<_>>(),
                     "gates": phase.gates.iter().map(gate).collect::<Vec<_>>(),
                     "rollback": phase.rollback.as_ref().map(|r| json!({
                         "budget": r.max_duration.as_ref().map(|d| d.as_str()),
@@ -294,34 +337,57 @@ impl PlanView {
             plan.alerts.iter().map(|a| (a, None)).chain(
                 plan.phases.iter().flat_map(|p: &Phase| p.alerts.iter().map(move |a| (a, Some(p.id.0.as_str())))),
             );
-        let (mut rules, mut local_alerts) = (Vec::new(), Vec::new());
-        for (alert, phase) in alerts {
-            match rule(plan, alert, phase) {
-                Some(rule) => rules.push(rule),
-                None => local_alerts.push(json!({"name": alert.name, "metric": alert.metric, "phase": phase})),
-            }
-        }
+        let rules = alerts.filter_map(|(alert, phase)| rule(plan, environment, alert, phase)).collect();
         let virtual_services = services
             .iter()
             .map(|(file, s)| json!({"file": format!("virtualservices/{file}"), "phase": s.origin.phase, "step": s.origin.step}))
             .collect();
-        PlanView { plan: serde_json::to_value(plan).unwrap_or_default(), phases, rules, local_alerts, virtual_services }
+        PlanView {
+            plan: serde_json::to_value(plan).unwrap_or_default(),
+            phases,
+            rules,
+            environment: environment.to_owned(),
+            virtual_services,
+        }
     }
 }
 
-/// A criterion in words: `metric op threshold over window`, or the person's check.
-fn criterion(c: &Criterion) -> Value {
+/// A criterion in words: `metric op threshold`, or the person's check; how it is sampled;
+/// what no data and a failure do (`reversible`: whether its phase can roll back).
+fn criterion(c: &Criterion, reversible: bool) -> Value {
     let check = match (&c.metric, c.op, &c.threshold, &c.confirm) {
-        (Some(metric), Some(op), Some(threshold), _) => {
-            let window = c.window.as_ref().map(|w| format!(" over {w}")).unwrap_or_default();
-            format!("`{metric} {} {threshold}`{window}", op.symbol())
-        }
+        (Some(metric), Some(op), Some(threshold), _) => format!("`{metric} {} {threshold}`", op.symbol()),
         (_, _, _, Some(confirm)) => {
             format!("confirmed by {}: {}", confirm.by.as_deref().unwrap_or("a person"), confirm.prompt)
         }
         _ => String::new(),
     };
-    json!({"id": c.id, "description": c.description, "check": check})
+    let mut sampling = Vec::new();
+    if c.confirm.is_some() {
+        sampling.push("asked once; a person answers".to_owned());
+    } else {
+        sampling.push(c.window.as_ref().map_or("the latest value".to_owned(), |w| format!("over {w}")));
+        sampling.extend(c.interval.as_ref().map(|i| format!("sampled every {i}")));
+        sampling.extend(c.min_samples.map(|n| format!("at least {n} samples (fewer: inconclusive)")));
+        sampling.push(format!("{} failed samples tolerated", c.failure_limit));
+        sampling.push(format!(
+            "no data: {}",
+            match c.no_data {
+                NoDataPolicy::Fail => "fails",
+                NoDataPolicy::Inconclusive => "inconclusive, a person decides",
+                NoDataPolicy::Pass => "passes",
+            }
+        ));
+    }
+    let on_failure = match (c.on_failure, reversible) {
+        (FailureAction::Rollback, true) => "the phase rolls back",
+        (FailureAction::Rollback, false) => {
+            "the phase fails (a point of no return: no rollback, follow its recovery notes)"
+        }
+        (FailureAction::Pause, _) => "the run stops for a person",
+        (FailureAction::Warn, _) => "reported, the run goes on",
+    };
+    json!({"id": c.id, "description": c.description, "check": check, "sampling": sampling.join(", "), "on_failure": on_failure})
 }
 
 fn gate(g: &Gate) -> String {
@@ -332,27 +398,83 @@ fn gate(g: &Gate) -> String {
     }
 }
 
-/// A Prometheus alerting rule for an alert on a Prometheus metric; `None` for alerts on
-/// metrics Prometheus does not have.
-fn rule(plan: &Plan, alert: &Alert, phase: Option<&str>) -> Option<Value> {
+/// The series handoff exports while a run is live: 1 for the active phase.
+pub const PHASE_ACTIVE: &str = "handoff_phase_active";
+
+/// The name under which handoff exports a metric it measures itself (emitted by a step or
+/// read from an HTTP endpoint), labelled with plan, environment, phase and step.
+pub fn exported_name(metric: &str) -> String {
+    let name: String = metric.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    format!("handoff_{name}")
+}
+
+/// A Prometheus alerting rule for every alert, joined to the active-phase series so that it
+/// fires only while one of its phases runs in `environment`. An alert on a Prometheus metric
+/// compares the metric's query; an alert on a metric handoff measures compares the series
+/// handoff exports, as measured in the active phase (a value left from an earlier phase does
+/// not fire). `None` when the threshold's unit does not fit the metric (the lint reports it).
+fn rule(plan: &Plan, environment: &str, alert: &Alert, phase: Option<&str>) -> Option<Value> {
     let metric = plan.metrics.get(&alert.metric)?;
-    let MetricSource::Prometheus { query, .. } = &metric.source else { return None };
     let threshold = alert.threshold.in_unit(metric.unit)?;
     let phases: Vec<&str> = match phase {
         Some(phase) => vec![phase],
         None => alert.phases.iter().map(|p| p.0.as_str()).collect(),
     };
+    let scope = |labels: &str| {
+        let phase = match phases.as_slice() {
+            [] => String::new(),
+            [one] => format!(",phase={}", promql_string(one)),
+            many => format!(
+                ",phase=~{}",
+                promql_string(&many.iter().map(|p| regex_escape(p)).collect::<Vec<_>>().join("|"))
+            ),
+        };
+        format!("on({labels}) ({PHASE_ACTIVE}{{{}{phase}}} == 1)", selector(plan, environment))
+    };
+    let op = alert.op.symbol();
+    let expr = match &metric.source {
+        MetricSource::Prometheus { query, .. } => format!("(({}) {op} {threshold}) and {}", one_line(query), scope("")),
+        _ => format!(
+            "({}{{{}}} {op} {threshold}) and {}",
+            exported_name(&alert.metric.0),
+            selector(plan, environment),
+            scope("plan, environment, phase")
+        ),
+    };
     Some(json!({
         "alert": alert.name,
-        "expr": format!("({}) {} {}", one_line(query), alert.op.symbol(), threshold),
+        "expr": expr,
         "for": alert.for_.as_ref().map(|d| d.as_str()),
         "severity": alert.severity,
         "action": alert.action,
         "metric": alert.metric,
+        "threshold": alert.threshold.to_string(),
+        "op": op,
         "phases": phases.join(","),
-        "summary": format!("{}: {} {} {}", alert.name, alert.metric, alert.op.symbol(), alert.threshold),
+        "summary": format!("{}: {} {op} {}", alert.name, alert.metric, alert.threshold),
         "description": alert.description,
     }))
+}
+
+/// `plan="…",environment="…"`.
+fn selector(plan: &Plan, environment: &str) -> String {
+    format!("plan={},environment={}", promql_string(&plan.metadata.name.0), promql_string(environment))
+}
+
+/// A PromQL string literal.
+fn promql_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+/// `text` matched literally inside a PromQL (RE2) regular expression.
+fn regex_escape(text: &str) -> String {
+    text.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
 }
 
 /// A PromQL query on one line (a line break inside a query is only whitespace).

@@ -71,6 +71,21 @@ impl Prometheus {
     /// Starts Prometheus in `dir` (created when missing), its TSDB first backfilled from
     /// `openmetrics` when given; returns once it answers `/-/ready`.
     pub async fn start(dir: &Path, openmetrics: Option<&str>) -> Result<Prometheus, SandboxError> {
+        Prometheus::launch(dir, openmetrics, "global:\n  evaluation_interval: 1s\n").await
+    }
+
+    /// Starts Prometheus in `dir` scraping `targets` (`host:port`, `/metrics`) every second,
+    /// keeping the labels the targets give (`honor_labels`, as a Pushgateway needs).
+    pub async fn scraping(dir: &Path, targets: &[String]) -> Result<Prometheus, SandboxError> {
+        let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+        let config = format!(
+            "global:\n  evaluation_interval: 1s\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: scrape\n    honor_labels: true\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        Prometheus::launch(dir, None, &config).await
+    }
+
+    async fn launch(dir: &Path, openmetrics: Option<&str>, config_text: &str) -> Result<Prometheus, SandboxError> {
         let server = program("prometheus")?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data).map_err(io(format!("cannot create {}", data.display())))?;
@@ -78,8 +93,7 @@ impl Prometheus {
             backfill(dir, &data, text).await?;
         }
         let config = dir.join("prometheus.yml");
-        std::fs::write(&config, "global:\n  evaluation_interval: 1s\n")
-            .map_err(io(format!("cannot write {}", config.display())))?;
+        std::fs::write(&config, config_text).map_err(io(format!("cannot write {}", config.display())))?;
         let port = free_port().await?;
         let launch = Launch {
             program: server,
