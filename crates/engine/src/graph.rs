@@ -70,6 +70,8 @@ pub struct PhaseNode {
     pub approvals: Vec<ApprovalGate>,
     /// Criteria, compiled.
     pub criteria: Vec<CriterionNode>,
+    /// The criteria of its background analysis (indices into `criteria`).
+    pub background: Vec<usize>,
     /// Alerts watched during the phase (the plan's that apply, then the phase's own).
     pub alerts: Vec<Alert>,
     /// Rollback steps.
@@ -98,6 +100,8 @@ pub struct CriterionNode {
     pub description: String,
     /// What handoff does when it fails.
     pub on_failure: FailureAction,
+    /// Measure only: its verdicts are recorded, never acted on.
+    pub dry_run: bool,
     /// What decides it.
     pub check: CriterionCheck,
 }
@@ -185,6 +189,7 @@ impl CriterionNode {
             id: criterion.id.to_string(),
             description: criterion.description.clone(),
             on_failure: criterion.on_failure,
+            dry_run: criterion.dry_run,
             check,
         }
     }
@@ -216,6 +221,8 @@ pub struct StepNode {
     pub resumable: bool,
     /// It keeps working in the background after it finished.
     pub background: bool,
+    /// The criteria of its step analysis (indices into its phase's criteria).
+    pub analysis: Vec<usize>,
     /// What it would do (for dry runs).
     pub describe: String,
     /// `sha256:` of the step's canonical form (resume refuses when it changed).
@@ -433,11 +440,17 @@ fn phase_node(plan: &Plan, phase: &Phase, executors: &dyn Executors, errors: &mu
         soak,
         approvals,
         criteria: phase.criteria.iter().map(|c| CriterionNode::compile(c, &plan.metrics)).collect(),
+        background: criteria_named(phase, &phase.background_analysis),
         alerts,
         rollback,
         budget: phase.rollback.as_ref().and_then(|r| r.max_duration.as_ref()).map(|d| d.get()),
         reversible: phase.reversible,
     }
+}
+
+/// The indices of the criteria of `phase` that `ids` name (validation refuses other names).
+fn criteria_named(phase: &Phase, ids: &[Id]) -> Vec<usize> {
+    ids.iter().filter_map(|id| phase.criteria.iter().position(|c| c.id == *id)).collect()
 }
 
 /// One step resolved against its executor and action; an unknown one is an error (and no
@@ -465,6 +478,7 @@ fn step_node(phase: &Phase, step: &Step, executors: &dyn Executors, errors: &mut
         idempotent: step.idempotent.unwrap_or(declared.idempotent),
         resumable: declared.resumable,
         background: declared.background,
+        analysis: criteria_named(phase, &step.analysis),
         describe,
         digest: digest(&step_identity(step)),
         with,

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+mod analysis;
 pub mod events;
 pub mod graph;
 mod journal;

@@ -33,9 +33,12 @@ struct Params {
     /// `emit`: value.
     #[serde(default)]
     value: Option<f64>,
-    /// `wait`: seconds of the run's clock.
+    /// `wait`: seconds of the run's clock; `walk`: how long each weight is held.
     #[serde(default)]
     seconds: Option<u64>,
+    /// `walk`: each weight with the value of `rate` emitted while it is held.
+    #[serde(default)]
+    weights: Option<Vec<(u8, f64)>>,
 }
 
 /// The test executor: records every effect and undo in order.
@@ -63,6 +66,8 @@ const ACTIONS: &[Declaration] = &[
     Declaration::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
     Declaration::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
     Declaration::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
+    Declaration::new::<Params>("walk", "Walks weights like a traffic shift, holding each.", Effect::Change)
+        .emitting(&["rate"]),
     Declaration::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
 ];
 
@@ -108,6 +113,14 @@ impl Probe {
             "stop" => {
                 self.note(format!("stop {at}"));
                 Ok(json!({ "stops": ["bg"] }))
+            }
+            "walk" => {
+                for (weight, rate) in params.weights.unwrap() {
+                    self.note(format!("weight {weight}% at {at}"));
+                    cx.emit("rate", rate);
+                    cx.hold(&format!("{weight}%"), Duration::from_secs(params.seconds.unwrap())).await?;
+                }
+                Ok(Value::Null)
             }
             "emit" => {
                 cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
@@ -279,6 +292,11 @@ fn line(event: &Event) -> Option<String> {
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!("  criterion {criterion}: {verdict:?} ({detail})")
         }
+        Event::AnalysisEvaluated { step, hold: at, criterion, verdict, samples, failed, dry_run, .. } => {
+            format!(
+                "  analysis {step:?} at {at}: {criterion} {verdict:?} ({samples} samples, {failed} failed, dry run {dry_run})"
+            )
+        }
         Event::AlertFired { alert, value, action, .. } => format!("  alert {alert}={value} {action}"),
         Event::Decided { key, decision } => format!("decided {key} approved={} by {}", decision.approved, decision.by),
         Event::Paused { key, .. } => format!("paused for {key}"),
@@ -415,6 +433,56 @@ phases:
       - {{id: lag-steady, description: lag under 5s for long enough, metric: lag, op: '<', threshold: 5s, window: 1h, interval: 5m, min_samples: 10}}
       - {{id: errors-low, description: errors under 1%, metric: errors, op: '<', threshold: 1%, window: 1h, interval: 5m, failure_limit: 2}}
     rollback: {{max_duration: 1m, steps: [{{id: undo-all, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+/// A metric emitted by `test.walk` at each of its weights.
+const RATE: &str = "
+metrics:
+  rate: {unit: percent, source: {emitted: {by: test.walk}}}
+";
+
+#[tokio::test]
+async fn a_failing_sample_at_the_second_weight_rolls_back_from_that_weight_and_a_dry_run_never_acts() {
+    check(
+        "step_analysis",
+        &format!(
+            "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: shift, uses: test.walk, with: {{weights: [[10, 0.05], [25, 0.3], [50, 0.05]], seconds: 3600}}, analysis: [rate-low, rate-tiny]}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 30m, interval: 1m, min_samples: 10}}
+      - {{id: rate-tiny, description: trying a stricter rate, metric: rate, op: '<', threshold: 0.01%, window: 30m, interval: 1m, dry_run: true}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_background_criterion_fails_mid_step() {
+    check(
+        "background_analysis",
+        &format!(
+            "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    background_analysis: [rate-low]
+    steps:
+      - {{id: before, uses: test.ok}}
+      - {{id: shift, uses: test.walk, with: {{weights: [[10, 0.05], [20, 0.05], [30, 0.4], [40, 0.05]], seconds: 7200}}}}
+      - {{id: after, uses: test.ok}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 1h, interval: 5m, failure_limit: 1}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
 "
         ),
     )

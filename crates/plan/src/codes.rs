@@ -150,4 +150,7 @@ codes! {
     /// A `${` that handoff would not expand.
     UNEXPANDED_REFERENCE = "H313" "unexpanded-reference" Error
         "handoff expands `${NAME}` (a letter or `_`, then letters, digits or `_`) from its environment in every string of a step's `with:`, in environment endpoints, metric sources and the `simulation:` section — nowhere else, and nothing else that starts with `${`. A malformed reference (`${}`, `${A-B}`, an unclosed `${`) or a reference in any other field would be used as written. Fix the reference; a shell's own variables are written `$name`.";
+    /// Analysis names a criterion it cannot sample.
+    ANALYSIS_CRITERION = "H314" "analysis-criterion" Error
+        "A step's `analysis:` and a phase's `background_analysis:` name criteria of their phase that a metric decides (`metric`, `op`, `threshold`): they are sampled while the steps run. A criterion that is not in the phase, or that a person confirms, cannot be. Name a metric criterion of the phase, or leave the confirmation to the end of the phase.";
 }

@@ -460,6 +460,10 @@ pub struct Phase {
     /// What must hold for the phase to pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub criteria: Vec<Criterion>,
+    /// Background analysis (as in Argo Rollouts): criteria sampled on their interval from
+    /// the phase's start while its steps run; one that fails rolls the phase back at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub background_analysis: Vec<Id>,
     /// Metrics watched and reported during the phase (dashboards, reports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub monitor: Vec<Id>,
@@ -524,6 +528,12 @@ pub struct Step {
     /// re-running the step on resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotent: Option<bool>,
+    /// Step analysis (as in Argo Rollouts): criteria of the phase judged at each hold of the
+    /// step (each weight of `traffic.shift`, over its soak), or after the step when it holds
+    /// nothing. A failing verdict stops the step there and rolls the phase back; an
+    /// inconclusive one pauses for a person.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<Id>,
 }
 
 /// Retry policy of a step.
@@ -578,6 +588,10 @@ pub struct Criterion {
     /// What handoff does when the criterion fails.
     #[serde(default)]
     pub on_failure: FailureAction,
+    /// Measure only (Argo's `dryRun`): its verdicts are recorded and reported but never
+    /// fail, pause or roll back anything — for trying a new metric without risk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// A check confirmed by a person.
