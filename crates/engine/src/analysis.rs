@@ -17,7 +17,7 @@ use crate::events::{Event, Verdict};
 use crate::graph::{CriterionCheck, CriterionNode, MetricCheck, PhaseNode, StepNode};
 use crate::observe::Tally;
 use crate::runner::{Alarm, End, Runner};
-use crate::schedule::Observation;
+use crate::schedule::{Judged, Observation};
 
 /// What `at` names for background analysis and for a step judged after it finished.
 const BACKGROUND: &str = "background";
@@ -295,6 +295,37 @@ impl Runner<'_> {
             }
             (None, None) => Held::Go,
         })
+    }
+
+    /// A pass on a rate stands only when the window held enough events to resolve the
+    /// threshold at the denominator's confidence; else it is inconclusive, never a pass.
+    pub(crate) async fn power(&self, judged: &mut Judged<'_>) {
+        let CriterionCheck::Metric(check) = &judged.criterion.check else { return };
+        let (Some(needed), Some(denominator)) = (check.events_needed(), check.denominator.as_ref()) else { return };
+        if judged.verdict != Verdict::Pass {
+            return;
+        }
+        let events = match self.plan_metric(denominator.metric.as_str()).await {
+            Ok(Some(events)) => events,
+            Ok(None) => 0.0,
+            Err(error) => {
+                judged.verdict = Verdict::ProviderError;
+                judged.detail = format!("{}; events (`{}`) unreadable: {error}", judged.detail, denominator.metric);
+                return;
+            }
+        };
+        let resolves = events >= needed as f64;
+        if !resolves {
+            judged.verdict = Verdict::Inconclusive;
+        }
+        judged.detail = format!(
+            "{}; {events} events (`{}`) {} {} at {}% confidence (needs {needed})",
+            judged.detail,
+            denominator.metric,
+            if resolves { "resolve" } else { "too few to resolve" },
+            check.threshold,
+            denominator.confidence
+        );
     }
 
     /// What a person decided about the analysis of `step` that asked them: `None` when

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use handoff_executor::{DecisionKey, Executors};
 use handoff_plan::model::{
-    Alert, Comparator, Criterion, FailureAction, Gate, Id, Metric, MetricSource, NoDataPolicy, Phase, Plan, Step, Uses,
+    Alert, Comparator, Criterion, Denominator, FailureAction, Gate, Id, Metric, MetricSource, NoDataPolicy, Phase,
+    Plan, Step, Uses,
 };
 use handoff_plan::units::Quantity;
 use serde_json::Value;
@@ -144,6 +145,8 @@ pub struct MetricCheck {
     pub no_data: NoDataPolicy,
     /// The metric is a Prometheus query (whose window can be read as a range at its end).
     pub prometheus: bool,
+    /// For a rate: the events it is measured over, and the confidence a verdict needs.
+    pub denominator: Option<Denominator>,
 }
 
 impl MetricCheck {
@@ -155,6 +158,23 @@ impl MetricCheck {
     /// Time between samples: as written, else a tenth of the window and at least 10 s.
     pub fn interval(&self) -> Duration {
         self.interval.as_ref().map_or_else(|| (self.window() / 10).max(Duration::from_secs(10)), |i| i.get())
+    }
+
+    /// For a rate with a denominator: the fewest events in the window that resolve the
+    /// threshold — those among which a rate at the threshold shows at least one event (an
+    /// error, for `<`; a miss, for `>`) with the denominator's confidence.
+    pub fn events_needed(&self) -> Option<u64> {
+        let denominator = self.denominator.as_ref()?;
+        let rate = (self.limit / 100.0).clamp(0.0, 1.0);
+        let rate = if matches!(self.op, Comparator::Gt | Comparator::Ge) { 1.0 - rate } else { rate };
+        let confidence = (denominator.confidence / 100.0).clamp(0.0, 0.9999);
+        if rate <= 0.0 {
+            return Some(u64::MAX);
+        }
+        if rate >= 1.0 {
+            return Some(1);
+        }
+        Some(((1.0 - confidence).ln() / (1.0 - rate).ln()).ceil().max(1.0) as u64)
     }
 
     /// Whether a measured value satisfies the criterion.
@@ -181,6 +201,7 @@ impl CriterionNode {
                     failure_limit: criterion.failure_limit,
                     no_data: criterion.no_data,
                     prometheus: metric.is_some_and(|m| matches!(m.source, MetricSource::Prometheus { .. })),
+                    denominator: criterion.denominator.clone(),
                 })
             }
             _ => CriterionCheck::Undecidable,

@@ -731,9 +731,14 @@ impl Runner<'_> {
 
     /// One sample of a criterion's metric.
     pub(crate) async fn sample_metric(&self, check: &MetricCheck) -> Result<Option<f64>, String> {
-        match self.graph.plan.metrics.get(check.metric.as_str()) {
-            Some(metric) => self.metrics.sample(&check.metric, metric).await.map_err(|e| e.to_string()),
-            None => Err(format!("metric `{}` is not defined", check.metric)),
+        self.plan_metric(&check.metric).await
+    }
+
+    /// One sample of the plan's metric `id`.
+    pub(crate) async fn plan_metric(&self, id: &str) -> Result<Option<f64>, String> {
+        match self.graph.plan.metrics.get(id) {
+            Some(metric) => self.metrics.sample(id, metric).await.map_err(|e| e.to_string()),
+            None => Err(format!("metric `{id}` is not defined")),
         }
     }
 
@@ -770,7 +775,11 @@ impl Runner<'_> {
             let verdict = self.range_verdict(&query, end).await;
             observation.decide(query.index, verdict);
         }
-        observation.verdicts()
+        let mut verdicts = observation.verdicts();
+        for judged in &mut verdicts {
+            self.power(judged).await;
+        }
+        verdicts
     }
 
     /// A criterion a person confirms: its verdict (recorded), or the pause that asks.

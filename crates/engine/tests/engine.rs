@@ -39,6 +39,9 @@ struct Params {
     /// `walk`: each weight with the value of `rate` emitted while it is held.
     #[serde(default)]
     weights: Option<Vec<(u8, f64)>>,
+    /// `walk`: the events (`reads`) each weight serves.
+    #[serde(default)]
+    events: Option<f64>,
 }
 
 /// The test executor: records every effect and undo in order.
@@ -67,7 +70,7 @@ const ACTIONS: &[Declaration] = &[
     Declaration::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
     Declaration::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
     Declaration::new::<Params>("walk", "Walks weights like a traffic shift, holding each.", Effect::Change)
-        .emitting(&["rate"]),
+        .emitting(&["rate", "reads"]),
     Declaration::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
 ];
 
@@ -118,6 +121,9 @@ impl Probe {
                 for (weight, rate) in params.weights.unwrap() {
                     self.note(format!("weight {weight}% at {at}"));
                     cx.emit("rate", rate);
+                    if let Some(events) = params.events {
+                        cx.emit("reads", events);
+                    }
                     cx.hold(&format!("{weight}%"), Duration::from_secs(params.seconds.unwrap())).await?;
                 }
                 Ok(Value::Null)
@@ -443,6 +449,7 @@ phases:
 const RATE: &str = "
 metrics:
   rate: {unit: percent, source: {emitted: {by: test.walk}}}
+  reads: {unit: count, source: {emitted: {by: test.walk}}}
 ";
 
 #[tokio::test]
@@ -482,6 +489,28 @@ phases:
       - {{id: after, uses: test.ok}}
     criteria:
       - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 1h, interval: 5m, failure_limit: 1}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn too_few_events_to_resolve_a_rate_is_inconclusive_never_a_pass() {
+    // 0.1 % at 95 % confidence needs 2995 events; 80 reads cannot show one error, 5000 can.
+    check(
+        "statistical_power",
+        &format!(
+            "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: busy, uses: test.walk, with: {{weights: [[10, 0.0]], events: 5000, seconds: 3600}}, analysis: [rate-low]}}
+      - {{id: quiet, uses: test.walk, with: {{weights: [[25, 0.0]], events: 80, seconds: 3600}}, analysis: [rate-low]}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 30m, interval: 5m, denominator: {{metric: reads, confidence: 95}}}}
     rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
 "
         ),

@@ -625,6 +625,9 @@ fn criteria(plan: &Plan, phase: &Phase, at: &str, emitted_so_far: &HashSet<Strin
     for (c, criterion) in phase.criteria.iter().enumerate() {
         let c_at = format!("{at}/criteria/{c}");
         criterion_source(plan, phase, criterion, &c_at, emitted_so_far, out);
+        if let Some(denominator) = &criterion.denominator {
+            metric_ref(plan, &denominator.metric, format!("{c_at}/denominator/metric"), out);
+        }
     }
     for (a, alert) in phase.alerts.iter().enumerate() {
         alert_units(plan, alert, &format!("{at}/alerts/{a}"), out);

@@ -588,10 +588,33 @@ pub struct Criterion {
     /// What handoff does when the criterion fails.
     #[serde(default)]
     pub on_failure: FailureAction,
+    /// For a criterion on a rate: the metric counting the events the rate is measured over
+    /// in the window, and the confidence its verdict needs. Too few events to resolve the
+    /// threshold makes the criterion inconclusive, never a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<Denominator>,
     /// Measure only (Argo's `dryRun`): its verdicts are recorded and reported but never
     /// fail, pause or roll back anything — for trying a new metric without risk.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+}
+
+/// The events a rate criterion is measured over, and the confidence its verdict needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Denominator {
+    /// The metric whose value at the window's end is the number of events in the window
+    /// (e.g. requests served).
+    pub metric: Id,
+    /// Confidence, in percent, that a rate at the threshold would have shown at least one
+    /// event among them (default 95).
+    #[serde(default = "default_confidence")]
+    #[schemars(range(min = 50, max = 99.99))]
+    pub confidence: f64,
+}
+
+fn default_confidence() -> f64 {
+    95.0
 }
 
 /// A check confirmed by a person.
