@@ -289,9 +289,16 @@ impl Runner<'_> {
         Ok(match (fail, ask) {
             (Some(why), _) => Held::Stop(End::Failed(why)),
             (None, Some(what)) => {
+                // A person who already decided on this hold (it ran again) is not asked twice.
                 let key = hold_key(&phase.id, &step.id, at);
-                let reason = format!("{what}; approve `{key}` to go on, reject it to roll back");
-                Held::Stop(End::Paused { key, reason })
+                match self.journal.decision(&key)? {
+                    Some(decision) if decision.approved => Held::Go,
+                    Some(decision) => Held::Stop(End::Failed(format!("{what}; {} rejected going on", decision.by))),
+                    None => {
+                        let reason = format!("{what}; approve `{key}` to go on, reject it to roll back");
+                        Held::Stop(End::Paused { key, reason })
+                    }
+                }
             }
             (None, None) => Held::Go,
         })

@@ -351,6 +351,16 @@ impl Graph {
         keys
     }
 
+    /// Whether a person may decide under `key`: one of [`Graph::decision_keys`], or the
+    /// analysis of a hold of a step with step analysis (`<phase>/<step>@<hold>`, the hold
+    /// named by its executor, e.g. a weight).
+    pub fn asks(&self, key: &DecisionKey) -> bool {
+        let text = key.to_string();
+        let hold = text.split_once('/').and_then(|(phase, name)| Some((phase, name.split_once('@')?.0)));
+        let analysed = hold.and_then(|(phase, step)| self.step(phase, step)).is_some_and(|s| !s.analysis.is_empty());
+        analysed || self.decision_keys().contains(key)
+    }
+
     /// The phase with this id.
     pub fn phase(&self, id: &str) -> Option<&PhaseNode> {
         self.phases.get(*self.index.get(id)?)

@@ -118,8 +118,11 @@ impl Probe {
                 Ok(json!({ "stops": ["bg"] }))
             }
             "walk" => {
-                for (weight, rate) in params.weights.unwrap() {
+                // Like `traffic.shift`: the checkpoint names the next weight before a hold.
+                let from = cx.checkpoint.as_ref().and_then(|c| c["next"].as_u64()).unwrap_or(0) as usize;
+                for (i, (weight, rate)) in params.weights.unwrap().into_iter().enumerate().skip(from) {
                     self.note(format!("weight {weight}% at {at}"));
+                    cx.save_checkpoint(&json!({ "next": i + 1 })).unwrap();
                     cx.emit("rate", rate);
                     if let Some(events) = params.events {
                         cx.emit("reads", events);
@@ -516,6 +519,38 @@ phases:
         ),
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_inconclusive_weight_waits_for_a_person_approval_goes_on_at_the_next_weight_and_rejection_rolls_back() {
+    let phases = format!(
+        "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: quiet, uses: test.walk, with: {{weights: [[25, 0.0], [50, 0.0], [75, 0.0]], events: 80, seconds: 3600}}, analysis: [rate-low]}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 30m, interval: 5m, denominator: {{metric: reads}}}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+    );
+    let harness = check("inconclusive_weight", &phases).await;
+    let graph = harness.graph(&phases);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let options = harness.options();
+    let decide = |key: &str, approved: bool| {
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+    };
+    decide("canary/quiet@25%", true);
+    let before = harness.records().len();
+    let (_, paused) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+    let approved = harness.transcript(&paused, before);
+    decide("canary/quiet@50%", false);
+    let before = harness.records().len();
+    let (_, rejected) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+    let text = format!("{approved}\n== rejected:\n{}", harness.transcript(&rejected, before));
+    insta::assert_snapshot!("inconclusive_weight_decided", text);
 }
 
 #[tokio::test]
