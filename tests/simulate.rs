@@ -122,6 +122,10 @@ fn a_slow_menu_service_fails_the_read_canary_and_reads_go_back() {
     assert!(at(0).unwrap() < 200.0, "{canary:?}");
     assert!(canary.iter().any(|p| p["p95_ms"].as_f64().unwrap() > 300.0), "{canary:?}");
     assert!(at(100).is_none(), "the canary went on to 100%: {canary:?}");
+    // The report shows the verdict of each weight the canary was judged at, all below 100%.
+    let analyses = json["phases"][2]["analyses"].as_array().unwrap();
+    assert!(analyses.iter().any(|a| a["hold"] == "10%"), "{analyses:?}");
+    assert!(analyses.iter().all(|a| a["step"] == "p3-canary-reads" && a["hold"] != "100%"), "{analyses:?}");
     nothing_lost(&json, "restaurant_db");
 }
 

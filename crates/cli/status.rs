@@ -104,6 +104,12 @@ fn write_phase(phase: &PhaseState, out: &mut dyn Write) -> std::io::Result<()> {
             if step.attempts == 1 { "" } else { "s" }
         )?;
     }
+    for analysis in &phase.analyses {
+        let whose = analysis.step.as_deref().map(|s| format!(" of {s}")).unwrap_or_default();
+        let dry = if analysis.dry_run { ", dry run" } else { "" };
+        let (at, criterion, verdict) = (&analysis.hold, &analysis.criterion, analysis.verdict);
+        writeln!(out, "    analysis at {at}{whose}: {criterion} {verdict:?}{dry} ({})", analysis.detail)?;
+    }
     for (id, result) in &phase.criteria {
         writeln!(out, "    criterion {id}: {:?} ({})", result.verdict, result.detail)?;
     }

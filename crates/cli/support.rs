@@ -451,6 +451,12 @@ pub(crate) fn line(record: &Record) -> Option<String> {
                 if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" }
             )
         }
+        Event::AnalysisEvaluated { step, hold: at, criterion, verdict, detail, dry_run, .. } => {
+            let mark = if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" };
+            let whose = step.as_deref().map(|s| format!(" of {s}")).unwrap_or_default();
+            let dry = if *dry_run { ", dry run" } else { "" };
+            format!("    {mark} analysis at {at}{whose}: {criterion} {verdict:?}{dry} ({detail})")
+        }
         Event::AlertFired { alert, value, action, .. } => format!("  ! alert {alert} fired at {value} ({action})"),
         Event::Decided { key, decision } => {
             format!("  = {key} {} by {}", if decision.approved { "approved" } else { "rejected" }, decision.by)

@@ -205,6 +205,30 @@ pub enum Event {
         /// Details (last value, provider error, who confirmed).
         detail: String,
     },
+    /// A criterion was judged by analysis while the phase's steps ran: at a hold of a step
+    /// (a weight of a traffic shift) or in the background.
+    AnalysisEvaluated {
+        /// Phase id.
+        phase: String,
+        /// The step held (`None`: background analysis).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        /// What was held (`25%`), `after` the step, or `background`.
+        hold: String,
+        /// Criterion id.
+        criterion: String,
+        /// Result.
+        verdict: Verdict,
+        /// Samples taken.
+        samples: u32,
+        /// Samples that violated the threshold.
+        failed: u32,
+        /// Details (counts, last value).
+        detail: String,
+        /// The criterion only measures: its verdict changed nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+    },
     /// An alert fired.
     AlertFired {
         /// Phase id.
@@ -309,6 +333,7 @@ impl Event {
             | Event::StepCompensated { phase, .. }
             | Event::GateOpened { phase, .. }
             | Event::CriterionEvaluated { phase, .. }
+            | Event::AnalysisEvaluated { phase, .. }
             | Event::AlertFired { phase, .. }
             | Event::RollbackStarted { phase, .. }
             | Event::RollbackFinished { phase, .. }

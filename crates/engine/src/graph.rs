@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use handoff_executor::{DecisionKey, Executors};
 use handoff_plan::model::{
-    Alert, Comparator, Criterion, FailureAction, Gate, Id, Metric, MetricSource, NoDataPolicy, Phase, Plan, Step, Uses,
+    Alert, Comparator, Criterion, Denominator, FailureAction, Gate, Id, Metric, MetricSource, NoDataPolicy, Phase,
+    Plan, Step, Uses,
 };
 use handoff_plan::units::Quantity;
 use serde_json::Value;
@@ -70,6 +71,8 @@ pub struct PhaseNode {
     pub approvals: Vec<ApprovalGate>,
     /// Criteria, compiled.
     pub criteria: Vec<CriterionNode>,
+    /// The criteria of its background analysis (indices into `criteria`).
+    pub background: Vec<usize>,
     /// Alerts watched during the phase (the plan's that apply, then the phase's own).
     pub alerts: Vec<Alert>,
     /// Rollback steps.
@@ -98,6 +101,8 @@ pub struct CriterionNode {
     pub description: String,
     /// What handoff does when it fails.
     pub on_failure: FailureAction,
+    /// Measure only: its verdicts are recorded, never acted on.
+    pub dry_run: bool,
     /// What decides it.
     pub check: CriterionCheck,
 }
@@ -140,6 +145,8 @@ pub struct MetricCheck {
     pub no_data: NoDataPolicy,
     /// The metric is a Prometheus query (whose window can be read as a range at its end).
     pub prometheus: bool,
+    /// For a rate: the events it is measured over, and the confidence a verdict needs.
+    pub denominator: Option<Denominator>,
 }
 
 impl MetricCheck {
@@ -151,6 +158,23 @@ impl MetricCheck {
     /// Time between samples: as written, else a tenth of the window and at least 10 s.
     pub fn interval(&self) -> Duration {
         self.interval.as_ref().map_or_else(|| (self.window() / 10).max(Duration::from_secs(10)), |i| i.get())
+    }
+
+    /// For a rate with a denominator: the fewest events in the window that resolve the
+    /// threshold — those among which a rate at the threshold shows at least one event (an
+    /// error, for `<`; a miss, for `>`) with the denominator's confidence.
+    pub fn events_needed(&self) -> Option<u64> {
+        let denominator = self.denominator.as_ref()?;
+        let rate = (self.limit / 100.0).clamp(0.0, 1.0);
+        let rate = if matches!(self.op, Comparator::Gt | Comparator::Ge) { 1.0 - rate } else { rate };
+        let confidence = (denominator.confidence / 100.0).clamp(0.0, 0.9999);
+        if rate <= 0.0 {
+            return Some(u64::MAX);
+        }
+        if rate >= 1.0 {
+            return Some(1);
+        }
+        Some(((1.0 - confidence).ln() / (1.0 - rate).ln()).ceil().max(1.0) as u64)
     }
 
     /// Whether a measured value satisfies the criterion.
@@ -177,6 +201,7 @@ impl CriterionNode {
                     failure_limit: criterion.failure_limit,
                     no_data: criterion.no_data,
                     prometheus: metric.is_some_and(|m| matches!(m.source, MetricSource::Prometheus { .. })),
+                    denominator: criterion.denominator.clone(),
                 })
             }
             _ => CriterionCheck::Undecidable,
@@ -185,6 +210,7 @@ impl CriterionNode {
             id: criterion.id.to_string(),
             description: criterion.description.clone(),
             on_failure: criterion.on_failure,
+            dry_run: criterion.dry_run,
             check,
         }
     }
@@ -216,6 +242,8 @@ pub struct StepNode {
     pub resumable: bool,
     /// It keeps working in the background after it finished.
     pub background: bool,
+    /// The criteria of its step analysis (indices into its phase's criteria).
+    pub analysis: Vec<usize>,
     /// What it would do (for dry runs).
     pub describe: String,
     /// `sha256:` of the step's canonical form (resume refuses when it changed).
@@ -321,6 +349,16 @@ impl Graph {
             }
         }
         keys
+    }
+
+    /// Whether a person may decide under `key`: one of [`Graph::decision_keys`], or the
+    /// analysis of a hold of a step with step analysis (`<phase>/<step>@<hold>`, the hold
+    /// named by its executor, e.g. a weight).
+    pub fn asks(&self, key: &DecisionKey) -> bool {
+        let text = key.to_string();
+        let hold = text.split_once('/').and_then(|(phase, name)| Some((phase, name.split_once('@')?.0)));
+        let analysed = hold.and_then(|(phase, step)| self.step(phase, step)).is_some_and(|s| !s.analysis.is_empty());
+        analysed || self.decision_keys().contains(key)
     }
 
     /// The phase with this id.
@@ -433,11 +471,17 @@ fn phase_node(plan: &Plan, phase: &Phase, executors: &dyn Executors, errors: &mu
         soak,
         approvals,
         criteria: phase.criteria.iter().map(|c| CriterionNode::compile(c, &plan.metrics)).collect(),
+        background: criteria_named(phase, &phase.background_analysis),
         alerts,
         rollback,
         budget: phase.rollback.as_ref().and_then(|r| r.max_duration.as_ref()).map(|d| d.get()),
         reversible: phase.reversible,
     }
+}
+
+/// The indices of the criteria of `phase` that `ids` name (validation refuses other names).
+fn criteria_named(phase: &Phase, ids: &[Id]) -> Vec<usize> {
+    ids.iter().filter_map(|id| phase.criteria.iter().position(|c| c.id == *id)).collect()
 }
 
 /// One step resolved against its executor and action; an unknown one is an error (and no
@@ -465,6 +509,7 @@ fn step_node(phase: &Phase, step: &Step, executors: &dyn Executors, errors: &mut
         idempotent: step.idempotent.unwrap_or(declared.idempotent),
         resumable: declared.resumable,
         background: declared.background,
+        analysis: criteria_named(phase, &step.analysis),
         describe,
         digest: digest(&step_identity(step)),
         with,

@@ -322,5 +322,6 @@ fn context(job: &Job, endpoints: Endpoints, sink: Arc<JobSink>, cancel: &Cancell
         policy: Arc::new(Policy::default()),
         sink,
         masks: Default::default(),
+        analysis: None,
     })
 }

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+mod analysis;
 pub mod events;
 pub mod graph;
 pub mod hosted;
@@ -622,9 +623,8 @@ impl<'e> Engine<'e> {
         key: &str,
         decision: handoff_executor::Decision,
     ) -> Result<String, EngineError> {
-        let known = self.graph.decision_keys();
-        if !key.parse::<DecisionKey>().is_ok_and(|key| known.contains(&key)) {
-            let known = known.iter().map(DecisionKey::to_string).collect();
+        if !key.parse::<DecisionKey>().is_ok_and(|key| self.graph.asks(&key)) {
+            let known = self.graph.decision_keys().iter().map(DecisionKey::to_string).collect();
             return Err(EngineError::UnknownKey { key: key.to_owned(), known });
         }
         let lease = self.acquire(options, None)?;

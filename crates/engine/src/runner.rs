@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::EngineError;
+use crate::analysis::Background;
 use crate::events::{Event, Role, RunStatus, Verdict};
 use crate::graph::{CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
 use crate::journal::Journal;
 use crate::metrics::{MetricProvider, Metrics};
 use crate::observe::{AlertWatch, Tally};
-use crate::schedule::{Next, Observation, RangeQuery};
+use crate::schedule::{Judged, Next, Observation, RangeQuery};
 use crate::state::{PhaseState, StepState};
 
 /// How a run stopped.
@@ -81,7 +82,7 @@ pub(crate) const UNDO: &str = "/undo";
 
 /// How a phase or step ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     Done,
     Failed(String),
     /// Cancelled because a sibling failed or an alert fired; the cause explains it.
@@ -111,10 +112,10 @@ type Judgement<'p> = (&'p CriterionNode, Verdict, String);
 
 /// An alert that asked for more than a notification.
 #[derive(Debug, Default)]
-struct Alarm(Mutex<Option<(AlertAction, String)>>);
+pub(crate) struct Alarm(Mutex<Option<(AlertAction, String)>>);
 
 impl Alarm {
-    fn raise(&self, action: AlertAction, what: String) {
+    pub(crate) fn raise(&self, action: AlertAction, what: String) {
         let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // A rollback request outranks a pause.
         if slot.as_ref().is_none_or(|(a, _)| *a != AlertAction::Rollback) {
@@ -147,12 +148,12 @@ fn seconds(duration: SignedDuration) -> f64 {
 }
 
 /// Plan time from `start` to `now` (zero if the clock went back).
-fn since(start: Timestamp, now: Timestamp) -> Duration {
+pub(crate) fn since(start: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(start)).unwrap_or_default()
 }
 
 impl Runner<'_> {
-    fn record(&self, event: Event) -> Result<(), EngineError> {
+    pub(crate) fn record(&self, event: Event) -> Result<(), EngineError> {
         self.journal.record(event).map(drop).map_err(EngineError::from)
     }
 
@@ -323,11 +324,13 @@ impl Runner<'_> {
         let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
         let steps = async {
             let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
+            let mut background = (!watched).then(|| Background::new(phase));
             let mut end = End::Done;
             for stage in &phase.stages {
                 for watch in &mut watches {
                     self.sample_alert(phase, watch, alarm, &phase_cancel).await?;
                 }
+                self.background_due(phase, background.as_mut(), alarm, &phase_cancel).await?;
                 if phase_cancel.is_cancelled() {
                     end = End::Cancelled("the phase was cancelled".to_owned());
                     break;
@@ -336,6 +339,12 @@ impl Runner<'_> {
                 if !matches!(end, End::Done) {
                     break;
                 }
+            }
+            if matches!(end, End::Done) {
+                self.background_due(phase, background.as_mut(), alarm, &phase_cancel).await?;
+            }
+            if let Some(background) = background.filter(|_| matches!(end, End::Done)) {
+                self.finish_background(phase, background, &phase_cancel)?;
             }
             steps_done.cancel();
             Ok::<End, EngineError>(end)
@@ -430,6 +439,7 @@ impl Runner<'_> {
             policy: self.policy.clone(),
             sink: self.journal.clone(),
             masks: Default::default(),
+            analysis: None,
         }
     }
 
@@ -443,6 +453,9 @@ impl Runner<'_> {
     ) -> Result<End, EngineError> {
         let span = tracing::info_span!("step", step = %step.id, uses = %step.uses, ?role);
         async {
+            if let Some(end) = self.analysis_answered(phase, step)? {
+                return Ok(end);
+            }
             let (attempt, checkpoint) = match self.resume_point(phase, step) {
                 Ok(start) => start,
                 Err(end) => return Ok(end),
@@ -505,16 +518,23 @@ impl Runner<'_> {
                 return Ok(self.cancelled(step));
             }
             self.record(Event::StepStarted { phase: phase.id.clone(), step: step.id.clone(), role, attempt })?;
-            let cx = self.context(&phase.id, &step.id, attempt, checkpoint.clone(), role, cancel);
-            let error = match self.execute(step, action, &cx).await {
-                Ok(output) => {
+            let mut cx = self.context(&phase.id, &step.id, attempt, checkpoint.clone(), role, cancel);
+            let (result, stopped) = self.analysed(phase, step, action, &mut cx).await?;
+            let error = match (result, stopped) {
+                (Ok(output), stopped) => {
                     self.record(Event::StepFinished { phase: phase.id.clone(), step: step.id.clone(), role, output })?;
-                    return Ok(End::Done);
+                    return Ok(stopped.unwrap_or(End::Done));
                 }
-                Err(_) if self.cancel.is_cancelled() => return Ok(End::Interrupted),
-                Err(StepError::NeedsDecision { key, prompt }) => return Ok(paused_by_step(step, &key, prompt)),
-                Err(StepError::Cancelled) => return Ok(End::Cancelled(format!("step `{}` was cancelled", step.id))),
-                Err(error) => error,
+                (Err(_), _) if self.cancel.is_cancelled() => return Ok(End::Interrupted),
+                (Err(StepError::NeedsDecision { key, prompt }), _) => return Ok(paused_by_step(step, &key, prompt)),
+                // Analysis stopped the step where it stood (no retry can change the verdict):
+                // like a step an alert cancelled, it may have taken effect, and a rollback
+                // undoes it.
+                (Err(_), Some(stopped)) => return Ok(stopped),
+                (Err(StepError::Cancelled), None) => {
+                    return Ok(End::Cancelled(format!("step `{}` was cancelled", step.id)));
+                }
+                (Err(error), None) => error,
             };
             let retrying = matches!(error, StepError::Failed(_)) && attempt < attempts && step.idempotent;
             self.record(Event::StepFailed {
@@ -540,7 +560,12 @@ impl Runner<'_> {
     }
 
     /// One attempt of a step, within its timeout.
-    async fn execute(&self, step: &StepNode, action: &dyn DynAction, cx: &Context) -> Result<StepOutput, StepError> {
+    pub(crate) async fn execute(
+        &self,
+        step: &StepNode,
+        action: &dyn DynAction,
+        cx: &Context,
+    ) -> Result<StepOutput, StepError> {
         if let Some(hosted) = self.journal.hosted.get().filter(|h| h.post && step.background && !cx.rolling_back) {
             return hosted.post(&self.journal.run, &step.uses, &step.with, cx).map_err(StepError::Failed);
         }
@@ -553,7 +578,7 @@ impl Runner<'_> {
         }
     }
 
-    fn alert_watches(&self, phase: &PhaseNode) -> Vec<AlertWatch> {
+    pub(crate) fn alert_watches(&self, phase: &PhaseNode) -> Vec<AlertWatch> {
         let fired = self.journal.read(|s| s.phase(&phase.id).map(|p| p.alerts.clone()).unwrap_or_default());
         phase
             .alerts
@@ -613,10 +638,12 @@ impl Runner<'_> {
         done: &CancellationToken,
     ) {
         let mut watches = self.alert_watches(phase);
-        if watches.is_empty() {
+        let mut background = Background::new(phase);
+        if watches.is_empty() && background.is_empty() {
             return;
         }
-        let interval = watches.iter().map(|w| w.interval).min().unwrap_or(Duration::from_secs(60));
+        let interval = watches.iter().map(|w| w.interval).chain(background.intervals()).min();
+        let interval = interval.unwrap_or(Duration::from_secs(60));
         // Each sample is a query; on a fast-paced clock, no more than 20 a second.
         let tick = self.clock.real_time(interval).unwrap_or(interval).max(Duration::from_millis(50));
         loop {
@@ -625,8 +652,16 @@ impl Runner<'_> {
                     tracing::error!(%error, "cannot record an alert");
                 }
             }
+            if let Err(error) = self.background_due(phase, Some(&mut background), alarm, phase_cancel).await {
+                tracing::error!(%error, "cannot record background analysis");
+            }
             tokio::select! {
-                () = done.cancelled() => return,
+                () = done.cancelled() => {
+                    if let Err(error) = self.finish_background(phase, background, phase_cancel) {
+                        tracing::error!(%error, "cannot record background analysis");
+                    }
+                    return;
+                }
                 () = tokio::time::sleep(tick) => {}
             }
         }
@@ -669,7 +704,7 @@ impl Runner<'_> {
     /// Drives an observation on the run's clock: samples what is due and waits for the
     /// next, until it stops. An alert that rolls back, or the run's cancellation, ends the
     /// phase (returned).
-    async fn watch(
+    pub(crate) async fn watch(
         &self,
         phase: &PhaseNode,
         observation: &mut Observation<'_>,
@@ -701,10 +736,15 @@ impl Runner<'_> {
     }
 
     /// One sample of a criterion's metric.
-    async fn sample_metric(&self, check: &MetricCheck) -> Result<Option<f64>, String> {
-        match self.graph.plan.metrics.get(check.metric.as_str()) {
-            Some(metric) => self.metrics.sample(&check.metric, metric).await.map_err(|e| e.to_string()),
-            None => Err(format!("metric `{}` is not defined", check.metric)),
+    pub(crate) async fn sample_metric(&self, check: &MetricCheck) -> Result<Option<f64>, String> {
+        self.plan_metric(&check.metric).await
+    }
+
+    /// One sample of the plan's metric `id`.
+    pub(crate) async fn plan_metric(&self, id: &str) -> Result<Option<f64>, String> {
+        match self.graph.plan.metrics.get(id) {
+            Some(metric) => self.metrics.sample(id, metric).await.map_err(|e| e.to_string()),
+            None => Err(format!("metric `{id}` is not defined")),
         }
     }
 
@@ -713,19 +753,14 @@ impl Runner<'_> {
     async fn record_verdicts<'p>(
         &self,
         phase: &'p PhaseNode,
-        mut observation: Observation<'p>,
+        observation: Observation<'p>,
         start: Timestamp,
     ) -> Result<Vec<Judgement<'p>>, EngineError> {
         if observation.soak_opens(since(start, self.clock.now())) {
             self.record(Event::GateOpened { phase: phase.id.clone(), gate: "soak".to_owned() })?;
         }
-        let end = start + SignedDuration::try_from(observation.end()).unwrap_or(SignedDuration::MAX);
-        for query in observation.range_queries() {
-            let verdict = self.range_verdict(&query, end).await;
-            observation.decide(query.index, verdict);
-        }
         let mut results = Vec::new();
-        for judged in observation.verdicts() {
+        for judged in self.judged(observation, start).await {
             self.record(Event::CriterionEvaluated {
                 phase: phase.id.clone(),
                 criterion: judged.criterion.id.clone(),
@@ -737,6 +772,20 @@ impl Runner<'_> {
             results.push((judged.criterion, judged.verdict, judged.detail));
         }
         Ok(results)
+    }
+
+    /// The verdicts of an observation started at `start` (range queries made now).
+    pub(crate) async fn judged<'p>(&self, mut observation: Observation<'p>, start: Timestamp) -> Vec<Judged<'p>> {
+        let end = start + SignedDuration::try_from(observation.end()).unwrap_or(SignedDuration::MAX);
+        for query in observation.range_queries() {
+            let verdict = self.range_verdict(&query, end).await;
+            observation.decide(query.index, verdict);
+        }
+        let mut verdicts = observation.verdicts();
+        for judged in &mut verdicts {
+            self.power(judged).await;
+        }
+        verdicts
     }
 
     /// A criterion a person confirms: its verdict (recorded), or the pause that asks.
@@ -783,7 +832,7 @@ impl Runner<'_> {
         // A failure rolls back even when another criterion would pause for a person.
         let mut pause = None;
         for (criterion, verdict, detail) in results {
-            if *verdict == Verdict::Pass {
+            if *verdict == Verdict::Pass || criterion.dry_run {
                 continue;
             }
             let key = criterion.key(&phase.id);

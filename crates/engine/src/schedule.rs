@@ -149,7 +149,9 @@ impl<'c> Observation<'c> {
             return Next::Stop;
         }
         let failed = |w: &Window<'_>| {
-            matches!(w.decided, Some((Verdict::Fail, _))) && w.criterion.on_failure == FailureAction::Rollback
+            matches!(w.decided, Some((Verdict::Fail, _)))
+                && w.criterion.on_failure == FailureAction::Rollback
+                && !w.criterion.dry_run
         };
         if let Some(index) = self.criteria.iter().position(failed) {
             self.cut_short_by = Some(index);

@@ -74,6 +74,8 @@ pub struct PhaseState {
     pub gates: BTreeSet<String>,
     /// Criteria results, by criterion id.
     pub criteria: BTreeMap<String, CriterionResult>,
+    /// Verdicts of analysis while the steps ran, in order.
+    pub analyses: Vec<AnalysisResult>,
     /// Alerts that fired.
     pub alerts: Vec<String>,
     /// The rollback, once it started.
@@ -120,6 +122,23 @@ pub struct CriterionResult {
     pub verdict: Verdict,
     /// A one-line account of it.
     pub detail: String,
+}
+
+/// A verdict of analysis while a phase's steps ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnalysisResult {
+    /// The step held (`None`: background analysis).
+    pub step: Option<String>,
+    /// What was held (`25%`), `after` the step, or `background`.
+    pub hold: String,
+    /// Criterion id.
+    pub criterion: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// A one-line account of it.
+    pub detail: String,
+    /// The criterion only measures.
+    pub dry_run: bool,
 }
 
 /// Where a step stands.
@@ -287,6 +306,17 @@ impl RunState {
             Event::CriterionEvaluated { phase, criterion, verdict, detail, .. } => {
                 let result = CriterionResult { verdict: *verdict, detail: detail.clone() };
                 self.phase_mut(phase).criteria.insert(criterion.clone(), result);
+            }
+            Event::AnalysisEvaluated { phase, step, hold, criterion, verdict, detail, dry_run, .. } => {
+                let result = AnalysisResult {
+                    step: step.clone(),
+                    hold: hold.clone(),
+                    criterion: criterion.clone(),
+                    verdict: *verdict,
+                    detail: detail.clone(),
+                    dry_run: *dry_run,
+                };
+                self.phase_mut(phase).analyses.push(result);
             }
             Event::AlertFired { phase, alert, .. } => self.phase_mut(phase).alerts.push(alert.clone()),
             Event::Decided { key, decision } => {

@@ -33,9 +33,15 @@ struct Params {
     /// `emit`: value.
     #[serde(default)]
     value: Option<f64>,
-    /// `wait`: seconds of the run's clock.
+    /// `wait`: seconds of the run's clock; `walk`: how long each weight is held.
     #[serde(default)]
     seconds: Option<u64>,
+    /// `walk`: each weight with the value of `rate` emitted while it is held.
+    #[serde(default)]
+    weights: Option<Vec<(u8, f64)>>,
+    /// `walk`: the events (`reads`) each weight serves.
+    #[serde(default)]
+    events: Option<f64>,
 }
 
 /// The test executor: records every effect and undo in order.
@@ -63,6 +69,8 @@ const ACTIONS: &[Declaration] = &[
     Declaration::new::<Params>("backup", "Takes a (pretend) verified backup.", Effect::Backup),
     Declaration::new::<Params>("bg", "Starts background work.", Effect::Change).background(),
     Declaration::new::<Params>("stop", "Stops the background step `bg`.", Effect::Change),
+    Declaration::new::<Params>("walk", "Walks weights like a traffic shift, holding each.", Effect::Change)
+        .emitting(&["rate", "reads"]),
     Declaration::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
 ];
 
@@ -108,6 +116,20 @@ impl Probe {
             "stop" => {
                 self.note(format!("stop {at}"));
                 Ok(json!({ "stops": ["bg"] }))
+            }
+            "walk" => {
+                // Like `traffic.shift`: the checkpoint names the next weight before a hold.
+                let from = cx.checkpoint.as_ref().and_then(|c| c["next"].as_u64()).unwrap_or(0) as usize;
+                for (i, (weight, rate)) in params.weights.unwrap().into_iter().enumerate().skip(from) {
+                    self.note(format!("weight {weight}% at {at}"));
+                    cx.save_checkpoint(&json!({ "next": i + 1 })).unwrap();
+                    cx.emit("rate", rate);
+                    if let Some(events) = params.events {
+                        cx.emit("reads", events);
+                    }
+                    cx.hold(&format!("{weight}%"), Duration::from_secs(params.seconds.unwrap())).await?;
+                }
+                Ok(Value::Null)
             }
             "emit" => {
                 cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
@@ -279,6 +301,11 @@ fn line(event: &Event) -> Option<String> {
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!("  criterion {criterion}: {verdict:?} ({detail})")
         }
+        Event::AnalysisEvaluated { step, hold: at, criterion, verdict, samples, failed, dry_run, .. } => {
+            format!(
+                "  analysis {step:?} at {at}: {criterion} {verdict:?} ({samples} samples, {failed} failed, dry run {dry_run})"
+            )
+        }
         Event::AlertFired { alert, value, action, .. } => format!("  alert {alert}={value} {action}"),
         Event::Decided { key, decision } => format!("decided {key} approved={} by {}", decision.approved, decision.by),
         Event::Paused { key, .. } => format!("paused for {key}"),
@@ -419,6 +446,111 @@ phases:
         ),
     )
     .await;
+}
+
+/// A metric emitted by `test.walk` at each of its weights.
+const RATE: &str = "
+metrics:
+  rate: {unit: percent, source: {emitted: {by: test.walk}}}
+  reads: {unit: count, source: {emitted: {by: test.walk}}}
+";
+
+#[tokio::test]
+async fn a_failing_sample_at_the_second_weight_rolls_back_from_that_weight_and_a_dry_run_never_acts() {
+    check(
+        "step_analysis",
+        &format!(
+            "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: shift, uses: test.walk, with: {{weights: [[10, 0.05], [25, 0.3], [50, 0.05]], seconds: 3600}}, analysis: [rate-low, rate-tiny]}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 30m, interval: 1m, min_samples: 10}}
+      - {{id: rate-tiny, description: trying a stricter rate, metric: rate, op: '<', threshold: 0.01%, window: 30m, interval: 1m, dry_run: true}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_background_criterion_fails_mid_step() {
+    check(
+        "background_analysis",
+        &format!(
+            "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    background_analysis: [rate-low]
+    steps:
+      - {{id: before, uses: test.ok}}
+      - {{id: shift, uses: test.walk, with: {{weights: [[10, 0.05], [20, 0.05], [30, 0.4], [40, 0.05]], seconds: 7200}}}}
+      - {{id: after, uses: test.ok}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 1h, interval: 5m, failure_limit: 1}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn too_few_events_to_resolve_a_rate_is_inconclusive_never_a_pass() {
+    // 0.1 % at 95 % confidence needs 2995 events; 80 reads cannot show one error, 5000 can.
+    check(
+        "statistical_power",
+        &format!(
+            "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: busy, uses: test.walk, with: {{weights: [[10, 0.0]], events: 5000, seconds: 3600}}, analysis: [rate-low]}}
+      - {{id: quiet, uses: test.walk, with: {{weights: [[25, 0.0]], events: 80, seconds: 3600}}, analysis: [rate-low]}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 30m, interval: 5m, denominator: {{metric: reads, confidence: 95}}}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_inconclusive_weight_waits_for_a_person_approval_goes_on_at_the_next_weight_and_rejection_rolls_back() {
+    let phases = format!(
+        "{RATE}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: quiet, uses: test.walk, with: {{weights: [[25, 0.0], [50, 0.0], [75, 0.0]], events: 80, seconds: 3600}}, analysis: [rate-low]}}
+    criteria:
+      - {{id: rate-low, description: rate under 0.1%, metric: rate, op: '<', threshold: 0.1%, window: 30m, interval: 5m, denominator: {{metric: reads}}}}
+    rollback: {{max_duration: 5m, steps: [{{id: route-back, uses: test.ok}}]}}
+"
+    );
+    let harness = check("inconclusive_weight", &phases).await;
+    let graph = harness.graph(&phases);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let options = harness.options();
+    let decide = |key: &str, approved: bool| {
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+    };
+    decide("canary/quiet@25%", true);
+    let before = harness.records().len();
+    let (_, paused) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+    let approved = harness.transcript(&paused, before);
+    decide("canary/quiet@50%", false);
+    let before = harness.records().len();
+    let (_, rejected) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+    let text = format!("{approved}\n== rejected:\n{}", harness.transcript(&rejected, before));
+    insta::assert_snapshot!("inconclusive_weight_decided", text);
 }
 
 #[tokio::test]

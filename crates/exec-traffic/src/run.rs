@@ -90,7 +90,7 @@ pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) ->
             ),
             Some((i + 1) as f64 / total as f64),
         );
-        cx.cancellable(cx.clock.sleep(step.soak.get())).await?;
+        cx.hold(&format!("{}%", step.weight), step.soak.get()).await?;
     }
     Ok(ShiftOutput {
         route: shift.route.clone(),

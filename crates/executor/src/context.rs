@@ -284,7 +284,25 @@ pub struct Context {
     pub sink: Arc<dyn Sink>,
     /// Values the step must never print (the `${VAR}`s expanded in its parameters).
     pub masks: Masks,
+    /// Where the step's holds are judged (its step analysis); `None`: a hold only waits.
+    pub analysis: Option<Analysis>,
 }
+
+/// A request to hold a step for a while with its step analysis judged over the hold.
+#[derive(Debug)]
+pub struct Hold {
+    /// What is held (`25%`: a weight of a traffic shift), as events and reports name it.
+    pub at: String,
+    /// How long to hold at least.
+    pub duration: std::time::Duration,
+    /// Where the verdict goes: `Ok` to go on, else why the step stops here.
+    pub reply: tokio::sync::oneshot::Sender<Result<(), crate::StepError>>,
+}
+
+/// The engine's end of a step's holds: [`Context::hold`] sends each hold here and waits
+/// for its verdict.
+#[derive(Debug, Clone)]
+pub struct Analysis(pub tokio::sync::mpsc::UnboundedSender<Hold>);
 
 impl Context {
     /// Persists a checkpoint; returns only once it is durable.
@@ -332,6 +350,19 @@ impl Context {
             .get(name)
             .ok_or_else(|| refused(format!("the environment has no endpoint `{name}` (for resource `{id}`)")))?;
         Ok((resource, name, value))
+    }
+
+    /// Holds the step at `at` for `duration` (e.g. a traffic weight for its soak) with its
+    /// step analysis judged over the hold: `Ok` to go on; an error stops the step (a failed
+    /// verdict fails it, an inconclusive one asks a person). Without analysis, it waits.
+    pub async fn hold(&self, at: &str, duration: std::time::Duration) -> Result<(), crate::StepError> {
+        let Some(Analysis(engine)) = &self.analysis else {
+            return self.cancellable(self.clock.sleep(duration)).await;
+        };
+        let (reply, verdict) = tokio::sync::oneshot::channel();
+        let gone = || crate::StepError::Failed("the run's analysis stopped".to_owned());
+        engine.send(Hold { at: at.to_owned(), duration, reply }).map_err(|_| gone())?;
+        self.cancellable(verdict).await?.map_err(|_| gone())?
     }
 
     /// Awaits `work` unless the run is cancelled first.
@@ -449,6 +480,7 @@ impl Context {
             policy: Arc::new(Policy::default()),
             sink,
             masks: Masks::default(),
+            analysis: None,
         }
     }
 }

@@ -26,8 +26,8 @@ pub mod process;
 pub use action::{Action, Declaration, DynAction, Typed};
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{
-    Context, Decision, Endpoints, HostedReply, HostedStop, Lifecycle, LifecycleFeed, Masks, Policy, Recorder, Sink,
-    expand_env, expand_value,
+    Analysis, Context, Decision, Endpoints, Hold, HostedReply, HostedStop, Lifecycle, LifecycleFeed, Masks, Policy,
+    Recorder, Sink, expand_env, expand_value,
 };
 pub use decision::DecisionKey;
 pub use output::{Integrity, StepOutput};

@@ -153,4 +153,7 @@ codes! {
     /// Two VirtualServices would claim one host.
     ROUTE_HOST_CLAIMED_TWICE = "H320" "route-host-claimed-twice" Error
         "Two `traffic.shift` routes claim the same host (their route's `host:` service) in different VirtualServices of one environment. Istio applies only one VirtualService per host, so one step's routing would silently not take effect. Point both routes' endpoints at one VirtualService: handoff merges the steps' routes there (header routes first, then reads, then writes, then every other request to the host), and each step's compensation restores only its own part.";
+    /// Analysis names a criterion it cannot sample.
+    ANALYSIS_CRITERION = "H314" "analysis-criterion" Error
+        "A step's `analysis:` and a phase's `background_analysis:` name criteria of their phase that a metric decides (`metric`, `op`, `threshold`): they are sampled while the steps run. A criterion that is not in the phase, or that a person confirms, cannot be. Name a metric criterion of the phase, or leave the confirmation to the end of the phase.";
 }

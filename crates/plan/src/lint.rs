@@ -625,9 +625,36 @@ fn criteria(plan: &Plan, phase: &Phase, at: &str, emitted_so_far: &HashSet<Strin
     for (c, criterion) in phase.criteria.iter().enumerate() {
         let c_at = format!("{at}/criteria/{c}");
         criterion_source(plan, phase, criterion, &c_at, emitted_so_far, out);
+        if let Some(denominator) = &criterion.denominator {
+            metric_ref(plan, &denominator.metric, format!("{c_at}/denominator/metric"), out);
+        }
     }
     for (a, alert) in phase.alerts.iter().enumerate() {
         alert_units(plan, alert, &format!("{at}/alerts/{a}"), out);
+    }
+    analysis_refs(phase, at, out);
+}
+
+/// Step and background analysis name metric criteria of their phase.
+fn analysis_refs(phase: &Phase, at: &str, out: &mut Vec<Diagnostic>) {
+    let background =
+        phase.background_analysis.iter().enumerate().map(|(i, id)| (format!("{at}/background_analysis/{i}"), id));
+    let steps = phase.steps.iter().enumerate().flat_map(|(s, step)| {
+        step.analysis.iter().enumerate().map(move |(i, id)| (format!("{at}/steps/{s}/analysis/{i}"), id))
+    });
+    for (pointer, id) in background.chain(steps) {
+        let problem = match phase.criteria.iter().find(|c| c.id == *id) {
+            None => format!(
+                "phase `{}` has no criterion `{id}`{}",
+                phase.id,
+                suggestion(id.as_str(), phase.criteria.iter().map(|c| c.id.as_str()))
+            ),
+            Some(c) if c.metric.is_none() || c.op.is_none() || c.threshold.is_none() => {
+                format!("criterion `{id}` is not decided by a metric, so analysis cannot sample it")
+            }
+            Some(_) => continue,
+        };
+        out.push(Diagnostic::new(codes::ANALYSIS_CRITERION, pointer, problem));
     }
 }
 

@@ -533,6 +533,10 @@ pub struct Phase {
     /// What must hold for the phase to pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub criteria: Vec<Criterion>,
+    /// Background analysis (as in Argo Rollouts): criteria sampled on their interval from
+    /// the phase's start while its steps run; one that fails rolls the phase back at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub background_analysis: Vec<Id>,
     /// Metrics watched and reported during the phase (dashboards, reports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub monitor: Vec<Id>,
@@ -597,6 +601,12 @@ pub struct Step {
     /// re-running the step on resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotent: Option<bool>,
+    /// Step analysis (as in Argo Rollouts): criteria of the phase judged at each hold of the
+    /// step (each weight of `traffic.shift`, over its soak), or after the step when it holds
+    /// nothing. A failing verdict stops the step there and rolls the phase back; an
+    /// inconclusive one pauses for a person.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<Id>,
 }
 
 /// Retry policy of a step.
@@ -651,6 +661,33 @@ pub struct Criterion {
     /// What handoff does when the criterion fails.
     #[serde(default)]
     pub on_failure: FailureAction,
+    /// For a criterion on a rate: the metric counting the events the rate is measured over
+    /// in the window, and the confidence its verdict needs. Too few events to resolve the
+    /// threshold makes the criterion inconclusive, never a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<Denominator>,
+    /// Measure only (Argo's `dryRun`): its verdicts are recorded and reported but never
+    /// fail, pause or roll back anything — for trying a new metric without risk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// The events a rate criterion is measured over, and the confidence its verdict needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Denominator {
+    /// The metric whose value at the window's end is the number of events in the window
+    /// (e.g. requests served).
+    pub metric: Id,
+    /// Confidence, in percent, that a rate at the threshold would have shown at least one
+    /// event among them (default 95).
+    #[serde(default = "default_confidence")]
+    #[schemars(range(min = 50, max = 99.99))]
+    pub confidence: f64,
+}
+
+fn default_confidence() -> f64 {
+    95.0
 }
 
 /// A check confirmed by a person.

@@ -150,6 +150,9 @@ pub struct PhaseReport {
     pub days: Option<f64>,
     /// Criteria.
     pub criteria: Vec<CriterionReport>,
+    /// Verdicts of analysis while the steps ran (each weight of a canary, background).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub analyses: Vec<AnalysisReport>,
     /// The rollback, when one ran.
     pub rollback: Option<RollbackReport>,
     /// Full comparisons made by the phase's `mongo.verify` steps.
@@ -206,6 +209,26 @@ pub struct CriterionReport {
     pub measured: String,
     /// What was decided.
     pub verdict: CriterionVerdict,
+}
+
+/// A verdict of analysis while a phase's steps ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalysisReport {
+    /// The step held (none: background analysis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// What was held (`25%`), `after` the step, or `background`.
+    pub hold: String,
+    /// Criterion id.
+    pub criterion: String,
+    /// Samples taken.
+    pub samples: u32,
+    /// Samples that violated the threshold.
+    pub failed: u32,
+    /// What was decided.
+    pub verdict: CriterionVerdict,
+    /// The criterion only measures (its verdict changed nothing).
+    pub dry_run: bool,
 }
 
 /// A criterion's verdict in a simulation; in the report as its words (`pass`, `fail`, …).
@@ -389,6 +412,7 @@ impl<'a> Timeline<'a> {
                 start_day: None,
                 days: None,
                 criteria: Vec::new(),
+                analyses: Vec::new(),
                 rollback: None,
                 integrity: Vec::new(),
                 assumed: Vec::new(),
@@ -445,6 +469,17 @@ impl<'a> Timeline<'a> {
             Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
                 let evaluated = Evaluated { criterion, verdict: *verdict, detail };
                 report.criteria.push(criterion_report(self.plan, &self.plan.phases[phase], evaluated));
+            }
+            Event::AnalysisEvaluated { step, hold, criterion, verdict, samples, failed, dry_run, .. } => {
+                report.analyses.push(AnalysisReport {
+                    step: step.clone(),
+                    hold: hold.clone(),
+                    criterion: criterion.clone(),
+                    samples: *samples,
+                    failed: *failed,
+                    verdict: (*verdict).into(),
+                    dry_run: *dry_run,
+                });
             }
             Event::StepFinished { step, output, .. } => step_finding(report, step, output),
             Event::Decided { key, decision } if decision.by == "simulation" => {
