@@ -244,3 +244,19 @@ fn a_killed_workers_sync_is_taken_over_from_its_checkpoint_with_no_discrepancy()
     assert_eq!(check["integrity"]["discrepancies"], 0, "{}", transcript(&resume));
     assert_eq!(check["integrity"]["compared"], 90, "{check}");
 }
+
+#[test]
+fn background_steps_go_to_a_worker_only_through_a_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let state = dir.path().join("state");
+    let args = ["run", plan.to_str().unwrap(), "--env", "local", "--background", "worker", "--state-dir"];
+    let run = handoff_with(&[&args[..], &[state.to_str().unwrap()]].concat(), &[("DB_URL", "mongodb://x".as_ref())]);
+    assert_eq!(run.status.code(), Some(2), "{}", transcript(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("`--background worker` needs a shared store"),
+        "{}",
+        transcript(&run)
+    );
+}

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use handoff_engine::StoreError;
-use handoff_engine::hosted::{Job, JobHealth, JobLease, Jobs, StopState};
+use handoff_engine::hosted::{Job, JobHealth, JobLease, Jobs, StopReport, StopState};
 use handoff_executor::HostedStop;
 use mongodb::Collection;
 use mongodb::bson::{Bson, Document, doc};
@@ -99,7 +99,8 @@ impl Inner {
             return Ok(StopState::Unknown);
         };
         if raw.get_bool("done").unwrap_or(false) {
-            return Ok(StopState::Acknowledged(self.parse::<Value>(&raw, "output")?.unwrap_or_default()));
+            let report = self.parse::<StopReport>(&raw, "output")?;
+            return Ok(StopState::Acknowledged(report.unwrap_or_else(|| StopReport::Failed("no report".to_owned()))));
         }
         Ok(StopState::Requested)
     }
@@ -170,9 +171,9 @@ impl Jobs for MongoJobs {
         self.0.call(|inner| async move { inner.fenced_update(&lease, doc! {"$set": {"checkpoint": data}}).await })
     }
 
-    fn acknowledge(&self, lease: &JobLease, output: &Value) -> Result<(), StoreError> {
+    fn acknowledge(&self, lease: &JobLease, report: &StopReport) -> Result<(), StoreError> {
         let lease = lease.clone();
-        let output = serde_json::to_string(output).map_err(|e| self.0.inner.backend(&e.to_string()))?;
+        let output = serde_json::to_string(report).map_err(|e| self.0.inner.backend(&e.to_string()))?;
         let update = doc! {"$set": {"output": output, "done": true, "lease": Bson::Null}};
         self.0.call(|inner| async move { inner.fenced_update(&lease, update).await })
     }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use handoff_engine::StoreError;
-use handoff_engine::hosted::{Job, JobHealth, Jobs, StopState};
+use handoff_engine::hosted::{Job, JobHealth, Jobs, StopReport, StopState};
 use handoff_executor::HostedStop;
 use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec};
 use handoff_store_mongo::MongoJobs;
@@ -46,13 +46,13 @@ fn a_job_lease_is_claimed_once_taken_over_after_expiry_and_fences_its_former_hol
     let fenced = |result: Result<(), StoreError>| matches!(result, Err(StoreError::Fenced { .. }));
     assert!(fenced(jobs.checkpoint(&first, &json!({"applied": 1}))));
     assert!(matches!(jobs.heartbeat(&first, TTL, &JobHealth::default()), Err(StoreError::Fenced { .. })));
-    assert!(fenced(jobs.acknowledge(&first, &json!({"was_running": true}))));
+    assert!(fenced(jobs.acknowledge(&first, &StopReport::Stopped(json!({"was_running": true})))));
 
     assert_eq!(jobs.request_stop("plan/env/run/sync", &stop).unwrap(), StopState::Requested);
     assert_eq!(jobs.heartbeat(&second, TTL, &JobHealth::default()).unwrap(), Some(stop.clone()));
-    jobs.acknowledge(&second, &json!({"was_running": true, "applied": 9})).unwrap();
-    let answered = jobs.request_stop("plan/env/run/sync", &stop).unwrap();
-    assert_eq!(answered, StopState::Acknowledged(json!({"was_running": true, "applied": 9})));
+    let report = StopReport::Stopped(json!({"was_running": true, "applied": 9}));
+    jobs.acknowledge(&second, &report).unwrap();
+    assert_eq!(jobs.request_stop("plan/env/run/sync", &stop).unwrap(), StopState::Acknowledged(report));
     std::thread::sleep(TTL + Duration::from_millis(200));
     assert_eq!(jobs.claim("c/3", TTL).unwrap(), None, "a done job is never claimed again");
     drop(jobs);
