@@ -83,6 +83,25 @@ pub enum StopReport {
     Failed(String),
 }
 
+/// A job as the board shows it (`handoff worker --list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// `<plan>/<env>/<run>/<step>`.
+    pub id: String,
+    /// The holder of its lease (`<host>/<pid>`), if any.
+    pub holder: Option<String>,
+    /// When that lease expires (milliseconds since the Unix epoch, on the holder's clock).
+    pub expires_ms: Option<i64>,
+    /// The epoch of the latest claim.
+    pub epoch: u64,
+    /// What the holder last reported.
+    pub health: JobHealth,
+    /// A stop was requested.
+    pub stop_requested: bool,
+    /// The stop was carried out and acknowledged.
+    pub done: bool,
+}
+
 /// Where a stop request stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopState {
@@ -111,6 +130,8 @@ pub trait Jobs: Send + Sync {
     fn acknowledge(&self, lease: &JobLease, report: &StopReport) -> Result<(), StoreError>;
     /// Gives the job up now (a worker shutting down), so another claims it at once.
     fn release(&self, lease: &JobLease) -> Result<(), StoreError>;
+    /// Every job on the board, by id.
+    fn list(&self) -> Result<Vec<JobStatus>, StoreError>;
 }
 
 /// The output of a background step posted for a worker.

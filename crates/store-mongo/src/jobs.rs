@@ -15,8 +15,10 @@
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
+
 use handoff_engine::StoreError;
-use handoff_engine::hosted::{Job, JobHealth, JobLease, Jobs, StopReport, StopState};
+use handoff_engine::hosted::{Job, JobHealth, JobLease, JobStatus, Jobs, StopReport, StopState};
 use handoff_executor::HostedStop;
 use mongodb::Collection;
 use mongodb::bson::{Bson, Document, doc};
@@ -144,7 +146,33 @@ impl Inner {
     }
 }
 
+impl Inner {
+    async fn list_jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
+        let cursor = self.jobs().find(doc! {}).sort(doc! {"_id": 1}).await.map_err(|e| self.error(e))?;
+        let raws: Vec<Document> = cursor.try_collect().await.map_err(|e| self.error(e))?;
+        raws.iter().map(|raw| self.status(raw)).collect()
+    }
+
+    fn status(&self, raw: &Document) -> Result<JobStatus, StoreError> {
+        let lease = raw.get_document("lease").ok();
+        let epoch = raw.get_i64("epoch").ok().or_else(|| raw.get_i32("epoch").ok().map(i64::from)).unwrap_or(0);
+        Ok(JobStatus {
+            id: raw.get_str("_id").unwrap_or_default().to_owned(),
+            holder: lease.and_then(|l| l.get_str("holder").ok()).map(str::to_owned),
+            expires_ms: lease.and_then(|l| l.get_i64("expires_ms").ok()),
+            epoch: u64::try_from(epoch).unwrap_or(0),
+            health: self.parse(raw, "health")?.unwrap_or_default(),
+            stop_requested: matches!(raw.get("stop"), Some(Bson::String(_))),
+            done: raw.get_bool("done").unwrap_or(false),
+        })
+    }
+}
+
 impl Jobs for MongoJobs {
+    fn list(&self) -> Result<Vec<JobStatus>, StoreError> {
+        self.0.call(|inner| async move { inner.list_jobs().await })
+    }
+
     fn post(&self, job: &Job) -> Result<(), StoreError> {
         let job = job.clone();
         self.0.call(|inner| async move { inner.post_job(job).await })

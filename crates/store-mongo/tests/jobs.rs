@@ -53,6 +53,9 @@ fn a_job_lease_is_claimed_once_taken_over_after_expiry_and_fences_its_former_hol
     let report = StopReport::Stopped(json!({"was_running": true, "applied": 9}));
     jobs.acknowledge(&second, &report).unwrap();
     assert_eq!(jobs.request_stop("plan/env/run/sync", &stop).unwrap(), StopState::Acknowledged(report));
+    let listed = jobs.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].epoch, listed[0].stop_requested, listed[0].done), (2, true, true), "{listed:?}");
     std::thread::sleep(TTL + Duration::from_millis(200));
     assert_eq!(jobs.claim("c/3", TTL).unwrap(), None, "a done job is never claimed again");
     drop(jobs);
