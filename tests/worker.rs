@@ -176,6 +176,21 @@ impl Scenario {
         }
     }
 
+    /// Waits until `handoff worker --list` shows a line containing every one of `texts`.
+    fn wait_listed(&self, texts: &[&str]) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let list = handoff_with(&["worker", "--list", "--state", self.url()], &[]);
+            assert!(list.status.success(), "{}", transcript(&list));
+            let text = String::from_utf8_lossy(&list.stdout).into_owned();
+            if let Some(line) = text.lines().find(|line| texts.iter().all(|t| line.contains(t))) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "`worker --list` never showed {texts:?}: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The output of step `id` in the run's log.
     fn output(&self, id: &str) -> Value {
         let records = self.backend.records("hosted", "local");
@@ -212,6 +227,7 @@ fn a_worker_keeps_a_sync_applying_while_no_run_is_alive_and_the_stop_step_report
     scenario.wait_target(50);
     scenario.write(50..70);
     scenario.wait_target(70);
+    scenario.wait_listed(&["/sync: held by worker-a/", "(epoch 1)", "; sync_lag_seconds "]);
     let resume = scenario.finish();
     worker.wait_for("stopped hosted/local/");
     let stop = scenario.output("stop");
@@ -240,7 +256,24 @@ fn a_killed_workers_sync_is_taken_over_from_its_checkpoint_with_no_discrepancy()
     scenario.wait_target(90);
     let resume = scenario.finish();
     second.wait_for("stopped hosted/local/");
+    scenario.wait_listed(&["/sync: stopped"]);
     let check = scenario.output("check");
     assert_eq!(check["integrity"]["discrepancies"], 0, "{}", transcript(&resume));
     assert_eq!(check["integrity"]["compared"], 90, "{check}");
+}
+
+#[test]
+fn background_steps_go_to_a_worker_only_through_a_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let state = dir.path().join("state");
+    let args = ["run", plan.to_str().unwrap(), "--env", "local", "--background", "worker", "--state-dir"];
+    let run = handoff_with(&[&args[..], &[state.to_str().unwrap()]].concat(), &[("DB_URL", "mongodb://x".as_ref())]);
+    assert_eq!(run.status.code(), Some(2), "{}", transcript(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("`--background worker` needs a shared store"),
+        "{}",
+        transcript(&run)
+    );
 }

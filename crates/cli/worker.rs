@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use handoff_engine::hosted::{Host, HostEnd, Job, JobLease, Jobs};
+use handoff_engine::hosted::{Host, HostEnd, Job, JobLease, JobStatus, Jobs};
+use handoff_plan::escape::escape;
 use handoff_plan::model::Plan;
 use handoff_registry::Registry;
 use handoff_store_mongo::{MongoJobs, is_url, mask};
@@ -39,6 +40,10 @@ pub(crate) struct Args {
     #[arg(long, env = "HANDOFF_LEASE_TTL", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease_ttl: u64,
+    /// Print the jobs in the store (holder, epoch, lease expiry, lag and progress, stop)
+    /// and exit, instead of hosting them.
+    #[arg(long)]
+    list: bool,
     /// Seconds between looks for jobs to claim.
     #[arg(long, value_name = "SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     poll: u64,
@@ -53,6 +58,9 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
     let runtime = support::runtime()?;
     let _guard = runtime.enter();
     let jobs: Arc<dyn Jobs> = Arc::new(MongoJobs::connect(&args.state)?);
+    if args.list {
+        return list(jobs.as_ref(), out);
+    }
     let holder = format!("{}/{}", handoff_engine::store::hostname(), std::process::id());
     let host = Host { jobs: jobs.clone(), executors: registry, ttl: Duration::from_secs(args.lease_ttl) };
     writeln!(out, "worker {holder}: hosting background steps from {}", mask(&args.state))?;
@@ -126,4 +134,41 @@ fn report(out: &mut dyn Write, id: String, end: &HostEnd) -> anyhow::Result<()> 
 fn endpoints(job: &Job) -> anyhow::Result<handoff_executor::Endpoints> {
     let plan: Plan = serde_json::from_value(job.plan.clone()).context("the job's plan")?;
     support::endpoints(&plan, &job.env)
+}
+
+/// `--list`: one line per job.
+fn list(jobs: &dyn Jobs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let all = jobs.list()?;
+    if all.is_empty() {
+        writeln!(out, "no jobs")?;
+    }
+    for job in &all {
+        writeln!(out, "{}", describe(job))?;
+    }
+    Ok(exit::OK)
+}
+
+/// A job in one line: its state, holder and epoch, then what its holder last reported.
+fn describe(job: &JobStatus) -> String {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+    let state = match (&job.holder, job.expires_ms) {
+        _ if job.done => "stopped".to_owned(),
+        (Some(holder), Some(expires)) if expires >= now => format!("held by {} (epoch {})", escape(holder), job.epoch),
+        (Some(holder), _) => format!("lease of {} expired (epoch {})", escape(holder), job.epoch),
+        (None, _) => format!("waiting for a worker (epoch {})", job.epoch),
+    };
+    let mut line = format!("{}: {state}", escape(&job.id));
+    if job.stop_requested && !job.done {
+        line.push_str("; stop requested");
+    }
+    for (name, value) in &job.health.metrics {
+        line.push_str(&format!("; {name} {value}"));
+    }
+    if let Some(failed) = &job.health.failed {
+        line.push_str(&format!("; failed: {}", escape(failed)));
+    } else if let Some(progress) = &job.health.progress {
+        line.push_str(&format!("; {}", escape(progress)));
+    }
+    line
 }

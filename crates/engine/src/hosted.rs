@@ -73,6 +73,35 @@ pub struct JobHealth {
     pub failed: Option<String>,
 }
 
+/// What a host reports when it carried out a stop request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReport {
+    /// The stopping action's output.
+    Stopped(Value),
+    /// Why the step or its stop failed (the stopping step fails with it).
+    Failed(String),
+}
+
+/// A job as the board shows it (`handoff worker --list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// `<plan>/<env>/<run>/<step>`.
+    pub id: String,
+    /// The holder of its lease (`<host>/<pid>`), if any.
+    pub holder: Option<String>,
+    /// When that lease expires (milliseconds since the Unix epoch, on the holder's clock).
+    pub expires_ms: Option<i64>,
+    /// The epoch of the latest claim.
+    pub epoch: u64,
+    /// What the holder last reported.
+    pub health: JobHealth,
+    /// A stop was requested.
+    pub stop_requested: bool,
+    /// The stop was carried out and acknowledged.
+    pub done: bool,
+}
+
 /// Where a stop request stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopState {
@@ -80,8 +109,8 @@ pub enum StopState {
     Unknown,
     /// Asked; not acknowledged yet.
     Requested,
-    /// The host stopped the step and reported this output of the stopping action.
-    Acknowledged(Value),
+    /// The host carried it out and reported this.
+    Acknowledged(StopReport),
 }
 
 /// The board of hosted background steps, in the shared store.
@@ -97,10 +126,12 @@ pub trait Jobs: Send + Sync {
     fn heartbeat(&self, lease: &JobLease, ttl: Duration, health: &JobHealth) -> Result<Option<HostedStop>, StoreError>;
     /// Saves the step's checkpoint under `lease` (fenced).
     fn checkpoint(&self, lease: &JobLease, data: &Value) -> Result<(), StoreError>;
-    /// Marks the job done with the stopping action's output (fenced).
-    fn acknowledge(&self, lease: &JobLease, output: &Value) -> Result<(), StoreError>;
+    /// Marks the job done with the stop's report (fenced).
+    fn acknowledge(&self, lease: &JobLease, report: &StopReport) -> Result<(), StoreError>;
     /// Gives the job up now (a worker shutting down), so another claims it at once.
     fn release(&self, lease: &JobLease) -> Result<(), StoreError>;
+    /// Every job on the board, by id.
+    fn list(&self) -> Result<Vec<JobStatus>, StoreError>;
 }
 
 /// The output of a background step posted for a worker.
@@ -163,12 +194,12 @@ impl Hosted {
         let (jobs, id, stop) = (self.jobs.clone(), self.id(step), stop.clone());
         match jobs.request_stop(&id, &stop) {
             Ok(StopState::Unknown) => None,
-            Ok(StopState::Acknowledged(output)) => Some(Box::pin(async move { Ok(output) })),
+            Ok(StopState::Acknowledged(report)) => Some(Box::pin(async move { reported(report) })),
             Ok(StopState::Requested) => Some(Box::pin(async move {
                 loop {
                     tokio::time::sleep(STOP_POLL).await;
                     match jobs.request_stop(&id, &stop).map_err(|e| e.to_string())? {
-                        StopState::Acknowledged(output) => return Ok(output),
+                        StopState::Acknowledged(report) => return reported(report),
                         StopState::Unknown => return Err(format!("the job `{id}` disappeared")),
                         StopState::Requested => {}
                     }
@@ -176,6 +207,14 @@ impl Hosted {
             })),
             Err(error) => Some(Box::pin(async move { Err(error.to_string()) })),
         }
+    }
+}
+
+/// A host's report as the stopping step's result.
+fn reported(report: StopReport) -> Result<Value, String> {
+    match report {
+        StopReport::Stopped(output) => Ok(output),
+        StopReport::Failed(error) => Err(error),
     }
 }
 
@@ -290,14 +329,18 @@ impl Host<'_> {
 
     /// Runs the stopping action here and acknowledges its output.
     async fn stop(&self, sink: &JobSink, cx: Option<&Context>, stop: &HostedStop) -> HostEnd {
-        let output = match (cx, Uses::try_from(stop.uses.clone()).ok().and_then(|uses| self.executors.action(&uses))) {
-            (Some(cx), Some(action)) => match action.execute(&stop.with, cx).await {
-                Ok(output) => serde_json::to_value(output).unwrap_or_default(),
-                Err(error) => serde_json::json!({ "was_running": false, "error": error.to_string() }),
+        let action = Uses::try_from(stop.uses.clone()).ok().and_then(|uses| self.executors.action(&uses));
+        let report = match (sink.health().failed, cx, action) {
+            (Some(failed), _, _) => StopReport::Failed(format!("the step had failed in the worker: {failed}")),
+            (None, Some(cx), Some(action)) => match action.execute(&stop.with, cx).await {
+                Ok(output) => {
+                    serde_json::to_value(output).map_or_else(|e| StopReport::Failed(e.to_string()), StopReport::Stopped)
+                }
+                Err(error) => StopReport::Failed(error.to_string()),
             },
-            _ => serde_json::json!({ "was_running": false, "error": sink.health().failed }),
+            (None, _, _) => StopReport::Failed(format!("no action `{}` in this worker", stop.uses)),
         };
-        match self.jobs.acknowledge(&sink.lease, &output) {
+        match self.jobs.acknowledge(&sink.lease, &report) {
             Ok(()) => HostEnd::Stopped,
             Err(error) => HostEnd::Lost(error.to_string()),
         }

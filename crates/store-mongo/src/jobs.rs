@@ -15,8 +15,10 @@
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
+
 use handoff_engine::StoreError;
-use handoff_engine::hosted::{Job, JobHealth, JobLease, Jobs, StopState};
+use handoff_engine::hosted::{Job, JobHealth, JobLease, JobStatus, Jobs, StopReport, StopState};
 use handoff_executor::HostedStop;
 use mongodb::Collection;
 use mongodb::bson::{Bson, Document, doc};
@@ -99,7 +101,8 @@ impl Inner {
             return Ok(StopState::Unknown);
         };
         if raw.get_bool("done").unwrap_or(false) {
-            return Ok(StopState::Acknowledged(self.parse::<Value>(&raw, "output")?.unwrap_or_default()));
+            let report = self.parse::<StopReport>(&raw, "output")?;
+            return Ok(StopState::Acknowledged(report.unwrap_or_else(|| StopReport::Failed("no report".to_owned()))));
         }
         Ok(StopState::Requested)
     }
@@ -143,7 +146,33 @@ impl Inner {
     }
 }
 
+impl Inner {
+    async fn list_jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
+        let cursor = self.jobs().find(doc! {}).sort(doc! {"_id": 1}).await.map_err(|e| self.error(e))?;
+        let raws: Vec<Document> = cursor.try_collect().await.map_err(|e| self.error(e))?;
+        raws.iter().map(|raw| self.status(raw)).collect()
+    }
+
+    fn status(&self, raw: &Document) -> Result<JobStatus, StoreError> {
+        let lease = raw.get_document("lease").ok();
+        let epoch = raw.get_i64("epoch").ok().or_else(|| raw.get_i32("epoch").ok().map(i64::from)).unwrap_or(0);
+        Ok(JobStatus {
+            id: raw.get_str("_id").unwrap_or_default().to_owned(),
+            holder: lease.and_then(|l| l.get_str("holder").ok()).map(str::to_owned),
+            expires_ms: lease.and_then(|l| l.get_i64("expires_ms").ok()),
+            epoch: u64::try_from(epoch).unwrap_or(0),
+            health: self.parse(raw, "health")?.unwrap_or_default(),
+            stop_requested: matches!(raw.get("stop"), Some(Bson::String(_))),
+            done: raw.get_bool("done").unwrap_or(false),
+        })
+    }
+}
+
 impl Jobs for MongoJobs {
+    fn list(&self) -> Result<Vec<JobStatus>, StoreError> {
+        self.0.call(|inner| async move { inner.list_jobs().await })
+    }
+
     fn post(&self, job: &Job) -> Result<(), StoreError> {
         let job = job.clone();
         self.0.call(|inner| async move { inner.post_job(job).await })
@@ -170,9 +199,9 @@ impl Jobs for MongoJobs {
         self.0.call(|inner| async move { inner.fenced_update(&lease, doc! {"$set": {"checkpoint": data}}).await })
     }
 
-    fn acknowledge(&self, lease: &JobLease, output: &Value) -> Result<(), StoreError> {
+    fn acknowledge(&self, lease: &JobLease, report: &StopReport) -> Result<(), StoreError> {
         let lease = lease.clone();
-        let output = serde_json::to_string(output).map_err(|e| self.0.inner.backend(&e.to_string()))?;
+        let output = serde_json::to_string(report).map_err(|e| self.0.inner.backend(&e.to_string()))?;
         let update = doc! {"$set": {"output": output, "done": true, "lease": Bson::Null}};
         self.0.call(|inner| async move { inner.fenced_update(&lease, update).await })
     }
