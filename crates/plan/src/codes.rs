@@ -150,4 +150,7 @@ codes! {
     /// A `${` that handoff would not expand.
     UNEXPANDED_REFERENCE = "H313" "unexpanded-reference" Error
         "handoff expands `${NAME}` (a letter or `_`, then letters, digits or `_`) from its environment in every string of a step's `with:`, in environment endpoints, metric sources and the `simulation:` section — nowhere else, and nothing else that starts with `${`. A malformed reference (`${}`, `${A-B}`, an unclosed `${`) or a reference in any other field would be used as written. Fix the reference; a shell's own variables are written `$name`.";
+    /// A simulated fault the application model cannot apply.
+    INAPPLICABLE_FAULT = "H314" "inapplicable-fault" Error
+        "A fault in `simulation.faults` or a scenario names a resource of the right kind that the simulated application does not use: `write_errors` on a store no service writes (`simulation.app.stores`), `service_latency` on a service the model does not run, `cache_flush` of a cache reads do not go through (`simulation.app.cache`). Such a fault would change nothing, so the simulation refuses it rather than report it injected: name what the application uses.";
 }

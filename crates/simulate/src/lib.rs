@@ -45,6 +45,9 @@ pub enum SimulateError {
     /// Something the simulation set up failed.
     #[error("{0}")]
     Setup(String),
+    /// A fault of the plan or the scenario cannot be applied in this sandbox.
+    #[error("fault {0}")]
+    Fault(String),
     /// The engine could not run the plan.
     #[error("the run could not proceed")]
     Engine(#[from] handoff_engine::EngineError),
@@ -108,7 +111,8 @@ pub async fn simulate(
     let store: Arc<dyn Store> =
         Arc::new(DirStore::new(&options.work_dir.join("state"), &plan.metadata.name.0, "simulation"));
     let engine = Engine::new(&graph, executors, store.clone());
-    let mut faults = Faults::new(&setting.faults, &servers.sandbox, &application);
+    let mut faults = Faults::new(&setting.faults, &servers, &application);
+    faults.check()?;
     let started = Instant::now();
     let result = drive(&engine, &run_options(setting.day, scratch, &derived), cancel, &mut faults, progress).await;
     timings.run_seconds = started.elapsed().as_secs_f64();
@@ -213,9 +217,14 @@ impl<'p> Servers<'p> {
 
     /// The URL of resource `id`'s server, if it has one.
     fn url(&self, id: &str) -> Option<String> {
-        let endpoint = self.plan.resources.get(id).and_then(|r| r.endpoint.as_ref())?;
-        let server = self.serving.get(endpoint.0.as_str()).copied().unwrap_or(id);
-        self.sandbox.service(server).ok().map(|s| s.endpoint().url.clone())
+        self.server(id).ok().map(|s| s.endpoint().url.clone())
+    }
+
+    /// The sandbox server that stands for resource `id` (one it shares an endpoint with).
+    fn server(&self, id: &str) -> Result<&handoff_sandbox::Service, handoff_sandbox::SandboxError> {
+        let endpoint = self.plan.resources.get(id).and_then(|r| r.endpoint.as_ref());
+        let server = endpoint.and_then(|e| self.serving.get(e.0.as_str()).copied()).unwrap_or(id);
+        self.sandbox.service(server)
     }
 }
 
@@ -366,7 +375,7 @@ async fn drive(
 /// Faults, applied when their phase starts and lifted when it passes or rolls back.
 struct Faults<'a> {
     faults: &'a [Fault],
-    sandbox: &'a Sandbox,
+    servers: &'a Servers<'a>,
     model: &'a app::Model,
     cache: Option<&'a redis::aio::MultiplexedConnection>,
     /// What each application did, in words, for the report.
@@ -374,8 +383,34 @@ struct Faults<'a> {
 }
 
 impl<'a> Faults<'a> {
-    fn new(faults: &'a [Fault], sandbox: &'a Sandbox, application: &'a Application) -> Faults<'a> {
-        Faults { faults, sandbox, model: &application.model, cache: application.cache.as_ref(), applied: Vec::new() }
+    fn new(faults: &'a [Fault], servers: &'a Servers<'a>, application: &'a Application) -> Faults<'a> {
+        Faults { faults, servers, model: &application.model, cache: application.cache.as_ref(), applied: Vec::new() }
+    }
+
+    /// Every fault can be applied here: a network fault's resource has a server behind a
+    /// fault proxy (not so with `--provider external`), a flushed cache is connected. A
+    /// fault that cannot be applied is an error, never a line of the report.
+    fn check(&self) -> Result<(), SimulateError> {
+        for fault in self.faults {
+            let problem = match &fault.fault {
+                FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => {
+                    self.servers.server(&resource.0).and_then(|s| s.proxy().map(|_| ())).err().map(|e| e.to_string())
+                }
+                FaultKind::CacheFlush { resource } if self.cache.is_none() => {
+                    Some(format!("the application has no connection to the cache `{resource}`"))
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                let kind = serde_json::to_value(&fault.fault).ok().and_then(|v| v.as_object()?.keys().next().cloned());
+                let kind = kind.unwrap_or_default();
+                return Err(SimulateError::Fault(format!(
+                    "`{kind}` in phase `{}` cannot be applied: {problem}",
+                    fault.phase
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Applies or lifts the faults of the phase a record starts or ends.
@@ -399,7 +434,7 @@ impl<'a> Faults<'a> {
         match fault {
             FaultKind::WriteErrors { resource, percent } => format!("{percent}% of writes to `{resource}` fail"),
             FaultKind::Latency { resource, added } => {
-                if let Ok(proxy) = self.sandbox.service(&resource.0).and_then(|s| s.proxy()) {
+                if let Ok(proxy) = self.servers.server(&resource.0).and_then(|s| s.proxy()) {
                     proxy.set_latency(if on { added.get() } else { Duration::ZERO });
                 }
                 format!("`{resource}` answers {added} later")
@@ -444,7 +479,7 @@ impl<'a> Faults<'a> {
     /// Takes resource `id`'s server out (or back): health checks report its kind of
     /// dependency down, and its proxy refuses connections.
     fn outage(&self, id: &str, on: bool) {
-        let Ok(service) = self.sandbox.service(id) else { return };
+        let Ok(service) = self.servers.server(id) else { return };
         let kind = service.endpoint().kind.as_str().to_owned();
         {
             let mut state = self.model.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
