@@ -31,6 +31,9 @@ pub(crate) struct Args {
     /// `500ms`, `2s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     time_scale: Option<std::time::Duration>,
+    /// Seed of the generated data (`simulation.dataset`): the same seed, the same documents.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
     /// Write report.md, report.json and junit.xml into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
@@ -121,6 +124,7 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         scenario,
         sandbox: handoff_sandbox::Options { provider, keep: args.keep, ..handoff_sandbox::Options::default() },
         day: args.time_scale,
+        seed: args.seed,
         work_dir: work.path().to_owned(),
         drill: None,
     };

@@ -281,6 +281,13 @@ fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out
             format!("`{service}` has no store under `app.stores`; name a service listed there"),
         ));
     }
+    for store in app.renamed.keys().filter(|s| !app.stores.values().any(|v| v == *s)) {
+        out.push(Diagnostic::new(
+            codes::UNDEFINED_RESOURCE,
+            crate::source::child("/simulation/app/renamed", &store.0),
+            format!("`{store}` is no store under `app.stores`; name a store listed there"),
+        ));
+    }
     if let Some(cache) = &app.cache {
         refs.push(("/simulation/app/cache/resource".to_owned(), &cache.resource, &[Redis]));
     }

@@ -338,6 +338,19 @@ impl Cache {
 struct Events {
     producer: FutureProducer,
     topic: String,
+    /// The event's template (`{_id}` in its strings).
+    payload: serde_json::Value,
+}
+
+/// `template` with `{_id}` in every string replaced by `id`.
+fn filled(template: &serde_json::Value, id: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match template {
+        Value::String(text) => Value::String(text.replace("{_id}", id)),
+        Value::Array(items) => Value::Array(items.iter().map(|item| filled(item, id)).collect()),
+        Value::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), filled(v, id))).collect()),
+        other => other.clone(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -367,7 +380,7 @@ impl Model {
         let mut services = Vec::new();
         for (service, store) in &spec.stores {
             let database = connections.databases.get(&store.0).ok_or_else(|| format!("no connection to `{store}`"))?;
-            let collection = database.collection::<Document>(&spec.collection);
+            let collection = database.collection::<Document>(spec.collection_in(store));
             services.push(Service { id: service.0.clone(), store: store.0.clone(), collection });
         }
         let cache = match (&spec.cache, connections.cache) {
@@ -386,7 +399,7 @@ impl Model {
                     .set("message.timeout.ms", "10000")
                     .create()
                     .map_err(|e| format!("kafka producer: {e}"))?;
-                Some(Events { producer, topic: model.topic.clone() })
+                Some(Events { producer, topic: model.topic.clone(), payload: model.payload.clone() })
             }
             _ => None,
         };
@@ -481,7 +494,9 @@ impl Model {
         let mut found: HashMap<String, Option<i32>>;
         loop {
             let ids: Vec<&str> = pending.iter().map(|e| e.id.as_str()).collect();
-            found = amounts(collection, &ids).await.map_err(|e| format!("reading `{store}`: {e}"))?;
+            found = values(collection, &self.spec.change.field, &ids)
+                .await
+                .map_err(|e| format!("reading `{store}`: {e}"))?;
             pending.retain(|e| !e.holds(found.get(&e.id).copied().flatten()));
             if pending.is_empty() || Instant::now() >= deadline {
                 break;
@@ -491,9 +506,12 @@ impl Model {
         let examples = pending
             .iter()
             .take(5)
-            .map(|Expected { id, acknowledged, .. }| match found.get(id) {
-                Some(Some(value)) => format!("`{id}`: price.amount {value}, acknowledged {acknowledged}"),
-                _ => format!("`{id}`: missing (or no int32 price.amount), acknowledged price.amount {acknowledged}"),
+            .map(|Expected { id, acknowledged, .. }| {
+                let field = &self.spec.change.field;
+                match found.get(id) {
+                    Some(Some(value)) => format!("`{id}`: {field} {value}, acknowledged {acknowledged}"),
+                    _ => format!("`{id}`: missing (or no int32 {field}), acknowledged {field} {acknowledged}"),
+                }
             })
             .collect();
         Ok(Audit {
@@ -539,11 +557,13 @@ impl Model {
         }
         if !found {
             match self.services[store].collection.find_one(doc! {"_id": id}).await {
-                Ok(document) => {
-                    if let (Some((cache, key)), Some(document)) = (&cached, document) {
+                Ok(Some(document)) => {
+                    if let Some((cache, key)) = &cached {
                         cache.fill(key, document).await;
                     }
                 }
+                // Nothing found: a failed read, unless the plan says documents may be absent.
+                Ok(None) => ok = self.spec.reads_may_miss,
                 Err(_) => ok = false,
             }
         }
@@ -600,7 +620,8 @@ impl Model {
     async fn write(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
         let writer = self.pick(self.spec.writes.as_ref(), rng.random());
-        let amount = rng.random_range(100..5000_i32);
+        let change = &self.spec.change;
+        let amount = rng.random_range(change.min.min(change.max)..=change.max.max(change.min));
         let (primary, secondary) = self.write_stores(rng, id, writer, amount).await;
         let at = Instant::now();
         lock(&self.ledger).note(id, amount, primary, secondary);
@@ -627,7 +648,11 @@ impl Model {
         writer: usize,
         amount: i32,
     ) -> (Attempt, Option<Attempt>) {
-        let change = doc! {"$set": {"price.amount": amount, "updated_at": mongodb::bson::DateTime::now()}};
+        let mut set = doc! {self.spec.change.field.as_str(): amount};
+        if let Some(field) = &self.spec.change.timestamp {
+            set.insert(field.as_str(), mongodb::bson::DateTime::now());
+        }
+        let change = doc! {"$set": set};
         let dual = self.spec.dual_write_flag.as_ref().is_some_and(|flag| lock(&self.routes).flag(flag))
             && self.services.len() == 2;
         let write_to = |index: usize, roll: f64| {
@@ -674,7 +699,7 @@ impl Model {
     /// Publishes the event of a write to document `id`, as the new owner `writer` does.
     async fn publish(&self, events: &Events, id: &str, writer: usize) {
         let started = Instant::now();
-        let payload = serde_json::json!({"version": 1, "type": "menu.item.updated", "id": id}).to_string();
+        let payload = filled(&events.payload, id).to_string();
         let record = FutureRecord::to(&events.topic).key(id).payload(&payload);
         let ok = events.producer.send(record, Duration::from_secs(5)).await.is_ok();
         let at = Instant::now();
@@ -838,7 +863,8 @@ impl Model {
             Measure::Collections(resource) => {
                 let database = self.databases.get(&resource.0)?;
                 let names = database.list_collection_names().await.ok()?;
-                Some(names.iter().filter(|n| n.starts_with(&self.spec.collection)).count() as f64)
+                let name = self.spec.collection_in(resource);
+                Some(names.iter().filter(|n| n.starts_with(name)).count() as f64)
             }
             Measure::StoreReads(resource) => {
                 let index = self.services.iter().position(|s| s.store == resource.0);
@@ -877,18 +903,22 @@ async fn assign_every_partition(consumer: &Arc<StreamConsumer>, topic: &str) -> 
     consumer.assign(&assignment)
 }
 
-/// `price.amount` of each document of `ids` that `collection` holds (`None`: not an int32).
-async fn amounts(
+/// The int32 at the dotted path `field` of each document of `ids` that `collection` holds
+/// (`None`: not an int32).
+async fn values(
     collection: &mongodb::Collection<Document>,
+    field: &str,
     ids: &[&str],
 ) -> mongodb::error::Result<HashMap<String, Option<i32>>> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(AUDIT_BATCH) {
-        let mut cursor = collection.find(doc! {"_id": {"$in": chunk}}).projection(doc! {"price.amount": 1}).await?;
+        let mut cursor = collection.find(doc! {"_id": {"$in": chunk}}).projection(doc! {field: 1}).await?;
         while let Some(document) = cursor.try_next().await? {
             let id = document.get_str("_id").unwrap_or_default().to_owned();
-            let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
-            found.insert(id, amount);
+            let mut path = field.split('.');
+            let first = path.next().and_then(|key| document.get(key));
+            let value = path.try_fold(first, |at, key| Some(at?.as_document()?.get(key))).flatten();
+            found.insert(id, value.and_then(mongodb::bson::Bson::as_i32));
         }
     }
     Ok(found)

@@ -20,10 +20,11 @@ use handoff_executor::{Clock, Endpoints, Executors, Policy, VirtualClock};
 use handoff_plan::model::Plan;
 use handoff_plan::simulation::{Fault, FaultKind, Scenario, Simulation};
 use handoff_sandbox::{Sandbox, ServiceSpec};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::Document;
 use tokio_util::sync::CancellationToken;
 
 pub mod app;
+pub mod dataset;
 pub mod derive;
 mod junit;
 pub mod report;
@@ -64,6 +65,8 @@ pub struct Options {
     pub day: Option<Duration>,
     /// Where the run's log and scratch files go.
     pub work_dir: PathBuf,
+    /// Seeds the generated data (`simulation.dataset`): a seed reproduces the documents.
+    pub seed: u64,
     /// A rollback drill of this phase: the simulator fails it once its steps are done, so
     /// its rollback runs against the sandbox and is timed against its budget. The run
     /// stops there.
@@ -100,7 +103,7 @@ pub async fn simulate(
     let mut timings = Timings::default();
     let servers = Servers::start(plan, setting.spec, &options.sandbox, &mut timings).await?;
     let standin = standin::StandIn::start().map_err(|e| setup("the stand-in service")(e.to_string()))?;
-    let seeded = seed(plan, setting.spec, &servers, &mut timings).await?;
+    let seeded = seed(plan, (setting.spec, options.seed), &servers, &mut timings).await?;
     let scratch = options.work_dir.join("scratch");
     let derived = derive::derive(plan, &|id| servers.url(id), &standin.url, &scratch, options.drill.as_deref())
         .map_err(SimulateError::Setup)?;
@@ -235,11 +238,11 @@ struct Seeded {
     ids: Vec<String>,
 }
 
-/// Connects to every `mongodb` resource and fills the plan's datasets with generated menu
-/// items.
+/// Connects to every `mongodb` resource and fills the plan's datasets with documents of
+/// their declared shape, generated from `seed`.
 async fn seed(
     plan: &Plan,
-    spec: &Simulation,
+    (spec, seed): (&Simulation, u64),
     servers: &Servers<'_>,
     timings: &mut Timings,
 ) -> Result<Seeded, SimulateError> {
@@ -254,17 +257,19 @@ async fn seed(
         databases.insert(id.0.clone(), client.database(&name));
     }
     let mut ids = Vec::new();
-    for dataset in &spec.dataset {
+    for declared in &spec.dataset {
         let database = databases
-            .get(&dataset.resource.0)
-            .ok_or_else(|| setup("seeding")(format!("no server for `{}`", dataset.resource)))?;
-        let collection = database.collection::<Document>(&dataset.collection);
-        let documents: Vec<Document> = (0..dataset.documents).map(menu_item).collect();
+            .get(&declared.resource.0)
+            .ok_or_else(|| setup("seeding")(format!("no server for `{}`", declared.resource)))?;
+        let collection = database.collection::<Document>(&declared.collection);
+        let documents: Vec<Document> = dataset::documents(declared, seed).collect();
         for chunk in documents.chunks(1000) {
             collection.insert_many(chunk.to_vec()).await.map_err(|e| setup("seeding")(e.to_string()))?;
         }
-        if dataset.collection == spec.app.collection {
-            ids.extend((0..dataset.documents).map(item_id));
+        let owner_store = spec.app.stores.get(&spec.app.owner);
+        if owner_store == Some(&declared.resource) && declared.collection == spec.app.collection_in(&declared.resource)
+        {
+            ids.extend((0..declared.documents).map(|n| dataset::id(declared, n)));
         }
     }
     timings.seed_seconds = started.elapsed().as_secs_f64();
@@ -498,26 +503,5 @@ impl<'a> Faults<'a> {
                 proxy.cut_connections();
             }
         }
-    }
-}
-
-/// The id of the `n`th generated document.
-fn item_id(n: u64) -> String {
-    format!("item-{n:07}")
-}
-
-/// A generated menu item (~800 bytes): names, prices, modifiers, availability.
-fn menu_item(n: u64) -> Document {
-    let modifiers: Vec<Document> =
-        (0..4).map(|m| doc! { "name": format!("modifier {m} of dish {n}"), "price": m * 50 }).collect();
-    doc! {
-        "_id": item_id(n),
-        "restaurant_id": format!("restaurant-{:05}", n % 5000),
-        "name": format!("Dish number {n}"),
-        "description": "Slow-cooked, served with seasonal vegetables and a choice of sauce.",
-        "price": { "amount": (500 + n % 2500) as i32, "currency": "EUR" },
-        "modifiers": modifiers,
-        "available": !n.is_multiple_of(11),
-        "updated_at": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + n as i64 * 1000),
     }
 }
