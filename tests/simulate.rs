@@ -96,6 +96,11 @@ fn the_menu_plan_passes_every_phase_and_loses_nothing() {
     assert_eq!(weights, [0, 10, 25, 50, 75, 100], "{canary:?}");
     assert!(canary.iter().all(|p| p["reads"].as_u64().unwrap() > 0 && p["error_percent"] == 0.0), "{canary:?}");
     assert!(!junit.contains("<failure"), "{junit}");
+    // Shadow reads while dual writes run all agree; those after the cutover (one store
+    // written) are counted apart.
+    let load = json["load"].as_array().unwrap();
+    let shadow = load.iter().find(|l| l["kind"] == "shadow_reads").unwrap();
+    assert!(shadow["requests"].as_u64().unwrap() > 100 && shadow["failed"] == 0, "{load:?}");
     insta::assert_snapshot!("every_phase_passes", masked(&markdown));
 }
 

@@ -305,7 +305,9 @@ pub enum Measure {
     DualWriteLatency,
     /// Percent of shadow reads (every fifth read, while the shadow-read flag is on) whose
     /// document differs between the two stores, still 200 ms later (a write in flight to
-    /// one of them is not a mismatch).
+    /// one of them is not a mismatch). While dual writes are off (a dual-write flag is
+    /// declared and off), only one store takes writes and the other is stale by design:
+    /// those comparisons are counted apart (`shadow_reads_while_one_store_written`).
     ShadowMismatch,
     /// Percent of requests (reads and writes) that failed.
     ErrorRate,
