@@ -417,9 +417,31 @@ fn measure_refs<'p>(
             Measure::Collections(store) | Measure::StoreReads(store) => {
                 refs.push((at, store, &[ResourceKind::Mongodb]));
             }
+            Measure::ReadP95 => out.extend(other_quantile(plan, metric, 95.0, &at)),
+            Measure::ReadPercentile(q) => out.extend(other_quantile(plan, metric, *q, &at)),
             _ => {}
         }
     }
+}
+
+/// A latency measure of percentile `q` for a metric whose PromQL asks for another
+/// quantile (`histogram_quantile(0.99, …)` simulated as a p95).
+fn other_quantile(plan: &Plan, metric: &Id, q: f64, at: &str) -> Option<Diagnostic> {
+    let Some(MetricSource::Prometheus { query, .. }) = plan.metrics.get(metric).map(|m| &m.source) else {
+        return None;
+    };
+    let (_, rest) = query.split_once("histogram_quantile(")?;
+    let asked: f64 = rest.split(',').next()?.trim().parse().ok()?;
+    let percent = (asked * 10_000.0).round() / 100.0;
+    ((percent - q).abs() > 1e-6).then(|| {
+        Diagnostic::new(
+            codes::INVALID_VALUE,
+            at,
+            format!(
+                "metric `{metric}` is the {percent}th percentile (`histogram_quantile({asked}, …)`), but this measure takes the {q}th; use `read_percentile: {percent}`"
+            ),
+        )
+    })
 }
 
 /// Declared responses start with a stand-in variable and build their fields from measures.
@@ -1029,6 +1051,21 @@ pub fn counts(plan: &Plan) -> BTreeMap<&'static str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A p99 metric simulated with a p95 measure is refused; with its own percentile, not.
+    #[test]
+    fn a_latency_measure_takes_the_percentile_its_metric_asks_for() {
+        let (_, document) = crate::source::load(include_bytes!("../../../plans/menu-service.yaml")).unwrap();
+        let mut plan: Plan = serde_json::from_value(document.value).unwrap();
+        let metric = Id("p95_latency".to_owned());
+        assert!(other_quantile(&plan, &metric, 95.0, "").is_none());
+        if let Some(MetricSource::Prometheus { query, .. }) = plan.metrics.get_mut(&metric).map(|m| &mut m.source) {
+            *query = query.replace("histogram_quantile(0.95", "histogram_quantile(0.99");
+        }
+        let refused = other_quantile(&plan, &metric, 95.0, "").unwrap();
+        assert!(refused.message.contains("the 99th percentile") && refused.message.ends_with("`read_percentile: 99`"));
+        assert!(other_quantile(&plan, &metric, 99.0, "").is_none());
+    }
 
     #[test]
     fn overlap_finds_values_where_both_hold() {

@@ -313,6 +313,9 @@ pub enum Measure {
     ErrorRate,
     /// p95 read latency in milliseconds over the last 200 reads, as the client sees it.
     ReadP95,
+    /// This percentile (0–100, e.g. `99` for a p99 criterion) of read latency in
+    /// milliseconds over the last 200 reads, as the client sees it.
+    ReadPercentile(f64),
     /// Percent of writes that succeeded.
     WriteSuccess,
     /// Percent of the events the application published that the broker acknowledged.

@@ -146,11 +146,18 @@ fn keep(buffer: &mut VecDeque<u64>, micros: u64) {
 }
 
 fn p95(micros: &mut [u64]) -> Option<f64> {
+    percentile(micros, 95.0)
+}
+
+/// The `q`th percentile (0–100, nearest rank) of latencies in microseconds, in
+/// milliseconds.
+fn percentile(micros: &mut [u64], q: f64) -> Option<f64> {
     if micros.is_empty() {
         return None;
     }
     micros.sort_unstable();
-    Some(micros[((micros.len() - 1) as f64 * 0.95).round() as usize] as f64 / 1000.0)
+    let rank = ((micros.len() - 1) as f64 * q.clamp(0.0, 100.0) / 100.0).round() as usize;
+    Some(micros[rank] as f64 / 1000.0)
 }
 
 impl Stats {
@@ -175,8 +182,8 @@ impl Stats {
         (n > 0).then(|| 100.0 * ok as f64 / n as f64)
     }
 
-    fn p95_ms(&self, kind: Kind) -> Option<f64> {
-        p95(&mut self.latencies.get(kind.name())?.iter().copied().collect::<Vec<_>>())
+    fn percentile_ms(&self, kind: Kind, q: f64) -> Option<f64> {
+        percentile(&mut self.latencies.get(kind.name())?.iter().copied().collect::<Vec<_>>(), q)
     }
 }
 
@@ -864,7 +871,8 @@ impl Model {
                     .fold((0, 0), |(n, f), s| (n + 1, f + u64::from(!s.ok)));
                 (n > 0).then(|| 100.0 * failed as f64 / n as f64)
             }
-            Measure::ReadP95 => stats().p95_ms(Kind::Read),
+            Measure::ReadP95 => stats().percentile_ms(Kind::Read, 95.0),
+            Measure::ReadPercentile(q) => stats().percentile_ms(Kind::Read, *q),
             Measure::WriteSuccess => stats().success_percent(Kind::Write),
             Measure::EventPublishSuccess => stats().success_percent(Kind::Event),
             Measure::Collections(resource) => {
@@ -929,4 +937,19 @@ async fn values(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    /// Each percentile is its own rank: a p99 is not a p95.
+    #[test]
+    fn percentiles_are_nearest_ranks() {
+        let mut micros: Vec<u64> = (1..=100).rev().map(|ms| ms * 1000).collect();
+        let at = |q: f64, micros: &mut Vec<u64>| percentile(micros, q).unwrap();
+        assert_eq!((at(50.0, &mut micros), at(95.0, &mut micros), at(99.0, &mut micros)), (51.0, 95.0, 99.0));
+        assert_eq!((at(0.0, &mut micros), at(100.0, &mut micros)), (1.0, 100.0));
+        assert_eq!(percentile(&mut [], 99.0), None);
+    }
 }
