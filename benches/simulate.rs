@@ -32,6 +32,7 @@ fn main() {
             scenario: None,
             sandbox: handoff_sandbox::Options::default(),
             day: Some(DAY),
+            seed: 0,
             work_dir: work.path().to_owned(),
             drill: None,
         };

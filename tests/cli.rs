@@ -33,6 +33,7 @@ fn completions_for_every_shell() {
 fn generated_artifacts_are_up_to_date() {
     for (args, file) in [
         (&["schema"][..], "schemas/plan.schema.json"),
+        (&["schema", "scenario"][..], "schemas/scenario.schema.json"),
         (&["docs", "lints"][..], "docs/lints.md"),
         (&["docs", "executors"][..], "docs/executors.md"),
     ] {

@@ -41,10 +41,40 @@ fn every_plan_in_the_repository_is_valid_without_warnings() {
     }
 }
 
+/// Validating a plan checks the scenarios next to it (`scenarios/<plan name>/*.yaml`, where
+/// `handoff simulate --scenario NAME` finds them): their schema, and every phase, resource
+/// and service they name against the plan, with file:line diagnostics. The fixture plan is
+/// a link to the menu plan.
+#[test]
+fn scenarios_are_checked_against_their_plan() {
+    let output = handoff(&["validate", "tests/fixtures/scenarios/menu-service.yaml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", transcript(&output));
+    insta::assert_snapshot!(transcript(&output));
+    let menu = handoff(&["validate", "plans/menu-service.yaml"]);
+    let stdout = String::from_utf8(menu.stdout).unwrap();
+    for name in ["broker-outage", "dual-write-failures", "slow-menu-service"] {
+        assert!(stdout.contains(&format!("plans/scenarios/menu-service/{name}.yaml: valid\n")), "{stdout}");
+    }
+}
+
+/// A scenario that does not fit the plan stops `handoff simulate` before anything starts,
+/// with the same diagnostics.
+#[test]
+fn simulate_refuses_a_scenario_that_does_not_fit_the_plan() {
+    let scenario = "tests/fixtures/scenarios/scenarios/menu-service/h205-mistyped-service.yaml";
+    let output = handoff(&["simulate", "plans/menu-service.yaml", "--scenario", scenario]);
+    assert_eq!(output.status.code(), Some(1), "{}", transcript(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("[H205 undefined-resource]") && stdout.contains(&format!("{scenario}:5:40")), "{stdout}");
+}
+
 #[test]
 fn menu_plan_summary() {
     let output = handoff(&["validate", "--format", "json", "plans/menu-service.yaml"]);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // One object per line: the plan's, then one per scenario next to it.
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
     let summary = &report["summary"];
     assert_eq!(report["valid"], true, "{report:#}");
     assert_eq!(summary["phases"], 5);

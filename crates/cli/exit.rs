@@ -10,8 +10,9 @@ use handoff_engine::{EngineError, StoreError};
 pub(crate) const OK: u8 = 0;
 /// A plan is invalid (or has warnings under `--deny-warnings`).
 pub(crate) const INVALID: u8 = 1;
-/// A simulation in which something failed (a criterion, a rollback, a scenario's failing
-/// phase, the loss audit); the same number as [`INVALID`].
+/// A simulation that did not go as expected (a criterion or a rollback failed, the loss
+/// audit found a loss, a scenario's expectation was not met); the same number as
+/// [`INVALID`].
 pub(crate) const SIMULATION_FAILED: u8 = INVALID;
 /// Usage error, a file could not be read, the environment is incomplete, the state store
 /// failed, the run refuses a step, or a sandbox did not start.

@@ -107,8 +107,9 @@ Examples:
   handoff simulate plans/menu-service.yaml --scenario dual-write-failures --report out/
   handoff simulate plans/menu-service.yaml --format json --time-scale 500ms
 
-Exit codes: 0 every phase passed, 1 something failed (a criterion, a rollback, a
-scenario's failing phase), 2 the simulation could not run, 130 interrupted.")]
+Exit codes: 0 the run went as expected (every phase passed; with a scenario, its
+expected rollback happened within budget), 1 something else failed or the scenario is
+invalid, 2 the simulation could not run, 130 interrupted.")]
     Simulate(simulate::Args),
     /// Render a plan's artifacts from tera templates: the VirtualService of every traffic
     /// weight, the runbook, Prometheus alert rules, the Gantt chart of the timeline.
@@ -128,11 +129,16 @@ Exit codes: 0 rendered, 1 invalid plan, 2 template, I/O or usage error.")]
     #[command(subcommand)]
     Sandbox(sandbox::Command),
     /// Print the plan JSON Schema (generated from the plan types and every executor's
-    /// parameters).
+    /// parameters), or that of scenario files.
     #[command(
-        after_help = "Editors: put `# yaml-language-server: $schema=<path>/plan.schema.json` on a plan's first line."
+        after_help = "Editors: put `# yaml-language-server: $schema=<path>/plan.schema.json` on a plan's first line \
+(`scenario.schema.json` on a scenario's)."
     )]
-    Schema,
+    Schema {
+        /// Which schema.
+        #[arg(value_enum, default_value_t = SchemaOf::Plan)]
+        which: SchemaOf,
+    },
     /// List the built-in executors and their actions.
     Executors,
     /// Print a generated reference document.
@@ -147,6 +153,14 @@ Exit codes: 0 rendered, 1 invalid plan, 2 template, I/O or usage error.")]
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaOf {
+    /// schemas/plan.schema.json: migration plans.
+    Plan,
+    /// schemas/scenario.schema.json: `handoff simulate --scenario` files.
+    Scenario,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -165,7 +179,7 @@ fn main() -> ExitCode {
         Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     // The schema, the generated docs and completions describe the built-in executors only.
-    let builtin = matches!(cli.command, Command::Schema | Command::Docs { .. } | Command::Completions { .. });
+    let builtin = matches!(cli.command, Command::Schema { .. } | Command::Docs { .. } | Command::Completions { .. });
     let registry = if builtin { Registry::builtin() } else { support::registry_with_plugins() };
     let out = &mut std::io::stdout().lock();
     let result = match cli.command {
@@ -182,7 +196,7 @@ fn main() -> ExitCode {
         Command::Render(args) => render::run(&args, &registry, out),
         Command::Sandbox(sandbox::Command::Up(args)) => sandbox::up(&args, &registry, out),
         Command::Sandbox(sandbox::Command::Doctor { format }) => sandbox::doctor(format, out),
-        Command::Schema => schema(&registry, out),
+        Command::Schema { which } => schema(which, &registry, out),
         Command::Executors => executors(&registry, out),
         Command::Docs { which } => docs(which, &registry, out),
         Command::Completions { shell } => completions(shell, out),
@@ -190,9 +204,13 @@ fn main() -> ExitCode {
     exit::status(result)
 }
 
-/// `handoff schema`.
-fn schema(registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
-    out.write_all(registry.schema_text().as_bytes())?;
+/// `handoff schema [plan|scenario]`.
+fn schema(which: SchemaOf, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let text = match which {
+        SchemaOf::Plan => registry.schema_text(),
+        SchemaOf::Scenario => format!("{:#}\n", handoff_plan::schema::scenario()),
+    };
+    out.write_all(text.as_bytes())?;
     Ok(exit::OK)
 }
 

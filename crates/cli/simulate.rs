@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use handoff_engine::Notice;
-use handoff_plan::simulation::Scenario;
 use handoff_registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +31,9 @@ pub(crate) struct Args {
     /// `500ms`, `2s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     time_scale: Option<std::time::Duration>,
+    /// Seed of the generated data (`simulation.dataset`): the same seed, the same documents.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
     /// Write report.md, report.json and junit.xml into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
@@ -63,27 +65,22 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))
 }
 
-/// Reads a scenario: a file, or a name looked up next to the plan.
-fn scenario(plan_path: &Path, plan: &str, arg: &str) -> anyhow::Result<Scenario> {
+/// Finds a scenario: a file, or a name looked up next to the plan.
+fn scenario_path(plan_path: &Path, plan: &handoff_plan::model::Plan, arg: &str) -> anyhow::Result<PathBuf> {
     let as_file = Path::new(arg);
-    let path = if as_file.is_file() {
-        as_file.to_owned()
-    } else {
-        plan_path.parent().unwrap_or(Path::new(".")).join("scenarios").join(plan).join(format!("{arg}.yaml"))
-    };
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_owned))
-            .collect();
-        names.sort();
-        let known = if names.is_empty() { "there are none".to_owned() } else { format!("there: {}", names.join(", ")) };
-        format!("scenario `{arg}`: cannot read {} (give a file, or the name of a scenario {known})", path.display())
-    })?;
-    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    if as_file.is_file() {
+        return Ok(as_file.to_owned());
+    }
+    let path = crate::validate::scenario_dir(plan_path, &plan.metadata.name.0).join(format!("{arg}.yaml"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let names: Vec<String> = crate::validate::scenario_files(plan_path, plan)
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
+        .collect();
+    let known = if names.is_empty() { "there are none".to_owned() } else { format!("there: {}", names.join(", ")) };
+    anyhow::bail!("scenario `{arg}`: no file {} (give a file, or the name of a scenario {known})", path.display())
 }
 
 /// The phases to drill: the named ones (each must exist and be reversible), or every
@@ -112,7 +109,13 @@ fn drills(plan: &handoff_plan::model::Plan, named: &[String]) -> anyhow::Result<
 /// `handoff simulate`: the run, then the rollback drills; prints the report and writes its files.
 pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyhow::Result<u8> {
     let Some(plan) = crate::validate::load_plan(&args.plan, registry, out)? else { return Ok(exit::INVALID) };
-    let scenario = args.scenario.as_deref().map(|s| scenario(&args.plan, &plan.metadata.name.0, s)).transpose()?;
+    let scenario = match args.scenario.as_deref().map(|s| scenario_path(&args.plan, &plan, s)).transpose()? {
+        Some(path) => match crate::validate::load_scenario(&path, &plan, registry, out)? {
+            Some(scenario) => Some(scenario),
+            None => return Ok(exit::INVALID),
+        },
+        None => None,
+    };
     let drills = args.drill_rollbacks.as_deref().map(|named| drills(&plan, named)).transpose()?.unwrap_or_default();
     let work =
         tempfile::Builder::new().prefix("handoff-simulate-").tempdir().context("cannot create a work directory")?;
@@ -121,6 +124,7 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
         scenario,
         sandbox: handoff_sandbox::Options { provider, keep: args.keep, ..handoff_sandbox::Options::default() },
         day: args.time_scale,
+        seed: args.seed,
         work_dir: work.path().to_owned(),
         drill: None,
     };

@@ -75,7 +75,7 @@ fn regular(path: &Path, metadata: &std::fs::Metadata) -> anyhow::Result<()> {
     anyhow::bail!("{} is {what}, not a regular file; pass a plan file", path.display())
 }
 
-/// Validates every path; returns the exit code.
+/// Validates every path, and the scenarios next to each valid plan; returns the exit code.
 pub(crate) fn run(
     args: &Args,
     registry: &handoff_registry::Registry,
@@ -85,41 +85,105 @@ pub(crate) fn run(
     let checker = Checker::new(registry)?;
     let mut code = exit::OK;
     for path in &args.paths {
-        let shown = path.display().to_string();
-        let bytes = match read(path) {
-            Ok(bytes) => bytes,
+        let report = match read(path) {
+            Ok(bytes) if bytes.len() > MAX_FILE_BYTES => too_large(bytes.len()),
+            Ok(bytes) => checker.check(&bytes),
             Err(error) => {
+                unreadable(path, &error, args.format, out)?;
                 code = exit::ERROR;
-                let message = format!("{error:#}");
-                match args.format {
-                    Format::Text => writeln!(out, "error: {message}")?,
-                    Format::Json => writeln!(
-                        out,
-                        "{}",
-                        json!({"path": shown, "valid": false, "error": message, "diagnostics": []})
-                    )?,
-                    Format::Github => writeln!(out, "::error file={shown}::{message}")?,
-                }
                 continue;
             }
         };
-        let report = if bytes.len() > MAX_FILE_BYTES { too_large(bytes.len()) } else { checker.check(&bytes) };
-        let valid = report.is_valid(args.deny_warnings);
-        if !valid && code == exit::OK {
-            code = exit::INVALID;
-        }
-        match args.format {
-            Format::Text => text(&shown, &report, valid, color, out)?,
-            Format::Json => writeln!(out, "{}", to_json(&shown, &report, valid))?,
-            Format::Github => {
-                for diagnostic in &report.diagnostics {
-                    writeln!(out, "{}", diagnostic.to_github(&shown))?;
+        code = code.max(show(path, &report, args, color, out)?);
+        let Some(plan) = report.plan.as_ref().filter(|_| report.is_valid(false)) else { continue };
+        for scenario in scenario_files(path, plan) {
+            let report = match read(&scenario) {
+                Ok(bytes) if bytes.len() > MAX_FILE_BYTES => too_large(bytes.len()),
+                Ok(bytes) => checker.check_scenario(&bytes, plan).0,
+                Err(error) => {
+                    unreadable(&scenario, &error, args.format, out)?;
+                    code = exit::ERROR;
+                    continue;
                 }
-                writeln!(out, "{}", verdict(&shown, &report, valid))?;
-            }
+            };
+            code = code.max(show(&scenario, &report, args, color, out)?);
         }
     }
     Ok(code)
+}
+
+/// A file that could not be read, in the output format.
+fn unreadable(path: &Path, error: &anyhow::Error, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (shown, message) = (path.display().to_string(), format!("{error:#}"));
+    match format {
+        Format::Text => writeln!(out, "error: {message}")?,
+        Format::Json => {
+            writeln!(out, "{}", json!({"path": shown, "valid": false, "error": message, "diagnostics": []}))?
+        }
+        Format::Github => writeln!(out, "::error file={shown}::{message}")?,
+    }
+    Ok(())
+}
+
+/// Prints one file's report in the output format; returns its exit code.
+fn show(path: &Path, report: &Report, args: &Args, color: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let shown = path.display().to_string();
+    let valid = report.is_valid(args.deny_warnings);
+    match args.format {
+        Format::Text => text(&shown, report, valid, color, out)?,
+        Format::Json => writeln!(out, "{}", to_json(&shown, report, valid))?,
+        Format::Github => {
+            for diagnostic in &report.diagnostics {
+                writeln!(out, "{}", diagnostic.to_github(&shown))?;
+            }
+            writeln!(out, "{}", verdict(&shown, report, valid))?;
+        }
+    }
+    Ok(if valid { exit::OK } else { exit::INVALID })
+}
+
+/// The scenario files of `plan` (read from `plan_path`): `<plan dir>/scenarios/<plan
+/// name>/*.yaml`, in name order, where `handoff simulate --scenario NAME` finds them.
+pub(crate) fn scenario_files(plan_path: &Path, plan: &handoff_plan::model::Plan) -> Vec<PathBuf> {
+    let dir = scenario_dir(plan_path, &plan.metadata.name.0);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Where the scenarios of plan `name` (read from `plan_path`) live.
+pub(crate) fn scenario_dir(plan_path: &Path, name: &str) -> PathBuf {
+    plan_path.parent().unwrap_or(Path::new(".")).join("scenarios").join(name)
+}
+
+/// Reads and checks a scenario against `plan`. An invalid scenario's diagnostics are
+/// written to `out` and `None` is returned.
+pub(crate) fn load_scenario(
+    path: &Path,
+    plan: &handoff_plan::model::Plan,
+    registry: &handoff_registry::Registry,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<handoff_plan::simulation::Scenario>> {
+    let bytes = read(path)?;
+    let (report, scenario) = if bytes.len() > MAX_FILE_BYTES {
+        (too_large(bytes.len()), None)
+    } else {
+        Checker::new(registry)?.check_scenario(&bytes, plan)
+    };
+    match scenario.filter(|_| report.is_valid(false)) {
+        Some(scenario) => Ok(Some(scenario)),
+        None => {
+            text(&path.display().to_string(), &report, false, false, out)?;
+            writeln!(out, "fix the scenario first: `handoff validate <plan>` checks it")?;
+            Ok(None)
+        }
+    }
 }
 
 /// Reads and checks one plan for a command that acts on it. An invalid plan's diagnostics
@@ -186,6 +250,8 @@ fn verdict(path: &str, report: &Report, valid: bool) -> String {
             s.rollbacks,
             if problems.is_empty() { String::new() } else { format!("; {problems}") }
         ),
+        (true, None) if problems.is_empty() => format!("{path}: valid"),
+        (true, None) => format!("{path}: valid ({problems})"),
         _ => format!("{path}: invalid ({problems})"),
     }
 }

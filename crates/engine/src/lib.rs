@@ -35,6 +35,7 @@ pub mod store;
 pub use events::{Event, Notice, Record, Role, RunStatus, Verdict};
 pub use graph::{Graph, GraphError};
 pub use runner::{Answer, Outcome};
+pub use schedule::CUT_SHORT;
 pub use state::RunState;
 pub use store::{Acquired, BreakTarget, DirStore, Lease, LockRecord, LockRequest, LockState, Store, StoreError};
 

@@ -191,7 +191,7 @@ impl<'c> Observation<'c> {
             let (verdict, detail) = window.decided.unwrap_or_else(|| {
                 let (verdict, detail) = window.check.map_or_else(undecidable, |check| window.tally.verdict(check));
                 match &cut_short_by {
-                    Some(failed) => (verdict, format!("{detail}; observation cut short: `{failed}` failed")),
+                    Some(failed) => (verdict, format!("{detail}; {CUT_SHORT}: `{failed}` failed")),
                     None => (verdict, detail),
                 }
             });
@@ -200,6 +200,10 @@ impl<'c> Observation<'c> {
         self.criteria.into_iter().map(judge).collect()
     }
 }
+
+/// How the detail of a criterion whose observation another criterion's failure ended
+/// says so (its verdict is from the samples taken until then).
+pub const CUT_SHORT: &str = "observation cut short";
 
 /// The verdict on a criterion nothing can decide.
 fn undecidable() -> (Verdict, String) {

@@ -12,6 +12,7 @@ use crate::codes::{self, Code};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::lint::{self, suggestion};
 use crate::model::Plan;
+use crate::simulation::Scenario;
 use crate::source::{self, Document};
 use crate::{Catalog, schema, units};
 
@@ -23,11 +24,20 @@ pub enum CheckerError {
     Schema(String),
 }
 
-/// Validates plan files against the schema and the lints, with one catalog of executors.
+/// Validates plan files (and scenario files against a plan) against their schemas and
+/// the lints, with one catalog of executors.
 pub struct Checker<'c> {
     catalog: &'c dyn Catalog,
+    plan: Compiled,
+    scenario: Compiled,
+}
+
+/// A schema with its compiled validator; its errors become diagnostics.
+struct Compiled {
     schema: Value,
     validator: jsonschema::Validator,
+    /// What the file is, in messages about its top level (`the plan`).
+    top: &'static str,
 }
 
 /// Counts reported for a valid plan.
@@ -81,29 +91,108 @@ impl Report {
 }
 
 impl<'c> Checker<'c> {
-    /// Builds the schema for `catalog` and compiles it.
+    /// Builds the schema for `catalog` and compiles it, with the scenario schema.
     pub fn new(catalog: &'c dyn Catalog) -> Result<Checker<'c>, CheckerError> {
-        let schema = schema::generate(&catalog.schemas());
+        let plan = Compiled::new(schema::generate(&catalog.schemas()), "the plan")?;
+        let scenario = Compiled::new(schema::scenario(), "the scenario")?;
+        Ok(Checker { catalog, plan, scenario })
+    }
+
+    /// The generated plan schema.
+    pub fn schema(&self) -> &Value {
+        &self.plan.schema
+    }
+
+    /// Checks one plan file's bytes.
+    pub fn check(&self, bytes: &[u8]) -> Report {
+        let help = "a plan starts with `apiVersion: handoff.dev/v1alpha1` and `kind: MigrationPlan`";
+        let (mut report, document) = match self.plan.load(bytes, help) {
+            Ok(loaded) => loaded,
+            Err(report) => return *report,
+        };
+        if report.diagnostics.is_empty() {
+            match serde_json::from_value::<Plan>(document.value.clone()) {
+                Ok(plan) => {
+                    report.diagnostics = lint::lint(&plan, &document.value, self.catalog);
+                    report.diagnostics.extend(calendar_overflow(&plan));
+                    report.plan = Some(plan);
+                }
+                Err(e) => report.diagnostics.push(Diagnostic::new(codes::SCHEMA, "", e.to_string())),
+            }
+        }
+        finished(report, &document)
+    }
+
+    /// Checks one scenario file's bytes against the (valid) plan it is simulated with:
+    /// its schema, then that every phase, resource and service it names exists and that
+    /// each fault can be applied. The report holds no plan; the scenario is returned when
+    /// it passed the schema.
+    pub fn check_scenario(&self, bytes: &[u8], plan: &Plan) -> (Report, Option<Scenario>) {
+        let help = "a scenario has a `name`, `faults` (each a `phase` and a `fault`) and optionally `expect_rollback`";
+        let (mut report, document) = match self.scenario.load(bytes, help) {
+            Ok(loaded) => loaded,
+            Err(report) => return (*report, None),
+        };
+        let mut scenario = None;
+        if report.diagnostics.is_empty() {
+            match serde_json::from_value::<Scenario>(document.value.clone()) {
+                Ok(typed) => {
+                    report.diagnostics = lint::scenario(plan, &typed);
+                    scenario = Some(typed);
+                }
+                Err(e) => report.diagnostics.push(Diagnostic::new(codes::SCHEMA, "", e.to_string())),
+            }
+        }
+        (finished(report, &document), scenario)
+    }
+}
+
+/// Places every diagnostic in the file, masks literal secrets, and orders them by position.
+fn finished(mut report: Report, document: &Document) -> Report {
+    for diagnostic in &mut report.diagnostics {
+        if diagnostic.span.is_none() {
+            diagnostic.span = document.span(&diagnostic.pointer);
+        }
+        if diagnostic.code == codes::LITERAL_CREDENTIAL
+            && let Some(span) = document.value_span(&diagnostic.pointer)
+        {
+            report.secrets.push((span.start, span.end));
+        }
+    }
+    report.diagnostics.sort_by_key(|d| d.span.map_or((0, 0), |s| (s.start, s.end)));
+    report.diagnostics.dedup();
+    redacted(report)
+}
+
+impl Compiled {
+    /// Compiles `schema`.
+    fn new(schema: Value, top: &'static str) -> Result<Compiled, CheckerError> {
         let validator = jsonschema::options()
             .should_validate_formats(true)
             .with_format(units::DURATION_FORMAT, units::Duration::within_bounds)
             .build(&schema)
             .map_err(|e| CheckerError::Schema(e.to_string()))?;
-        Ok(Checker { catalog, schema, validator })
+        Ok(Compiled { schema, validator, top })
     }
 
-    /// The generated schema.
-    pub fn schema(&self) -> &Value {
-        &self.schema
+    /// `pointer` in words: `` `phases[0].steps` ``, or what the file is at its top level.
+    fn describe(&self, pointer: &str) -> String {
+        if pointer.is_empty() { self.top.to_owned() } else { describe(pointer) }
     }
 
-    /// Checks one file's bytes.
-    pub fn check(&self, bytes: &[u8]) -> Report {
+    /// The first tiers: YAML, a mapping at the top (else `help` says what belongs there),
+    /// the schema. A file that does not load is returned as the error.
+    fn load(&self, bytes: &[u8], help: &str) -> Result<(Report, Document), Box<Report>> {
         let (text, document) = match source::load(bytes) {
             Ok(loaded) => loaded,
             Err(diagnostic) => {
                 let text = std::str::from_utf8(bytes).map(str::to_owned).unwrap_or_default();
-                return redacted(Report { text, diagnostics: vec![diagnostic], plan: None, secrets: Vec::new() });
+                return Err(Box::new(redacted(Report {
+                    text,
+                    diagnostics: vec![diagnostic],
+                    plan: None,
+                    secrets: Vec::new(),
+                })));
             }
         };
         let mut report = Report { text: text.to_owned(), diagnostics: Vec::new(), plan: None, secrets: Vec::new() };
@@ -115,36 +204,14 @@ impl<'c> Checker<'c> {
                     format!("the top level is {}, not a mapping", type_name(&document.value)),
                 )
                 .at(document.value_span(""))
-                .with_help("a plan starts with `apiVersion: handoff.dev/v1alpha1` and `kind: MigrationPlan`"),
+                .with_help(help),
             );
-            return redacted(report);
+            return Err(Box::new(redacted(report)));
         }
         for error in self.validator.iter_errors(&document.value) {
             self.schema_error(&error, &document, &mut report.diagnostics);
         }
-        if report.diagnostics.is_empty() {
-            match serde_json::from_value::<Plan>(document.value.clone()) {
-                Ok(plan) => {
-                    report.diagnostics = lint::lint(&plan, &document.value, self.catalog);
-                    report.diagnostics.extend(calendar_overflow(&plan));
-                    report.plan = Some(plan);
-                }
-                Err(e) => report.diagnostics.push(Diagnostic::new(codes::SCHEMA, "", e.to_string())),
-            }
-        }
-        for diagnostic in &mut report.diagnostics {
-            if diagnostic.span.is_none() {
-                diagnostic.span = document.span(&diagnostic.pointer);
-            }
-            if diagnostic.code == codes::LITERAL_CREDENTIAL
-                && let Some(span) = document.value_span(&diagnostic.pointer)
-            {
-                report.secrets.push((span.start, span.end));
-            }
-        }
-        report.diagnostics.sort_by_key(|d| d.span.map_or((0, 0), |s| (s.start, s.end)));
-        report.diagnostics.dedup();
-        redacted(report)
+        Ok((report, document))
     }
 
     fn schema_error(&self, error: &ValidationError<'_>, document: &Document, out: &mut Vec<Diagnostic>) {
@@ -154,12 +221,12 @@ impl<'c> Checker<'c> {
         let blank = instance.is_null() || instance.as_str() == Some("");
         let span = if blank { document.key_span(&pointer) } else { document.span(&pointer) };
         let at = |code: &'static Code, message: String| Diagnostic::new(code, pointer.clone(), message).at(span);
-        let place = describe(&pointer);
+        let place = self.describe(&pointer);
         match error.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected }
             | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
                 let allowed = self.allowed_keys(error.schema_path().as_str());
-                out.extend(unexpected.iter().map(|key| unknown_key(key, &pointer, &allowed, document)));
+                out.extend(unexpected.iter().map(|key| unknown_key(key, (&pointer, &place), &allowed, document)));
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default();
@@ -237,7 +304,7 @@ impl<'c> Checker<'c> {
         context: &[Vec<ValidationError<'static>>],
         diagnostic: Diagnostic,
     ) -> Diagnostic {
-        let (instance, place) = (error.instance(), describe(&diagnostic.pointer));
+        let (instance, place) = (error.instance(), self.describe(&diagnostic.pointer));
         match (constants(context), self.variants(error.schema_path().as_str())) {
             (Some(options), _) => {
                 let diagnostic = Diagnostic { code: codes::INVALID_VALUE, ..diagnostic };
@@ -355,9 +422,8 @@ fn constants(branches: &[Vec<ValidationError<'static>>]) -> Option<Vec<Value>> {
 }
 
 /// An unknown key of the mapping at `pointer`, with the keys allowed there.
-fn unknown_key(key: &str, pointer: &str, allowed: &[String], document: &Document) -> Diagnostic {
+fn unknown_key(key: &str, (pointer, place): (&str, &str), allowed: &[String], document: &Document) -> Diagnostic {
     let key_pointer = crate::source::child(pointer, key);
-    let place = describe(pointer);
     let message = format!("unknown field `{key}` in {place}{}", suggestion(key, allowed.iter().map(String::as_str)));
     let diagnostic =
         Diagnostic::new(codes::UNKNOWN_FIELD, key_pointer.clone(), message).at(document.key_span(&key_pointer));

@@ -250,7 +250,7 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
         refs.push((format!("/simulation/dataset/{i}/resource"), &dataset.resource, &[ResourceKind::Mongodb]));
     }
     app_refs(&simulation.app, &mut refs, out);
-    fault_refs(plan, simulation, &mut refs, out);
+    fault_refs(plan, simulation, (&simulation.faults, "/simulation"), &mut refs, out);
     measure_refs(plan, simulation, &mut refs, out);
     response_checks(simulation, out);
     for (at, id, kinds) in refs {
@@ -281,6 +281,13 @@ fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out
             format!("`{service}` has no store under `app.stores`; name a service listed there"),
         ));
     }
+    for store in app.renamed.keys().filter(|s| !app.stores.values().any(|v| v == *s)) {
+        out.push(Diagnostic::new(
+            codes::UNDEFINED_RESOURCE,
+            crate::source::child("/simulation/app/renamed", &store.0),
+            format!("`{store}` is no store under `app.stores`; name a store listed there"),
+        ));
+    }
     if let Some(cache) = &app.cache {
         refs.push(("/simulation/app/cache/resource".to_owned(), &cache.resource, &[Redis]));
     }
@@ -296,32 +303,96 @@ fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out
     }
 }
 
-/// What each fault acts on, and the phase it is injected in.
+/// What each of `faults` (under the pointer `at`) acts on, the phase it is injected in,
+/// and whether the simulation can apply it.
 fn fault_refs<'p>(
     plan: &Plan,
-    simulation: &'p crate::simulation::Simulation,
+    simulation: &crate::simulation::Simulation,
+    (faults, at): (&'p [crate::simulation::Fault], &str),
     refs: &mut Vec<SimRef<'p>>,
     out: &mut Vec<Diagnostic>,
 ) {
     use crate::simulation::FaultKind;
     use ResourceKind::{Kafka, Mongodb, Redis, Service};
     const ANY: &[ResourceKind] = &[Mongodb, Kafka, Redis];
-    for (i, fault) in simulation.faults.iter().enumerate() {
-        let (resource, kinds): (&Id, &'static [ResourceKind]) = match &fault.fault {
-            FaultKind::WriteErrors { resource, .. } => (resource, &[Mongodb]),
-            FaultKind::CacheFlush { resource } => (resource, &[Redis]),
-            FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => (resource, ANY),
-            FaultKind::ServiceLatency { service, .. } => (service, &[Service]),
+    for (i, fault) in faults.iter().enumerate() {
+        let (resource, kinds, field): (&Id, &'static [ResourceKind], &str) = match &fault.fault {
+            FaultKind::WriteErrors { resource, .. } => (resource, &[Mongodb], "write_errors/resource"),
+            FaultKind::CacheFlush { resource } => (resource, &[Redis], "cache_flush/resource"),
+            FaultKind::Latency { resource, .. } => (resource, ANY, "latency/resource"),
+            FaultKind::Outage { resource } => (resource, ANY, "outage/resource"),
+            FaultKind::ServiceLatency { service, .. } => (service, &[Service], "service_latency/service"),
         };
-        refs.push((format!("/simulation/faults/{i}/fault"), resource, kinds));
+        let pointer = format!("{at}/faults/{i}/fault/{field}");
+        if resource_ref(plan, "", resource, kinds).is_none()
+            && let Some(why) = inapplicable(&simulation.app, &fault.fault)
+        {
+            out.push(Diagnostic::new(codes::INAPPLICABLE_FAULT, pointer.clone(), why));
+        }
+        refs.push((pointer, resource, kinds));
         if !plan.phases.iter().any(|p| p.id == fault.phase) {
             out.push(Diagnostic::new(
                 codes::UNDEFINED_PHASE,
-                format!("/simulation/faults/{i}/phase"),
-                format!("no phase has the id `{}`", fault.phase),
+                format!("{at}/faults/{i}/phase"),
+                format!(
+                    "no phase has the id `{}`{}",
+                    fault.phase,
+                    suggestion(fault.phase.as_str(), plan.phases.iter().map(|p| p.id.as_str()))
+                ),
             ));
         }
     }
+}
+
+/// Why the application model cannot apply `fault` to a resource of the right kind: a
+/// write error on a store it does not write, a slow service it does not run, a flush of a
+/// cache it does not use.
+fn inapplicable(app: &crate::simulation::App, fault: &crate::simulation::FaultKind) -> Option<String> {
+    use crate::simulation::FaultKind;
+    let names = |ids: Vec<&Id>| ids.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", ");
+    match fault {
+        FaultKind::WriteErrors { resource, .. } if !app.stores.values().any(|s| s == resource) => Some(format!(
+            "the application writes no data to `{resource}`, so no write of it can fail; name a store under `simulation.app.stores`: {}",
+            names(app.stores.values().collect())
+        )),
+        FaultKind::ServiceLatency { service, .. } if !app.stores.contains_key(service) => Some(format!(
+            "the application model runs no service `{service}`; name a service under `simulation.app.stores`: {}",
+            names(app.stores.keys().collect())
+        )),
+        FaultKind::CacheFlush { resource } if app.cache.as_ref().is_none_or(|c| c.resource != *resource) => {
+            Some(format!("the application reads through no cache `{resource}` (`simulation.app.cache`)"))
+        }
+        _ => None,
+    }
+}
+
+/// Every phase, resource and service a scenario names exists, each of its faults can be
+/// applied to the plan's simulation, and the phase it expects to roll back can.
+pub fn scenario(plan: &Plan, scenario: &crate::simulation::Scenario) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let Some(simulation) = &plan.simulation else {
+        let message = format!("plan `{}` has no `simulation:` section to run this scenario in", plan.metadata.name.0);
+        return vec![Diagnostic::new(codes::MISSING_FIELD, "", message)];
+    };
+    let mut refs = Vec::new();
+    fault_refs(plan, simulation, (&scenario.faults, ""), &mut refs, &mut out);
+    for (at, id, kinds) in refs {
+        if let Some(issue) = resource_ref(plan, "", id, kinds) {
+            out.push(Diagnostic::new(issue.code, at, issue.message));
+        }
+    }
+    if let Some(expected) = &scenario.expect_rollback {
+        let phases = || plan.phases.iter().map(|p| p.id.as_str());
+        let message = match plan.phases.iter().find(|p| p.id == *expected) {
+            None => Some(format!("no phase has the id `{expected}`{}", suggestion(expected.as_str(), phases()))),
+            Some(p) if !p.reversible || p.rollback.is_none() => {
+                Some(format!("phase `{expected}` has no rollback (or is irreversible), so it cannot roll back"))
+            }
+            Some(_) => None,
+        };
+        out.extend(message.map(|m| Diagnostic::new(codes::UNDEFINED_PHASE, "/expect_rollback", m)));
+    }
+    out
 }
 
 /// Every measure is of a metric the plan defines, on a service or store that exists.
@@ -346,9 +417,31 @@ fn measure_refs<'p>(
             Measure::Collections(store) | Measure::StoreReads(store) => {
                 refs.push((at, store, &[ResourceKind::Mongodb]));
             }
+            Measure::ReadP95 => out.extend(other_quantile(plan, metric, 95.0, &at)),
+            Measure::ReadPercentile(q) => out.extend(other_quantile(plan, metric, *q, &at)),
             _ => {}
         }
     }
+}
+
+/// A latency measure of percentile `q` for a metric whose PromQL asks for another
+/// quantile (`histogram_quantile(0.99, …)` simulated as a p95).
+fn other_quantile(plan: &Plan, metric: &Id, q: f64, at: &str) -> Option<Diagnostic> {
+    let Some(MetricSource::Prometheus { query, .. }) = plan.metrics.get(metric).map(|m| &m.source) else {
+        return None;
+    };
+    let (_, rest) = query.split_once("histogram_quantile(")?;
+    let asked: f64 = rest.split(',').next()?.trim().parse().ok()?;
+    let percent = (asked * 10_000.0).round() / 100.0;
+    ((percent - q).abs() > 1e-6).then(|| {
+        Diagnostic::new(
+            codes::INVALID_VALUE,
+            at,
+            format!(
+                "metric `{metric}` is the {percent}th percentile (`histogram_quantile({asked}, …)`), but this measure takes the {q}th; use `read_percentile: {percent}`"
+            ),
+        )
+    })
 }
 
 /// Declared responses start with a stand-in variable and build their fields from measures.
@@ -985,6 +1078,21 @@ pub fn counts(plan: &Plan) -> BTreeMap<&'static str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A p99 metric simulated with a p95 measure is refused; with its own percentile, not.
+    #[test]
+    fn a_latency_measure_takes_the_percentile_its_metric_asks_for() {
+        let (_, document) = crate::source::load(include_bytes!("../../../plans/menu-service.yaml")).unwrap();
+        let mut plan: Plan = serde_json::from_value(document.value).unwrap();
+        let metric = Id("p95_latency".to_owned());
+        assert!(other_quantile(&plan, &metric, 95.0, "").is_none());
+        if let Some(MetricSource::Prometheus { query, .. }) = plan.metrics.get_mut(&metric).map(|m| &mut m.source) {
+            *query = query.replace("histogram_quantile(0.95", "histogram_quantile(0.99");
+        }
+        let refused = other_quantile(&plan, &metric, 95.0, "").unwrap();
+        assert!(refused.message.contains("the 99th percentile") && refused.message.ends_with("`read_percentile: 99`"));
+        assert!(other_quantile(&plan, &metric, 99.0, "").is_none());
+    }
 
     #[test]
     fn overlap_finds_values_where_both_hold() {

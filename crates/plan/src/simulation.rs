@@ -89,6 +89,104 @@ pub struct Dataset {
     /// Number of documents.
     #[schemars(range(min = 1, max = 10000000))]
     pub documents: u64,
+    /// The `_id` of document `n`: `prefix` then `n`, zero-padded to `width` digits
+    /// (`item-0000042`).
+    pub ids: IdSequence,
+    /// The other fields of each document, in order, each with its generator. Generators
+    /// draw from a random source seeded by `handoff simulate --seed`, so a seed reproduces
+    /// the data.
+    pub document: BTreeMap<String, Generator>,
+}
+
+/// The string ids of generated documents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdSequence {
+    /// Text before the number.
+    pub prefix: String,
+    /// Digits of the number, zero-padded.
+    #[schemars(range(min = 1, max = 19))]
+    pub width: u8,
+}
+
+/// How a field's value is generated for document `n` (counting from 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Generator {
+    /// This value in every document (any YAML value).
+    Const(serde_json::Value),
+    /// Text with `{n}` replaced by the document's number, and `{n % M}` by its remainder
+    /// modulo `M` (`restaurant-{n % 5000}`).
+    Template(String),
+    /// One of these values, drawn uniformly.
+    Choice(Vec<serde_json::Value>),
+    /// A whole number from `min` to `max` (inclusive; a 32-bit integer when both fit).
+    Int {
+        /// Smallest value.
+        min: i64,
+        /// Largest value.
+        max: i64,
+    },
+    /// A decimal number from `min` to `max`, rounded to `places` decimals.
+    Decimal {
+        /// Smallest value.
+        min: f64,
+        /// Largest value.
+        max: f64,
+        /// Decimal places kept.
+        #[serde(default)]
+        #[schemars(range(max = 9))]
+        places: u8,
+    },
+    /// A date and time (BSON date) within `days` days after `from` (`YYYY-MM-DD`).
+    Date {
+        /// The earliest date.
+        from: crate::units::Date,
+        /// Days after it the latest may fall.
+        days: u32,
+    },
+    /// `min` to `max` words of filler text.
+    Text {
+        /// Fewest words.
+        min: u32,
+        /// Most words.
+        max: u32,
+    },
+    /// A nested document, its fields in order.
+    Document(BTreeMap<String, Generator>),
+    /// A list of `min` to `max` values of one generator.
+    Array {
+        /// The items' generator.
+        of: Box<Generator>,
+        /// Fewest items.
+        #[serde(default)]
+        min: u32,
+        /// Most items.
+        max: u32,
+    },
+    /// The field is present in `percent` of the documents.
+    Optional {
+        /// Percent of documents that have it.
+        percent: f64,
+        /// Its generator.
+        of: Box<Generator>,
+    },
+}
+
+/// What a write of the application changes in a document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// The field each write sets to a new whole number (a dotted path: `price.amount`);
+    /// the end-of-run audit checks the last acknowledged value of every document written.
+    pub field: String,
+    /// Smallest value written.
+    pub min: i32,
+    /// Largest value written.
+    pub max: i32,
+    /// A field set to the write's time (`updated_at`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
 }
 
 /// The application's data paths.
@@ -99,6 +197,16 @@ pub struct App {
     pub stores: BTreeMap<Id, Id>,
     /// The collection that changes owner.
     pub collection: String,
+    /// Its name in a store where the migration renames it (`{orders_db: history}`); the
+    /// other stores use `collection`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub renamed: BTreeMap<Id, String>,
+    /// Reads may find no document (ids the load asks for that a store need not hold);
+    /// without it, a read that finds nothing is a failed read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reads_may_miss: bool,
+    /// What each write changes.
+    pub change: Change,
     /// The service that owns reads and writes when the simulation starts.
     pub owner: Id,
     /// The `mesh` route that splits reads between the services.
@@ -131,6 +239,13 @@ pub struct App {
     pub events: Option<EventsModel>,
 }
 
+impl App {
+    /// The collection's name in `store` (a `mongodb` resource).
+    pub fn collection_in(&self, store: &Id) -> &str {
+        self.renamed.get(store).unwrap_or(&self.collection)
+    }
+}
+
 /// A cache in front of the reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +266,9 @@ pub struct EventsModel {
     pub broker: Id,
     /// Topic.
     pub topic: String,
+    /// The event of a write: JSON whose strings have `{_id}` replaced by the document's
+    /// id (the key is the id).
+    pub payload: serde_json::Value,
     /// Consumer groups that read the topic (search indexing, booking, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
@@ -187,17 +305,23 @@ pub enum Measure {
     DualWriteLatency,
     /// Percent of shadow reads (every fifth read, while the shadow-read flag is on) whose
     /// document differs between the two stores, still 200 ms later (a write in flight to
-    /// one of them is not a mismatch).
+    /// one of them is not a mismatch). While dual writes are off (a dual-write flag is
+    /// declared and off), only one store takes writes and the other is stale by design:
+    /// those comparisons are counted apart (`shadow_reads_while_one_store_written`).
     ShadowMismatch,
     /// Percent of requests (reads and writes) that failed.
     ErrorRate,
     /// p95 read latency in milliseconds over the last 200 reads, as the client sees it.
     ReadP95,
+    /// This percentile (0–100, e.g. `99` for a p99 criterion) of read latency in
+    /// milliseconds over the last 200 reads, as the client sees it.
+    ReadPercentile(f64),
     /// Percent of writes that succeeded.
     WriteSuccess,
     /// Percent of the events the application published that the broker acknowledged.
     EventPublishSuccess,
-    /// Collections of a `mongodb` resource whose name starts with the app's collection.
+    /// Collections of a `mongodb` resource whose name starts with the app's collection (as
+    /// named in that store).
     Collections(Id),
     /// Reads served from a `mongodb` resource.
     StoreReads(Id),

@@ -76,7 +76,10 @@ impl ServiceSpec {
     }
 
     /// The services a plan's resources need: one per MongoDB, Kafka and Redis resource, so
-    /// that the old and the new owner's databases live on separate servers.
+    /// that the old and the new owner's databases live on separate servers. A Kafka
+    /// resource's topics are created (one partition each) except those a
+    /// `kafka.ensure_topic` step of the plan creates on it: those are left to the step,
+    /// with the partitions and configs it declares.
     pub fn for_plan(plan: &handoff_plan::model::Plan) -> Vec<ServiceSpec> {
         use handoff_plan::model::ResourceKind;
         plan.resources
@@ -92,11 +95,22 @@ impl ServiceSpec {
                     name: id.to_string(),
                     kind,
                     database: resource.database.clone(),
-                    topics: resource.topics.clone(),
+                    topics: resource.topics.iter().filter(|t| !ensured(plan, &id.0, t)).cloned().collect(),
                 })
             })
             .collect()
     }
+}
+
+/// Whether a `kafka.ensure_topic` step of `plan` (forward or rollback) creates `topic` on
+/// the Kafka resource `broker`.
+fn ensured(plan: &handoff_plan::model::Plan, broker: &str, topic: &str) -> bool {
+    let steps = plan.phases.iter().flat_map(|p| p.steps.iter().chain(p.rollback.iter().flat_map(|r| r.steps.iter())));
+    let text =
+        |step: &handoff_plan::model::Step, key: &str| step.with.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    steps
+        .filter(|step| step.uses.executor == "kafka" && step.uses.action == "ensure_topic")
+        .any(|step| text(step, "broker").as_deref() == Some(broker) && text(step, "topic").as_deref() == Some(topic))
 }
 
 /// Where services come from.
@@ -607,5 +621,27 @@ async fn wait_ready(
                 backoff = (backoff * 2).min(Duration::from_millis(250));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServiceKind, ServiceSpec};
+
+    /// Topics a plan's `kafka.ensure_topic` steps create (24 and 6 partitions) are left to
+    /// them; the others are created up front.
+    #[test]
+    fn topics_the_plan_ensures_are_left_to_its_steps() {
+        let bytes = include_bytes!("../../../plans/examples/kafka-topic-migration.yaml");
+        let (_, document) = handoff_plan::source::load(bytes).unwrap();
+        let plan: handoff_plan::model::Plan = serde_json::from_value(document.value).unwrap();
+        let topics = |name: &str| {
+            let specs = ServiceSpec::for_plan(&plan);
+            let spec = specs.into_iter().find(|s| s.name == name).unwrap();
+            assert_eq!(spec.kind, ServiceKind::Kafka);
+            spec.topics
+        };
+        assert_eq!(topics("legacy_kafka"), ["orders"]);
+        assert_eq!(topics("platform_kafka"), ["orders-migration.lifecycle"]);
     }
 }

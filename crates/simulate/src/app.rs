@@ -35,6 +35,9 @@ enum Kind {
     DualWrite,
     Event,
     Shadow,
+    /// A shadow comparison while dual writes are off: only one store takes writes, so the
+    /// other is stale by design (after the write cutover) and a difference is no mismatch.
+    ShadowOneStoreWritten,
 }
 
 impl Kind {
@@ -45,6 +48,7 @@ impl Kind {
             Kind::DualWrite => "dual_writes",
             Kind::Event => "events",
             Kind::Shadow => "shadow_reads",
+            Kind::ShadowOneStoreWritten => "shadow_reads_while_one_store_written",
         }
     }
 }
@@ -142,11 +146,18 @@ fn keep(buffer: &mut VecDeque<u64>, micros: u64) {
 }
 
 fn p95(micros: &mut [u64]) -> Option<f64> {
+    percentile(micros, 95.0)
+}
+
+/// The `q`th percentile (0–100, nearest rank) of latencies in microseconds, in
+/// milliseconds.
+fn percentile(micros: &mut [u64], q: f64) -> Option<f64> {
     if micros.is_empty() {
         return None;
     }
     micros.sort_unstable();
-    Some(micros[((micros.len() - 1) as f64 * 0.95).round() as usize] as f64 / 1000.0)
+    let rank = ((micros.len() - 1) as f64 * q.clamp(0.0, 100.0) / 100.0).round() as usize;
+    Some(micros[rank] as f64 / 1000.0)
 }
 
 impl Stats {
@@ -171,8 +182,8 @@ impl Stats {
         (n > 0).then(|| 100.0 * ok as f64 / n as f64)
     }
 
-    fn p95_ms(&self, kind: Kind) -> Option<f64> {
-        p95(&mut self.latencies.get(kind.name())?.iter().copied().collect::<Vec<_>>())
+    fn percentile_ms(&self, kind: Kind, q: f64) -> Option<f64> {
+        percentile(&mut self.latencies.get(kind.name())?.iter().copied().collect::<Vec<_>>(), q)
     }
 }
 
@@ -338,6 +349,19 @@ impl Cache {
 struct Events {
     producer: FutureProducer,
     topic: String,
+    /// The event's template (`{_id}` in its strings).
+    payload: serde_json::Value,
+}
+
+/// `template` with `{_id}` in every string replaced by `id`.
+fn filled(template: &serde_json::Value, id: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match template {
+        Value::String(text) => Value::String(text.replace("{_id}", id)),
+        Value::Array(items) => Value::Array(items.iter().map(|item| filled(item, id)).collect()),
+        Value::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), filled(v, id))).collect()),
+        other => other.clone(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -367,7 +391,7 @@ impl Model {
         let mut services = Vec::new();
         for (service, store) in &spec.stores {
             let database = connections.databases.get(&store.0).ok_or_else(|| format!("no connection to `{store}`"))?;
-            let collection = database.collection::<Document>(&spec.collection);
+            let collection = database.collection::<Document>(spec.collection_in(store));
             services.push(Service { id: service.0.clone(), store: store.0.clone(), collection });
         }
         let cache = match (&spec.cache, connections.cache) {
@@ -386,7 +410,7 @@ impl Model {
                     .set("message.timeout.ms", "10000")
                     .create()
                     .map_err(|e| format!("kafka producer: {e}"))?;
-                Some(Events { producer, topic: model.topic.clone() })
+                Some(Events { producer, topic: model.topic.clone(), payload: model.payload.clone() })
             }
             _ => None,
         };
@@ -481,7 +505,9 @@ impl Model {
         let mut found: HashMap<String, Option<i32>>;
         loop {
             let ids: Vec<&str> = pending.iter().map(|e| e.id.as_str()).collect();
-            found = amounts(collection, &ids).await.map_err(|e| format!("reading `{store}`: {e}"))?;
+            found = values(collection, &self.spec.change.field, &ids)
+                .await
+                .map_err(|e| format!("reading `{store}`: {e}"))?;
             pending.retain(|e| !e.holds(found.get(&e.id).copied().flatten()));
             if pending.is_empty() || Instant::now() >= deadline {
                 break;
@@ -491,9 +517,12 @@ impl Model {
         let examples = pending
             .iter()
             .take(5)
-            .map(|Expected { id, acknowledged, .. }| match found.get(id) {
-                Some(Some(value)) => format!("`{id}`: price.amount {value}, acknowledged {acknowledged}"),
-                _ => format!("`{id}`: missing (or no int32 price.amount), acknowledged price.amount {acknowledged}"),
+            .map(|Expected { id, acknowledged, .. }| {
+                let field = &self.spec.change.field;
+                match found.get(id) {
+                    Some(Some(value)) => format!("`{id}`: {field} {value}, acknowledged {acknowledged}"),
+                    _ => format!("`{id}`: missing (or no int32 {field}), acknowledged {field} {acknowledged}"),
+                }
             })
             .collect();
         Ok(Audit {
@@ -539,11 +568,13 @@ impl Model {
         }
         if !found {
             match self.services[store].collection.find_one(doc! {"_id": id}).await {
-                Ok(document) => {
-                    if let (Some((cache, key)), Some(document)) = (&cached, document) {
+                Ok(Some(document)) => {
+                    if let Some((cache, key)) = &cached {
                         cache.fill(key, document).await;
                     }
                 }
+                // Nothing found: a failed read, unless the plan says documents may be absent.
+                Ok(None) => ok = self.spec.reads_may_miss,
                 Err(_) => ok = false,
             }
         }
@@ -567,7 +598,8 @@ impl Model {
 
     /// A shadow comparison of one document in both stores. A difference is read again
     /// after a moment before it counts: a dual write in flight (one store written, the
-    /// other not yet) is not a mismatch; a dropped one stays.
+    /// other not yet) is not a mismatch; a dropped one stays. A comparison while dual
+    /// writes are off (the shadow-read flag left on after the cutover) is counted apart.
     async fn shadow(&self, id: &str) {
         let started = Instant::now();
         let both = || async {
@@ -585,10 +617,12 @@ impl Model {
             tokio::time::sleep(SHADOW_RECHECK).await;
             same = both().await;
         }
+        // Compared while only one store takes writes, the other is stale by design.
+        let one_store_written = self.spec.dual_write_flag.as_ref().is_some_and(|flag| !lock(&self.routes).flag(flag));
         if let Some(same) = same {
             let sample = Sample {
                 at: Instant::now(),
-                kind: Kind::Shadow,
+                kind: if one_store_written { Kind::ShadowOneStoreWritten } else { Kind::Shadow },
                 ok: same,
                 micros: started.elapsed().as_micros() as u64,
                 store: 0,
@@ -600,7 +634,8 @@ impl Model {
     async fn write(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
         let writer = self.pick(self.spec.writes.as_ref(), rng.random());
-        let amount = rng.random_range(100..5000_i32);
+        let change = &self.spec.change;
+        let amount = rng.random_range(change.min.min(change.max)..=change.max.max(change.min));
         let (primary, secondary) = self.write_stores(rng, id, writer, amount).await;
         let at = Instant::now();
         lock(&self.ledger).note(id, amount, primary, secondary);
@@ -627,7 +662,11 @@ impl Model {
         writer: usize,
         amount: i32,
     ) -> (Attempt, Option<Attempt>) {
-        let change = doc! {"$set": {"price.amount": amount, "updated_at": mongodb::bson::DateTime::now()}};
+        let mut set = doc! {self.spec.change.field.as_str(): amount};
+        if let Some(field) = &self.spec.change.timestamp {
+            set.insert(field.as_str(), mongodb::bson::DateTime::now());
+        }
+        let change = doc! {"$set": set};
         let dual = self.spec.dual_write_flag.as_ref().is_some_and(|flag| lock(&self.routes).flag(flag))
             && self.services.len() == 2;
         let write_to = |index: usize, roll: f64| {
@@ -674,7 +713,7 @@ impl Model {
     /// Publishes the event of a write to document `id`, as the new owner `writer` does.
     async fn publish(&self, events: &Events, id: &str, writer: usize) {
         let started = Instant::now();
-        let payload = serde_json::json!({"version": 1, "type": "menu.item.updated", "id": id}).to_string();
+        let payload = filled(&events.payload, id).to_string();
         let record = FutureRecord::to(&events.topic).key(id).payload(&payload);
         let ok = events.producer.send(record, Duration::from_secs(5)).await.is_ok();
         let at = Instant::now();
@@ -832,13 +871,15 @@ impl Model {
                     .fold((0, 0), |(n, f), s| (n + 1, f + u64::from(!s.ok)));
                 (n > 0).then(|| 100.0 * failed as f64 / n as f64)
             }
-            Measure::ReadP95 => stats().p95_ms(Kind::Read),
+            Measure::ReadP95 => stats().percentile_ms(Kind::Read, 95.0),
+            Measure::ReadPercentile(q) => stats().percentile_ms(Kind::Read, *q),
             Measure::WriteSuccess => stats().success_percent(Kind::Write),
             Measure::EventPublishSuccess => stats().success_percent(Kind::Event),
             Measure::Collections(resource) => {
                 let database = self.databases.get(&resource.0)?;
                 let names = database.list_collection_names().await.ok()?;
-                Some(names.iter().filter(|n| n.starts_with(&self.spec.collection)).count() as f64)
+                let name = self.spec.collection_in(resource);
+                Some(names.iter().filter(|n| n.starts_with(name)).count() as f64)
             }
             Measure::StoreReads(resource) => {
                 let index = self.services.iter().position(|s| s.store == resource.0);
@@ -877,19 +918,38 @@ async fn assign_every_partition(consumer: &Arc<StreamConsumer>, topic: &str) -> 
     consumer.assign(&assignment)
 }
 
-/// `price.amount` of each document of `ids` that `collection` holds (`None`: not an int32).
-async fn amounts(
+/// The int32 at the dotted path `field` of each document of `ids` that `collection` holds
+/// (`None`: not an int32).
+async fn values(
     collection: &mongodb::Collection<Document>,
+    field: &str,
     ids: &[&str],
 ) -> mongodb::error::Result<HashMap<String, Option<i32>>> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(AUDIT_BATCH) {
-        let mut cursor = collection.find(doc! {"_id": {"$in": chunk}}).projection(doc! {"price.amount": 1}).await?;
+        let mut cursor = collection.find(doc! {"_id": {"$in": chunk}}).projection(doc! {field: 1}).await?;
         while let Some(document) = cursor.try_next().await? {
             let id = document.get_str("_id").unwrap_or_default().to_owned();
-            let amount = document.get_document("price").ok().and_then(|p| p.get_i32("amount").ok());
-            found.insert(id, amount);
+            let mut path = field.split('.');
+            let first = path.next().and_then(|key| document.get(key));
+            let value = path.try_fold(first, |at, key| Some(at?.as_document()?.get(key))).flatten();
+            found.insert(id, value.and_then(mongodb::bson::Bson::as_i32));
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    /// Each percentile is its own rank: a p99 is not a p95.
+    #[test]
+    fn percentiles_are_nearest_ranks() {
+        let mut micros: Vec<u64> = (1..=100).rev().map(|ms| ms * 1000).collect();
+        let at = |q: f64, micros: &mut Vec<u64>| percentile(micros, q).unwrap();
+        assert_eq!((at(50.0, &mut micros), at(95.0, &mut micros), at(99.0, &mut micros)), (51.0, 95.0, 99.0));
+        assert_eq!((at(0.0, &mut micros), at(100.0, &mut micros)), (1.0, 100.0));
+        assert_eq!(percentile(&mut [], 99.0), None);
+    }
 }

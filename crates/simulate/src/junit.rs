@@ -24,6 +24,15 @@ pub(crate) struct Case {
     pub(crate) name: String,
     /// How it ended.
     pub(crate) outcome: CaseOutcome,
+    /// What it printed (`system-out`), if anything.
+    pub(crate) output: Option<String>,
+}
+
+impl Case {
+    /// A case named `name` that ended so, with no output.
+    pub(crate) fn new(name: String, outcome: CaseOutcome) -> Case {
+        Case { name, outcome, output: None }
+    }
 }
 
 /// A suite of test cases (a phase, the loss audit, the rollback drills).
@@ -96,6 +105,9 @@ pub(crate) fn document(name: &str, suites: &[Suite]) -> String {
                 CaseOutcome::Skipped(message) => {
                     let _ = write!(out, "<skipped message=\"{}\"/>", escape(message));
                 }
+            }
+            if let Some(output) = &case.output {
+                let _ = write!(out, "<system-out>{}</system-out>", escape(output));
             }
             out.push_str("</testcase>\n");
         }

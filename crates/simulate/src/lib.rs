@@ -20,10 +20,11 @@ use handoff_executor::{Clock, Endpoints, Executors, Policy, VirtualClock};
 use handoff_plan::model::Plan;
 use handoff_plan::simulation::{Fault, FaultKind, Scenario, Simulation};
 use handoff_sandbox::{Sandbox, ServiceSpec};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::Document;
 use tokio_util::sync::CancellationToken;
 
 pub mod app;
+pub mod dataset;
 pub mod derive;
 mod junit;
 pub mod report;
@@ -45,6 +46,9 @@ pub enum SimulateError {
     /// Something the simulation set up failed.
     #[error("{0}")]
     Setup(String),
+    /// A fault of the plan or the scenario cannot be applied in this sandbox.
+    #[error("fault {0}")]
+    Fault(String),
     /// The engine could not run the plan.
     #[error("the run could not proceed")]
     Engine(#[from] handoff_engine::EngineError),
@@ -61,6 +65,8 @@ pub struct Options {
     pub day: Option<Duration>,
     /// Where the run's log and scratch files go.
     pub work_dir: PathBuf,
+    /// Seeds the generated data (`simulation.dataset`): a seed reproduces the documents.
+    pub seed: u64,
     /// A rollback drill of this phase: the simulator fails it once its steps are done, so
     /// its rollback runs against the sandbox and is timed against its budget. The run
     /// stops there.
@@ -97,7 +103,7 @@ pub async fn simulate(
     let mut timings = Timings::default();
     let servers = Servers::start(plan, setting.spec, &options.sandbox, &mut timings).await?;
     let standin = standin::StandIn::start().map_err(|e| setup("the stand-in service")(e.to_string()))?;
-    let seeded = seed(plan, setting.spec, &servers, &mut timings).await?;
+    let seeded = seed(plan, (setting.spec, options.seed), &servers, &mut timings).await?;
     let scratch = options.work_dir.join("scratch");
     let derived = derive::derive(plan, &|id| servers.url(id), &standin.url, &scratch, options.drill.as_deref())
         .map_err(SimulateError::Setup)?;
@@ -108,7 +114,8 @@ pub async fn simulate(
     let store: Arc<dyn Store> =
         Arc::new(DirStore::new(&options.work_dir.join("state"), &plan.metadata.name.0, "simulation"));
     let engine = Engine::new(&graph, executors, store.clone());
-    let mut faults = Faults::new(&setting.faults, &servers.sandbox, &application);
+    let mut faults = Faults::new(&setting.faults, &servers, &application);
+    faults.check()?;
     let started = Instant::now();
     let result = drive(&engine, &run_options(setting.day, scratch, &derived), cancel, &mut faults, progress).await;
     timings.run_seconds = started.elapsed().as_secs_f64();
@@ -213,9 +220,14 @@ impl<'p> Servers<'p> {
 
     /// The URL of resource `id`'s server, if it has one.
     fn url(&self, id: &str) -> Option<String> {
-        let endpoint = self.plan.resources.get(id).and_then(|r| r.endpoint.as_ref())?;
-        let server = self.serving.get(endpoint.0.as_str()).copied().unwrap_or(id);
-        self.sandbox.service(server).ok().map(|s| s.endpoint().url.clone())
+        self.server(id).ok().map(|s| s.endpoint().url.clone())
+    }
+
+    /// The sandbox server that stands for resource `id` (one it shares an endpoint with).
+    fn server(&self, id: &str) -> Result<&handoff_sandbox::Service, handoff_sandbox::SandboxError> {
+        let endpoint = self.plan.resources.get(id).and_then(|r| r.endpoint.as_ref());
+        let server = endpoint.and_then(|e| self.serving.get(e.0.as_str()).copied()).unwrap_or(id);
+        self.sandbox.service(server)
     }
 }
 
@@ -226,11 +238,11 @@ struct Seeded {
     ids: Vec<String>,
 }
 
-/// Connects to every `mongodb` resource and fills the plan's datasets with generated menu
-/// items.
+/// Connects to every `mongodb` resource and fills the plan's datasets with documents of
+/// their declared shape, generated from `seed`.
 async fn seed(
     plan: &Plan,
-    spec: &Simulation,
+    (spec, seed): (&Simulation, u64),
     servers: &Servers<'_>,
     timings: &mut Timings,
 ) -> Result<Seeded, SimulateError> {
@@ -245,17 +257,19 @@ async fn seed(
         databases.insert(id.0.clone(), client.database(&name));
     }
     let mut ids = Vec::new();
-    for dataset in &spec.dataset {
+    for declared in &spec.dataset {
         let database = databases
-            .get(&dataset.resource.0)
-            .ok_or_else(|| setup("seeding")(format!("no server for `{}`", dataset.resource)))?;
-        let collection = database.collection::<Document>(&dataset.collection);
-        let documents: Vec<Document> = (0..dataset.documents).map(menu_item).collect();
+            .get(&declared.resource.0)
+            .ok_or_else(|| setup("seeding")(format!("no server for `{}`", declared.resource)))?;
+        let collection = database.collection::<Document>(&declared.collection);
+        let documents: Vec<Document> = dataset::documents(declared, seed).collect();
         for chunk in documents.chunks(1000) {
             collection.insert_many(chunk.to_vec()).await.map_err(|e| setup("seeding")(e.to_string()))?;
         }
-        if dataset.collection == spec.app.collection {
-            ids.extend((0..dataset.documents).map(item_id));
+        let owner_store = spec.app.stores.get(&spec.app.owner);
+        if owner_store == Some(&declared.resource) && declared.collection == spec.app.collection_in(&declared.resource)
+        {
+            ids.extend((0..declared.documents).map(|n| dataset::id(declared, n)));
         }
     }
     timings.seed_seconds = started.elapsed().as_secs_f64();
@@ -366,7 +380,7 @@ async fn drive(
 /// Faults, applied when their phase starts and lifted when it passes or rolls back.
 struct Faults<'a> {
     faults: &'a [Fault],
-    sandbox: &'a Sandbox,
+    servers: &'a Servers<'a>,
     model: &'a app::Model,
     cache: Option<&'a redis::aio::MultiplexedConnection>,
     /// What each application did, in words, for the report.
@@ -374,8 +388,34 @@ struct Faults<'a> {
 }
 
 impl<'a> Faults<'a> {
-    fn new(faults: &'a [Fault], sandbox: &'a Sandbox, application: &'a Application) -> Faults<'a> {
-        Faults { faults, sandbox, model: &application.model, cache: application.cache.as_ref(), applied: Vec::new() }
+    fn new(faults: &'a [Fault], servers: &'a Servers<'a>, application: &'a Application) -> Faults<'a> {
+        Faults { faults, servers, model: &application.model, cache: application.cache.as_ref(), applied: Vec::new() }
+    }
+
+    /// Every fault can be applied here: a network fault's resource has a server behind a
+    /// fault proxy (not so with `--provider external`), a flushed cache is connected. A
+    /// fault that cannot be applied is an error, never a line of the report.
+    fn check(&self) -> Result<(), SimulateError> {
+        for fault in self.faults {
+            let problem = match &fault.fault {
+                FaultKind::Latency { resource, .. } | FaultKind::Outage { resource } => {
+                    self.servers.server(&resource.0).and_then(|s| s.proxy().map(|_| ())).err().map(|e| e.to_string())
+                }
+                FaultKind::CacheFlush { resource } if self.cache.is_none() => {
+                    Some(format!("the application has no connection to the cache `{resource}`"))
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                let kind = serde_json::to_value(&fault.fault).ok().and_then(|v| v.as_object()?.keys().next().cloned());
+                let kind = kind.unwrap_or_default();
+                return Err(SimulateError::Fault(format!(
+                    "`{kind}` in phase `{}` cannot be applied: {problem}",
+                    fault.phase
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Applies or lifts the faults of the phase a record starts or ends.
@@ -399,7 +439,7 @@ impl<'a> Faults<'a> {
         match fault {
             FaultKind::WriteErrors { resource, percent } => format!("{percent}% of writes to `{resource}` fail"),
             FaultKind::Latency { resource, added } => {
-                if let Ok(proxy) = self.sandbox.service(&resource.0).and_then(|s| s.proxy()) {
+                if let Ok(proxy) = self.servers.server(&resource.0).and_then(|s| s.proxy()) {
                     proxy.set_latency(if on { added.get() } else { Duration::ZERO });
                 }
                 format!("`{resource}` answers {added} later")
@@ -444,7 +484,7 @@ impl<'a> Faults<'a> {
     /// Takes resource `id`'s server out (or back): health checks report its kind of
     /// dependency down, and its proxy refuses connections.
     fn outage(&self, id: &str, on: bool) {
-        let Ok(service) = self.sandbox.service(id) else { return };
+        let Ok(service) = self.servers.server(id) else { return };
         let kind = service.endpoint().kind.as_str().to_owned();
         {
             let mut state = self.model.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -463,26 +503,5 @@ impl<'a> Faults<'a> {
                 proxy.cut_connections();
             }
         }
-    }
-}
-
-/// The id of the `n`th generated document.
-fn item_id(n: u64) -> String {
-    format!("item-{n:07}")
-}
-
-/// A generated menu item (~800 bytes): names, prices, modifiers, availability.
-fn menu_item(n: u64) -> Document {
-    let modifiers: Vec<Document> =
-        (0..4).map(|m| doc! { "name": format!("modifier {m} of dish {n}"), "price": m * 50 }).collect();
-    doc! {
-        "_id": item_id(n),
-        "restaurant_id": format!("restaurant-{:05}", n % 5000),
-        "name": format!("Dish number {n}"),
-        "description": "Slow-cooked, served with seasonal vegetables and a choice of sauce.",
-        "price": { "amount": (500 + n % 2500) as i32, "currency": "EUR" },
-        "modifiers": modifiers,
-        "available": !n.is_multiple_of(11),
-        "updated_at": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + n as i64 * 1000),
     }
 }

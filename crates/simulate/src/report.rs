@@ -26,7 +26,9 @@ pub struct Report {
     pub plan: String,
     /// Scenario name, if any.
     pub scenario: Option<String>,
-    /// `pass` when every phase passed; otherwise `fail`.
+    /// `pass` when the run went as expected: every phase passed and nothing was lost, or,
+    /// for a scenario that expects a phase to fail, its expectation was met; otherwise
+    /// `fail`. The exit code and the JUnit failures follow it.
     pub verdict: RunVerdict,
     /// What the scenario expected, and whether it happened.
     pub expectation: Option<Expectation>,
@@ -346,9 +348,15 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Report {
     let phases = phases(inputs.plan, inputs.records);
     let audit = AuditOutcome::from(inputs.audit);
     let lost = audit.loss();
-    let (verdict, outcome) = headline(inputs.outcome, lost.as_deref());
+    let (verdict, outcome) = headline(inputs.outcome, &phases, lost.as_deref());
     let expectation =
         inputs.scenario.and_then(|s| s.expect_rollback.as_ref()).map(|e| expectation(e, &phases, lost.as_deref()));
+    // A scenario's run passes when it went as the scenario expects, and only then.
+    let verdict = match &expectation {
+        Some(expected) if expected.met => RunVerdict::Pass,
+        Some(_) => RunVerdict::Fail,
+        None => verdict,
+    };
     Report {
         plan: inputs.plan.metadata.name.0.clone(),
         scenario: inputs.scenario.map(|s| s.name.clone()),
@@ -580,20 +588,36 @@ pub enum RunVerdict {
     Fail,
 }
 
-/// The report's verdict and how the run ended, in words; `lost` is what the loss audit
-/// found missing, if anything.
-fn headline(outcome: &Outcome, lost: Option<&str>) -> (RunVerdict, String) {
+/// The report's verdict and how the run ended, in words (naming the criterion that failed
+/// a phase); `lost` is what the loss audit found missing, if anything.
+fn headline(outcome: &Outcome, phases: &[PhaseReport], lost: Option<&str>) -> (RunVerdict, String) {
     let failed = |words: String| (RunVerdict::Fail, words);
+    let why = |phase: &str, reason: &str| failed_because(phases.iter().find(|p| p.id == phase), reason);
     match outcome {
         Outcome::Completed if lost.is_none() => (RunVerdict::Pass, "every phase passed".to_owned()),
         Outcome::Completed => failed(format!("every phase passed, but {}", lost.unwrap_or_default())),
         Outcome::RolledBack { phase, reason, .. } => {
-            failed(format!("phase `{phase}` failed and was rolled back within its budget: {reason}"))
+            failed(format!("phase `{phase}` failed and was rolled back within its budget: {}", why(phase, reason)))
         }
         Outcome::RollbackFailed { phase, reason } => failed(format!("phase `{phase}`'s rollback failed: {reason}")),
         Outcome::Paused { reason, .. } => failed(format!("paused: {reason}")),
         Outcome::Interrupted { reason } => failed(format!("interrupted: {reason}")),
         Outcome::Aborted => failed("aborted".to_owned()),
+    }
+}
+
+/// Why a phase failed: the engine's `reason`, unless it names a criterion whose
+/// observation was only cut short by another's failure — then the criterion that failed.
+fn failed_because(phase: Option<&PhaseReport>, reason: &str) -> String {
+    let criteria = phase.map_or(&[][..], |p| p.criteria.as_slice());
+    let cut_short = |c: &&CriterionReport| c.measured.contains(handoff_engine::CUT_SHORT);
+    let names = |c: &&CriterionReport| reason.starts_with(&format!("criterion `{}`", c.id));
+    let failed = criteria.iter().find(|c| c.verdict == CriterionVerdict::Fail && !cut_short(c));
+    match (criteria.iter().find(names), failed) {
+        (Some(named), Some(failed)) if cut_short(&named) => {
+            format!("criterion `{}` ({}) failed: {}", failed.id, failed.description, failed.measured)
+        }
+        _ => reason.to_owned(),
     }
 }
 
@@ -662,13 +686,24 @@ impl Report {
     /// The report as JUnit XML: a test suite per phase (a test case per criterion and the
     /// rollback), one for the loss audit, one for the rollback drills.
     pub fn junit(&self) -> String {
-        let mut suites: Vec<Suite> = self.phases.iter().map(PhaseReport::suite).collect();
+        // The failures of the phase a scenario expects to fail, as it did, are its passes.
+        let expected = self.expectation.as_ref().filter(|e| e.met).map(|e| e.phase.as_str());
+        let mut suites: Vec<Suite> = self.phases.iter().map(|p| p.suite(expected == Some(p.id.as_str()))).collect();
+        if let Some(expectation) = &self.expectation {
+            let outcome = if expectation.met {
+                CaseOutcome::Passed
+            } else {
+                CaseOutcome::Failed("scenario expectation not met".to_owned(), expectation.detail.clone())
+            };
+            let name = format!("`{}` fails and rolls back within budget with nothing lost", expectation.phase);
+            suites.push(Suite { name: "scenario".to_owned(), cases: vec![Case::new(name, outcome)] });
+        }
         let lost = self.audit.loss();
         let audit = match lost {
             Some(lost) => CaseOutcome::Failed("acknowledged writes lost".to_owned(), lost),
             None => CaseOutcome::Passed,
         };
-        let case = Case { name: "no-acknowledged-write-lost".to_owned(), outcome: audit };
+        let case = Case::new("no-acknowledged-write-lost".to_owned(), audit);
         suites.push(Suite { name: "audit".to_owned(), cases: vec![case] });
         if !self.drills.is_empty() {
             let cases = self.drills.iter().map(Drill::case).collect();
@@ -679,9 +714,17 @@ impl Report {
 }
 
 impl PhaseReport {
-    /// Its JUnit test suite: a case per criterion, and the rollback.
-    fn suite(&self) -> Suite {
+    /// Its JUnit test suite: a case per criterion, and the rollback. When the phase was
+    /// `expected` to fail (and did, as a scenario expects), its failed or undecided
+    /// criteria pass, saying how they ended.
+    fn suite(&self, expected: bool) -> Suite {
         let mut cases: Vec<Case> = self.criteria.iter().map(CriterionReport::case).collect();
+        for case in cases.iter_mut().filter(|_| expected) {
+            if let CaseOutcome::Failed(message, details) | CaseOutcome::Error(message, details) = &case.outcome {
+                case.output = Some(format!("{message}, in the phase the scenario expects to fail: {details}"));
+                case.outcome = CaseOutcome::Passed;
+            }
+        }
         if let Some(rollback) = &self.rollback {
             let outcome = if rollback.failed() {
                 CaseOutcome::Failed(
@@ -695,7 +738,7 @@ impl PhaseReport {
             } else {
                 CaseOutcome::Passed
             };
-            cases.push(Case { name: "rollback".to_owned(), outcome });
+            cases.push(Case::new("rollback".to_owned(), outcome));
         }
         Suite { name: self.id.clone(), cases }
     }
@@ -712,7 +755,7 @@ impl CriterionReport {
             CriterionVerdict::ProviderError => CaseOutcome::Error(self.verdict.as_str().to_owned(), details()),
             verdict => CaseOutcome::Failed(verdict.as_str().to_owned(), details()),
         };
-        Case { name: self.id.clone(), outcome }
+        Case::new(self.id.clone(), outcome)
     }
 }
 
@@ -724,7 +767,7 @@ impl Drill {
         } else {
             CaseOutcome::Failed("rollback drill failed".to_owned(), self.detail.clone())
         };
-        Case { name: self.phase.clone(), outcome }
+        Case::new(self.phase.clone(), outcome)
     }
 }
 
@@ -933,6 +976,26 @@ mod tests {
         report.add_drill(&drill(0));
         report.add_drill(&drill(1));
         insta::assert_snapshot!("passed_with_drills", outputs(&report));
+    }
+
+    #[test]
+    fn the_headline_names_the_criterion_that_failed_not_one_it_cut_short() {
+        let mut log = rolled_back_log(true, false);
+        let cut_short = format!("3 samples, 1 violating; {}: `dual-write-success` failed", handoff_engine::CUT_SHORT);
+        log[9].1["detail"] = json!(cut_short.clone());
+        log[9].1["criterion"] = json!("data-consistency");
+        log[10].1["verdict"] = json!("fail");
+        log[10].1["criterion"] = json!("dual-write-success");
+        log[10].1["detail"] = json!("0 samples of 10 held");
+        let reason = format!("criterion `data-consistency` (Stores agree) is Fail: {cut_short}");
+        let outcome = Outcome::RolledBack { phase: "shadow-writes".into(), reason: reason.clone(), seconds: 1.0 };
+        let named = report(log.clone(), &outcome, Ok(audit(0)), "");
+        let expected = "criterion `dual-write-success` (Dual-write success rate > 99.9%) failed: 0 samples of 10 held";
+        assert!(named.outcome.ends_with(expected), "{}", named.outcome);
+        // A reason naming the criterion that failed is kept.
+        let reason = "criterion `dual-write-success` (Dual writes succeed) is Fail: 0 of 10".to_owned();
+        let outcome = Outcome::RolledBack { phase: "shadow-writes".into(), reason: reason.clone(), seconds: 1.0 };
+        assert!(report(log, &outcome, Ok(audit(0)), "").outcome.ends_with(&reason));
     }
 
     #[test]
