@@ -41,6 +41,19 @@ fn every_plan_in_the_repository_is_valid_without_warnings() {
     }
 }
 
+/// The schema an editor shows says what lint H208 enforces: a step id is unique in the whole
+/// plan, so the same id in two phases is refused.
+#[test]
+fn the_schema_states_the_step_id_uniqueness_the_lint_enforces() {
+    let output = handoff(&["schema"]);
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).expect("`handoff schema` prints JSON");
+    let described = schema["$defs"]["Step"]["properties"]["id"]["description"].as_str().unwrap_or_default();
+    assert!(described.contains("unique in the whole plan, across phases"), "{described}");
+    let fixture = "tests/fixtures/invalid/h208-duplicate-step-id-across-phases.yaml";
+    let across = handoff(&["validate", fixture]);
+    assert!(String::from_utf8_lossy(&across.stdout).contains("H208"), "{}", transcript(&across));
+}
+
 /// Validating a plan checks the scenarios next to it (`scenarios/<plan name>/*.yaml`, where
 /// `handoff simulate --scenario NAME` finds them): their schema, and every phase, resource
 /// and service they name against the plan, with file:line diagnostics. The fixture plan is

@@ -15,6 +15,7 @@ use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Re
 use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
 use handoff_plan::escape::{escape, escape_lines};
 use handoff_plan::model::Plan;
+use handoff_plan::units::Measured;
 use handoff_registry::Registry;
 
 use crate::exit;
@@ -457,7 +458,9 @@ pub(crate) fn line(record: &Record) -> Option<String> {
             let dry = if *dry_run { ", dry run" } else { "" };
             format!("    {mark} analysis at {at}{whose}: {criterion} {verdict:?}{dry} ({detail})")
         }
-        Event::AlertFired { alert, value, action, .. } => format!("  ! alert {alert} fired at {value} ({action})"),
+        Event::AlertFired { alert, value, action, .. } => {
+            format!("  ! alert {alert} fired at {} ({action})", Measured(*value))
+        }
         Event::Decided { key, decision } => {
             format!("  = {key} {} by {}", if decision.approved { "approved" } else { "rejected" }, decision.by)
         }

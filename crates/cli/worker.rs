@@ -11,6 +11,7 @@ use futures_util::stream::FuturesUnordered;
 use handoff_engine::hosted::{Host, HostEnd, Job, JobLease, JobStatus, Jobs};
 use handoff_plan::escape::escape;
 use handoff_plan::model::Plan;
+use handoff_plan::units::Measured;
 use handoff_registry::Registry;
 use handoff_store_mongo::{MongoJobs, is_url, mask};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +164,7 @@ fn describe(job: &JobStatus) -> String {
         line.push_str("; stop requested");
     }
     for (name, value) in &job.health.metrics {
-        line.push_str(&format!("; {name} {value}"));
+        line.push_str(&format!("; {name} {}", Measured(*value)));
     }
     if let Some(failed) = &job.health.failed {
         line.push_str(&format!("; failed: {}", escape(failed)));

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use handoff_executor::{DecisionKey, Executors};
 use handoff_plan::model::{
-    Alert, Comparator, Criterion, Denominator, FailureAction, Gate, Id, Metric, MetricSource, NoDataPolicy, Phase,
-    Plan, Step, Uses,
+    Alert, AlertAction, Comparator, Criterion, Denominator, FailureAction, Gate, Id, Metric, MetricSource,
+    NoDataPolicy, Phase, Plan, Step, Uses,
 };
 use handoff_plan::units::Quantity;
 use serde_json::Value;
@@ -398,10 +398,11 @@ impl Graph {
                 let _ = writeln!(out, "  gate: approval `{}`: {}", gate.key, gate.prompt);
             }
             for criterion in &phase.criteria {
-                let _ = writeln!(out, "  criterion `{}`: {}", criterion.id, criterion_text(criterion));
+                let _ =
+                    writeln!(out, "  criterion `{}`: {}", criterion.id, criterion_text(criterion, phase.reversible));
             }
             for alert in &phase.alerts {
-                let _ = writeln!(out, "  alert `{}`: {}", alert.name, alert_text(alert));
+                let _ = writeln!(out, "  alert `{}`: {}", alert.name, alert_text(alert, phase.reversible));
             }
             let restore = self.plan.phases.get(index).and_then(|p| p.restore.as_deref());
             failure_text(phase, restore, &mut out);
@@ -565,12 +566,26 @@ fn flags(step: &StepNode) -> String {
     flags.join(", ")
 }
 
-/// An alert's condition, hold time, severity and action, in one line.
-fn alert_text(alert: &Alert) -> String {
-    let held = alert.for_.as_ref().map(|d| format!(" for {d}")).unwrap_or_default();
-    let (severity, action) = (format!("{:?}", alert.severity), format!("{:?}", alert.action));
+/// What a failure that asks for a rollback does in a phase: a point of no return has no
+/// rollback, so the runner undoes the completed steps it can and ends the run there.
+fn rollback_text(reversible: bool) -> &'static str {
+    if reversible {
+        "rollback"
+    } else {
+        "stop the run after compensating completed steps (no rollback: a point of no return)"
+    }
+}
+
+/// An alert's condition, hold time (`for:`, or "at once" without one), severity and what it
+/// does in its phase, in one line.
+fn alert_text(alert: &Alert, reversible: bool) -> String {
+    let held = alert.for_.as_ref().map_or(" at once".to_owned(), |d| format!(" for {d}"));
+    let action = match alert.action {
+        AlertAction::Rollback => rollback_text(reversible).to_owned(),
+        action => format!("{action:?}").to_lowercase(),
+    };
     let condition = format!("{} {} {}", alert.metric, alert.op.symbol(), alert.threshold);
-    format!("{condition}{held} ({}) → {}", severity.to_lowercase(), action.to_lowercase())
+    format!("{condition}{held} ({}) → {action}", format!("{:?}", alert.severity).to_lowercase())
 }
 
 /// What a phase's failure sets off: compensation and the rollback steps within their
@@ -589,8 +604,8 @@ fn failure_text(phase: &PhaseNode, restore: Option<&str>, out: &mut String) {
     }
 }
 
-/// A criterion in one line.
-pub fn criterion_text(criterion: &CriterionNode) -> String {
+/// A criterion in one line, with what its failure does in a phase that is `reversible` or not.
+pub fn criterion_text(criterion: &CriterionNode, reversible: bool) -> String {
     let check = match &criterion.check {
         CriterionCheck::Confirm { prompt } => return format!("person confirms: {prompt}"),
         CriterionCheck::Undecidable => return criterion.description.clone(),
@@ -603,10 +618,10 @@ pub fn criterion_text(criterion: &CriterionNode) -> String {
     if let Some(interval) = &check.interval {
         let _ = write!(text, " every {interval}");
     }
-    let _ = write!(
-        text,
-        ", failure limit {}, no data: {:?}, on failure: {:?}",
-        check.failure_limit, check.no_data, criterion.on_failure
-    );
-    text.to_lowercase()
+    let _ = write!(text, ", failure limit {}, no data: {:?}", check.failure_limit, check.no_data);
+    let on_failure = match criterion.on_failure {
+        FailureAction::Rollback => rollback_text(reversible).to_owned(),
+        action => format!("{action:?}").to_lowercase(),
+    };
+    format!("{}, on failure: {on_failure}", text.to_lowercase())
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use handoff_plan::model::{Alert, Metric, NoDataPolicy};
+use handoff_plan::units::Measured;
 use jiff::Timestamp;
 
 use crate::events::Verdict;
@@ -60,7 +61,7 @@ impl Tally {
             "{} samples, {} violating (limit {}), {} without data, {} provider errors",
             self.values, self.failed, criterion.failure_limit, self.empty, self.errors
         );
-        let last = self.last.map(|v| format!("; last value {v}")).unwrap_or_default();
+        let last = self.last.map(|v| format!("; last value {}", Measured(v))).unwrap_or_default();
         let verdict = if self.failed_for_good(criterion) {
             Verdict::Fail
         } else if self.values == 0 && self.errors > 0 {
@@ -180,6 +181,11 @@ mod tests {
             waiting,
             "69.9 -",
             "Fail: 1 samples, 1 violating (limit 0), 1 without data, 0 provider errors; last value 69.9",
+        );
+        check(
+            waiting,
+            "96.66666666666667",
+            "Pass: 1 samples, 0 violating (limit 0), 0 without data, 0 provider errors; last value 96.6667",
         );
     }
 

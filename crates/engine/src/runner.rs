@@ -9,6 +9,7 @@ use handoff_executor::{
     Clock, Compensation, Context, DecisionKey, DynAction, Endpoints, Executors, Policy, StepError, StepOutput,
 };
 use handoff_plan::model::{AlertAction, FailureAction};
+use handoff_plan::units::Measured;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -606,9 +607,10 @@ impl Runner<'_> {
         if let Some(value) = watch.observe(value, self.clock.now()) {
             let action = watch.alert.action;
             let what = format!(
-                "alert `{}` fired: {} = {value} {} {}",
+                "alert `{}` fired: {} = {} {} {}",
                 watch.alert.name,
                 name,
+                Measured(value),
                 watch.alert.op.symbol(),
                 watch.alert.threshold
             );

@@ -153,6 +153,9 @@ codes! {
     /// Two VirtualServices would claim one host.
     ROUTE_HOST_CLAIMED_TWICE = "H320" "route-host-claimed-twice" Error
         "Two `traffic.shift` routes claim the same host (their route's `host:` service) in different VirtualServices of one environment. Istio applies only one VirtualService per host, so one step's routing would silently not take effect. Point both routes' endpoints at one VirtualService: handoff merges the steps' routes there (header routes first, then reads, then writes, then every other request to the host), and each step's compensation restores only its own part.";
+    /// A bare fraction as the threshold of a metric in percent.
+    PERCENT_AS_FRACTION = "H321" "percent-as-fraction" Warning
+        "A threshold without a unit on a metric measured in percent is read in percent points, so `0.9` (or `\"0.9\"`) means 0.9%, not 90%. A value between 0 and 1 there is most likely a fraction: write `90%`, or `0.9%` if 0.9 percent is meant.";
     /// Analysis names a criterion it cannot sample.
     ANALYSIS_CRITERION = "H314" "analysis-criterion" Error
         "A step's `analysis:` and a phase's `background_analysis:` name criteria of their phase that a metric decides (`metric`, `op`, `threshold`): they are sampled while the steps run. A criterion that is not in the phase, or that a person confirms, cannot be. Name a metric criterion of the phase, or leave the confirmation to the end of the phase.";

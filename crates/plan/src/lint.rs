@@ -12,7 +12,7 @@ use crate::model::{
     Alert, Comparator, Criterion, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule, Uses,
 };
 use crate::redact::{argument_secrets, is_reference, is_referenced_value, is_secret_key};
-use crate::units::Dimension;
+use crate::units::{Dimension, Measured, Quantity};
 use crate::{Catalog, Effect};
 
 /// A problem an executor found in a step's parameters.
@@ -782,14 +782,7 @@ fn criterion_source(
             let metric = &plan.metrics[metric_id];
             match (&criterion.op, &criterion.threshold) {
                 (Some(_), Some(threshold)) => {
-                    if threshold.in_unit(metric.unit).is_none() {
-                        out.push(unit_mismatch(
-                            format!("{at}/threshold"),
-                            threshold.dimension(),
-                            metric_id,
-                            metric.unit,
-                        ));
-                    }
+                    out.extend(threshold_misfit(format!("{at}/threshold"), threshold, metric_id, metric.unit));
                 }
                 (op, _) => out.push(Diagnostic::new(
                     codes::MISSING_FIELD,
@@ -817,6 +810,28 @@ fn criterion_source(
     }
 }
 
+/// What is wrong with a threshold against its metric's unit: a unit that does not fit (H310),
+/// or a bare fraction on a metric in percent (`0.9`, quoted or not, where `90%` was likely
+/// meant: H321).
+fn threshold_misfit(at: String, threshold: &Quantity, metric: &Id, unit: crate::model::Unit) -> Option<Diagnostic> {
+    if threshold.in_unit(unit).is_none() {
+        return Some(unit_mismatch(at, threshold.dimension(), metric, unit));
+    }
+    let value = threshold.base_value();
+    let fraction = unit == crate::model::Unit::Percent && threshold.dimension() == Dimension::Number;
+    (fraction && value > 0.0 && value < 1.0).then(|| {
+        Diagnostic::new(
+            codes::PERCENT_AS_FRACTION,
+            at,
+            format!("threshold `{threshold}` is {}% but metric `{metric}` is measured in percent", Measured(value)),
+        )
+        .with_help(format!(
+            "write `{}%` if the fraction {threshold} is meant, or `{threshold}%` to keep {threshold} percent",
+            Measured(value * 100.0)
+        ))
+    })
+}
+
 fn unit_mismatch(at: String, dimension: Dimension, metric: &Id, unit: crate::model::Unit) -> Diagnostic {
     Diagnostic::new(
         codes::UNIT_MISMATCH,
@@ -832,9 +847,7 @@ fn unit_mismatch(at: String, dimension: Dimension, metric: &Id, unit: crate::mod
 fn alert_units(plan: &Plan, alert: &Alert, at: &str, out: &mut Vec<Diagnostic>) {
     if metric_ref(plan, &alert.metric, format!("{at}/metric"), out) {
         let metric = &plan.metrics[&alert.metric];
-        if alert.threshold.in_unit(metric.unit).is_none() {
-            out.push(unit_mismatch(format!("{at}/threshold"), alert.threshold.dimension(), &alert.metric, metric.unit));
-        }
+        out.extend(threshold_misfit(format!("{at}/threshold"), &alert.threshold, &alert.metric, metric.unit));
     }
 }
 

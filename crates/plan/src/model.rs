@@ -577,7 +577,7 @@ pub struct Schedule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// Step id, unique within its phase (rollback steps included).
+    /// Step id, unique in the whole plan, across phases and rollback steps (lint H208).
     pub id: Id,
     /// Human name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -235,6 +235,43 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// A value handoff measured (a metric sample, an alert's reading), printed for people: six
+/// significant digits at most, without trailing zeros — `96.66666666666667` prints as
+/// `96.6667`, `3.0` as `3`, `0.0000123456789` as `1.23457e-5`. Every human-facing line
+/// that shows a measured number prints it through this; machine formats (JSON, `/metrics`)
+/// keep the full value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured(pub f64);
+
+impl fmt::Display for Measured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const DIGITS: i32 = 6;
+        let value = self.0;
+        if value == 0.0 {
+            return f.write_str("0");
+        }
+        if !value.is_finite() {
+            return write!(f, "{value}");
+        }
+        // Exact: a finite non-zero f64's log10 lies within ±324.
+        let magnitude = value.abs().log10().floor() as i32;
+        if !(-4..15).contains(&magnitude) {
+            let text = format!("{:.*e}", (DIGITS - 1) as usize, value);
+            return match text.split_once('e') {
+                Some((mantissa, exponent)) => write!(f, "{}e{exponent}", trim_zeros(mantissa)),
+                None => f.write_str(&text),
+            };
+        }
+        let decimals = usize::try_from(DIGITS - 1 - magnitude).unwrap_or(0);
+        f.write_str(trim_zeros(&format!("{value:.decimals$}")))
+    }
+}
+
+/// A decimal number's text without trailing zeros after its point (nor a bare point).
+fn trim_zeros(text: &str) -> &str {
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { text }
+}
+
 impl Serialize for Quantity {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.text)
@@ -339,6 +376,27 @@ impl JsonSchema for Date {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(value: f64, expect: &str) {
+        assert_eq!(Measured(value).to_string(), expect, "{value:?}");
+    }
+
+    #[test]
+    fn measured_values_print_with_six_significant_digits_at_most() {
+        check(96.66666666666667, "96.6667");
+        check(3.0, "3");
+        check(-0.0, "0");
+        check(0.5, "0.5");
+        check(99.985, "99.985");
+        check(99.9999999, "100");
+        check(-12.345678, "-12.3457");
+        check(1_234_567.891, "1234568");
+        check(0.000_123_456_789, "0.000123457");
+        check(0.000_012_345_678_9, "1.23457e-5");
+        check(2.5e20, "2.5e20");
+        check(f64::NAN, "NaN");
+        check(f64::INFINITY, "inf");
+    }
 
     #[test]
     fn durations_parse_exactly_what_the_pattern_accepts() {

@@ -9,6 +9,7 @@ use handoff_engine::{Event, Outcome, Record, Verdict};
 use handoff_executor::{DecisionKey, StepOutput};
 use handoff_plan::model::{Id, Phase, Plan};
 use handoff_plan::simulation::{Measure, Scenario};
+use handoff_plan::units::Measured;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -542,7 +543,9 @@ fn criterion_report(plan: &Plan, phase: &Phase, evaluated: Evaluated<'_>) -> Cri
     let held = declared.and_then(|c| c.metric.as_ref()).and_then(|m| constant(plan, m));
     let (measured, verdict) = match (confirm, held) {
         (Some(_), _) => (detail.to_owned(), CriterionVerdict::Assumed),
-        (None, Some(value)) => (format!("not measured: held at {value} by the simulation"), CriterionVerdict::Assumed),
+        (None, Some(value)) => {
+            (format!("not measured: held at {} by the simulation", Measured(value)), CriterionVerdict::Assumed)
+        }
         (None, None) => (detail.to_owned(), verdict.into()),
     };
     CriterionReport {
