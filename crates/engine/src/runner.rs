@@ -768,6 +768,7 @@ impl Runner<'_> {
                 samples: judged.tally.values,
                 failed: judged.tally.failed,
                 detail: judged.detail.clone(),
+                last: judged.tally.last,
             })?;
             results.push((judged.criterion, judged.verdict, judged.detail));
         }
@@ -808,6 +809,7 @@ impl Runner<'_> {
             samples: 0,
             failed: 0,
             detail: detail.clone(),
+            last: None,
         })?;
         Ok(Ok((criterion, verdict, detail)))
     }
