@@ -135,10 +135,13 @@ impl Settings {
 }
 
 /// `value` with every timestamp written `<time>`, every digest `<digest>`, each of `names`
-/// replaced and steps' outputs (what shell commands printed) left out.
+/// replaced, and steps' outputs (what shell commands printed) and a rollback's measured
+/// `seconds` (wall-clock time) left out.
 fn normalize(value: &mut serde_json::Value, names: &[(&str, &str)]) {
-    if let Some(output) = value.get_mut("output") {
-        *output = serde_json::Value::Null;
+    for noisy in ["output", "seconds"] {
+        if let Some(field) = value.get_mut(noisy) {
+            *field = serde_json::Value::Null;
+        }
     }
     match value {
         serde_json::Value::String(text) if text.parse::<jiff::Timestamp>().is_ok() => *text = "<time>".to_owned(),
@@ -228,6 +231,7 @@ fn a_failed_criterion_compensates_the_phase_and_runs_its_rollback_within_budget(
     assert!(!settings.path("data/service.json").exists(), "the copy was undone");
     assert!(!settings.path("data/snapshots/before.json").exists(), "the snapshot was undone");
     assert_eq!(std::fs::read_to_string(settings.path("data/rollbacks.log")).unwrap(), "copy rolled back\n");
+    settings.check_status("rolled_back");
     // The run ended: resuming it is refused, and says what to do.
     let resume = settings.run(&["resume", SETTINGS, "--allow-shell"]);
     assert_eq!(resume.status.code(), Some(2));
