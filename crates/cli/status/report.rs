@@ -122,7 +122,7 @@ impl<'a> Report<'a> {
             lock_damaged: None,
             position: current.map(position),
             calendar: calendar(plan, state),
-            pending: declared.zip(current).map(|(p, c)| pending(registry, p, c, state)).unwrap_or_default(),
+            pending: pending(registry, plan, declared.zip(current), state),
             criteria: declared.zip(current).map(|(p, c)| criteria(p, c)).unwrap_or_default(),
             rollback: declared.zip(current).map(|(p, c)| budget(p, c)),
         }
@@ -156,35 +156,38 @@ fn calendar(plan: &Plan, state: &RunState) -> Vec<CalendarRow> {
         .collect()
 }
 
-/// The pause the run waits on (if in this phase), then the phase's approval gates not yet
-/// open.
-fn pending(registry: &Registry, phase: &Phase, current: &PhaseState, state: &RunState) -> Vec<Pending> {
+/// The pause the run waits on, then the approval gates of the current phase (as declared,
+/// with its state) not yet open.
+fn pending(registry: &Registry, plan: &Plan, current: Option<(&Phase, &PhaseState)>, state: &RunState) -> Vec<Pending> {
     let mut out: Vec<Pending> = state
         .paused
         .iter()
         .map(|pause| Pending {
             key: pause.key.clone(),
             question: pause.reason.clone(),
-            approvers: pause.key.parse().map(|key| approvers(registry, phase, &key)).unwrap_or_default(),
+            approvers: pause.key.parse().map(|key| approvers(registry, plan, &key)).unwrap_or_default(),
             waiting: true,
         })
         .collect();
+    let Some((phase, current)) = current.filter(|_| state.finished.is_none()) else { return out };
     let gates = phase.gates.iter().filter_map(|gate| match gate {
         Gate::Approval { prompt, approvers } => Some((prompt, approvers)),
         Gate::Soak(_) => None,
     });
     for (n, (prompt, approvers)) in gates.enumerate() {
         let key = DecisionKey::approval(phase.id.as_str(), n + 1).to_string();
-        if !current.gates.contains(&key) && !out.iter().any(|p| p.key == key) && state.finished.is_none() {
+        if !current.gates.contains(&key) && !out.iter().any(|p| p.key == key) {
             out.push(Pending { key, question: prompt.clone(), approvers: approvers.clone(), waiting: false });
         }
     }
     out
 }
 
-/// Who the plan says may decide `key` in `phase`: an approval gate's approvers, a
-/// confirmed criterion's `by`, a `gate.manual` step's approvers; nobody named otherwise.
-fn approvers(registry: &Registry, phase: &Phase, key: &DecisionKey) -> Vec<String> {
+/// Who the plan says may decide `key`: an approval gate's approvers, a confirmed
+/// criterion's `by`, a `gate.manual` step's approvers; nobody named otherwise (nor when
+/// the plan file no longer has the key's phase).
+fn approvers(registry: &Registry, plan: &Plan, key: &DecisionKey) -> Vec<String> {
+    let Some(phase) = plan.phases.iter().find(|p| p.id.as_str() == key.phase) else { return Vec::new() };
     match &key.subject {
         Subject::Approval(n) => {
             let mut gates = phase.gates.iter().filter_map(|gate| match gate {
