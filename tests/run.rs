@@ -118,6 +118,66 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Snapshots `handoff status` as text and as JSON (`status_<name>`, `status_<name>_json`),
+    /// without run ids, digests, temp paths and times.
+    fn check_status(&self, name: &str) {
+        let text = self.run(&["status", SETTINGS]);
+        assert_eq!(text.status.code(), Some(0), "{}", transcript(&text));
+        let text = self.clean(&text).lines().map(without_times).collect::<Vec<_>>().join("\n");
+        insta::assert_snapshot!(format!("status_{name}"), text);
+        let json = self.run(&["status", SETTINGS, "--format", "json"]);
+        let mut json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON document");
+        let run = json["state"]["run"].as_str().expect("a run id").to_owned();
+        normalize(&mut json, &[(&run, "<id>"), (self.dir.path().to_str().unwrap(), "<tmp>")]);
+        insta::assert_json_snapshot!(format!("status_{name}_json"), json);
+    }
+}
+
+/// `value` with every timestamp written `<time>`, every digest `<digest>`, each of `names`
+/// replaced, and steps' outputs (what shell commands printed) and a rollback's measured
+/// `seconds` (wall-clock time) left out.
+fn normalize(value: &mut serde_json::Value, names: &[(&str, &str)]) {
+    for noisy in ["output", "seconds"] {
+        if let Some(field) = value.get_mut(noisy) {
+            *field = serde_json::Value::Null;
+        }
+    }
+    match value {
+        serde_json::Value::String(text) if text.parse::<jiff::Timestamp>().is_ok() => *text = "<time>".to_owned(),
+        serde_json::Value::String(text) if text.starts_with("sha256:") => *text = "<digest>".to_owned(),
+        serde_json::Value::String(text) => {
+            *text = names.iter().fold(text.clone(), |text, (name, with)| text.replace(name, with));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|item| normalize(item, names)),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(|field| normalize(field, names)),
+        _ => {}
+    }
+}
+
+/// `l` with every RFC 3339 timestamp (`2026-01-05T10:00:00Z`) written `<time>`.
+fn without_times(l: &str) -> String {
+    let mut out = String::new();
+    let mut rest = l;
+    while let Some(at) = rest.find('T') {
+        let start = at.saturating_sub(10);
+        let dated = at >= 10 && rest.is_char_boundary(start) && rest[start..at].parse::<jiff::civil::Date>().is_ok();
+        match rest[at..].find('Z').filter(|_| dated) {
+            Some(z) => {
+                out.push_str(&rest[..start]);
+                out.push_str("<time>");
+                rest = &rest[at + z + 1..];
+            }
+            None => {
+                out.push_str(&rest[..=at]);
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `l` with every wall-clock figure (` in 0.1s`) written ` in <t>s`: a rollback's measured
 /// time depends on the machine's load, its budget does not.
 fn without_seconds(l: &str) -> String {
@@ -146,6 +206,7 @@ fn the_settings_plan_runs_end_to_end_with_decisions_by_people() {
     let mut steps = Vec::new();
     let first = settings.run(&["run", SETTINGS, "--allow-shell", "--clock", "virtual"]);
     steps.push(format!("$ handoff run\n{}", settings.clean(&first)));
+    settings.check_status("paused");
     for key in ["switch-writes/confirm-owner", "switch-writes/no-lost-settings", "switch-writes/approval-1"] {
         let approve = settings.run(&["approve", SETTINGS, key, "--by", "ada"]);
         steps.push(format!("$ handoff approve {key}\n{}", settings.clean(&approve)));
@@ -155,12 +216,8 @@ fn the_settings_plan_runs_end_to_end_with_decisions_by_people() {
     let typo = settings.run(&["approve", SETTINGS, "switch-writes/aproval-1"]);
     assert_eq!(typo.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&typo.stderr).contains("is nothing this plan asks a person to decide"));
-    let status = settings.run(&["status", SETTINGS]);
-    steps.push(format!(
-        "$ handoff status\n{}",
-        settings.clean(&status).lines().filter(|l| !l.contains("started ")).collect::<Vec<_>>().join("\n")
-    ));
     insta::assert_snapshot!("settings_end_to_end", steps.join("\n\n"));
+    settings.check_status("finished");
     assert_eq!(std::fs::read_to_string(settings.path("data/read-owner")).unwrap().trim(), "service");
     assert!(settings.path("data/monolith.frozen").exists());
 }
@@ -174,6 +231,7 @@ fn a_failed_criterion_compensates_the_phase_and_runs_its_rollback_within_budget(
     assert!(!settings.path("data/service.json").exists(), "the copy was undone");
     assert!(!settings.path("data/snapshots/before.json").exists(), "the snapshot was undone");
     assert_eq!(std::fs::read_to_string(settings.path("data/rollbacks.log")).unwrap(), "copy rolled back\n");
+    settings.check_status("rolled_back");
     // The run ended: resuming it is refused, and says what to do.
     let resume = settings.run(&["resume", SETTINGS, "--allow-shell"]);
     assert_eq!(resume.status.code(), Some(2));
@@ -363,7 +421,7 @@ fn sigkill_and_resume(kind: Kind) {
         "three/d3", "four/a4", "four/b4", "four/c4", "four/d4",
     ];
     kills.check(work.path(), &executions, &steps);
-    let mut status_args = vec!["status", plan, "--env", "local", "--json"];
+    let mut status_args = vec!["status", plan, "--env", "local", "--format", "json"];
     status_args.extend(state_args.iter().map(String::as_str));
     let status = handoff(&status_args);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();

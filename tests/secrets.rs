@@ -145,7 +145,7 @@ fn a_canary_secret_reaches_no_output() {
     let resumed = handoff_with(&resume, &env);
     assert_eq!(resumed.status.code(), Some(3), "phase two failed and rolled back: {}", transcript(&resumed));
     outputs.push(("resume".to_owned(), transcript(&resumed)));
-    for extra in [&["--json"][..], &[][..]] {
+    for extra in [&["--format", "json"][..], &[][..]] {
         let status = [&["status", plan][..], &target, extra].concat();
         outputs.push((format!("status {extra:?}"), transcript(&handoff_with(&status, &env))));
     }

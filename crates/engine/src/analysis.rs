@@ -171,6 +171,7 @@ impl Runner<'_> {
             samples: tally.values,
             failed: tally.failed,
             detail: detail.to_owned(),
+            last: tally.last,
             dry_run: criterion.dry_run,
         })
     }

@@ -204,6 +204,9 @@ pub enum Event {
         failed: u32,
         /// Details (last value, provider error, who confirmed).
         detail: String,
+        /// The last value measured in the window (`None`: none, or a person confirmed it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<f64>,
     },
     /// A criterion was judged by analysis while the phase's steps ran: at a hold of a step
     /// (a weight of a traffic shift) or in the background.
@@ -225,6 +228,9 @@ pub enum Event {
         failed: u32,
         /// Details (counts, last value).
         detail: String,
+        /// The last value measured (`None`: none was).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<f64>,
         /// The criterion only measures: its verdict changed nothing.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dry_run: bool,

@@ -770,6 +770,7 @@ impl Runner<'_> {
                 samples: judged.tally.values,
                 failed: judged.tally.failed,
                 detail: judged.detail.clone(),
+                last: judged.tally.last,
             })?;
             results.push((judged.criterion, judged.verdict, judged.detail));
         }
@@ -810,6 +811,7 @@ impl Runner<'_> {
             samples: 0,
             failed: 0,
             detail: detail.clone(),
+            last: None,
         })?;
         Ok(Ok((criterion, verdict, detail)))
     }

@@ -56,6 +56,8 @@ pub struct PhaseState {
     pub started_at: Option<Timestamp>,
     /// It passed.
     pub passed: bool,
+    /// When it ended: passed, or its rollback finished.
+    pub ended_at: Option<Timestamp>,
     /// Its steps (forward and rollback), by id.
     pub steps: BTreeMap<String, StepState>,
     /// Forward steps in the order they finished (compensation runs in reverse).
@@ -116,16 +118,24 @@ pub struct Pause {
 }
 
 /// A criterion's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CriterionResult {
     /// The verdict.
     pub verdict: Verdict,
     /// A one-line account of it.
     pub detail: String,
+    /// Samples taken.
+    pub samples: u32,
+    /// Samples that violated the threshold.
+    pub failed: u32,
+    /// The last value measured (`None`: none was, or a person confirmed it).
+    pub last: Option<f64>,
+    /// When it was judged.
+    pub at: Timestamp,
 }
 
 /// A verdict of analysis while a phase's steps ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalysisResult {
     /// The step held (`None`: background analysis).
     pub step: Option<String>,
@@ -139,6 +149,10 @@ pub struct AnalysisResult {
     pub detail: String,
     /// The criterion only measures.
     pub dry_run: bool,
+    /// The last value measured (`None`: none was).
+    pub last: Option<f64>,
+    /// When it was judged.
+    pub at: Timestamp,
 }
 
 /// Where a step stands.
@@ -303,11 +317,12 @@ impl RunState {
             Event::GateOpened { phase, gate } => {
                 self.phase_mut(phase).gates.insert(gate.clone());
             }
-            Event::CriterionEvaluated { phase, criterion, verdict, detail, .. } => {
-                let result = CriterionResult { verdict: *verdict, detail: detail.clone() };
+            Event::CriterionEvaluated { phase, criterion, verdict, samples, failed, detail, last } => {
+                let (samples, failed, last) = (*samples, *failed, *last);
+                let result = CriterionResult { verdict: *verdict, detail: detail.clone(), samples, failed, last, at };
                 self.phase_mut(phase).criteria.insert(criterion.clone(), result);
             }
-            Event::AnalysisEvaluated { phase, step, hold, criterion, verdict, detail, dry_run, .. } => {
+            Event::AnalysisEvaluated { phase, step, hold, criterion, verdict, detail, dry_run, last, .. } => {
                 let result = AnalysisResult {
                     step: step.clone(),
                     hold: hold.clone(),
@@ -315,6 +330,8 @@ impl RunState {
                     verdict: *verdict,
                     detail: detail.clone(),
                     dry_run: *dry_run,
+                    last: *last,
+                    at,
                 };
                 self.phase_mut(phase).analyses.push(result);
             }
@@ -329,7 +346,9 @@ impl RunState {
                     Some(RollbackState { reason: reason.clone(), started_at: at, finished: None });
             }
             Event::RollbackFinished { phase, ok, seconds, budget_seconds, breached } => {
-                if let Some(rollback) = self.phase_mut(phase).rollback.as_mut() {
+                let state = self.phase_mut(phase);
+                state.ended_at = Some(at);
+                if let Some(rollback) = state.rollback.as_mut() {
                     let end = RollbackEnd {
                         ok: *ok,
                         seconds: *seconds,
@@ -339,7 +358,10 @@ impl RunState {
                     rollback.finished = Some(end);
                 }
             }
-            Event::PhasePassed { phase } => self.phase_mut(phase).passed = true,
+            Event::PhasePassed { phase } => {
+                let state = self.phase_mut(phase);
+                (state.passed, state.ended_at) = (true, Some(at));
+            }
             Event::RunFinished { status } => self.finished = Some(*status),
             Event::BackgroundRestarted { .. } => {}
         }

@@ -18,6 +18,16 @@ impl Registry {
         self.action(&step.uses).map(|a| a.describe(&with)).unwrap_or_default()
     }
 
+    /// Who may confirm `step`, when it is a `gate.manual` step (its `approvers`; empty: the
+    /// plan names nobody); empty for any other step.
+    pub fn step_approvers(&self, step: &Step) -> Vec<String> {
+        if step.uses.to_string() != "gate.manual" {
+            return Vec::new();
+        }
+        let with = serde_json::Value::Object(step.with.clone());
+        serde_json::from_value::<handoff_exec_generic::GateManual>(with).map(|g| g.approvers).unwrap_or_default()
+    }
+
     /// The VirtualServices the plan's `traffic.shift` steps apply, one per weight, with
     /// their file names (`<phase>--<step>--<weight>.yaml`). `endpoint` looks up an
     /// environment's endpoint as written; `base` is the directory relative `file:` routes
