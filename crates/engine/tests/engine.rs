@@ -275,7 +275,20 @@ fn shown(outcome: &Outcome) -> String {
         Outcome::RolledBack { phase, reason, seconds } => {
             format!("RolledBack {{ phase: {phase:?}, reason: {reason:?}, seconds: {} }}", seconds.round())
         }
+        Outcome::RollbackFailed { phase, reason } => {
+            format!("RollbackFailed {{ phase: {phase:?}, reason: {:?} }}", rounded_took(reason))
+        }
         other => format!("{other:?}"),
+    }
+}
+
+/// `reason` with the figure after "took " rounded to whole seconds.
+fn rounded_took(reason: &str) -> String {
+    let Some((head, tail)) = reason.split_once("took ") else { return reason.to_owned() };
+    let Some((figure, rest)) = tail.split_once('s') else { return reason.to_owned() };
+    match figure.parse::<f64>() {
+        Ok(seconds) => format!("{head}took {}s{rest}", seconds.round()),
+        Err(_) => reason.to_owned(),
     }
 }
 
