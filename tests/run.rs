@@ -135,13 +135,17 @@ impl Settings {
 }
 
 /// `value` with every timestamp written `<time>`, every digest `<digest>`, each of `names`
-/// replaced, and steps' outputs (what shell commands printed) and a rollback's measured
-/// `seconds` (wall-clock time) left out.
+/// replaced, steps' outputs (what shell commands printed) and a rollback's measured
+/// `seconds` (wall-clock time) left out, and the order steps finished in sorted.
 fn normalize(value: &mut serde_json::Value, names: &[(&str, &str)]) {
     for noisy in ["output", "seconds"] {
         if let Some(field) = value.get_mut(noisy) {
             *field = serde_json::Value::Null;
         }
+    }
+    // Steps of one group run together: the order in which they finish is the machine's.
+    if let Some(serde_json::Value::Array(order)) = value.get_mut("finished_order") {
+        order.sort_by_key(|step| step.to_string());
     }
     match value {
         serde_json::Value::String(text) if text.parse::<jiff::Timestamp>().is_ok() => *text = "<time>".to_owned(),

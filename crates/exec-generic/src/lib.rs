@@ -222,7 +222,9 @@ impl Action for RunCommand {
     type Params = ShellRun;
     type Output = CommandOutput;
     const DECLARATION: Declaration =
-        Declaration::new::<ShellRun>("run", "Run a command and check its exit code.", Effect::Change).not_idempotent();
+        Declaration::new::<ShellRun>("run", "Run a command and check its exit code.", Effect::Change)
+            .not_idempotent()
+            .undone_by("runs its `undo:` command (left to the rollback steps without one)");
 
     fn check(&self, run: &ShellRun, _: &Site<'_>) -> Vec<ParamIssue> {
         if run.command.first().is_some_and(|p| p.trim().is_empty()) {

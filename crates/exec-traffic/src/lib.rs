@@ -155,11 +155,12 @@ impl Action for Traffic {
     type Output = ShiftOutput;
     const DECLARATION: Declaration = Declaration::new::<Shift>(
         "shift",
-        "Shift one direction of a route's requests (its `mesh` resource's `directions:`) by a weight schedule, in the one VirtualService of its host (`kubernetes://<context>/<namespace>/virtualservices/<name>`, `file:<path>`) or a router URL (simulation); when its phase rolls back it is undone first, restoring only its own routes.",
+        "Shift one direction of a route's requests (its `mesh` resource's `directions:`) by a weight schedule, in the one VirtualService of its host (`kubernetes://<context>/<namespace>/virtualservices/<name>`, `file:<path>`) or a router URL (simulation).",
         Effect::Change,
     )
     .resumable()
-    .emitting(&["traffic_weight"]);
+    .emitting(&["traffic_weight"])
+    .undone_by("undone before the rollback steps: its own routes are restored in the VirtualService");
 
     fn check(&self, shift: &Shift, site: &Site<'_>) -> Vec<ParamIssue> {
         let plan = site.plan;

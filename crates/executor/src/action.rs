@@ -36,6 +36,9 @@ pub struct Declaration {
     pub background: bool,
     /// Metrics the action emits while it runs.
     pub emits: &'static [&'static str],
+    /// What its compensation does when its phase rolls back, when it undoes the step itself
+    /// (`None`: the default compensation, see [`Declaration::on_rollback`]).
+    pub undone_by: Option<&'static str>,
     /// JSON Schema of its `with:` parameters.
     pub params: ParamsSchema,
 }
@@ -58,7 +61,17 @@ impl Declaration {
         effect: Effect,
         params: ParamsSchema,
     ) -> Declaration {
-        Declaration { name, summary, effect, idempotent: true, resumable: false, background: false, emits: &[], params }
+        Declaration {
+            name,
+            summary,
+            effect,
+            idempotent: true,
+            resumable: false,
+            background: false,
+            emits: &[],
+            undone_by: None,
+            params,
+        }
     }
 
     /// Declares an action whose `with:` parameters deserialize into `P`.
@@ -85,6 +98,24 @@ impl Declaration {
     /// The same action, declared to emit these metrics.
     pub const fn emitting(self, emits: &'static [&'static str]) -> Declaration {
         Declaration { emits, ..self }
+    }
+
+    /// The same action, declared to undo its own effect when its phase rolls back (its
+    /// [`Action::compensate`]), in words for the docs.
+    pub const fn undone_by(self, what: &'static str) -> Declaration {
+        Declaration { undone_by: Some(what), ..self }
+    }
+
+    /// What happens to a completed step of this action when its phase rolls back, in words.
+    pub fn on_rollback(&self) -> &'static str {
+        match (self.undone_by, self.default_compensation(), self.background) {
+            (Some(what), _, _) => what,
+            (None, Compensation::NotNeeded, _) => "nothing to undo (it only observes)",
+            (None, _, true) => {
+                "left to the phase's rollback steps; while running in the background it keeps running until a step stops it"
+            }
+            (None, _, false) => "left to the phase's rollback steps",
+        }
     }
 
     /// What undoing a completed step does when the action says nothing: an observation

@@ -43,7 +43,7 @@ pub fn executors_markdown(registry: &Registry) -> String {
     for executor in registry.executors() {
         let _ = write!(
             out,
-            "\n## `{}`\n\n{}\n\n| action | effect | idempotent | emits | what it does |\n|---|---|---|---|---|\n",
+            "\n## `{}`\n\n{}\n\n| action | effect | idempotent | emits | what it does | when its phase rolls back |\n|---|---|---|---|---|---|\n",
             executor.name(),
             executor.summary()
         );
@@ -55,12 +55,13 @@ pub fn executors_markdown(registry: &Registry) -> String {
             let emits = action.emits.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
             let _ = writeln!(
                 out,
-                "| `{}.{}` | {effect} | {} | {} | {} |",
+                "| `{}.{}` | {effect} | {} | {} | {} | {} |",
                 executor.name(),
                 action.name,
                 if action.idempotent { "yes" } else { "no" },
                 if emits.is_empty() { "—".to_owned() } else { emits },
-                action.summary
+                action.summary,
+                action.on_rollback()
             );
         }
     }
