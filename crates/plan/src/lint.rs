@@ -262,17 +262,14 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
 
 /// The application model's services, stores, routes, cache and broker.
 fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out: &mut Vec<Diagnostic>) {
-    use ResourceKind::{Kafka, Mesh, Mongodb, Redis, Service};
+    use ResourceKind::{Kafka, Mongodb, Redis, Service};
     for (service, store) in &app.stores {
         refs.push((format!("/simulation/app/stores/{service}"), service, &[Service]));
         refs.push((format!("/simulation/app/stores/{service}"), store, &[Mongodb]));
     }
     refs.push(("/simulation/app/owner".to_owned(), &app.owner, &[Service]));
-    if let Some(route) = &app.reads {
-        refs.push(("/simulation/app/reads".to_owned(), route, &[Mesh]));
-    }
-    if let Some(route) = &app.writes {
-        refs.push(("/simulation/app/writes".to_owned(), route, &[Mesh]));
+    if let Some(host) = app.requests.as_ref().and_then(|r| r.host.as_ref()) {
+        refs.push(("/simulation/app/requests/host".to_owned(), host, &[Service]));
     }
     for service in app.read_only_flags.keys().filter(|s| !app.stores.contains_key(*s)) {
         out.push(Diagnostic::new(
