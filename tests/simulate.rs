@@ -1,9 +1,10 @@
 //! `handoff simulate` through the binary: the menu plan against a real sandbox (two
 //! MongoDB-API servers, a Kafka-API broker, Redis) with the application model under load —
 //! every phase passing, and each fault scenario failing its phase and rolling back within
-//! budget — losing no acknowledged write. The reports (Markdown, JSON, JUnit) are checked
-//! for their shape; the Markdown's structure is a snapshot with the measured numbers
-//! masked.
+//! budget — losing no acknowledged write and misrouting none; and a small plan whose read
+//! canary also routes writes, failing with the misrouted writes named. The reports
+//! (Markdown, JSON, JUnit) are checked for their shape; the Markdown's structure is a
+//! snapshot with the measured numbers masked.
 
 mod support;
 
@@ -53,10 +54,12 @@ fn masked(text: &str) -> String {
     out
 }
 
-/// The end-of-run audit found every acknowledged write in `store`.
+/// The end-of-run audit found every acknowledged write in `store`, and no write that the
+/// VirtualService sent to a service not owning writes.
 fn nothing_lost(json: &Value, store: &str) {
     let audit = &json["audit"];
     assert_eq!((audit["store"].as_str(), audit["lost"].as_u64()), (Some(store), Some(0)), "{audit}");
+    assert_eq!(misrouted(json), "", "{audit}");
     assert!(audit["documents"].as_u64().unwrap() > 100, "{audit}");
 }
 
