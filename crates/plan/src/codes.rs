@@ -162,4 +162,7 @@ codes! {
     /// A simulated fault the application model cannot apply.
     INAPPLICABLE_FAULT = "H315" "inapplicable-fault" Error
         "A fault in `simulation.faults` or a scenario names a resource of the right kind that the simulated application does not use: `write_errors` on a store no service writes (`simulation.app.stores`), `service_latency` on a service the model does not run, `cache_flush` of a cache reads do not go through (`simulation.app.cache`). Such a fault would change nothing, so the simulation refuses it rather than report it injected: name what the application uses.";
+    /// The simulated application's requests go to a host no route claims.
+    UNROUTED_REQUESTS = "H330" "unrouted-simulated-requests" Warning
+        "A simulation routes the application's requests by the VirtualService of the host they call (`simulation.app.requests.host`, by default the `owner`), the one `traffic.shift` applies to the host its `mesh` route claims (`host:`). When the plan's routes claim hosts but none claims that one, no traffic step ever moves the simulated requests, and a canary passes without having been exercised. Name the host the routes claim, or make the routes claim the host the clients call.";
 }

@@ -250,6 +250,7 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
         refs.push((format!("/simulation/dataset/{i}/resource"), &dataset.resource, &[ResourceKind::Mongodb]));
     }
     app_refs(&simulation.app, &mut refs, out);
+    requests_host(plan, &simulation.app, out);
     fault_refs(plan, simulation, (&simulation.faults, "/simulation"), &mut refs, out);
     measure_refs(plan, simulation, &mut refs, out);
     response_checks(simulation, out);
@@ -262,17 +263,14 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
 
 /// The application model's services, stores, routes, cache and broker.
 fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out: &mut Vec<Diagnostic>) {
-    use ResourceKind::{Kafka, Mesh, Mongodb, Redis, Service};
+    use ResourceKind::{Kafka, Mongodb, Redis, Service};
     for (service, store) in &app.stores {
         refs.push((format!("/simulation/app/stores/{service}"), service, &[Service]));
         refs.push((format!("/simulation/app/stores/{service}"), store, &[Mongodb]));
     }
     refs.push(("/simulation/app/owner".to_owned(), &app.owner, &[Service]));
-    if let Some(route) = &app.reads {
-        refs.push(("/simulation/app/reads".to_owned(), route, &[Mesh]));
-    }
-    if let Some(route) = &app.writes {
-        refs.push(("/simulation/app/writes".to_owned(), route, &[Mesh]));
+    if let Some(host) = app.requests.as_ref().and_then(|r| r.host.as_ref()) {
+        refs.push(("/simulation/app/requests/host".to_owned(), host, &[Service]));
     }
     for service in app.read_only_flags.keys().filter(|s| !app.stores.contains_key(*s)) {
         out.push(Diagnostic::new(
@@ -301,6 +299,29 @@ fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out
             format!("the owner `{}` has no store under `app.stores`", app.owner),
         ));
     }
+}
+
+/// The host the application's requests call is one the plan's `mesh` routes claim, when
+/// they claim any (H330).
+fn requests_host(plan: &Plan, app: &crate::simulation::App, out: &mut Vec<Diagnostic>) {
+    let claimed: Vec<&Id> =
+        plan.resources.values().filter(|r| r.kind == ResourceKind::Mesh).filter_map(|r| r.host.as_ref()).collect();
+    let (host, at) = match app.requests.as_ref().and_then(|r| r.host.as_ref()) {
+        Some(host) => (host, "/simulation/app/requests/host"),
+        None => (&app.owner, "/simulation/app/owner"),
+    };
+    if claimed.is_empty() || claimed.contains(&host) {
+        return;
+    }
+    let names: Vec<String> = claimed.iter().map(|h| format!("`{h}`")).collect();
+    out.push(Diagnostic::new(
+        codes::UNROUTED_REQUESTS,
+        at,
+        format!(
+            "the simulated application calls `{host}`, but the plan's routes claim {}: no traffic step would ever route its requests; set `simulation.app.requests.host` to the host they claim",
+            names.join(", ")
+        ),
+    ));
 }
 
 /// What each of `faults` (under the pointer `at`) acts on, the phase it is injected in,

@@ -1,5 +1,6 @@
 //! The plan as the simulation runs it: one `simulation` environment whose endpoints are the
-//! sandbox's servers, the router and the stand-in service; every `${VAR}` resolved to a
+//! sandbox's servers, the router (a `mesh` route's endpoint is the router's path of the host
+//! it claims) and the stand-in service; every `${VAR}` resolved to a
 //! stand-in URL or a placeholder (a simulation never reads real secrets); metrics the
 //! simulator measures read from the stand-in; file paths moved into the scratch directory.
 
@@ -38,7 +39,9 @@ pub fn derive(
             ResourceKind::Mongodb | ResourceKind::Kafka | ResourceKind::Redis => {
                 server(&id.0).ok_or_else(|| format!("the sandbox has no server for resource `{id}`"))?
             }
-            ResourceKind::Mesh => format!("{standin}/routes/{id}"),
+            // The router keeps one VirtualService per host, as a cluster does: routes that
+            // claim one host share it.
+            ResourceKind::Mesh => format!("{standin}/routes/{}", resource.host.as_ref().unwrap_or(id)),
             ResourceKind::Service | ResourceKind::Prometheus => format!("{standin}/svc/{endpoint}"),
         };
         // Resources sharing an endpoint share the first one's server, as they would.
