@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::EngineError;
-use crate::analysis::Background;
+use crate::analysis::{Background, Earlier};
 use crate::events::{Event, Role, RunStatus, Verdict};
 use crate::graph::{CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
 use crate::journal::Journal;
@@ -289,7 +289,7 @@ impl Runner<'_> {
     /// A phase: its stages with alerts watched, then the observation, then its approvals.
     async fn phase(&self, phase: &PhaseNode) -> Result<End, EngineError> {
         let alarm = Alarm::default();
-        let end = self.stages(phase, &alarm).await?;
+        let (end, earlier) = self.stages(phase, &alarm).await?;
         if self.cancel.is_cancelled() {
             return Ok(End::Interrupted);
         }
@@ -308,15 +308,16 @@ impl Runner<'_> {
             End::Cancelled(why) => return Ok(End::Failed(why)),
             other => return Ok(other),
         }
-        let end = self.observe(phase).await?;
+        let end = self.observe(phase, &earlier).await?;
         if !matches!(end, End::Done) {
             return Ok(end);
         }
         self.approvals(phase)
     }
 
-    /// Runs a phase's stages in order while its alerts are watched.
-    async fn stages(&self, phase: &PhaseNode, alarm: &Alarm) -> Result<End, EngineError> {
+    /// Runs a phase's stages in order while its alerts are watched; returns how they ended
+    /// and the criteria's samples taken meanwhile.
+    async fn stages(&self, phase: &PhaseNode, alarm: &Alarm) -> Result<(End, Earlier), EngineError> {
         let phase_cancel = self.cancel.child_token();
         let steps_done = CancellationToken::new();
         // When waits take real time (a real clock, or a simulation's paced one), a watcher
@@ -325,7 +326,7 @@ impl Runner<'_> {
         let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
         let steps = async {
             let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
-            let mut background = (!watched).then(|| Background::new(phase));
+            let mut background = (!watched).then(|| Background::new(phase, (false, false)));
             let mut end = End::Done;
             for stage in &phase.stages {
                 for watch in &mut watches {
@@ -344,18 +345,17 @@ impl Runner<'_> {
             if matches!(end, End::Done) {
                 self.background_due(phase, background.as_mut(), alarm, &phase_cancel).await?;
             }
-            if let Some(background) = background.filter(|_| matches!(end, End::Done)) {
+            if let Some(background) = background.as_ref().filter(|_| matches!(end, End::Done)) {
                 self.finish_background(phase, background, &phase_cancel)?;
             }
             steps_done.cancel();
-            Ok::<End, EngineError>(end)
+            Ok::<(End, Option<Background<'_>>), EngineError>((end, background))
         };
-        let watch = async {
-            if watched {
-                self.watch_alerts(phase, alarm, &phase_cancel, &steps_done).await;
-            }
-        };
-        tokio::join!(steps, watch).0
+        let watch =
+            async { if watched { self.watch_alerts(phase, alarm, &phase_cancel, &steps_done).await } else { None } };
+        let (steps, watched) = tokio::join!(steps, watch);
+        let (end, background) = steps?;
+        Ok((end, background.or(watched).map(Background::earlier).unwrap_or_default()))
     }
 
     /// The phase's approval gates, in order: opened once approved.
@@ -631,18 +631,19 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Watches the phase's alerts while its steps run (when waits take real time).
-    async fn watch_alerts(
+    /// Watches the phase's alerts and samples its criteria while its steps run (when waits
+    /// take real time); returns what it sampled.
+    async fn watch_alerts<'p>(
         &self,
-        phase: &PhaseNode,
+        phase: &'p PhaseNode,
         alarm: &Alarm,
         phase_cancel: &CancellationToken,
         done: &CancellationToken,
-    ) {
+    ) -> Option<Background<'p>> {
         let mut watches = self.alert_watches(phase);
-        let mut background = Background::new(phase);
+        let mut background = Background::new(phase, (true, !self.clock.is_virtual()));
         if watches.is_empty() && background.is_empty() {
-            return;
+            return None;
         }
         let interval = watches.iter().map(|w| w.interval).chain(background.intervals()).min();
         let interval = interval.unwrap_or(Duration::from_secs(60));
@@ -659,22 +660,25 @@ impl Runner<'_> {
             }
             tokio::select! {
                 () = done.cancelled() => {
-                    if let Err(error) = self.finish_background(phase, background, phase_cancel) {
+                    if let Err(error) = self.finish_background(phase, &background, phase_cancel) {
                         tracing::error!(%error, "cannot record background analysis");
                     }
-                    return;
+                    return Some(background);
                 }
                 () = tokio::time::sleep(tick) => {}
             }
         }
     }
 
-    /// The observation after the steps: soak gates and criteria windows, with alerts;
-    /// then criteria people confirm, then what the verdicts mean.
-    async fn observe(&self, phase: &PhaseNode) -> Result<End, EngineError> {
-        let (soaked, verdicts) = self
-            .journal
-            .read(|s| s.phase(&phase.id).map(|p| (p.gates.contains("soak"), p.criteria.clone())).unwrap_or_default());
+    /// The observation after the steps: soak gates and criteria windows (which end with
+    /// the phase and overlap the steps: `earlier` holds the samples taken while they ran),
+    /// with alerts; then criteria people confirm, then what the verdicts mean.
+    async fn observe(&self, phase: &PhaseNode, earlier: &Earlier) -> Result<End, EngineError> {
+        let (soaked, verdicts, started) = self.journal.read(|s| {
+            let state = s.phase(&phase.id);
+            let started = state.and_then(|p| p.started_at);
+            state.map(|p| (p.gates.contains("soak"), p.criteria.clone(), started)).unwrap_or_default()
+        });
         let mut results: Vec<Judgement<'_>> = Vec::new();
         let mut confirmations = Vec::new();
         let mut sampled = Vec::new();
@@ -688,8 +692,14 @@ impl Runner<'_> {
         let mut watches = self.alert_watches(phase);
         let intervals: Vec<Duration> = watches.iter().map(|w| w.interval).collect();
         let soak = if soaked { Duration::ZERO } else { phase.soak };
-        let mut observation = Observation::new(&sampled, soak, &intervals, self.clock.is_virtual());
         let start = self.clock.now();
+        let elapsed = started.map_or(Duration::ZERO, |started| since(started, start));
+        let mut observation = Observation::new(&sampled, soak, &intervals, (self.clock.is_virtual(), elapsed));
+        for (index, criterion) in sampled.iter().enumerate() {
+            let taken = earlier.get(&criterion.id).into_iter().flatten();
+            let taken: Vec<_> = taken.map(|(at, sample)| (since(*at, start), sample.clone())).collect();
+            observation.earlier(index, &taken);
+        }
         if let Some(end) = self.watch(phase, &mut observation, &mut watches, start).await? {
             return Ok(end);
         }
