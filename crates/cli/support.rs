@@ -120,6 +120,13 @@ pub(crate) struct Target {
     /// The environment (a key of the plan's `environments`).
     #[arg(long)]
     pub(crate) env: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+}
+
+/// Where runs keep their state.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StoreArgs {
     /// Where runs keep their state (event logs and locks) when no shared store is chosen.
     #[arg(long, env = "HANDOFF_STATE_DIR", default_value = ".handoff/state")]
     state_dir: PathBuf,
@@ -136,7 +143,9 @@ impl Target {
     /// that no name reaches a path.
     pub(crate) fn store(&self, plan: &Plan) -> anyhow::Result<Arc<dyn Store>> {
         let (name, env) = (plan.metadata.name.as_str(), self.env.as_str());
-        let Some(url) = self.state_url(plan)? else { return Ok(Arc::new(DirStore::new(&self.state_dir, name, env))) };
+        let Some(url) = self.state_url(plan)? else {
+            return Ok(Arc::new(DirStore::new(&self.store.state_dir, name, env)));
+        };
         Ok(Arc::new(handoff_store_mongo::MongoStore::connect(&url, name, env)?))
     }
 
@@ -145,7 +154,7 @@ impl Target {
     fn state_url(&self, plan: &Plan) -> anyhow::Result<Option<String>> {
         let environment = environment(plan, &self.env)?;
         let env = self.env.as_str();
-        let url = match (&self.state, &environment.state) {
+        let url = match (&self.store.state, &environment.state) {
             (Some(url), _) => url.clone(),
             (None, Some(template)) => expand_env(template).with_context(|| format!("environment `{env}`, state"))?,
             (None, None) => return Ok(None),

@@ -171,7 +171,7 @@ fn pending(registry: &Registry, plan: &Plan, current: Option<(&Phase, &PhaseStat
         .collect();
     let Some((phase, current)) = current.filter(|_| state.finished.is_none()) else { return out };
     let gates = phase.gates.iter().filter_map(|gate| match gate {
-        Gate::Approval { prompt, approvers } => Some((prompt, approvers)),
+        Gate::Approval { prompt, approvers, .. } => Some((prompt, approvers)),
         Gate::Soak(_) => None,
     });
     for (n, (prompt, approvers)) in gates.enumerate() {

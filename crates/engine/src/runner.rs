@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::EngineError;
 use crate::analysis::Background;
 use crate::events::{Event, Role, RunStatus, Verdict};
-use crate::graph::{CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
+use crate::graph::{ApprovalGate, CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
 use crate::journal::Journal;
 use crate::metrics::{MetricProvider, Metrics};
 use crate::observe::{AlertWatch, Tally};
@@ -365,15 +365,40 @@ impl Runner<'_> {
             if self.journal.read(|s| s.phase(&phase.id).is_some_and(|p| p.gates.contains(&key))) {
                 continue;
             }
-            match self.journal.decision(&gate.key)? {
-                Some(decision) if decision.approved => {
-                    self.record(Event::GateOpened { phase: phase.id.clone(), gate: key })?;
+            if gate.require.is_empty() || self.journal.decides_automatically() {
+                match self.journal.decision(&gate.key)? {
+                    Some(decision) if decision.approved => {}
+                    Some(decision) => return Ok(End::Failed(format!("approval `{key}` rejected by {}", decision.by))),
+                    None => return Ok(End::Paused { key: gate.key.clone(), reason: gate.prompt.clone() }),
                 }
-                Some(decision) => return Ok(End::Failed(format!("approval `{key}` rejected by {}", decision.by))),
-                None => return Ok(End::Paused { key: gate.key.clone(), reason: gate.prompt.clone() }),
+            } else if let Some(end) = self.approvers_missing(gate) {
+                return Ok(end);
             }
+            self.record(Event::GateOpened { phase: phase.id.clone(), gate: key })?;
         }
         Ok(End::Done)
+    }
+
+    /// For a gate that needs several approvers: the run's end when they have not all
+    /// approved yet (each person's latest decision counts; one rejection fails the gate).
+    fn approvers_missing(&self, gate: &ApprovalGate) -> Option<End> {
+        let key = gate.key.to_string();
+        let mut latest: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+        for decision in self.journal.read(|s| s.approvals.get(&key).cloned().unwrap_or_default()) {
+            latest.insert(decision.by, decision.approved);
+        }
+        if let Some((by, _)) = latest.iter().find(|(_, approved)| !**approved) {
+            return Some(End::Failed(format!("approval `{key}` rejected by {by}")));
+        }
+        let approved: Vec<&str> = latest.keys().map(String::as_str).collect();
+        let missing = handoff_plan::model::missing_approvals(&gate.require, &self.graph.plan.approvers, &approved);
+        if missing.is_empty() {
+            return None;
+        }
+        let needs: Vec<String> = missing.iter().map(|m| format!("{} more from `{}`", m.count, m.group)).collect();
+        let so_far = if approved.is_empty() { "nobody yet".to_owned() } else { approved.join(", ") };
+        let reason = format!("{} (needs {}; approved by {so_far})", gate.prompt, needs.join(" and "));
+        Some(End::Paused { key: gate.key.clone(), reason })
     }
 
     async fn stage(

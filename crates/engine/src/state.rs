@@ -34,8 +34,12 @@ pub struct RunState {
     pub interrupted: Option<String>,
     /// Phases that started, in order.
     pub phases: Vec<PhaseState>,
-    /// Decisions people made, by key.
+    /// Decisions people made, by key (the latest).
     pub decisions: BTreeMap<String, Decision>,
+    /// Every decision on each key, in order: a gate that needs several approvers counts them
+    /// (not serialized: `decisions` shows the latest).
+    #[serde(skip)]
+    pub approvals: BTreeMap<String, Vec<Decision>>,
     /// Latest value of every emitted metric.
     pub metrics: BTreeMap<String, f64>,
     /// Background steps a later step stopped (its output's `stops`).
@@ -338,6 +342,7 @@ impl RunState {
             Event::AlertFired { phase, alert, .. } => self.phase_mut(phase).alerts.push(alert.clone()),
             Event::Decided { key, decision } => {
                 self.decisions.insert(key.clone(), decision.clone());
+                self.approvals.entry(key.clone()).or_default().push(decision.clone());
             }
             Event::Paused { key, reason } => self.paused = Some(Pause { key: key.clone(), reason: reason.clone() }),
             Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
