@@ -92,6 +92,12 @@ fn apply_stops_at_a_gate_the_planned_run_holds_no_approval_for_and_the_next_plan
     work.approve(&first, "ana", &[]);
     let (code, text) = work.apply(&first);
     assert_eq!(code, Some(4), "{text}");
+    let plan = work.path("plan.yaml");
+    let (_, status) = work.handoff(&["status", plan.to_str().unwrap(), "--env", "staging"]);
+    assert!(
+        status.contains("who: 1 of `dba` (ana, bo), 1 of `menu` (bo, cy)"),
+        "status names who may approve: {status}"
+    );
     let second = work.plan("second.json");
     work.approve(&second, "ana", &[]);
     let (code, missing) = work.apply(&second);

@@ -42,8 +42,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
     };
     support::init_tracing(args.exec.json_logs());
     let target = Target { plan: planned.plan.clone(), env: planned.env.clone(), store: args.store.clone() };
-    let Some(prepared) = Prepared::load(&target, registry, out)? else { return Ok(exit::INVALID) };
-    let source = String::from_utf8(crate::validate::read(&planned.plan)?)?;
+    let Some((prepared, source)) = crate::planned::load(&target, registry, out)? else { return Ok(exit::INVALID) };
     let now = Reviewed::now(&prepared.graph, source, &planned.env, registry, prepared.store.as_ref())?;
     let refusals = refusals(&planned, &now, &prepared.graph);
     if !refusals.is_empty() {

@@ -62,8 +62,7 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
     let (Some(plan), Some(env)) = (&args.plan, &args.env) else { anyhow::bail!("`handoff plan` needs PLAN and --env") };
     let target = Target { plan: plan.clone(), env: env.clone(), store: args.store.clone() };
     crate::support::init_tracing(false);
-    let Some(prepared) = crate::support::Prepared::load(&target, registry, out)? else { return Ok(exit::INVALID) };
-    let source = std::fs::read_to_string(plan)?;
+    let Some((prepared, source)) = crate::planned::load(&target, registry, out)? else { return Ok(exit::INVALID) };
     let reviewed = Reviewed::now(&prepared.graph, source, env, registry, prepared.store.as_ref())?;
     let planned = Planned::new(plan, env, reviewed, &prepared.graph);
     if let Some(path) = &args.out {
@@ -80,8 +79,10 @@ fn summary(planned: &Planned, graph: &Graph, file: Option<&Path>, out: &mut dyn 
     writeln!(out, "- plan: `{}`, digest `{}`", planned.plan.display(), reviewed.digest)?;
     writeln!(out, "- position: {}", reviewed.position.describe())?;
     let list = |items: Vec<String>| if items.is_empty() { "none".to_owned() } else { items.join(", ") };
-    let endpoints = reviewed.endpoints.iter().map(|(name, value)| format!("`{name}` = `{value}`")).collect();
-    writeln!(out, "- endpoints: {}", list(endpoints))?;
+    writeln!(out, "- endpoints:{}", if reviewed.endpoints.is_empty() { " none" } else { "" })?;
+    for (name, value) in &reviewed.endpoints {
+        writeln!(out, "  - `{name}`: `{value}`")?;
+    }
     let executors = reviewed.executors.iter().map(|(name, version)| format!("`{name}` ({version})")).collect();
     writeln!(out, "- executors: {}\n", list(executors))?;
     writeln!(out, "| phase | steps | gates |\n|---|---|---|")?;
@@ -105,13 +106,7 @@ fn gate_words(plan: &Plan, gate: &Gate) -> String {
         Gate::Soak(duration) => format!("soak {duration}"),
         Gate::Approval { prompt, require, .. } if require.is_empty() => format!("approval: {prompt}"),
         Gate::Approval { prompt, require, .. } => {
-            let needs: Vec<String> = require
-                .iter()
-                .map(|r| {
-                    let members = plan.approvers.get(&r.group).map(|m| m.join(", ")).unwrap_or_default();
-                    format!("{} of `{}` ({members})", r.count, r.group)
-                })
-                .collect();
+            let needs: Vec<String> = require.iter().map(|r| r.describe(&plan.approvers)).collect();
             format!("approval by {}: {prompt}", needs.join(" and "))
         }
     }

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use handoff_engine::{Engine, Graph, Store};
 use handoff_executor::DecisionKey;
 use handoff_registry::Registry;
+
+use crate::support::{Prepared, Target};
 use serde::{Deserialize, Serialize};
 
 /// The `format` of a planned run this release writes and reads.
@@ -239,6 +241,23 @@ impl Planned {
         let waiting = self.reviewed.position.paused.iter().filter(|key| key.contains("/approval-"));
         std::iter::once(APPLY.to_owned()).chain(waiting.cloned()).collect()
     }
+}
+
+/// The target's plan loaded and compiled (see [`Prepared::load`]), with the text it was
+/// compiled from: read before and after, and refused if it changed in between. `None` when
+/// the plan is invalid (its diagnostics are written to `out`).
+pub(crate) fn load(
+    target: &Target,
+    registry: &Registry,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<(Prepared, String)>> {
+    let before = crate::validate::read(&target.plan)?;
+    let Some(prepared) = Prepared::load(target, registry, out)? else { return Ok(None) };
+    if crate::validate::read(&target.plan)? != before {
+        anyhow::bail!("{} changed while it was read; try again", target.plan.display());
+    }
+    let source = String::from_utf8(before).with_context(|| format!("{} is not UTF-8", target.plan.display()))?;
+    Ok(Some((prepared, source)))
 }
 
 /// A unified diff from `before` (labelled `old`) to `after` (labelled `new`), or `None`

@@ -769,6 +769,14 @@ fn one() -> u32 {
     1
 }
 
+impl Required {
+    /// In words, with the group's members: "2 of `dba` (ana, bo)".
+    pub fn describe(&self, groups: &BTreeMap<Id, Vec<String>>) -> String {
+        let members = groups.get(&self.group).map(|m| m.join(", ")).unwrap_or_default();
+        format!("{} of `{}` ({members})", self.count, self.group)
+    }
+}
+
 /// A requirement that the approvals given do not meet: how many more members of `group`
 /// must approve.
 #[derive(Debug, Clone, PartialEq, Eq)]
