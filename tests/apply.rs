@@ -128,3 +128,46 @@ fn a_changed_plan_or_an_approval_of_another_digest_is_refused_with_the_diff() {
     assert!(!work.path("state/approved/staging/runs").exists(), "nothing ran");
     insta::assert_snapshot!("changed_plan_and_other_digest", format!("{changed}\n{digest}"));
 }
+
+/// A plugin that declares something else since the plan was approved (here only an
+/// action's summary) is another executor: apply refuses, showing its version change.
+#[test]
+fn a_changed_plugin_is_refused_with_its_version_in_the_diff() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let plugin = bin.join("handoff-executor-flags");
+    std::fs::copy(support::root().join("examples/plugins/handoff-executor-flags"), &plugin).unwrap();
+    let path =
+        std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())))
+            .unwrap();
+    let env = [("PATH", path.as_os_str())];
+    let plan = work.path().join("flags.yaml");
+    std::fs::write(
+        &plan,
+        "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: flags}\nenvironments: {local: {endpoints: {}}}
+phases:
+  - {id: one, name: One, steps: [{id: check, uses: flags.check, with: {file: flags.json, flag: menu.reads, value: new}}], rollback: {max_duration: 1m, steps: []}}
+",
+    )
+    .unwrap();
+    let (planned, state) = (work.path().join("planned.json"), work.path().join("state"));
+    let (planned, state) = (planned.to_str().unwrap(), state.to_str().unwrap());
+    let handoff = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--state-dir", state]);
+        support::handoff_with(&all, &env)
+    };
+    let planning = handoff(&["plan", plan.to_str().unwrap(), "--env", "local", "--out", planned]);
+    assert_eq!(planning.status.code(), Some(0), "{}", transcript(&planning));
+    assert_eq!(handoff(&["approve", planned, "--by", "ana"]).status.code(), Some(0));
+    let script = std::fs::read_to_string(&plugin).unwrap();
+    std::fs::write(&plugin, script.replacen("Check a flag's value.", "Check the value of a flag.", 1)).unwrap();
+    let applied = handoff(&["apply", planned]);
+    let text = transcript(&applied);
+    assert_eq!(applied.status.code(), Some(7), "{text}");
+    let changed: Vec<&str> =
+        text.lines().filter(|line| line.starts_with(['-', '+']) && line.contains("executor flags")).collect();
+    assert_eq!(changed.len(), 2, "the plugin's old and new version: {text}");
+    assert!(changed.iter().all(|line| line.contains("plugin sha256:")), "{text}");
+}
