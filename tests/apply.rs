@@ -69,6 +69,11 @@ fn a_planned_run_applies_as_approved_and_its_gate_opens_with_a_dba_and_a_menu_me
     let planned = work.plan("planned.json");
     work.approve(&planned, "ana", &["apply", "prepare/approval-1"]);
     work.approve(&planned, "bo", &["prepare/approval-1"]);
+    let (code, dry) = work.handoff(&["apply", planned.to_str().unwrap(), "--allow-shell", "--dry-run"]);
+    assert_eq!(
+        (code, dry.as_str()),
+        (Some(0), "exit: 0\n--- stdout\nWORK/planned.json may be applied (a new run starts); --dry-run: nothing ran\n")
+    );
     let (code, text) = work.apply(&planned);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("gate prepare/approval-1 open") && text.contains("completed"), "{text}");

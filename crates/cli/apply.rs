@@ -54,6 +54,11 @@ pub(crate) fn run(args: &Args, registry: &Registry, out: &mut dyn Write) -> anyh
         return Ok(exit::REFUSED);
     }
     let options = prepared.options(&target, Some(&args.exec))?;
+    if args.exec.dry_run {
+        let what = planned.reviewed.position.describe();
+        writeln!(support::Escaped(out), "{} may be applied ({what}); --dry-run: nothing ran", args.planned.display())?;
+        return Ok(exit::OK);
+    }
     apply(&Applying { planned: &planned, target: &target, prepared: &prepared, registry, options }, args, out)
 }
 
