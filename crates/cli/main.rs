@@ -47,7 +47,8 @@ killed at any point continues with `handoff resume`. One run per plan and enviro
 the lock at a time.
 
 Exit codes: 0 completed, 1 invalid plan, 2 error, 3 rolled back, 4 paused for a person,
-5 rollback failed or over budget, 6 locked, 7 apply refused, 130 interrupted (resume continues).";
+5 rollback failed or over budget, 6 locked, 7 apply refused, 8 asleep until the time printed
+(`--detach-over`; resume after it continues), 130 interrupted (resume continues).";
 
 /// Declarative migration-as-code: validate, simulate and execute plans that move data
 /// ownership between services.

@@ -35,6 +35,9 @@ pub(crate) struct Report<'a> {
     pub(crate) criteria: Vec<CriterionRow>,
     /// The current phase's rollback budget and how it was used.
     pub(crate) rollback: Option<Budget>,
+    /// When a run asleep through a long wait (`--detach-over`) wants to wake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wakes_at: Option<Timestamp>,
 }
 
 /// The phase and step a run is at.
@@ -125,6 +128,7 @@ impl<'a> Report<'a> {
             pending: pending(registry, plan, declared.zip(current), state),
             criteria: declared.zip(current).map(|(p, c)| criteria(p, c)).unwrap_or_default(),
             rollback: declared.zip(current).map(|(p, c)| budget(p, c)),
+            wakes_at: state.wakes_at(),
         }
     }
 }
