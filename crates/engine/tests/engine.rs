@@ -311,6 +311,7 @@ fn line(event: &Event) -> Option<String> {
         Event::Checkpoint { step, data, .. } => format!("  checkpoint {step} {data}"),
         Event::Metric { name, value, .. } => format!("  metric {name}={value}"),
         Event::GateOpened { gate, .. } => format!("  gate {gate}"),
+        Event::Sleeping { phase, .. } => format!("  sleeping through {phase}"),
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!("  criterion {criterion}: {verdict:?} ({detail})")
         }
@@ -553,7 +554,7 @@ phases:
     let engine = Engine::new(&graph, &harness.registry, harness.store());
     let options = harness.options();
     let decide = |key: &str, approved: bool| {
-        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None, digest: None }).unwrap();
     };
     decide("canary/quiet@25%", true);
     let before = harness.records().len();
@@ -711,7 +712,7 @@ phases:
     let engine = Engine::new(&graph, &harness.registry, harness.store());
     let options = harness.options();
     let decide = |key: &str, approved: bool| {
-        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None, digest: None }).unwrap();
     };
     decide("one/approval-1", true);
     let before = harness.records().len();
@@ -720,6 +721,34 @@ phases:
     let (_, done) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
     let text = format!("{}\n== second resume: {}", harness.transcript(&paused, before), shown(&done));
     insta::assert_snapshot!("irreversible_resumed", text);
+}
+
+/// A gate that needs distinct approvers from named groups stays paused, saying what it
+/// still needs, until they have all approved; one person never counts twice.
+#[tokio::test]
+async fn a_gate_needing_several_approvers_opens_when_distinct_members_of_each_group_approved() {
+    const PHASES: &str = "
+approvers: {dba: [ana, bo], menu: [bo, cy]}
+phases:
+  - id: one
+    name: One
+    steps: [{id: a, uses: test.ok}]
+    gates: [{approval: {prompt: go on?, require: [{group: dba}, {group: menu, count: 2}]}}]
+    rollback: {max_duration: 1m, steps: []}
+";
+    let harness = Harness::new();
+    let graph = harness.graph(PHASES);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let options = harness.options();
+    let (_, first) = engine.start(&options, &CancellationToken::new()).await.unwrap();
+    let mut outcomes = vec![shown(&first)];
+    for by in ["bo", "bo", "cy", "ana"] {
+        let decision = Decision { approved: true, by: by.to_owned(), comment: None, digest: None };
+        engine.decide(&options, "one/approval-1", decision).unwrap();
+        let (_, outcome) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+        outcomes.push(format!("after {by}: {}", shown(&outcome)));
+    }
+    insta::assert_snapshot!("approvers_required", outcomes.join("\n"));
 }
 
 const RESUMABLE: &str = "

@@ -169,6 +169,7 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
         criteria(plan, phase, &at, &emitted_so_far, &mut out);
         reversibility(phase, &at, backup_taken, &mut out);
         contradictions(plan, phase, &at, &mut out);
+        approvals(plan, phase, &at, &mut out);
     }
     timeline(plan, &mut out);
     calendar(plan, catalog, &mut out);
@@ -632,6 +633,37 @@ fn endpoints(plan: &Plan, out: &mut Vec<Diagnostic>) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+/// H340: an approval gate whose `require:` nobody could meet, even with every member of
+/// every group approving.
+fn approvals(plan: &Plan, phase: &Phase, at: &str, out: &mut Vec<Diagnostic>) {
+    for (g, gate) in phase.gates.iter().enumerate() {
+        let crate::model::Gate::Approval { require, .. } = gate else { continue };
+        let everyone: Vec<&str> = plan.approvers.values().flatten().map(String::as_str).collect();
+        for missing in crate::model::missing_approvals(require, &plan.approvers, &everyone) {
+            let (group, count, r) = (missing.group, missing.count, missing.index);
+            let wanted = require[r].count;
+            let message = match plan.approvers.get(group) {
+                None => format!(
+                    "the gate asks for approvals from group `{group}`, which the plan's `approvers:` does not define{}",
+                    suggestion(group.as_str(), plan.approvers.keys().map(Id::as_str))
+                ),
+                Some(members) if members.len() < wanted as usize => format!(
+                    "the gate asks for {wanted} distinct approvers from `{group}`, which has {} member(s)",
+                    members.len()
+                ),
+                Some(_) => format!(
+                    "the gate asks for {wanted} approver(s) from `{group}` beside its other requirements; nobody counts twice, so even with everyone approving it lacks {count}"
+                ),
+            };
+            out.push(Diagnostic::new(
+                codes::IMPOSSIBLE_APPROVAL,
+                format!("{at}/gates/{g}/approval/require/{r}"),
+                message,
+            ));
         }
     }
 }
