@@ -488,7 +488,12 @@ pub(crate) fn line(record: &Record) -> Option<String> {
         }
         Event::StepCompensated { step, outcome, .. } => format!("  ↺ {step}: {outcome}"),
         Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
-        Event::Sleeping { phase, until } => format!("  ☾ phase {phase} observed while the run sleeps, until {until}"),
+        Event::Sleeping { phase, step: None, until } => {
+            format!("  ☾ phase {phase} observed while the run sleeps, until {until}")
+        }
+        Event::Sleeping { step: Some(step), until, .. } => {
+            format!("  ☾ {step}: the run sleeps through its wait, until {until}")
+        }
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!(
                 "  {} criterion {criterion}: {verdict:?} ({detail})",
