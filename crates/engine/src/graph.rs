@@ -81,6 +81,26 @@ pub struct PhaseNode {
     pub budget: Option<Duration>,
     /// A point of no return when false.
     pub reversible: bool,
+    /// Steps run once the phase is judged.
+    pub hooks: HookNodes,
+}
+
+/// A phase's hooks, compiled (see `handoff_plan::model::Hooks`).
+#[derive(Debug, Clone, Default)]
+pub struct HookNodes {
+    /// After the phase passed.
+    pub on_pass: Vec<StepNode>,
+    /// When it failed, before its rollback.
+    pub on_fail: Vec<StepNode>,
+    /// After its rollback ended.
+    pub on_rollback: Vec<StepNode>,
+}
+
+impl HookNodes {
+    /// Every hook step.
+    pub fn steps(&self) -> impl Iterator<Item = &StepNode> {
+        self.on_pass.iter().chain(&self.on_fail).chain(&self.on_rollback)
+    }
 }
 
 /// An approval gate: a person approves before the phase passes.
@@ -149,6 +169,8 @@ pub struct MetricCheck {
     pub prometheus: bool,
     /// For a rate: the events it is measured over, and the confidence a verdict needs.
     pub denominator: Option<Denominator>,
+    /// For an emitted metric: the step whose value it reads (`from:`); `None`: any step's.
+    pub from: Option<String>,
 }
 
 impl MetricCheck {
@@ -204,6 +226,7 @@ impl CriterionNode {
                     no_data: criterion.no_data,
                     prometheus: metric.is_some_and(|m| matches!(m.source, MetricSource::Prometheus { .. })),
                     denominator: criterion.denominator.clone(),
+                    from: criterion.from.as_ref().map(Id::to_string),
                 })
             }
             _ => CriterionCheck::Undecidable,
@@ -287,7 +310,7 @@ pub fn phase_structure(plan: &Value, phase: &Value) -> Value {
     let mut structure = phase.clone();
     let unname = |value: &mut Value| drop(value.as_object_mut().map(|o| o.remove("name")));
     unname(&mut structure);
-    for steps in ["/steps", "/rollback/steps"] {
+    for steps in ["/steps", "/rollback/steps", "/hooks/on_pass", "/hooks/on_fail", "/hooks/on_rollback"] {
         if let Some(Value::Array(steps)) = structure.pointer_mut(steps) {
             steps.iter_mut().for_each(unname);
         }
@@ -331,7 +354,9 @@ impl Graph {
 
     /// Every step with its phase id, rollback steps included.
     pub fn steps(&self) -> impl Iterator<Item = (&str, &StepNode)> {
-        self.phases.iter().flat_map(|p| p.stages.iter().flatten().chain(&p.rollback).map(move |s| (p.id.as_str(), s)))
+        self.phases.iter().flat_map(|p| {
+            p.stages.iter().flatten().chain(&p.rollback).chain(p.hooks.steps()).map(move |s| (p.id.as_str(), s))
+        })
     }
 
     /// Every key a person can decide on (`handoff approve`): approval gates, steps,
@@ -341,7 +366,8 @@ impl Graph {
         for phase in &self.phases {
             let id = phase.id.as_str();
             keys.extend(phase.approvals.iter().map(|gate| gate.key.clone()));
-            keys.extend(phase.stages.iter().flatten().chain(&phase.rollback).map(|s| DecisionKey::step(id, &s.id)));
+            let steps = phase.stages.iter().flatten().chain(&phase.rollback).chain(phase.hooks.steps());
+            keys.extend(steps.map(|s| DecisionKey::step(id, &s.id)));
             keys.extend(phase.criteria.iter().map(|c| c.key(id)));
             if !phase.alerts.is_empty() {
                 keys.push(DecisionKey::alerts(id));
@@ -371,7 +397,7 @@ impl Graph {
     /// The step with this id in a phase (forward or rollback).
     pub fn step(&self, phase: &str, step: &str) -> Option<&StepNode> {
         let phase = self.phase(phase)?;
-        phase.stages.iter().flatten().chain(&phase.rollback).find(|s| s.id == step)
+        phase.stages.iter().flatten().chain(&phase.rollback).chain(phase.hooks.steps()).find(|s| s.id == step)
     }
 
     /// The graph as text.
@@ -408,6 +434,7 @@ impl Graph {
             }
             let restore = self.plan.phases.get(index).and_then(|p| p.restore.as_deref());
             failure_text(phase, restore, &mut out);
+            hooks_text(phase, &mut out);
         }
         out
     }
@@ -459,6 +486,11 @@ fn phase_node(plan: &Plan, phase: &Phase, executors: &dyn Executors, errors: &mu
     let mut node = |step: &Step| step_node(phase, step, executors, errors);
     let stages = stages(phase.steps.iter().filter_map(|step| Some((step, node(step)?))));
     let rollback = phase.rollback.iter().flat_map(|r| r.steps.iter()).filter_map(&mut node).collect();
+    let hooks = HookNodes {
+        on_pass: phase.hooks.on_pass.iter().filter_map(&mut node).collect(),
+        on_fail: phase.hooks.on_fail.iter().filter_map(&mut node).collect(),
+        on_rollback: phase.hooks.on_rollback.iter().filter_map(&mut node).collect(),
+    };
     let (soak, approvals) = gates(phase);
     let alerts = plan
         .alerts
@@ -479,6 +511,7 @@ fn phase_node(plan: &Plan, phase: &Phase, executors: &dyn Executors, errors: &mu
         rollback,
         budget: phase.rollback.as_ref().and_then(|r| r.max_duration.as_ref()).map(|d| d.get()),
         reversible: phase.reversible,
+        hooks,
     }
 }
 
@@ -607,6 +640,20 @@ fn failure_text(phase: &PhaseNode, restore: Option<&str>, out: &mut String) {
     }
 }
 
+/// The phase's hooks, when it has any: which steps run after which verdict.
+fn hooks_text(phase: &PhaseNode, out: &mut String) {
+    let hooks = &phase.hooks;
+    for (when, steps) in [("passed", &hooks.on_pass), ("failed", &hooks.on_fail), ("rolled back", &hooks.on_rollback)] {
+        if steps.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  once {when} (hooks; a failure is reported, the verdict stands):");
+        for step in steps {
+            let _ = writeln!(out, "      {:<28} {}", step.id, step.uses);
+        }
+    }
+}
+
 /// A criterion in one line, with what its failure does in a phase that is `reversible` or not.
 pub fn criterion_text(criterion: &CriterionNode, reversible: bool) -> String {
     let check = match &criterion.check {
@@ -615,6 +662,9 @@ pub fn criterion_text(criterion: &CriterionNode, reversible: bool) -> String {
         CriterionCheck::Metric(check) => check,
     };
     let mut text = format!("{} {} {}", check.metric, check.op.symbol(), check.threshold);
+    if let Some(step) = &check.from {
+        let _ = write!(text, " from step {step}");
+    }
     if let Some(window) = &check.window {
         let _ = write!(text, " over {window}");
     }

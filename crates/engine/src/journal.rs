@@ -53,7 +53,10 @@ impl Journal {
         notices: broadcast::Sender<Notice>,
         auto_decide: Option<String>,
     ) -> Journal {
-        let emitted = Emitted::with(state.metrics.clone());
+        let emitted = Emitted::with(crate::metrics::EmittedValues {
+            latest: state.metrics.clone(),
+            by_step: state.step_metrics.clone(),
+        });
         Journal {
             store,
             run,
@@ -168,7 +171,7 @@ impl Sink for Journal {
     }
 
     fn metric(&self, phase: &str, step: &str, name: &str, value: f64) {
-        self.emitted.record(name, value);
+        self.emitted.record(step, name, value);
         let event = Event::Metric { phase: phase.to_owned(), step: step.to_owned(), name: name.to_owned(), value };
         if let Err(error) = self.record(event) {
             self.fail(&error);

@@ -48,24 +48,44 @@ pub trait MetricProvider: Send + Sync {
     }
 }
 
-/// Values the plan's steps emitted, latest per metric name.
+/// Values the plan's steps emitted: the latest per metric name, and per step and name.
 #[derive(Debug, Clone, Default)]
-pub struct Emitted(Arc<Mutex<BTreeMap<String, f64>>>);
+pub struct Emitted(Arc<Mutex<EmittedValues>>);
+
+/// What [`Emitted`] holds.
+#[derive(Debug, Clone, Default)]
+pub struct EmittedValues {
+    /// The latest value of each name, whichever step emitted it.
+    pub latest: BTreeMap<String, f64>,
+    /// The latest value of each name by the step that emitted it (step id, name).
+    pub by_step: BTreeMap<(String, String), f64>,
+}
 
 impl Emitted {
     /// Starts from values replayed from a log.
-    pub fn with(values: BTreeMap<String, f64>) -> Emitted {
+    pub fn with(values: EmittedValues) -> Emitted {
         Emitted(Arc::new(Mutex::new(values)))
     }
 
-    /// Records a value.
-    pub fn record(&self, name: &str, value: f64) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned(), value);
+    fn values(&self) -> std::sync::MutexGuard<'_, EmittedValues> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The latest value.
+    /// Records a value `step` emitted.
+    pub fn record(&self, step: &str, name: &str, value: f64) {
+        let mut values = self.values();
+        values.latest.insert(name.to_owned(), value);
+        values.by_step.insert((step.to_owned(), name.to_owned()), value);
+    }
+
+    /// The latest value, from any step.
     pub fn latest(&self, name: &str) -> Option<f64> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).copied()
+        self.values().latest.get(name).copied()
+    }
+
+    /// The latest value `step` emitted.
+    pub fn latest_from(&self, step: &str, name: &str) -> Option<f64> {
+        self.values().by_step.get(&(step.to_owned(), name.to_owned())).copied()
     }
 }
 
@@ -205,6 +225,13 @@ impl MetricProvider for Metrics {
 const MAX_POINTS: i64 = 10_000;
 
 impl Metrics {
+    /// The latest value of the emitted `metric` (named `name` in the plan) that `step`
+    /// emitted; `None` when the metric is not emitted or the step has not emitted it.
+    pub fn emitted_by(&self, step: &str, name: &str, metric: &Metric) -> Option<f64> {
+        let MetricSource::Emitted { name: emitted_as, .. } = &metric.source else { return None };
+        self.emitted.latest_from(step, emitted_as.as_deref().unwrap_or(name))
+    }
+
     /// The values of one range query (`path`): none when it selects nothing.
     async fn range_values(&self, name: &str, resource: &str, path: String) -> Result<Vec<f64>, MetricError> {
         let result = self.prometheus(name, resource, path).await?;

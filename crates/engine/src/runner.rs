@@ -264,7 +264,12 @@ impl Runner<'_> {
             }
             let span = tracing::info_span!("phase", phase = %phase.id);
             match self.phase(phase).instrument(span.clone()).await? {
-                End::Done => self.record(Event::PhasePassed { phase: phase.id.clone() })?,
+                End::Done => {
+                    if let Some(stop) = self.hooks(phase, &phase.hooks.on_pass, "passed", "").await? {
+                        return self.stopped(stop);
+                    }
+                    self.record(Event::PhasePassed { phase: phase.id.clone() })?;
+                }
                 End::Failed(reason) | End::Cancelled(reason) => {
                     return self.rollback(phase, reason).instrument(span).await;
                 }
@@ -851,6 +856,9 @@ impl Runner<'_> {
 
     /// One sample of a criterion's metric.
     pub(crate) async fn sample_metric(&self, check: &MetricCheck) -> Result<Option<f64>, String> {
+        if let (Some(step), Some(metric)) = (&check.from, self.graph.plan.metrics.get(check.metric.as_str())) {
+            return Ok(self.metrics.emitted_by(step, &check.metric, metric));
+        }
         self.plan_metric(&check.metric).await
     }
 
@@ -1115,6 +1123,9 @@ impl Runner<'_> {
                 self.clock.now()
             }
         };
+        if let Some(stop) = self.hooks(phase, &phase.hooks.on_fail, "failed", &reason).await? {
+            return self.stopped(stop);
+        }
         let mut failures = match self.compensate(phase).await? {
             Ok(failures) => failures,
             Err(stop) => return self.stopped(stop),
@@ -1126,7 +1137,36 @@ impl Runner<'_> {
                 stop => return self.stopped(stop),
             }
         }
-        self.finish_rollback(phase, reason, started_at, failures)
+        let (status, outcome) = self.finish_rollback(phase, reason.clone(), started_at, failures)?;
+        let verdict = if status == RunStatus::RolledBack { "rolled back" } else { "rollback failed" };
+        if let Some(stop) = self.hooks(phase, &phase.hooks.on_rollback, verdict, &reason).await? {
+            return self.stopped(stop);
+        }
+        self.record(Event::RunFinished { status })?;
+        Ok(outcome)
+    }
+
+    /// Runs hook steps of a phase judged `verdict` (for `reason`), which their `with:` reads
+    /// as `${HANDOFF_PHASE}`, `${HANDOFF_VERDICT}` and `${HANDOFF_REASON}`. A hook that
+    /// fails is reported (its step failed) and the next runs: the verdict stands. `Some`:
+    /// the run stops here (interrupted, or a hook asks a person), and resumes with the
+    /// hooks that did not finish.
+    async fn hooks(
+        &self,
+        phase: &PhaseNode,
+        steps: &[StepNode],
+        verdict: &str,
+        reason: &str,
+    ) -> Result<Option<End>, EngineError> {
+        for step in steps {
+            let step = with_verdict(step, &phase.id, verdict, reason);
+            match self.step(phase, &step, Role::Forward, &self.cancel).await? {
+                End::Done => {}
+                End::Failed(why) | End::Cancelled(why) => tracing::warn!(phase = %phase.id, "hook: {why}"),
+                stop => return Ok(Some(stop)),
+            }
+        }
+        Ok(None)
     }
 
     /// Undoes the phase's steps (those not undone yet), each once: first the forward steps
@@ -1225,7 +1265,7 @@ impl Runner<'_> {
         reason: String,
         started_at: Timestamp,
         mut failures: Vec<String>,
-    ) -> Result<Outcome, EngineError> {
+    ) -> Result<(RunStatus, Outcome), EngineError> {
         let elapsed = seconds(self.clock.now().duration_since(started_at));
         let budget = phase.budget.map(|b| b.as_secs_f64());
         let breached = budget.is_some_and(|b| elapsed > b);
@@ -1242,12 +1282,11 @@ impl Runner<'_> {
                 budget.unwrap_or_default()
             ));
         }
-        let status = if failures.is_empty() { RunStatus::RolledBack } else { RunStatus::RollbackFailed };
-        self.record(Event::RunFinished { status })?;
         Ok(if failures.is_empty() {
-            Outcome::RolledBack { phase: phase.id.clone(), reason, seconds: elapsed }
+            (RunStatus::RolledBack, Outcome::RolledBack { phase: phase.id.clone(), reason, seconds: elapsed })
         } else {
-            Outcome::RollbackFailed { phase: phase.id.clone(), reason: format!("{reason}; {}", failures.join("; ")) }
+            let reason = format!("{reason}; {}", failures.join("; "));
+            (RunStatus::RollbackFailed, Outcome::RollbackFailed { phase: phase.id.clone(), reason })
         })
     }
 }
@@ -1297,4 +1336,30 @@ fn paused_by_step(step: &StepNode, key: &str, prompt: String) -> End {
             End::Failed(format!("step `{}` ({}) asked a person under a bad key: {error}", step.id, step.uses))
         }
     }
+}
+
+/// A hook step with the phase's verdict in its `with:`: every `${HANDOFF_PHASE}`,
+/// `${HANDOFF_VERDICT}` and `${HANDOFF_REASON}` (`model::HOOK_VARIABLES`) replaced, and
+/// `notify.webhook`'s `{{ status }}` with the verdict (a `${` in the reason is broken up, so
+/// that it is never expanded as a variable).
+fn with_verdict(step: &StepNode, phase: &str, verdict: &str, reason: &str) -> StepNode {
+    let reason = reason.replace("${", "$ {");
+    let [phase_var, verdict_var, reason_var] = handoff_plan::model::HOOK_VARIABLES.map(|name| format!("${{{name}}}"));
+    let vars = [
+        (phase_var.as_str(), phase),
+        (verdict_var.as_str(), verdict),
+        (reason_var.as_str(), reason.as_str()),
+        ("{{ status }}", verdict),
+    ];
+    fn substitute(value: &mut Value, vars: &[(&str, &str)]) {
+        match value {
+            Value::String(text) => vars.iter().for_each(|(name, value)| *text = text.replace(name, value)),
+            Value::Array(items) => items.iter_mut().for_each(|item| substitute(item, vars)),
+            Value::Object(map) => map.values_mut().for_each(|item| substitute(item, vars)),
+            _ => {}
+        }
+    }
+    let mut step = step.clone();
+    substitute(&mut step.with, &vars);
+    step
 }

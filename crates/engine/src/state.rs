@@ -42,6 +42,9 @@ pub struct RunState {
     pub approvals: BTreeMap<String, Vec<Decision>>,
     /// Latest value of every emitted metric.
     pub metrics: BTreeMap<String, f64>,
+    /// Latest value of every emitted metric by the step that emitted it (step id, name).
+    #[serde(skip)]
+    pub step_metrics: BTreeMap<(String, String), f64>,
     /// Background steps a later step stopped (its output's `stops`).
     pub stopped: BTreeSet<String>,
     /// Sequence number of the next record.
@@ -333,8 +336,9 @@ impl RunState {
             | Event::StepSettled { .. }
             | Event::StepCompensated { .. }
             | Event::Sleeping { step: Some(_), .. } => self.apply_step(&record.event, at),
-            Event::Metric { name, value, .. } => {
+            Event::Metric { name, value, step, .. } => {
                 self.metrics.insert(name.clone(), *value);
+                self.step_metrics.insert((step.clone(), name.clone()), *value);
             }
             Event::GateOpened { phase, gate } => {
                 self.phase_mut(phase).gates.insert(gate.clone());

@@ -42,6 +42,9 @@ struct Params {
     /// `walk`: the events (`reads`) each weight serves.
     #[serde(default)]
     events: Option<f64>,
+    /// `say`: what it says (a hook's message).
+    #[serde(default)]
+    text: Option<String>,
 }
 
 /// The test executor: records every effect and undo in order.
@@ -72,6 +75,7 @@ const ACTIONS: &[Declaration] = &[
     Declaration::new::<Params>("walk", "Walks weights like a traffic shift, holding each.", Effect::Change)
         .emitting(&["rate", "reads"]),
     Declaration::new::<Params>("listen", "Notes the run's lifecycle from now on.", Effect::Observe),
+    Declaration::new::<Params>("say", "Notes its text (a notification).", Effect::Observe),
 ];
 
 impl Probe {
@@ -133,6 +137,10 @@ impl Probe {
             }
             "emit" => {
                 cx.emit(params.metric.as_deref().unwrap(), params.value.unwrap());
+                Ok(Value::Null)
+            }
+            "say" => {
+                self.note(format!("say {at}: {}", params.text.unwrap_or_default()));
                 Ok(Value::Null)
             }
             "wait" => {
@@ -390,6 +398,60 @@ phases:
     rollback:
       max_duration: 5m
       steps: [{id: restore, uses: test.ok}, {id: settle, uses: test.wait, with: {seconds: 60}}]
+",
+    )
+    .await;
+}
+
+/// A criterion with `from:` reads what that step emitted, not the latest value of any step:
+/// the check before a repair fails the phase although the check after it is clean.
+#[tokio::test]
+async fn a_criterion_reads_the_emission_of_the_step_it_names() {
+    check(
+        "criterion_from",
+        &format!(
+            "{METRICS}
+phases:
+  - id: repair
+    name: Repair
+    steps:
+      - {{id: before, uses: test.emit, with: {{metric: errors, value: 4}}}}
+      - {{id: after, uses: test.emit, with: {{metric: errors, value: 0}}}}
+    criteria:
+      - {{id: latest-clean, description: the latest check is clean, metric: errors, op: '<', threshold: 1%}}
+      - {{id: nothing-lost, description: the check before the repair is clean, metric: errors, op: '<', threshold: 1%, from: before}}
+    rollback: {{max_duration: 1m, steps: []}}
+"
+        ),
+    )
+    .await;
+}
+
+/// Hooks run once their phase is judged, with the verdict in their `with:`: `on_pass`
+/// before the next phase starts; `on_fail` before compensation and the rollback steps;
+/// `on_rollback` after them. A hook that fails is reported and the verdict stands.
+#[tokio::test]
+async fn hooks_run_after_the_verdict_with_the_verdict_in_their_context() {
+    check(
+        "hooks",
+        "
+phases:
+  - id: one
+    name: One
+    steps: [{id: a, uses: test.ok}]
+    hooks:
+      on_pass:
+        - {id: broken-hook, uses: test.fail}
+        - {id: one-passed, uses: test.say, with: {text: '${HANDOFF_PHASE} ${HANDOFF_VERDICT} [${HANDOFF_REASON}]'}}
+      on_rollback: [{id: never, uses: test.say, with: {text: not rolled back}}]
+    rollback: {max_duration: 1m, steps: []}
+  - id: two
+    name: Two
+    steps: [{id: b, uses: test.ok}, {id: bad, uses: test.fail}]
+    hooks:
+      on_fail: [{id: two-failed, uses: test.say, with: {text: '${HANDOFF_PHASE} ${HANDOFF_VERDICT}: ${HANDOFF_REASON}'}}]
+      on_rollback: [{id: two-rolled-back, uses: test.say, with: {text: '{{ status }}'}}]
+    rollback: {max_duration: 1m, steps: [{id: restore, uses: test.ok}]}
 ",
     )
     .await;

@@ -165,6 +165,9 @@ codes! {
     /// An alert on a metric that no step of one of its phases emits.
     ALERT_NOT_MEASURED = "H346" "alert-not-measured" Warning
         "An alert on a metric that a step emits (`source: {emitted: {by: …}}`) is judged on what that step measured in the phase: handoff exports the value under the phase it was measured in, and the rendered rule fires only on the active phase's series. In a phase where no step uses that action, the rule can never fire and the run would judge a value left from an earlier phase. List the alert's `phases:` (those that measure it), or add the measuring step to the phase.";
+    /// Several steps of a phase emit what a criterion reads, and it does not say which.
+    AMBIGUOUS_EMITTER = "H347" "ambiguous-emitter" Warning
+        "A criterion on a metric that a step emits reads the latest value any step emitted. When several steps of its phase emit it (a verification before a repair and another after it), which one decides the verdict depends on timing, and a repair can hide the failure the first would have shown. Name the step with `from:`.";
     /// An approval gate's requirement that no set of approvers can meet.
     IMPOSSIBLE_APPROVAL = "H340" "impossible-approval" Error
         "An approval gate's `require:` asks for more distinct approvers than the plan's `approvers:` groups can give: a group that is not defined, a `count` above its members, or requirements that together need more people than their groups hold (nobody counts twice). The gate could never open. Define the group, add members, or lower the count.";

@@ -166,6 +166,11 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
                 step_action(step, &format!("{at}/rollback/steps/{s}"), &site, catalog, &mut out);
             }
         }
+        // A hook runs after every step of its phase.
+        let site = Site { plan, phase: p, step: phase.steps.len(), rollback: false };
+        for (step_at, step) in hook_steps(phase, &at) {
+            step_action(step, &step_at, &site, catalog, &mut out);
+        }
         criteria(plan, phase, &at, &emitted_so_far, &mut out);
         reversibility(phase, &at, backup_taken, &mut out);
         contradictions(plan, phase, &at, &mut out);
@@ -182,14 +187,17 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
     out
 }
 
-/// Where handoff expands `${NAME}`: a step's `with:`, environments, metric sources and the
-/// simulation section (JSON pointers).
+/// Where handoff expands `${NAME}`: a step's (or a hook's) `with:`, environments, metric
+/// sources and the simulation section (JSON pointers).
 fn expands_references(pointer: &str) -> bool {
     let parts: Vec<&str> = pointer.split('/').collect();
     let step_with = |at: usize| parts.get(at) == Some(&"steps") && parts.get(at + 2) == Some(&"with");
     match parts.get(1) {
         Some(&("environments" | "metrics" | "simulation")) => true,
-        Some(&"phases") => step_with(3) || (parts.get(3) == Some(&"rollback") && step_with(4)),
+        Some(&"phases") => {
+            let hook_with = parts.get(3) == Some(&"hooks") && parts.get(6) == Some(&"with");
+            step_with(3) || (parts.get(3) == Some(&"rollback") && step_with(4)) || hook_with
+        }
         _ => false,
     }
 }
@@ -219,7 +227,7 @@ fn references(value: &Value, pointer: &mut String, out: &mut Vec<Diagnostic>) {
                 let message = format!("`{bad}` is not a `${{NAME}}` reference, so it would be used as written");
                 out.push(Diagnostic::new(codes::UNEXPANDED_REFERENCE, pointer.clone(), message));
             } else if !expands_references(pointer) {
-                let message = "`${…}` is not expanded in this field (only in a step's `with:`, environments, metrics and the simulation)";
+                let message = "`${…}` is not expanded in this field (only in a step's or a hook's `with:`, environments, metrics and the simulation)";
                 out.push(Diagnostic::new(codes::UNEXPANDED_REFERENCE, pointer.clone(), message));
             }
         }
@@ -548,6 +556,9 @@ fn ids(plan: &Plan, out: &mut Vec<Diagnostic>) {
         for (s, step) in phase.rollback.iter().flat_map(|r| r.steps.iter()).enumerate() {
             duplicate(&mut steps, step.id.as_str(), format!("/phases/{p}/rollback/steps/{s}/id"), "step id", out);
         }
+        for (at, step) in hook_steps(phase, &format!("/phases/{p}")) {
+            duplicate(&mut steps, step.id.as_str(), format!("{at}/id"), "step id", out);
+        }
         let mut criteria = HashMap::new();
         for (c, criterion) in phase.criteria.iter().enumerate() {
             duplicate(
@@ -774,6 +785,7 @@ fn criteria(plan: &Plan, phase: &Phase, at: &str, emitted_so_far: &HashSet<Strin
     for (c, criterion) in phase.criteria.iter().enumerate() {
         let c_at = format!("{at}/criteria/{c}");
         criterion_source(plan, phase, criterion, &c_at, emitted_so_far, out);
+        emitter(plan, phase, criterion, &c_at, out);
         if let Some(denominator) = &criterion.denominator {
             metric_ref(plan, &denominator.metric, format!("{c_at}/denominator/metric"), out);
         }
@@ -782,6 +794,60 @@ fn criteria(plan: &Plan, phase: &Phase, at: &str, emitted_so_far: &HashSet<Strin
         alert_units(plan, alert, &format!("{at}/alerts/{a}"), out);
     }
     analysis_refs(phase, at, out);
+}
+
+/// Which step's emission a criterion reads: `from:` names a step of its phase or an earlier
+/// one that runs the emitting action (H305); without it, several emitting steps in the
+/// phase are ambiguous (H347).
+fn emitter(plan: &Plan, phase: &Phase, criterion: &Criterion, at: &str, out: &mut Vec<Diagnostic>) {
+    let metric = criterion.metric.as_ref().and_then(|m| plan.metrics.get(m));
+    let by = match metric.map(|m| &m.source) {
+        Some(MetricSource::Emitted { by, .. }) => Some(by),
+        _ => None,
+    };
+    let (id, metric_id) = (&criterion.id, criterion.metric.as_ref().map(Id::as_str).unwrap_or_default());
+    match (&criterion.from, by) {
+        (Some(_), None) => out.push(Diagnostic::new(
+            codes::CRITERION_WITHOUT_SOURCE,
+            format!("{at}/from"),
+            format!("criterion `{id}` names a step with `from:`, but `{metric_id}` is not emitted by a step"),
+        )),
+        (Some(from), Some(by)) => {
+            let upto = plan.phases.iter().position(|p| p.id == phase.id).map_or(0, |p| p + 1);
+            let steps = plan.phases[..upto].iter().flat_map(|p| &p.steps);
+            if !steps.clone().any(|s| s.id == *from && s.uses == *by) {
+                let candidates: Vec<&str> = steps.filter(|s| s.uses == *by).map(|s| s.id.as_str()).collect();
+                let hint = suggestion(from.as_str(), candidates.iter().copied());
+                out.push(
+                    Diagnostic::new(
+                        codes::CRITERION_WITHOUT_SOURCE,
+                        format!("{at}/from"),
+                        format!("criterion `{id}` reads `{metric_id}` from `{from}`, which is no `{by}` step of phase `{}` or an earlier one{hint}", phase.id),
+                    )
+                    .with_help(format!("name one of: {}", candidates.join(", "))),
+                );
+            }
+        }
+        (None, Some(by)) => {
+            let emitters: Vec<&str> = phase.steps.iter().filter(|s| s.uses == *by).map(|s| s.id.as_str()).collect();
+            if emitters.len() > 1 {
+                out.push(
+                    Diagnostic::new(
+                        codes::AMBIGUOUS_EMITTER,
+                        format!("{at}/metric"),
+                        format!(
+                            "criterion `{id}` reads `{metric_id}`, which {} steps of phase `{}` emit ({}): the latest of them decides",
+                            emitters.len(),
+                            phase.id,
+                            emitters.join(", ")
+                        ),
+                    )
+                    .with_help(format!("name the step it judges with `from:` (one of {})", emitters.join(", "))),
+                );
+            }
+        }
+        (None, None) => {}
+    }
 }
 
 /// Step and background analysis name metric criteria of their phase.
@@ -864,6 +930,17 @@ fn criterion_source(
             }
         }
     }
+}
+
+/// A phase's hook steps with their JSON pointers (the phase's is `at`).
+fn hook_steps<'p>(phase: &'p Phase, at: &str) -> Vec<(String, &'p Step)> {
+    let hooks = &phase.hooks;
+    [("on_pass", &hooks.on_pass), ("on_fail", &hooks.on_fail), ("on_rollback", &hooks.on_rollback)]
+        .into_iter()
+        .flat_map(|(when, steps)| {
+            steps.iter().enumerate().map(move |(s, step)| (format!("{at}/hooks/{when}/{s}"), step))
+        })
+        .collect()
 }
 
 /// The alerts that apply to a phase (the plan's that name it or no phase, and its own)

@@ -561,6 +561,43 @@ pub struct Phase {
     /// For an irreversible phase: how to recover anyway (e.g. restore from the archive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<String>,
+    /// Steps run once the phase is judged (a notification that states the verdict).
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// Steps run once a phase is judged. Their `with:` may use `${HANDOFF_PHASE}`,
+/// `${HANDOFF_VERDICT}` (`passed`, `failed`, `rolled back`, `rollback failed`) and
+/// `${HANDOFF_REASON}` (why it failed; empty when it passed). A hook that fails is reported
+/// and the run goes on: a hook never changes a verdict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Run after the phase passed (its criteria, alerts and gates), before the next starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_pass: Vec<Step>,
+    /// Run when the phase failed, before its rollback starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_fail: Vec<Step>,
+    /// Run after the phase's rollback ended (the verdict says whether it succeeded); not
+    /// counted in the rollback's budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_rollback: Vec<Step>,
+}
+
+/// The variables a hook's `with:` may use, which handoff (not the environment) fills in.
+pub const HOOK_VARIABLES: [&str; 3] = ["HANDOFF_PHASE", "HANDOFF_VERDICT", "HANDOFF_REASON"];
+
+impl Hooks {
+    /// No hook at all.
+    pub fn is_empty(&self) -> bool {
+        self.on_pass.is_empty() && self.on_fail.is_empty() && self.on_rollback.is_empty()
+    }
+
+    /// Every hook step, in the order they may run.
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.on_pass.iter().chain(&self.on_fail).chain(&self.on_rollback)
+    }
 }
 
 fn yes() -> bool {
@@ -675,6 +712,11 @@ pub struct Criterion {
     /// fail, pause or roll back anything — for trying a new metric without risk.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// For a metric a step emits: the step (of this phase or an earlier one) whose value
+    /// the criterion reads, when several steps emit it (e.g. the verification that precedes
+    /// a repair, not the one after it). Without it, the latest value of any step counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Id>,
 }
 
 /// The events a rate criterion is measured over, and the confidence its verdict needs.
@@ -1018,7 +1060,8 @@ impl Plan {
     /// Every step of the plan with its phase: phase steps first, then rollback steps.
     pub fn all_steps(&self) -> impl Iterator<Item = (&Phase, &Step)> {
         self.phases.iter().flat_map(|phase| {
-            phase.steps.iter().chain(phase.rollback.iter().flat_map(|r| r.steps.iter())).map(move |step| (phase, step))
+            let rollback = phase.rollback.iter().flat_map(|r| r.steps.iter());
+            phase.steps.iter().chain(rollback).chain(phase.hooks.steps()).map(move |step| (phase, step))
         })
     }
 }

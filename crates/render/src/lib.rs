@@ -348,6 +348,7 @@ impl PlanView {
                         "description": r.description,
                         "steps": r.steps.iter().map(step).collect::<Vec<_>>(),
                     })),
+                    "hooks": hooks(&phase.hooks, &step),
                 })
             })
             .collect();
@@ -374,7 +375,10 @@ impl PlanView {
 /// what no data and a failure do (`reversible`: whether its phase can roll back).
 fn criterion(c: &Criterion, reversible: bool) -> Value {
     let check = match (&c.metric, c.op, &c.threshold, &c.confirm) {
-        (Some(metric), Some(op), Some(threshold), _) => format!("`{metric} {} {threshold}`", op.symbol()),
+        (Some(metric), Some(op), Some(threshold), _) => {
+            let from = c.from.as_ref().map(|step| format!(" as step `{step}` measured it")).unwrap_or_default();
+            format!("`{metric} {} {threshold}`{from}", op.symbol())
+        }
         (_, _, _, Some(confirm)) => {
             format!("confirmed by {}: {}", confirm.by.as_deref().unwrap_or("a person"), confirm.prompt)
         }
@@ -406,6 +410,20 @@ fn criterion(c: &Criterion, reversible: bool) -> Value {
         (FailureAction::Warn, _) => "reported, the run goes on",
     };
     json!({"id": c.id, "description": c.description, "check": check, "sampling": sampling.join(", "), "on_failure": on_failure})
+}
+
+/// A phase's hooks for the runbook: when each list runs and its steps (as `step` shows them).
+fn hooks(hooks: &handoff_plan::model::Hooks, step: &dyn Fn(&Step) -> Value) -> Vec<Value> {
+    let lists = [
+        ("passed", &hooks.on_pass),
+        ("failed, before its rollback", &hooks.on_fail),
+        ("rolled back", &hooks.on_rollback),
+    ];
+    lists
+        .into_iter()
+        .filter(|(_, steps)| !steps.is_empty())
+        .map(|(when, steps)| json!({"when": when, "steps": steps.iter().map(step).collect::<Vec<_>>()}))
+        .collect()
 }
 
 fn gate(g: &Gate) -> String {

@@ -50,7 +50,14 @@ pub fn derive(
     let mut value = serde_json::to_value(plan).map_err(|e| e.to_string())?;
     let stand_ins: Vec<&str> = simulation.stand_ins.iter().map(String::as_str).collect();
     resolve(&mut value, &|name| {
-        if stand_ins.contains(&name) { format!("{standin}/svc/{name}") } else { PLACEHOLDER.to_owned() }
+        if stand_ins.contains(&name) {
+            format!("{standin}/svc/{name}")
+        } else if handoff_plan::model::HOOK_VARIABLES.contains(&name) {
+            // Filled in by the engine when the hook runs.
+            format!("${{{name}}}")
+        } else {
+            PLACEHOLDER.to_owned()
+        }
     });
     value["environments"] = json!({"simulation": {"description": "handoff simulate", "endpoints": endpoints}});
     for metric in simulation.measures.keys() {
