@@ -182,18 +182,19 @@ fn without_times(l: &str) -> String {
     out
 }
 
-/// `l` with every wall-clock figure (` in 0.1s`) written ` in <t>s`: a rollback's measured
-/// time depends on the machine's load, its budget does not.
-fn without_seconds(l: &str) -> String {
+/// `l` with every wall-clock duration (` in 0.1s`, ` in 4m05s`) written ` in <t>s`: a
+/// step's or a rollback's measured time depends on the machine's load, a budget does not.
+pub(crate) fn without_seconds(l: &str) -> String {
     let mut out = String::new();
     let mut rest = l;
     while let Some(at) = rest.find(" in ") {
         let (head, tail) = rest.split_at(at + 4);
         out.push_str(head);
-        let figure = tail.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(tail.len());
-        if figure > 0 && tail[figure..].starts_with('s') {
-            out.push_str("<t>");
-            rest = &tail[figure..];
+        let end = tail.find(|c: char| !(c.is_ascii_digit() || ".dhms".contains(c))).unwrap_or(tail.len());
+        let word = &tail[..end];
+        if word.starts_with(|c: char| c.is_ascii_digit()) && word.ends_with(['d', 'h', 'm', 's']) {
+            out.push_str("<t>s");
+            rest = &tail[end..];
         } else {
             rest = tail;
         }

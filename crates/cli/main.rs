@@ -14,6 +14,7 @@ mod exit;
 mod export;
 mod lock;
 mod plan;
+mod progress;
 mod render;
 mod run;
 mod sandbox;

@@ -323,24 +323,30 @@ pub(crate) struct Printer<'a> {
     target: &'a Target,
     /// Standard output was closed by its reader (`| head`): the run goes on unprinted.
     closed: bool,
+    /// Lines for people, and the live view in a terminal.
+    progress: crate::progress::Progress,
 }
 
 impl<'a> Printer<'a> {
-    /// A printer for a run of `target`, in `exec`'s log format.
-    pub(crate) fn new(target: &'a Target, exec: &Exec, out: &'a mut dyn Write) -> Printer<'a> {
-        Printer { json: exec.json_logs(), out, target, closed: false }
+    /// A printer for a run of `target`'s `plan`, in `exec`'s log format: with text on a
+    /// terminal, the live view.
+    pub(crate) fn new(target: &'a Target, exec: &Exec, plan: &Plan, out: &'a mut dyn Write) -> Printer<'a> {
+        let json = exec.json_logs();
+        let progress = if json {
+            crate::progress::Progress::plain()
+        } else {
+            crate::progress::Progress::for_screen(plan, crate::progress::Screen::Stdout)
+        };
+        Printer { json, out, target, closed: false, progress }
     }
 
-    /// Prints one notice (records as lines or JSON; progress for people only).
+    /// Prints one notice: records as JSON, or for people the plain lines (or the live view)
+    /// of records and progress.
     pub(crate) fn notice(&mut self, notice: &Notice) -> std::io::Result<()> {
         let text = match (notice, self.json) {
             (Notice::Record(record), true) => Some(serde_json::to_string(record).unwrap_or_default()),
             (Notice::Progress { .. }, true) => None,
-            (Notice::Record(record), false) => line(record).map(|text| escape(&text).to_string()),
-            (Notice::Progress { step, message, fraction, .. }, false) => {
-                let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
-                Some(escape(&format!("    … {step}{percent}: {message}")).to_string())
-            }
+            (_, false) => self.progress.notice(notice),
         };
         text.map_or(Ok(()), |text| self.line(&text))
     }
@@ -365,6 +371,7 @@ impl<'a> Printer<'a> {
     /// Prints how the run ended, with what to do next; returns its exit code.
     pub(crate) fn outcome(&mut self, run: &str, outcome: &Outcome) -> anyhow::Result<u8> {
         let (code, text) = self.describe(run, outcome);
+        self.progress.finish();
         if self.json {
             let word = match code {
                 exit::OK => "completed",
