@@ -89,7 +89,18 @@ fn the_menu_plan_passes_every_phase_and_loses_nothing() {
     let (code, json, markdown, junit) = simulate(&[]);
     assert_eq!(code, Some(0), "{json:#}");
     assert_eq!(json["verdict"], "pass");
-    for phase in json["phases"].as_array().unwrap() {
+    // The calendar holds: each phase starts and lasts as the plan's schedule says (the
+    // seed's dates, 2024-01-01 = day 0), within half a day.
+    let planned = [(0.0, 14.0), (14.0, 14.0), (28.0, 7.0), (35.0, 7.0), (42.0, 14.0)];
+    let phases = json["phases"].as_array().unwrap();
+    for (phase, (start, days)) in phases.iter().zip(planned) {
+        let (ran_start, ran_days) = (phase["start_day"].as_f64().unwrap(), phase["days"].as_f64().unwrap());
+        assert!(
+            (ran_start - start).abs() <= 0.5 && (ran_days - days).abs() <= 0.5,
+            "planned {start}+{days}: {phase:#}"
+        );
+    }
+    for phase in phases {
         assert_eq!(phase["status"], "passed", "{phase:#}");
         let failed: Vec<String> =
             ["fail", "inconclusive", "provider error"].iter().flat_map(|v| criteria(phase, v)).collect();

@@ -179,6 +179,10 @@ impl Action for Traffic {
         issues
     }
 
+    fn planned_duration(&self, shift: &Shift) -> Option<std::time::Duration> {
+        Some(shift.schedule.steps.iter().map(|step| step.soak.get()).sum())
+    }
+
     fn describe(&self, shift: &Shift) -> String {
         let weights: Vec<String> = shift.schedule.steps.iter().map(|s| format!("{}% ({})", s.weight, s.soak)).collect();
         let header = shift

@@ -411,8 +411,8 @@ fn criterion(c: &Criterion, reversible: bool) -> Value {
 fn gate(g: &Gate) -> String {
     match g {
         Gate::Soak(duration) => format!("soak {duration} with every criterion and alert watched"),
-        Gate::Approval { prompt, approvers } if approvers.is_empty() => format!("approval: {prompt}"),
-        Gate::Approval { prompt, approvers } => format!("approval by {}: {prompt}", approvers.join(" or ")),
+        Gate::Approval { prompt, approvers, .. } if approvers.is_empty() => format!("approval: {prompt}"),
+        Gate::Approval { prompt, approvers, .. } => format!("approval by {}: {prompt}", approvers.join(" or ")),
     }
 }
 

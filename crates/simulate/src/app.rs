@@ -145,6 +145,11 @@ const READS_IN_FLIGHT: usize = 256;
 /// How many requests a latency percentile is taken over.
 const LATENCY_SAMPLES: usize = 200;
 
+/// The fewest writes a p95 of dual writes is taken over: below it, the p95 is one of the
+/// few slowest writes (the first dual writes on cold connections, say), which compressed
+/// time would let decide days of samples.
+const P95_WRITES: usize = 50;
+
 fn keep(buffer: &mut VecDeque<u64>, micros: u64) {
     buffer.push_back(micros);
     if buffer.len() > LATENCY_SAMPLES {
@@ -983,7 +988,11 @@ impl Model {
                 if !dual {
                     return None;
                 }
+                // Too few writes for a p95 (`P95_WRITES`): no data yet, neither pass nor fail.
                 let stats = stats();
+                if stats.dual_writes.len().min(stats.single_writes.len()) < P95_WRITES {
+                    return None;
+                }
                 let dual = p95(&mut stats.dual_writes.iter().copied().collect::<Vec<_>>())?;
                 let single = p95(&mut stats.single_writes.iter().copied().collect::<Vec<_>>())?;
                 Some((dual - single).max(0.0))

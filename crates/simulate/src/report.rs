@@ -633,6 +633,7 @@ fn headline(outcome: &Outcome, phases: &[PhaseReport], lost: Option<&str>) -> (R
         Outcome::Paused { reason, .. } => failed(format!("paused: {reason}")),
         Outcome::Interrupted { reason } => failed(format!("interrupted: {reason}")),
         Outcome::Aborted => failed("aborted".to_owned()),
+        Outcome::Waiting { until } => failed(format!("asleep until {until}")),
     }
 }
 
