@@ -1,19 +1,21 @@
-//! Progress people can follow, shared by `handoff run` (and `resume`, `abort`) and
-//! `handoff simulate`. In a terminal, a live view: the plan's calendar as a bar (plan day
-//! N of M on the run's clock, real time elapsed), the current phase and step with its
-//! elapsed time, and the latest value of each criterion against its threshold, with the
-//! plain lines scrolling above. Elsewhere (CI logs), plain lines only: one per finished
-//! step with its duration on the run's clock, one per verdict. JSON records never come
-//! here.
+//! Progress people can follow, shared by `handoff run` (and `resume`, `abort`, `apply`) and
+//! `handoff simulate`. In a terminal, a live view redrawn in place under the lines that
+//! scroll above it: the plan's calendar as a bar (plan day N of M, or phase N of M when the
+//! phases are not dated) with the real time elapsed and an estimate of the time left, one
+//! line per running step with its elapsed time and latest progress, and the latest value of
+//! each of the current phase's criteria against its threshold. Elsewhere (CI logs), plain
+//! lines only: one per finished step with its duration on the run's clock, one per
+//! verdict. JSON records never come here.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use handoff_engine::{Event, Notice, Record, Verdict};
+use handoff_engine::{Event, Notice, Record, Role, Verdict};
 use handoff_plan::escape::escape;
 use handoff_plan::model::Plan;
 use handoff_plan::units::Measured;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use jiff::Timestamp;
 
 /// Where a live view draws.
@@ -27,7 +29,7 @@ pub(crate) enum Screen {
 
 impl Screen {
     /// Whether this stream is a terminal, where a live view can be drawn.
-    pub(crate) fn is_terminal(self) -> bool {
+    fn is_terminal(self) -> bool {
         use std::io::IsTerminal as _;
         match self {
             Screen::Stdout => std::io::stdout().is_terminal(),
@@ -36,10 +38,38 @@ impl Screen {
     }
 }
 
+/// The live view on screen, if any: what writes to the terminal outside it (log lines,
+/// interrupt notices) hides it for the write, so neither corrupts the other.
+static SHOWN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Runs `write` with the live view (if one is shown) cleared, then redraws it.
+pub(crate) fn suspended<R>(write: impl FnOnce() -> R) -> R {
+    let shown = SHOWN.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    match shown {
+        Some(multi) => multi.suspend(write),
+        None => write(),
+    }
+}
+
+/// Standard error, written with the live view [`suspended`]: the log's writer.
+pub(crate) struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        suspended(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Turns the engine's notices into plain lines, and draws the live view when there is one.
 pub(crate) struct Progress {
-    /// When each running step (by phase and step) started, on the run's clock.
-    started: BTreeMap<(String, String), Timestamp>,
+    /// When each running step (by phase and step) started on the run's clock, and which
+    /// attempt it is.
+    started: BTreeMap<(String, String), (Timestamp, u32)>,
     live: Option<Live>,
 }
 
@@ -54,40 +84,43 @@ impl Progress {
         Progress { live: screen.is_terminal().then(|| Live::new(plan, screen)), ..Progress::plain() }
     }
 
-    /// Takes one notice. Returns the plain line to print, if any; with a live view, the
-    /// line is printed above the view and `None` is returned.
+    /// Takes one notice. Returns the plain line to print, if any (control characters
+    /// escaped); with a live view, the view shows the notice, record lines are printed
+    /// above it, and `None` is returned.
     pub(crate) fn notice(&mut self, notice: &Notice) -> Option<String> {
         let text = match notice {
             Notice::Record(record) => self.line(record),
-            Notice::Progress { step, message, fraction, .. } => {
-                let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
-                Some(format!("    … {step}{percent}: {message}"))
-            }
+            Notice::Progress { .. } if self.live.is_some() => None,
+            Notice::Progress { step, message, fraction, .. } => Some(format!("    … {step}{}: {message}", percent(*fraction))),
         };
-        let text = text.map(|t| escape(&t).to_string());
+        let text = text.map(|t| escape(&t).into_owned());
         let Some(live) = &mut self.live else { return text };
         live.notice(notice);
         if let Some(text) = text {
-            let _ = live.multi.println(&text);
+            live.multi.println(text).ok();
         }
         None
     }
 
-    /// Leaves the live view's last frame on the screen, before the outcome is printed.
+    /// Stops the live view, leaving its last frame on the screen (the calendar where the
+    /// run got to, the steps still running, the criteria's last values) before the outcome
+    /// is printed under it.
     pub(crate) fn finish(&mut self) {
-        if let Some(live) = self.live.take() {
-            live.finish();
-        }
+        self.live = None;
     }
 
-    /// The plain line of a record: none when a step starts, the duration when it ends.
+    /// The plain line of a record: none when a step starts, its duration when it ends.
     fn line(&mut self, record: &Record) -> Option<String> {
         match &record.event {
-            Event::StepStarted { phase, step, .. } => {
-                self.started.insert((phase.clone(), step.clone()), record.at);
+            Event::StepStarted { phase, step, attempt, .. } => {
+                self.started.insert((phase.clone(), step.clone()), (record.at, *attempt));
                 None
             }
             Event::StepFinished { phase, step, .. } => Some(format!("  ✓ {step}{}", self.took(phase, step, record))),
+            Event::StepFailed { phase, step, error, retrying, .. } => {
+                let again = if *retrying { " (retrying)" } else { "" };
+                Some(format!("  ✗ {step}{}: {error}{again}", self.took(phase, step, record)))
+            }
             Event::StepCompensated { phase, step, outcome, .. } => {
                 Some(format!("  ↺ {step}{}: {outcome}", self.took(phase, step, record)))
             }
@@ -95,12 +128,21 @@ impl Progress {
         }
     }
 
-    /// ` in 1.2s`: how long the step took since it started, on the run's clock.
+    /// ` in 1.2s`, and ` (attempt 2)` after the first: how long the step took since it
+    /// started, on the run's clock; nothing when its start was before this process.
     fn took(&mut self, phase: &str, step: &str, record: &Record) -> String {
-        let Some(start) = self.started.remove(&(phase.to_owned(), step.to_owned())) else { return String::new() };
-        let seconds = record.at.duration_since(start).as_secs_f64().max(0.0);
-        format!(" in {}", short(Duration::from_secs_f64(seconds)))
+        let Some((start, attempt)) = self.started.remove(&(phase.to_owned(), step.to_owned())) else {
+            return String::new();
+        };
+        let again = if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+        let took = record.at.duration_since(start).unsigned_abs();
+        format!(" in {}{again}", short(took))
     }
+}
+
+/// ` 45%` for a known fraction done, else nothing.
+fn percent(fraction: Option<f64>) -> String {
+    fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default()
 }
 
 /// A duration in at most two units without spaces: `0.4s`, `12.0s`, `4m05s`, `2h10m`, `3d04h`.
@@ -118,10 +160,11 @@ pub(crate) fn short(duration: Duration) -> String {
 struct Live {
     multi: MultiProgress,
     calendar: Calendar,
-    step: ProgressBar,
-    /// One line per criterion judged so far, by phase and criterion.
-    criteria: BTreeMap<(String, String), ProgressBar>,
-    /// Each criterion's `metric op threshold`, by phase and criterion.
+    /// One spinner per running step, by phase and step.
+    steps: BTreeMap<(String, String), ProgressBar>,
+    /// The current phase's criteria, in the plan's order: id and line.
+    criteria: Vec<(String, ProgressBar)>,
+    /// Each criterion's `needs metric op threshold`, by phase and criterion.
     targets: BTreeMap<(String, String), String>,
 }
 
@@ -132,29 +175,23 @@ impl Live {
             Screen::Stderr => ProgressDrawTarget::stderr(),
         };
         let multi = MultiProgress::with_draw_target(target);
-        let calendar = Calendar::new(plan);
-        let bar = multi.add(ProgressBar::new(calendar.length()));
-        bar.set_style(style("{prefix} [{bar:30}] {msg}, {elapsed} real time"));
-        bar.set_prefix(calendar.unit);
-        bar.set_message(format!("{} of {}", 0, calendar.length()));
-        let step = multi.add(ProgressBar::new_spinner());
-        step.set_style(style("{spinner} {msg} ({elapsed})"));
-        step.set_message("starting");
-        step.enable_steady_tick(Duration::from_millis(200));
+        let calendar = Calendar::new(plan, &multi);
         let targets = plan
             .phases
             .iter()
             .flat_map(|phase| phase.criteria.iter().map(move |c| (phase, c)))
-            .map(|(phase, c)| ((phase.id.to_string(), c.id.to_string()), threshold(c)))
+            .map(|(phase, c)| ((phase.id.to_string(), c.id.to_string()), escape(&needs(c)).into_owned()))
             .collect();
-        Live { multi, calendar: Calendar { bar, ..calendar }, step, criteria: BTreeMap::new(), targets }
+        *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = Some(multi.clone());
+        Live { multi, calendar, steps: BTreeMap::new(), criteria: Vec::new(), targets }
     }
 
     fn notice(&mut self, notice: &Notice) {
         match notice {
-            Notice::Progress { phase, step, message, fraction, .. } => {
-                let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
-                self.step.set_message(escape(&format!("phase {phase} · step {step}{percent}: {message}")).to_string());
+            Notice::Progress { phase, step, message, fraction } => {
+                if let Some(bar) = self.steps.get(&(phase.clone(), step.clone())) {
+                    bar.set_message(escape(&format!("{step}{}: {message}", percent(*fraction))).into_owned());
+                }
             }
             Notice::Record(record) => self.record(record),
         }
@@ -163,9 +200,15 @@ impl Live {
     fn record(&mut self, record: &Record) {
         self.calendar.at(record);
         match &record.event {
-            Event::StepStarted { phase, step, .. } => {
-                self.step.reset_elapsed();
-                self.step.set_message(escape(&format!("phase {phase} · step {step}")).to_string());
+            Event::PhaseStarted { phase } => self.phase(phase),
+            Event::StepStarted { phase, step, role, .. } => self.step_started(phase, step, *role),
+            Event::StepFinished { phase, step, .. }
+            | Event::StepFailed { phase, step, .. }
+            | Event::StepCompensated { phase, step, .. } => {
+                if let Some(bar) = self.steps.remove(&(phase.clone(), step.clone())) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
             }
             Event::CriterionEvaluated { phase, criterion, verdict, last, .. }
             | Event::AnalysisEvaluated { phase, criterion, verdict, last, .. } => {
@@ -175,60 +218,146 @@ impl Live {
         }
     }
 
-    /// Shows a criterion's latest value against its threshold.
-    fn judged(&mut self, phase: &str, criterion: &str, verdict: Verdict, last: Option<f64>) {
-        let key = (phase.to_owned(), criterion.to_owned());
-        let mark = if verdict == Verdict::Pass { "✓" } else { "✗" };
-        let value = last.map_or_else(|| "no value".to_owned(), |v| Measured(v).to_string());
-        let target = self.targets.get(&key).map(String::as_str).unwrap_or_default();
-        let text = escape(&format!("  {mark} {phase}/{criterion}: {value} against {target} — {verdict:?}")).to_string();
-        let multi = &self.multi;
-        let bar = self.criteria.entry(key).or_insert_with(|| {
-            let bar = multi.add(ProgressBar::new(1));
-            bar.set_style(style("{msg}"));
-            bar
-        });
-        bar.set_message(text);
+    /// A phase began: its criteria replace the previous phase's, waiting for a value.
+    fn phase(&mut self, phase: &str) {
+        for (_, bar) in self.criteria.drain(..) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        let ids: Vec<String> =
+            self.targets.keys().filter(|(p, _)| p == phase).map(|(_, criterion)| criterion.clone()).collect();
+        for criterion in ids {
+            let bar = self.multi.add(ProgressBar::new(1).with_style(style("{msg}")));
+            self.criteria.push((criterion.clone(), bar));
+            self.show(phase, &criterion, "·", "no value yet", "");
+        }
     }
 
-    fn finish(self) {
-        self.step.disable_steady_tick();
-        self.step.abandon_with_message("finished");
+    /// A step began: a spinner with its elapsed time, above the criteria.
+    fn step_started(&mut self, phase: &str, step: &str, role: Role) {
+        let bar = ProgressBar::new_spinner().with_style(style("  {spinner} {msg} ({took})").tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏·"));
+        let bar = match self.criteria.first() {
+            Some((_, first)) => self.multi.insert_before(first, bar),
+            None => self.multi.add(bar),
+        };
+        let what = if role == Role::Compensate { format!("undoing {step}") } else { step.to_owned() };
+        bar.set_message(escape(&what).into_owned());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        if let Some(old) = self.steps.insert((phase.to_owned(), step.to_owned()), bar) {
+            old.finish_and_clear();
+            self.multi.remove(&old);
+        }
+    }
+
+    /// Shows a criterion's latest value against its threshold, and its verdict.
+    fn judged(&mut self, phase: &str, criterion: &str, verdict: Verdict, last: Option<f64>) {
+        let mark = if verdict == Verdict::Pass { "✓" } else { "✗" };
+        let value = last.map_or_else(|| "no value".to_owned(), |v| format!("last {}", Measured(v)));
+        self.show(phase, criterion, mark, &value, &format!(": {verdict:?}"));
+    }
+
+    /// Writes a criterion's line, if it is one of the current phase's.
+    fn show(&self, phase: &str, criterion: &str, mark: &str, value: &str, verdict: &str) {
+        let key = (phase.to_owned(), criterion.to_owned());
+        let Some((_, bar)) = self.criteria.iter().find(|(id, _)| id == criterion) else { return };
+        let needs = self.targets.get(&key).map(String::as_str).unwrap_or_default();
+        bar.set_message(format!("  {mark} criterion {}: {value}, needs {needs}{verdict}", escape(criterion)));
+    }
+}
+
+impl Drop for Live {
+    /// Leaves the last frame: the steps still running (a person's decision awaited, an
+    /// interrupt) say so, with their time.
+    fn drop(&mut self) {
+        *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        for bar in self.steps.values() {
+            bar.disable_steady_tick();
+            bar.set_style(style("  · {msg} (not finished after {took})"));
+            bar.abandon();
+        }
         self.calendar.bar.abandon();
-        for bar in self.criteria.values() {
+        for (_, bar) in &self.criteria {
             bar.abandon();
         }
     }
 }
 
-/// A criterion's `metric op threshold`, or `confirmed by a person`.
-fn threshold(criterion: &handoff_plan::model::Criterion) -> String {
+/// What a criterion needs: `metric op threshold`, or a person's confirmation.
+fn needs(criterion: &handoff_plan::model::Criterion) -> String {
     match (&criterion.metric, criterion.op, &criterion.threshold) {
         (Some(metric), Some(op), Some(threshold)) => format!("{metric} {} {}", op.symbol(), threshold.as_str()),
         _ => "a person's confirmation".to_owned(),
     }
 }
 
+/// A style from `template`, where `{took}` is the real time since the bar started (`4m05s`).
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).with_key(
+        "took",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&short(state.elapsed()));
+        },
+    )
 }
 
-/// The plan's calendar as a bar: plan days when its phases are dated, else phases.
+/// Seconds in a plan day.
+const DAY: u64 = 86_400;
+
+/// The plan's calendar as a bar, in seconds of plan time when every phase is dated (plan
+/// days), else in phases.
 struct Calendar {
-    unit: &'static str,
-    /// Each phase's (first, last) position on the bar, by phase id.
+    /// Whether the bar counts plan days (else phases).
+    dated: bool,
+    /// Each phase's first and last position on the bar, by phase id.
     spans: BTreeMap<String, (u64, u64)>,
     /// The current phase and when it started, on the run's clock.
     current: Option<(String, Timestamp)>,
+    /// Whether the current phase is rolling back.
+    rolling_back: bool,
+    /// The estimate of the real time left, shared with the bar's `{left}`.
+    left: Arc<Mutex<Estimate>>,
     bar: ProgressBar,
 }
 
+/// How much real time is left, estimated from the progress made since the view started.
+#[derive(Default)]
+struct Estimate {
+    /// The bar's position when the view saw its first record, and when.
+    origin: Option<(u64, Instant)>,
+    /// The time left as of an instant.
+    left: Option<(Duration, Instant)>,
+}
+
+impl Estimate {
+    /// Estimates from the progress to `position` of `length`, at the pace so far.
+    fn update(&mut self, position: u64, length: u64) {
+        let now = Instant::now();
+        let (origin, since) = *self.origin.get_or_insert((position, now));
+        let done = position.saturating_sub(origin);
+        if done > 0 {
+            let pace = now.duration_since(since).as_secs_f64() / done as f64;
+            self.left = Some((Duration::from_secs_f64(pace * length.saturating_sub(position) as f64), now));
+        }
+    }
+
+    /// `about 1m20s left`, counting down since the last estimate; `time left unknown`
+    /// before any progress.
+    fn show(&self, w: &mut dyn std::fmt::Write) {
+        match self.left {
+            Some((left, at)) => write!(w, "about {} left", short(left.saturating_sub(at.elapsed()))),
+            None => write!(w, "time left unknown"),
+        }
+        .ok();
+    }
+}
+
 impl Calendar {
-    fn new(plan: &Plan) -> Calendar {
+    fn new(plan: &Plan, multi: &MultiProgress) -> Calendar {
         let dates = plan.calendar();
         let first = dates.iter().flatten().map(|d| d.start).min();
+        let dated = first.is_some() && dates.iter().all(Option::is_some);
         let spans = match first {
-            Some(first) if dates.iter().all(Option::is_some) => dates
+            Some(first) if dated => dates
                 .iter()
                 .flatten()
                 .zip(&plan.phases)
@@ -236,8 +365,21 @@ impl Calendar {
                 .collect(),
             _ => plan.phases.iter().zip(0..).map(|(p, i)| (p.id.to_string(), (i, i + 1))).collect(),
         };
-        let unit = if first.is_some() && dates.iter().all(Option::is_some) { "plan day" } else { "phase" };
-        Calendar { unit, spans, current: None, bar: ProgressBar::hidden() }
+        let left = Arc::new(Mutex::new(Estimate::default()));
+        let shared = Arc::clone(&left);
+        let bar = multi.add(ProgressBar::new(1)).with_style(
+            style("{prefix} [{bar:30}] {msg} · {took} elapsed, {left}")
+                .with_key("left", move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    shared.lock().unwrap_or_else(PoisonError::into_inner).show(w);
+                })
+                .progress_chars("=> "),
+        );
+        let calendar = Calendar { dated, spans, current: None, rolling_back: false, left, bar };
+        calendar.bar.set_length(calendar.length().max(1));
+        calendar.bar.set_prefix(calendar.count(0));
+        calendar.bar.set_message("starting");
+        calendar.bar.enable_steady_tick(Duration::from_millis(500));
+        calendar
     }
 
     /// The bar's length: the last phase's end.
@@ -245,24 +387,47 @@ impl Calendar {
         self.spans.values().map(|(_, end)| *end).max().unwrap_or(0)
     }
 
-    /// Moves the bar to where the record falls: its phase's first day plus the time since
-    /// the phase started (plan days only), never past the phase's end.
+    /// `plan day 3 of 30` or `phase 2 of 4`, for a position on the bar.
+    fn count(&self, position: u64) -> String {
+        let (unit, size) = if self.dated { ("plan day", DAY) } else { ("phase", 1) };
+        let total = self.length().div_ceil(size);
+        format!("{unit} {} of {total}", (position / size + 1).min(total))
+    }
+
+    /// Moves the bar to where the record falls: its phase's first position plus the time
+    /// since the phase started (plan days only), never past the phase's end.
     fn at(&mut self, record: &Record) {
         let Some(phase) = record.event.phase() else { return };
         if self.current.as_ref().is_none_or(|(current, _)| current != phase) {
             self.current = Some((phase.to_owned(), record.at));
         }
         let Some(&(start, end)) = self.spans.get(phase) else { return };
-        let since = self.current.as_ref().map_or(0, |(_, at)| record.at.duration_since(*at).as_secs().max(0));
-        let elapsed = if self.unit == "plan day" { days(since / 86_400) } else { 0 };
-        let passed = matches!(record.event, Event::PhasePassed { .. });
-        let position = if passed { end } else { (start + elapsed).min(end.saturating_sub(1)).max(start) };
+        let since = self.current.as_ref().map_or(0, |(_, at)| record.at.duration_since(*at).unsigned_abs().as_secs());
+        let position = match record.event {
+            Event::PhasePassed { .. } => end,
+            _ if self.dated => (start + since).min(end),
+            _ => start,
+        };
         self.bar.set_position(position);
-        let shown = if passed { position } else { position + 1 };
-        self.bar.set_message(format!("{shown} of {}", self.length()));
+        self.bar.set_prefix(self.count(position.min(end.saturating_sub(1))));
+        match record.event {
+            Event::PhaseStarted { .. } => self.rolling_back = false,
+            Event::RollbackStarted { .. } => self.rolling_back = true,
+            _ => {}
+        }
+        let doing = match record.event {
+            Event::PhasePassed { .. } => " passed",
+            Event::RollbackFinished { ok: true, .. } => " rolled back",
+            Event::RollbackFinished { ok: false, .. } => " ROLLBACK FAILED",
+            _ if self.rolling_back => " rolling back",
+            _ => "",
+        };
+        self.bar.set_message(format!("phase {}{doing}", escape(phase)));
+        self.left.lock().unwrap_or_else(PoisonError::into_inner).update(position, self.length());
     }
 }
 
+/// Whole plan days as seconds on the bar (none before the first day).
 fn days(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
+    u64::try_from(n).unwrap_or(0) * DAY
 }

@@ -7,7 +7,7 @@ use handoff_engine::{Engine, EngineError, Graph, Outcome, RunOptions};
 use handoff_registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::exit;
+use crate::{exit, progress};
 use crate::export::{ExportArgs, Exporter};
 use crate::support::{self, Exec, Prepared, Printer, Signals, Target};
 
@@ -146,10 +146,10 @@ pub(crate) fn drive(
                 notice = notices.recv() => if let Ok(notice) = notice { export(&notice); printer.notice(&notice)? },
                 () = signals.next() => {
                     if cancel.is_cancelled() {
-                        eprintln!("second interrupt: exiting now; `handoff resume` continues from the log");
+                        progress::suspended(|| eprintln!("second interrupt: exiting now; `handoff resume` continues from the log"));
                         return Ok(exit::INTERRUPTED);
                     }
-                    eprintln!("interrupt: stopping the running steps (SIGTERM, SIGKILL after 5 s); Ctrl-C again exits at once");
+                    progress::suspended(|| eprintln!("interrupt: stopping the running steps (SIGTERM, SIGKILL after 5 s); Ctrl-C again exits at once"));
                     cancel.cancel();
                 }
             }

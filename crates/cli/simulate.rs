@@ -200,14 +200,13 @@ fn simulate(
                     if cancel.is_cancelled() {
                         return Ok(None);
                     }
-                    eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)");
+                    crate::progress::suspended(|| eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)"));
                     cancel.cancel();
                 }
             }
         }
     });
-    if let Some(view) = &mut view {
-        view.finish();
-    }
+    // The live view's last frame stays above what follows.
+    drop(view);
     result
 }
