@@ -546,7 +546,7 @@ fn the_example_plugin_validates_runs_and_compensates() {
         handoff_with(&["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap()], &env);
     let text = transcript(&run);
     assert_eq!(run.status.code(), Some(3), "{text}");
-    assert!(text.contains("↺ switch: undone: restored menu.reads"), "{text}");
+    assert!(without_seconds(&text).contains("↺ switch in <t>s: undone: restored menu.reads"), "{text}");
     let flags: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.path().join("flags.json")).unwrap()).unwrap();
     assert_eq!(flags["menu.reads"], "old", "the rollback restored the flag");

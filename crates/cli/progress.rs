@@ -91,7 +91,9 @@ impl Progress {
         let text = match notice {
             Notice::Record(record) => self.line(record),
             Notice::Progress { .. } if self.live.is_some() => None,
-            Notice::Progress { step, message, fraction, .. } => Some(format!("    … {step}{}: {message}", percent(*fraction))),
+            Notice::Progress { step, message, fraction, .. } => {
+                Some(format!("    … {step}{}: {message}", percent(*fraction)))
+            }
         };
         let text = text.map(|t| escape(&t).into_owned());
         let Some(live) = &mut self.live else { return text };
@@ -162,7 +164,8 @@ struct Live {
     calendar: Calendar,
     /// One spinner per running step, by phase and step.
     steps: BTreeMap<(String, String), ProgressBar>,
-    /// The current phase's criteria, in the plan's order: id and line.
+    /// The current phase, and its criteria in the plan's order: id and line.
+    phase: String,
     criteria: Vec<(String, ProgressBar)>,
     /// Each criterion's `needs metric op threshold`, by phase and criterion.
     targets: BTreeMap<(String, String), String>,
@@ -183,7 +186,7 @@ impl Live {
             .map(|(phase, c)| ((phase.id.to_string(), c.id.to_string()), escape(&needs(c)).into_owned()))
             .collect();
         *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = Some(multi.clone());
-        Live { multi, calendar, steps: BTreeMap::new(), criteria: Vec::new(), targets }
+        Live { multi, calendar, steps: BTreeMap::new(), phase: String::new(), criteria: Vec::new(), targets }
     }
 
     fn notice(&mut self, notice: &Notice) {
@@ -224,6 +227,7 @@ impl Live {
             bar.finish_and_clear();
             self.multi.remove(&bar);
         }
+        phase.clone_into(&mut self.phase);
         let ids: Vec<String> =
             self.targets.keys().filter(|(p, _)| p == phase).map(|(_, criterion)| criterion.clone()).collect();
         for criterion in ids {
@@ -259,7 +263,9 @@ impl Live {
     /// Writes a criterion's line, if it is one of the current phase's.
     fn show(&self, phase: &str, criterion: &str, mark: &str, value: &str, verdict: &str) {
         let key = (phase.to_owned(), criterion.to_owned());
-        let Some((_, bar)) = self.criteria.iter().find(|(id, _)| id == criterion) else { return };
+        let Some((_, bar)) = self.criteria.iter().find(|(id, _)| id == criterion && self.phase == phase) else {
+            return;
+        };
         let needs = self.targets.get(&key).map(String::as_str).unwrap_or_default();
         bar.set_message(format!("  {mark} criterion {}: {value}, needs {needs}{verdict}", escape(criterion)));
     }
@@ -394,12 +400,15 @@ impl Calendar {
         format!("{unit} {} of {total}", (position / size + 1).min(total))
     }
 
-    /// Moves the bar to where the record falls: its phase's first position plus the time
-    /// since the phase started (plan days only), never past the phase's end.
+    /// Moves the bar to where a record of the current phase falls: the phase's first
+    /// position plus the time since it started (plan days only), never past its end.
+    /// Records of earlier phases (a background step still syncing) leave the bar alone.
     fn at(&mut self, record: &Record) {
         let Some(phase) = record.event.phase() else { return };
-        if self.current.as_ref().is_none_or(|(current, _)| current != phase) {
+        if matches!(record.event, Event::PhaseStarted { .. }) || self.current.is_none() {
             self.current = Some((phase.to_owned(), record.at));
+        } else if self.current.as_ref().is_some_and(|(current, _)| current != phase) {
+            return;
         }
         let Some(&(start, end)) = self.spans.get(phase) else { return };
         let since = self.current.as_ref().map_or(0, |(_, at)| record.at.duration_since(*at).unsigned_abs().as_secs());

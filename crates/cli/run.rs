@@ -7,9 +7,9 @@ use handoff_engine::{Engine, EngineError, Graph, Outcome, RunOptions};
 use handoff_registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::{exit, progress};
 use crate::export::{ExportArgs, Exporter};
 use crate::support::{self, Exec, Prepared, Printer, Signals, Target};
+use crate::{exit, progress};
 
 /// Arguments of `handoff run`.
 #[derive(Debug, clap::Args)]

@@ -45,7 +45,8 @@ pub(crate) fn init_tracing(json: bool) {
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or_else(|| default.parse().unwrap_or(tracing_subscriber::filter::LevelFilter::WARN));
-    let builder = tracing_subscriber::fmt().with_writer(|| crate::progress::Stderr).with_max_level(level).with_ansi(false);
+    let builder =
+        tracing_subscriber::fmt().with_writer(|| crate::progress::Stderr).with_max_level(level).with_ansi(false);
     let _ = if json {
         builder.json().with_span_list(true).with_span_events(FmtSpan::CLOSE).try_init()
     } else {

@@ -129,7 +129,11 @@ impl Terminal {
     pub fn wait_for(&self, text: &str) {
         let started = Instant::now();
         while !self.contents().contains(text) {
-            assert!(started.elapsed() < Duration::from_secs(60), "the screen never showed {text:?}:\n{}", self.contents());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the screen never showed {text:?}:\n{}",
+                self.contents()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -153,8 +157,18 @@ impl Terminal {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        self.reader.take().map(|reader| reader.join().expect("the terminal's reader"));
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the terminal's reader");
+        }
         (status.code(), self.contents())
+    }
+}
+
+impl Drop for Terminal {
+    /// A test that failed midway leaves no `handoff` behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
