@@ -111,23 +111,63 @@ impl Progress {
         self.live = None;
     }
 
-    /// The plain line of a record: none when a step starts, its duration when it ends.
+    /// The plain line of a record (some records are not worth one): none when a step
+    /// starts, one with its duration when it finishes, fails or is undone.
     fn line(&mut self, record: &Record) -> Option<String> {
-        match &record.event {
+        let mark = |verdict: &Verdict| if *verdict == Verdict::Pass { "✓" } else { "✗" };
+        Some(match &record.event {
+            Event::RunStarted { run, plan, env, digest, .. } => format!("run {run}: plan {plan} in {env} ({digest})"),
+            Event::RunResumed { .. } => "resumed".to_owned(),
+            Event::PhaseStarted { phase } => format!("▶ phase {phase}"),
             Event::StepStarted { phase, step, attempt, .. } => {
                 self.started.insert((phase.clone(), step.clone()), (record.at, *attempt));
-                None
+                return None;
             }
-            Event::StepFinished { phase, step, .. } => Some(format!("  ✓ {step}{}", self.took(phase, step, record))),
+            Event::StepFinished { phase, step, .. } => format!("  ✓ {step}{}", self.took(phase, step, record)),
             Event::StepFailed { phase, step, error, retrying, .. } => {
                 let again = if *retrying { " (retrying)" } else { "" };
-                Some(format!("  ✗ {step}{}: {error}{again}", self.took(phase, step, record)))
+                format!("  ✗ {step}{}: {error}{again}", self.took(phase, step, record))
             }
-            Event::StepCompensated { phase, step, outcome, .. } => {
-                Some(format!("  ↺ {step}{}: {outcome}", self.took(phase, step, record)))
+            Event::BackgroundRestarted { step, .. } => format!("  ↻ {step} started again in the background"),
+            Event::StepSettled { step, done, role, .. } => {
+                let what = if *role == Role::Compensate { format!("the undo of {step}") } else { step.clone() };
+                format!("  = {what} settled as {}", if *done { "done" } else { "to retry" })
             }
-            _ => crate::support::line(record),
-        }
+            Event::StepCompensated { phase, step, outcome } => {
+                format!("  ↺ {step}{}: {outcome}", self.took(phase, step, record))
+            }
+            Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
+            Event::Sleeping { phase, until } => {
+                format!("  ☾ phase {phase} observed while the run sleeps, until {until}")
+            }
+            Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
+                format!("  {} criterion {criterion}: {verdict:?} ({detail})", mark(verdict))
+            }
+            Event::AnalysisEvaluated { step, hold: at, criterion, verdict, detail, dry_run, .. } => {
+                let whose = step.as_deref().map(|s| format!(" of {s}")).unwrap_or_default();
+                let dry = if *dry_run { ", dry run" } else { "" };
+                format!("    {} analysis at {at}{whose}: {criterion} {verdict:?}{dry} ({detail})", mark(verdict))
+            }
+            Event::AlertFired { alert, value, action, .. } => {
+                format!("  ! alert {alert} fired at {} ({action})", Measured(*value))
+            }
+            Event::Decided { key, decision } => {
+                format!("  = {key} {} by {}", if decision.approved { "approved" } else { "rejected" }, decision.by)
+            }
+            Event::RollbackStarted { phase, reason } => format!("↺ rolling back phase {phase}: {reason}"),
+            Event::RollbackFinished { ok, seconds, budget_seconds, breached, .. } => format!(
+                "↺ rollback {} in {seconds:.1}s{}{}",
+                if *ok { "finished" } else { "FAILED" },
+                budget_seconds.map(|b| format!(" (budget {b:.0}s)")).unwrap_or_default(),
+                if *breached { " — BUDGET BREACHED" } else { "" }
+            ),
+            Event::PhasePassed { phase } => format!("✓ phase {phase} passed"),
+            Event::Checkpoint { .. }
+            | Event::Metric { .. }
+            | Event::Paused { .. }
+            | Event::Interrupted { .. }
+            | Event::RunFinished { .. } => return None,
+        })
     }
 
     /// ` in 1.2s`, and ` (attempt 2)` after the first: how long the step took since it
@@ -148,10 +188,11 @@ fn percent(fraction: Option<f64>) -> String {
 }
 
 /// A duration in at most two units without spaces: `0.4s`, `12.0s`, `4m05s`, `2h10m`, `3d04h`.
-pub(crate) fn short(duration: Duration) -> String {
-    let seconds = duration.as_secs();
+fn short(duration: Duration) -> String {
+    let tenths = (duration.as_millis() + 50) / 100;
+    let seconds = u64::try_from((tenths + 5) / 10).unwrap_or(u64::MAX);
     match seconds {
-        0..60 => format!("{:.1}s", duration.as_secs_f64()),
+        _ if tenths < 600 => format!("{}.{}s", tenths / 10, tenths % 10),
         60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
         3600..86_400 => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
         _ => format!("{}d{:02}h", seconds / 86_400, seconds % 86_400 / 3600),
@@ -192,7 +233,12 @@ impl Live {
     fn notice(&mut self, notice: &Notice) {
         match notice {
             Notice::Progress { phase, step, message, fraction } => {
-                if let Some(bar) = self.steps.get(&(phase.clone(), step.clone())) {
+                let key = (phase.clone(), step.clone());
+                if !self.steps.contains_key(&key) {
+                    // A step started before this process (a resumed background step).
+                    self.step_started(phase, step, Role::Forward);
+                }
+                if let Some(bar) = self.steps.get(&key) {
                     bar.set_message(escape(&format!("{step}{}: {message}", percent(*fraction))).into_owned());
                 }
             }
@@ -439,4 +485,20 @@ impl Calendar {
 /// Whole plan days as seconds on the bar (none before the first day).
 fn days(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0) * DAY
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::short;
+
+    #[test]
+    fn a_duration_reads_in_at_most_two_units() {
+        let shown: Vec<String> = [0.04, 12.0, 59.96, 60.0, 245.0, 3600.0, 7830.0, 86_400.0, 273_600.0]
+            .into_iter()
+            .map(|s| short(Duration::from_secs_f64(s)))
+            .collect();
+        assert_eq!(shown, ["0.0s", "12.0s", "1m00s", "1m00s", "4m05s", "1h00m", "2h10m", "1d00h", "3d04h"]);
+    }
 }

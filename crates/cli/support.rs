@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions, Store};
+use handoff_engine::{Answer, DirStore, Engine, Graph, Notice, Outcome, RunOptions, Store};
 use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
 use handoff_plan::escape::{escape, escape_lines};
 use handoff_plan::model::Plan;
-use handoff_plan::units::Measured;
 use handoff_registry::Registry;
 
 use crate::exit;
@@ -469,68 +468,6 @@ impl<'a> Printer<'a> {
             ),
         }
     }
-}
-
-/// One human line per record (some records are not worth a line).
-pub(crate) fn line(record: &Record) -> Option<String> {
-    Some(match &record.event {
-        Event::RunStarted { run, plan, env, digest, .. } => format!("run {run}: plan {plan} in {env} ({digest})"),
-        Event::RunResumed { .. } => "resumed".to_owned(),
-        Event::PhaseStarted { phase } => format!("▶ phase {phase}"),
-        Event::StepStarted { step, role, attempt, .. } => {
-            let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-            match role {
-                handoff_engine::Role::Compensate => format!("  ↺ undoing {step}"),
-                _ => format!("  · {step}{again}"),
-            }
-        }
-        Event::StepFinished { step, .. } => format!("  ✓ {step}"),
-        Event::StepFailed { step, error, retrying, .. } => {
-            format!("  ✗ {step}: {error}{}", if *retrying { " (retrying)" } else { "" })
-        }
-        Event::BackgroundRestarted { step, .. } => format!("  ↻ {step} started again in the background"),
-        Event::StepSettled { step, done, role, .. } => {
-            let what =
-                if *role == handoff_engine::Role::Compensate { format!("the undo of {step}") } else { step.clone() };
-            format!("  = {what} settled as {}", if *done { "done" } else { "to retry" })
-        }
-        Event::StepCompensated { step, outcome, .. } => format!("  ↺ {step}: {outcome}"),
-        Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
-        Event::Sleeping { phase, until } => format!("  ☾ phase {phase} observed while the run sleeps, until {until}"),
-        Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
-            format!(
-                "  {} criterion {criterion}: {verdict:?} ({detail})",
-                if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" }
-            )
-        }
-        Event::AnalysisEvaluated { step, hold: at, criterion, verdict, detail, dry_run, .. } => {
-            let mark = if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" };
-            let whose = step.as_deref().map(|s| format!(" of {s}")).unwrap_or_default();
-            let dry = if *dry_run { ", dry run" } else { "" };
-            format!("    {mark} analysis at {at}{whose}: {criterion} {verdict:?}{dry} ({detail})")
-        }
-        Event::AlertFired { alert, value, action, .. } => {
-            format!("  ! alert {alert} fired at {} ({action})", Measured(*value))
-        }
-        Event::Decided { key, decision } => {
-            format!("  = {key} {} by {}", if decision.approved { "approved" } else { "rejected" }, decision.by)
-        }
-        Event::RollbackStarted { phase, reason } => format!("↺ rolling back phase {phase}: {reason}"),
-        Event::RollbackFinished { ok, seconds, budget_seconds, breached, .. } => format!(
-            "↺ rollback {} in {seconds:.1}s{}{}",
-            if *ok { "finished" } else { "FAILED" },
-            budget_seconds.map(|b| format!(" (budget {b:.0}s)")).unwrap_or_default(),
-            if *breached { " — BUDGET BREACHED" } else { "" }
-        ),
-        Event::PhasePassed { phase } => format!("✓ phase {phase} passed"),
-        Event::Checkpoint { .. }
-        | Event::Metric { .. }
-        | Event::Paused { .. }
-        | Event::Interrupted { .. }
-        | Event::RunFinished { .. } => {
-            return None;
-        }
-    })
 }
 
 /// A writer that escapes control characters (line breaks aside) in everything written
