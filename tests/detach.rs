@@ -3,23 +3,31 @@
 //! before the time exits again at once, and a resume after it judges the slept window — a
 //! Prometheus criterion from a real range query (Debian's `prometheus`, scraping an
 //! exporter here), an HTTP JSON criterion inconclusive (its provider cannot answer for the
-//! past), never a pass.
+//! past), never a pass. A `wait.soak` step is slept through the same way, the phase's
+//! alerts judged over the slept wait before the steps after it run.
 
 mod support;
 
 use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::{handoff, transcript};
 
-/// Serves `errors_ratio 0.5` (OpenMetrics text) and `{"errors": 0.5}` until the process
-/// ends; returns its address.
-fn exporter() -> String {
+/// Serves `errors_ratio` (OpenMetrics text) and `{"errors": …}` with the value in `ratio`
+/// (an `f64`'s bits) until the process ends; returns its address.
+fn exporter(ratio: Arc<AtomicU64>) -> String {
     let server = tiny_http::Server::http("127.0.0.1:0").expect("the exporter listens");
     let address = server.server_addr().to_ip().expect("an IP address").to_string();
     std::thread::spawn(move || {
         for request in server.incoming_requests() {
-            let body = if request.url() == "/json" { "{\"errors\": 0.5}\n" } else { "errors_ratio 0.5\n" };
+            let value = f64::from_bits(ratio.load(Ordering::SeqCst));
+            let body = if request.url() == "/json" {
+                format!("{{\"errors\": {value}}}\n")
+            } else {
+                format!("errors_ratio {value}\n")
+            };
             let kind = if request.url() == "/json" { "application/json" } else { "text/plain; version=0.0.4" };
             let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("a valid header");
             let _ = request.respond(tiny_http::Response::from_string(body).with_header(header));
@@ -28,18 +36,18 @@ fn exporter() -> String {
     address
 }
 
-/// Waits until Prometheus has scraped the exporter (it applies its targets a few seconds
-/// after it starts), so that the soak's window has data.
-fn scraped(prometheus: &str) {
+/// Waits until Prometheus has scraped `errors_ratio` at `value` (it applies its targets a
+/// few seconds after it starts), so that the window has data.
+fn scraped(prometheus: &str, value: &str) {
     let url = format!("{prometheus}/api/v1/query?query=errors_ratio");
     for _ in 0..300 {
         let body = ureq::get(&url).call().ok().and_then(|r| r.into_body().read_to_string().ok()).unwrap_or_default();
-        if body.contains("\"0.5\"") {
+        if body.contains(&format!("\"{value}\"")) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("prometheus never scraped the exporter");
+    panic!("prometheus never scraped errors_ratio {value}");
 }
 
 fn plan(prometheus: &str, exporter: &str) -> String {
@@ -71,14 +79,14 @@ phases:
 fn a_run_sleeps_through_its_soak_and_judges_the_window_when_resumed_after_it() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let exporter = exporter();
+    let exporter = exporter(Arc::new(AtomicU64::new(0.5f64.to_bits())));
     let prometheus = runtime
         .block_on(handoff_sandbox::Prometheus::scraping(
             &work.path().join("prometheus"),
             std::slice::from_ref(&exporter),
         ))
         .expect("prometheus starts");
-    scraped(prometheus.url());
+    scraped(prometheus.url(), "0.5");
     let path = work.path().join("sleepy.yaml");
     std::fs::File::create(&path).unwrap().write_all(plan(prometheus.url(), &exporter).as_bytes()).unwrap();
     let (plan, state) = (path.to_str().unwrap(), work.path().join("state"));
@@ -106,6 +114,96 @@ fn a_run_sleeps_through_its_soak_and_judges_the_window_when_resumed_after_it() {
     let json = text.lines().find(|l| l.contains("criterion errors-low-json:")).unwrap_or_default();
     assert!(json.contains("Inconclusive") && json.contains("cannot answer for the past"), "{text}");
     runtime.block_on(prometheus.stop());
+}
+
+/// A phase that waits (`wait.soak`) between two steps, with an alert on `errors` above
+/// 0.1% that rolls back: the step after the wait appends to `marker`.
+fn waiting_plan(prometheus: &str, marker: &str) -> String {
+    format!(
+        "apiVersion: handoff.dev/v1alpha1
+kind: MigrationPlan
+metadata: {{name: waits}}
+environments:
+  test: {{endpoints: {{prom: \"{prometheus}\"}}}}
+resources:
+  prom: {{kind: prometheus, endpoint: prom}}
+metrics:
+  errors: {{unit: percent, source: {{prometheus: {{resource: prom, query: errors_ratio}}}}}}
+phases:
+  - id: canary
+    name: Canary
+    steps:
+      - {{id: start, uses: shell.run, with: {{command: [\"true\"]}}}}
+      - {{id: hold, uses: wait.soak, with: {{duration: 6s}}}}
+      - {{id: after, uses: shell.run, with: {{command: [sh, -c, \"echo ran >> {marker}\"]}}}}
+    alerts:
+      - {{name: ErrorsHigh, description: errors over 0.1%, metric: errors, op: '>', threshold: 0.1%, severity: critical, action: rollback}}
+    rollback: {{max_duration: 1m, steps: []}}
+"
+    )
+}
+
+/// Runs `waiting_plan` with `--detach-over 2s` through its wait, errors at 0 until the run
+/// sleeps, at `asleep` (a ratio) for a while in its wait, and at 0 again before it wakes
+/// (so that only the slept window shows them): the run exits "waiting", a resume before
+/// the wait's end exits again at once, and `status` says when it wakes. Returns how the
+/// resume after the wait ended and the marker's content.
+fn sleep_through_the_wait(asleep: f64) -> (std::process::Output, String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ratio = Arc::new(AtomicU64::new(0f64.to_bits()));
+    let exporter = exporter(ratio.clone());
+    let prometheus = runtime
+        .block_on(handoff_sandbox::Prometheus::scraping(
+            &work.path().join("prometheus"),
+            std::slice::from_ref(&exporter),
+        ))
+        .expect("prometheus starts");
+    scraped(prometheus.url(), "0");
+    let marker = work.path().join("after.txt");
+    let path = work.path().join("waits.yaml");
+    std::fs::write(&path, waiting_plan(prometheus.url(), marker.to_str().unwrap())).unwrap();
+    let (plan, state) = (path.to_str().unwrap(), work.path().join("state"));
+    let state = state.to_str().unwrap();
+    let run = |command: &str| {
+        handoff(&[command, plan, "--env", "test", "--allow-shell", "--detach-over", "2s", "--state-dir", state])
+    };
+    let sleeping = run("run");
+    let text = transcript(&sleeping);
+    assert_eq!(sleeping.status.code(), Some(8), "{text}");
+    assert!(text.contains("hold: the run sleeps through its wait"), "{text}");
+    assert!(!marker.exists(), "the step after the wait ran before it: {text}");
+    ratio.store(asleep.to_bits(), Ordering::SeqCst);
+    scraped(prometheus.url(), &asleep.to_string());
+    let early = run("resume");
+    assert_eq!(early.status.code(), Some(8), "a resume before the time sleeps on: {}", transcript(&early));
+    let status = handoff(&["status", plan, "--env", "test", "--state-dir", state]);
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.contains(": waiting") && status.contains("next wake-up"), "{status}");
+    // Errors go back to 0 before the run wakes: only the slept window shows them.
+    std::thread::sleep(Duration::from_secs(2));
+    ratio.store(0f64.to_bits(), Ordering::SeqCst);
+    scraped(prometheus.url(), "0");
+    std::thread::sleep(Duration::from_secs(4));
+    let woken = run("resume");
+    runtime.block_on(prometheus.stop());
+    (woken, std::fs::read_to_string(&marker).unwrap_or_default())
+}
+
+#[test]
+fn a_run_sleeps_through_a_wait_step_and_goes_on_after_it() {
+    let (woken, marker) = sleep_through_the_wait(0.0);
+    assert_eq!(woken.status.code(), Some(0), "{}", transcript(&woken));
+    assert_eq!(marker, "ran\n", "the step after the wait ran once: {}", transcript(&woken));
+}
+
+#[test]
+fn an_alert_that_fired_while_the_run_slept_through_a_wait_rolls_the_phase_back() {
+    let (woken, marker) = sleep_through_the_wait(0.5);
+    let text = transcript(&woken);
+    assert_eq!(woken.status.code(), Some(3), "{text}");
+    assert!(text.contains("ErrorsHigh"), "the alert is named: {text}");
+    assert_eq!(marker, "", "the step after the wait never ran: {text}");
 }
 
 /// A run whose background steps would stop with its process does not detach: it refuses

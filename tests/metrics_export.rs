@@ -1,7 +1,8 @@
 //! What a live run exports, through the binary: `--metrics-listen` serves `/metrics` and
 //! `--pushgateway` pushes to Debian's `prometheus-pushgateway`, and a real Prometheus
 //! (Debian's `prometheus`, through the sandbox) scrapes both and answers queries on the
-//! series the rendered alert rules read: `handoff_<metric>{plan,environment,phase,step}` and
+//! series the rendered alert rules read: `handoff_<metric>{plan,environment,phase,step}` (for
+//! emitted metrics, and for HTTP JSON metrics handoff polls, with an empty step) and
 //! `handoff_phase_active{plan,environment,phase}`.
 
 mod support;
@@ -139,9 +140,18 @@ fn a_live_run_serves_metrics_with_the_active_phase() {
     let route = dir.path().join("route.yaml");
     let state = dir.path().join("state");
     let listen = format!("127.0.0.1:{port}");
+    // The plan with a metric handoff reads from an HTTP endpoint (exported while polled).
+    let plan = dir.path().join("plan.yaml");
+    let text = std::fs::read_to_string(support::root().join(PLAN)).unwrap();
+    let metric = format!(
+        "metrics:\n  index_lag:\n    unit: seconds\n    source: {{http_json: {{url: \"http://{}/status\", pointer: /lag}}}}\n",
+        json_server()
+    );
+    std::fs::write(&plan, text.replacen("metrics:\n", &metric, 1)).unwrap();
     // Real time: the second phase holds for an hour, so the run is live while it is scraped.
     let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
-        .args(["run", PLAN, "--env", "local", "--metrics-listen", &listen, "--state-dir", state.to_str().unwrap()])
+        .args(["run", plan.to_str().unwrap(), "--env", "local", "--metrics-listen", &listen])
+        .args(["--state-dir", state.to_str().unwrap()])
         .current_dir(support::root())
         .env("ROUTE_FILE", &route)
         .stdout(Stdio::null())
@@ -153,6 +163,7 @@ fn a_live_run_serves_metrics_with_the_active_phase() {
         .block_on(handoff_sandbox::Prometheus::scraping(&dir.path().join("prometheus"), std::slice::from_ref(&listen)))
         .unwrap();
     let active = query(prometheus.url(), r#"handoff_phase_active{plan="metrics-export",phase="hold"} == 1"#);
+    let polled = query(prometheus.url(), r#"handoff_index_lag{plan="metrics-export",phase="hold"}"#);
     let exposition = get(&format!("http://{listen}/metrics")).unwrap();
     let _ = child.kill();
     let _ = child.wait();
@@ -164,4 +175,22 @@ fn a_live_run_serves_metrics_with_the_active_phase() {
     );
     let weight = line_for(&exposition, "handoff_canary_weight", &[r#"phase="shift""#, r#"step="canary""#]);
     assert!(weight.is_some_and(|l| l.ends_with(" 100.0") || l.ends_with(" 100")), "{exposition}");
+    assert_eq!(
+        (&polled[0]["value"][1], &polled[0]["metric"]["step"]),
+        (&Value::from("42"), &Value::Null),
+        "{polled:?}"
+    );
+}
+
+/// Serves `{"lag": 42}` at any path until the process ends; returns its address.
+fn json_server() -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("the JSON server listens");
+    let address = server.server_addr().to_ip().expect("an IP address").to_string();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let header = tiny_http::Header::from_bytes("Content-Type", "application/json").expect("a valid header");
+            let _ = request.respond(tiny_http::Response::from_string("{\"lag\": 42}").with_header(header));
+        }
+    });
+    address
 }

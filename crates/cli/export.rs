@@ -1,6 +1,8 @@
 //! What a live run exports to Prometheus (`handoff run --metrics-listen ADDR`,
 //! `--pushgateway URL`): every metric a step emits, as `handoff_<metric>{plan, environment,
-//! phase, step}` (named by the plan's metric when one maps to it), and
+//! phase, step}` (named by the plan's metric when one maps to it), every metric handoff
+//! reads from an HTTP endpoint (`http_json`), polled while a phase is active and exported
+//! under it with an empty step, and
 //! `handoff_phase_active{plan, environment, phase}` (1 for the phase in progress, else 0) —
 //! the series `handoff render`'s alert rules read. The exposition format is
 //! prometheus-client's.
@@ -13,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use handoff_engine::events::{Event, Notice};
-use handoff_plan::model::{MetricSource, Plan};
+use handoff_engine::metrics::{Emitted, MetricProvider as _, Metrics};
+use handoff_executor::Endpoints;
+use handoff_plan::model::{Metric, MetricSource, Plan};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -56,16 +60,28 @@ struct Series {
     values: BTreeMap<String, Values>,
 }
 
-/// A live run's exporter: the series, the `/metrics` server and the Pushgateway pusher.
+/// A live run's exporter: the series, the `/metrics` server, the Pushgateway pusher and
+/// the poller of the metrics handoff reads from HTTP endpoints.
 pub(crate) struct Exporter {
+    shared: Arc<Shared>,
+    phase_ids: Vec<String>,
+    push: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// Tells the poller the active phase (`None`: none); dropped, it stops.
+    poll: Option<mpsc::Sender<Option<String>>>,
+}
+
+/// What the exporter's threads share.
+struct Shared {
     plan: String,
     environment: String,
-    phase_ids: Vec<String>,
     /// Plan metric names by (step id, emitted name).
     names: BTreeMap<(String, String), Vec<String>>,
     series: Arc<Mutex<Series>>,
-    push: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
+
+/// How often the poller reads the metrics handoff measures from HTTP endpoints while a
+/// phase is active (Prometheus' default scrape interval), and at once when one starts.
+const POLL_EVERY: Duration = Duration::from_secs(15);
 
 impl Exporter {
     /// An exporter for `plan` in `environment`, when a flag asks for one; the `/metrics`
@@ -82,14 +98,15 @@ impl Exporter {
             serve(addr, series.clone())?;
         }
         let push = args.pushgateway.as_ref().map(|url| pusher(url, plan, environment, series.clone()));
-        let exporter = Exporter {
+        let shared = Arc::new(Shared {
             plan: plan.metadata.name.0.clone(),
             environment: environment.to_owned(),
-            phase_ids: plan.phases.iter().map(|p| p.id.0.clone()).collect(),
             names: metric_names(plan),
             series,
-            push,
-        };
+        });
+        let changed = push.as_ref().map(|(changed, _)| changed.clone());
+        let poll = poller(plan, shared.clone(), changed);
+        let exporter = Exporter { shared, phase_ids: plan.phases.iter().map(|p| p.id.0.clone()).collect(), push, poll };
         exporter.set_active(None);
         Ok(Some(exporter))
     }
@@ -100,7 +117,7 @@ impl Exporter {
         match &record.event {
             Event::PhaseStarted { phase } => self.set_active(Some(phase)),
             Event::PhasePassed { .. } | Event::RunFinished { .. } => self.set_active(None),
-            Event::Metric { phase, step, name, value } => self.record(phase, step, name, *value),
+            Event::Metric { phase, step, name, value } => self.shared.record(phase, step, name, *value),
             _ => return,
         }
         if let Some((changed, _)) = &self.push {
@@ -109,8 +126,10 @@ impl Exporter {
         }
     }
 
-    /// Pushes the final state and waits for the pusher (at most its request timeout).
-    pub(crate) fn finish(self) {
+    /// Stops the poller, pushes the final state and waits for the pusher (at most a
+    /// request's timeout).
+    pub(crate) fn finish(mut self) {
+        drop(self.poll.take());
         if let Some((changed, pusher)) = self.push {
             drop(changed);
             let _ = pusher.join();
@@ -118,14 +137,23 @@ impl Exporter {
     }
 
     fn set_active(&self, active: Option<&str>) {
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = &self.shared;
+        let series = shared.series.lock().unwrap_or_else(|e| e.into_inner());
         for phase in &self.phase_ids {
-            let labels =
-                PhaseLabels { plan: self.plan.clone(), environment: self.environment.clone(), phase: phase.clone() };
+            let labels = PhaseLabels {
+                plan: shared.plan.clone(),
+                environment: shared.environment.clone(),
+                phase: phase.clone(),
+            };
             series.phases.get_or_create(&labels).set(i64::from(Some(phase.as_str()) == active));
         }
+        if let Some(poll) = &self.poll {
+            let _ = poll.send(active.map(str::to_owned));
+        }
     }
+}
 
+impl Shared {
     fn record(&self, phase: &str, step: &str, name: &str, value: f64) {
         let fallback = [name.to_owned()];
         let names = self.names.get(&(step.to_owned(), name.to_owned())).map_or(&fallback[..], |n| &n[..]);
@@ -142,7 +170,7 @@ impl Exporter {
                 Some(family) => family.clone(),
                 None => {
                     let family = Values::default();
-                    let help = format!("`{metric}` as measured by the run's steps");
+                    let help = format!("`{metric}` as measured by the run");
                     series.registry.register(exported.trim_start_matches("handoff_"), help, family.clone());
                     series.values.insert(exported, family.clone());
                     family
@@ -151,6 +179,47 @@ impl Exporter {
             family.get_or_create(&labels).set(value);
         }
     }
+}
+
+/// A thread that reads the plan's HTTP JSON metrics (with the engine's provider) while a
+/// phase is active — when it starts, then every [`POLL_EVERY`] — and exports them under
+/// that phase (no step label), so that the rendered rules on them can fire. `None` when
+/// the plan has none.
+fn poller(plan: &Plan, shared: Arc<Shared>, changed: Option<mpsc::Sender<()>>) -> Option<mpsc::Sender<Option<String>>> {
+    let polled: Vec<(String, Metric)> = plan
+        .metrics
+        .iter()
+        .filter(|(_, m)| matches!(m.source, MetricSource::HttpJson { .. }))
+        .map(|(id, m)| (id.0.clone(), m.clone()))
+        .collect();
+    if polled.is_empty() {
+        return None;
+    }
+    let provider = Metrics::new(plan, &Endpoints::default(), Emitted::default());
+    let (tell, receive) = mpsc::channel::<Option<String>>();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let mut active = None;
+        loop {
+            match receive.recv_timeout(POLL_EVERY) {
+                Ok(phase) => active = phase,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(phase) = &active else { continue };
+            for (id, metric) in &polled {
+                match runtime.block_on(provider.sample(id, metric)) {
+                    Ok(Some(value)) => shared.record(phase, "", id, value),
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!("cannot export `{id}`: {}", error.message),
+                }
+            }
+            if let Some(changed) = &changed {
+                let _ = changed.send(());
+            }
+        }
+    });
+    Some(tell)
 }
 
 /// The plan's emitted metrics by (step id, name the step emits).

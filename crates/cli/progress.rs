@@ -137,8 +137,11 @@ impl Progress {
                 format!("  ↺ {step}{}: {outcome}", self.took(phase, step, record))
             }
             Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
-            Event::Sleeping { phase, until } => {
+            Event::Sleeping { phase, step: None, until } => {
                 format!("  ☾ phase {phase} observed while the run sleeps, until {until}")
+            }
+            Event::Sleeping { step: Some(step), until, .. } => {
+                format!("  ☾ {step}: the run sleeps through its wait, until {until}")
             }
             Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
                 format!("  {} criterion {criterion}: {verdict:?} ({detail})", mark(verdict))

@@ -190,13 +190,16 @@ pub enum Event {
         /// Gate (`soak 14d`, `approval-1`).
         gate: String,
     },
-    /// The run released its lock to sleep through the phase's observation (a soak longer
-    /// than `RunOptions::detach_over`); resumed after `until`, it judges the slept window
-    /// from range queries.
+    /// The run released its lock to sleep through the phase's observation, or through a
+    /// step's wait (`wait.soak`), longer than `RunOptions::detach_over`; resumed after
+    /// `until`, it judges the slept window from range queries.
     Sleeping {
         /// Phase id.
         phase: String,
-        /// When the observation ends.
+        /// The step whose wait is slept through; `None`: the phase's observation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        /// When the observation (or the step's wait) ends.
         until: Timestamp,
     },
     /// A criterion was decided.

@@ -366,5 +366,6 @@ fn context(job: &Job, endpoints: Endpoints, sink: Arc<JobSink>, cancel: &Cancell
         sink,
         masks: Default::default(),
         analysis: None,
+        detach_over: None,
     })
 }

@@ -184,27 +184,41 @@ impl MetricProvider for Metrics {
     ) -> BoxFuture<'a, Result<Option<Vec<f64>>, MetricError>> {
         Box::pin(async move {
             let MetricSource::Prometheus { resource, query } = &metric.source else { return Ok(None) };
-            let path = format!(
-                "/api/v1/query_range?query={}&start={}&end={}&step={}",
-                encode(query),
-                start.as_second(),
-                end.as_second(),
-                step.as_secs().max(1)
-            );
-            let result = self.prometheus(name, resource.as_str(), path).await?;
-            let series = result.as_array().map(Vec::as_slice).unwrap_or_default();
-            match series {
-                [] => Ok(Some(Vec::new())),
-                [one] => Ok(Some(
-                    one.get("values")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(prometheus_value)
-                        .collect(),
-                )),
-                _ => Err(error(name, format!("the query returned {} series; it must return one", series.len()))),
+            // Prometheus answers at most 11,000 points per series: a long window (two weeks
+            // at one-minute steps) is read in consecutive chunks.
+            let step = step.as_secs().max(1);
+            let chunk = i64::try_from(step).unwrap_or(i64::MAX).saturating_mul(MAX_POINTS - 1);
+            let (mut from, end) = (start.as_second(), end.as_second());
+            let mut values = Vec::new();
+            while from <= end {
+                let to = from.saturating_add(chunk).min(end);
+                let path = format!("/api/v1/query_range?query={}&start={from}&end={to}&step={step}", encode(query));
+                values.extend(self.range_values(name, resource.as_str(), path).await?);
+                from = to.saturating_add(i64::try_from(step).unwrap_or(i64::MAX));
             }
+            Ok(Some(values))
         })
+    }
+}
+
+/// The most points a range query asks Prometheus for (its limit is 11,000 per series).
+const MAX_POINTS: i64 = 10_000;
+
+impl Metrics {
+    /// The values of one range query (`path`): none when it selects nothing.
+    async fn range_values(&self, name: &str, resource: &str, path: String) -> Result<Vec<f64>, MetricError> {
+        let result = self.prometheus(name, resource, path).await?;
+        let series = result.as_array().map(Vec::as_slice).unwrap_or_default();
+        match series {
+            [] => Ok(Vec::new()),
+            [one] => Ok(one
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(prometheus_value)
+                .collect()),
+            _ => Err(error(name, format!("the query returned {} series; it must return one", series.len()))),
+        }
     }
 }

@@ -300,6 +300,9 @@ impl Runner<'_> {
 
     /// A phase: its stages with alerts watched, then the observation, then its approvals.
     async fn phase(&self, phase: &PhaseNode) -> Result<End, EngineError> {
+        if let Some(until) = self.asleep(phase) {
+            return Ok(End::Waiting(until));
+        }
         let alarm = Alarm::default();
         let (end, earlier) = self.stages(phase, &alarm).await?;
         if self.cancel.is_cancelled() {
@@ -478,6 +481,7 @@ impl Runner<'_> {
             sink: self.journal.clone(),
             masks: Default::default(),
             analysis: None,
+            detach_over: None,
         }
     }
 
@@ -494,6 +498,9 @@ impl Runner<'_> {
             if let Some(end) = self.analysis_answered(phase, step)? {
                 return Ok(end);
             }
+            if let Some(end) = self.woken(phase, step).await? {
+                return Ok(end);
+            }
             let (attempt, checkpoint) = match self.resume_point(phase, step) {
                 Ok(start) => start,
                 Err(end) => return Ok(end),
@@ -505,6 +512,32 @@ impl Runner<'_> {
         }
         .instrument(span)
         .await
+    }
+
+    /// When the run, asleep through a wait of one of the phase's steps, wakes, if that is
+    /// still to come: nothing runs before (not even alerts are sampled).
+    fn asleep(&self, phase: &PhaseNode) -> Option<Timestamp> {
+        let now = self.clock.now();
+        self.journal.read(|s| {
+            let steps = s.phase(&phase.id)?.steps.values().filter(|s| !s.finished);
+            steps.filter_map(|s| s.sleeping).map(|s| s.until).filter(|until| now < *until).max()
+        })
+    }
+
+    /// For a step whose wait the run slept through (and which has passed): how the phase's
+    /// alerts over the slept wait end the phase (judged from range queries, as after a
+    /// slept observation). `None`: the step runs (and finishes at once).
+    async fn woken(&self, phase: &PhaseNode, step: &StepNode) -> Result<Option<End>, EngineError> {
+        let sleep = self.journal.read(|s| s.phase(&phase.id)?.steps.get(&step.id).filter(|s| !s.finished)?.sleeping);
+        let Some(sleep) = sleep else { return Ok(None) };
+        self.alerts_slept(phase, &mut self.alert_watches(phase), sleep).await
+    }
+
+    /// Whether a step's wait may be slept through: it runs alone (not beside the steps of
+    /// its `group`, which would stop) on a real clock.
+    fn sleeps_alone(&self, phase: &PhaseNode, step: &StepNode) -> bool {
+        !self.clock.is_virtual()
+            && phase.stages.iter().any(|stage| matches!(stage.as_slice(), [only] if only.id == step.id))
     }
 
     /// Where a step starts: its first attempt, or the attempt after the last one recorded
@@ -557,6 +590,7 @@ impl Runner<'_> {
             }
             self.record(Event::StepStarted { phase: phase.id.clone(), step: step.id.clone(), role, attempt })?;
             let mut cx = self.context(&phase.id, &step.id, attempt, checkpoint.clone(), role, cancel);
+            cx.detach_over = self.detach_over.filter(|_| role == Role::Forward && self.sleeps_alone(phase, step));
             let (result, stopped) = self.analysed(phase, step, action, &mut cx).await?;
             let error = match (result, stopped) {
                 (Ok(output), stopped) => {
@@ -565,6 +599,10 @@ impl Runner<'_> {
                 }
                 (Err(_), _) if self.cancel.is_cancelled() => return Ok(End::Interrupted),
                 (Err(StepError::NeedsDecision { key, prompt }), _) => return Ok(paused_by_step(step, &key, prompt)),
+                (Err(StepError::Sleeping { until }), _) => {
+                    self.record(Event::Sleeping { phase: phase.id.clone(), step: Some(step.id.clone()), until })?;
+                    return Ok(End::Waiting(until));
+                }
                 // Analysis stopped the step where it stood (no retry can change the verdict):
                 // like a step an alert cancelled, it may have taken effect, and a rollback
                 // undoes it.
@@ -758,7 +796,7 @@ impl Runner<'_> {
             },
             None if long => {
                 let until = start + SignedDuration::try_from(observation.end()).unwrap_or(SignedDuration::MAX);
-                self.record(Event::Sleeping { phase: phase.id.clone(), until })?;
+                self.record(Event::Sleeping { phase: phase.id.clone(), step: None, until })?;
                 return Ok(End::Waiting(until));
             }
             None => {
@@ -878,10 +916,8 @@ impl Runner<'_> {
         watches: &mut [AlertWatch],
         sleep: Sleep,
     ) -> Result<Result<Vec<Judgement<'p>>, End>, EngineError> {
-        for watch in watches.iter_mut() {
-            if let Some(end) = self.alert_slept(phase, watch, sleep).await? {
-                return Ok(Err(end));
-            }
+        if let Some(end) = self.alerts_slept(phase, watches, sleep).await? {
+            return Ok(Err(end));
         }
         self.record(Event::GateOpened { phase: phase.id.clone(), gate: "soak".to_owned() })?;
         let mut results = Vec::new();
@@ -925,6 +961,21 @@ impl Runner<'_> {
         (verdict, format!("over the slept window {} to {}: {detail}", sleep.since, sleep.until), tally)
     }
 
+    /// The phase's alerts over a slept window, in order: the first that ends the phase.
+    async fn alerts_slept(
+        &self,
+        phase: &PhaseNode,
+        watches: &mut [AlertWatch],
+        sleep: Sleep,
+    ) -> Result<Option<End>, EngineError> {
+        for watch in watches.iter_mut() {
+            if let Some(end) = self.alert_slept(phase, watch, sleep).await? {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
+    }
+
     /// An alert over the slept window: its condition on a range query, held for its `for:`
     /// (samples at the alert's interval from the window's start). `Some` ends the phase: the
     /// alert fired and rolls back or pauses, or it could not be judged and a person decides.
@@ -936,8 +987,12 @@ impl Runner<'_> {
     ) -> Result<Option<End>, EngineError> {
         let name = watch.alert.metric.to_string();
         let key = DecisionKey::alerts(&phase.id);
+        // The alert's interval, but at least ten samples over a short window (whole seconds,
+        // as range queries step).
+        let every = watch.interval.min(since(sleep.since, sleep.until) / 10);
+        let every = Duration::from_secs(every.as_secs().max(1));
         let values = match self.graph.plan.metrics.get(name.as_str()) {
-            Some(metric) => self.metrics.range(&name, metric, (sleep.since, sleep.until), watch.interval).await,
+            Some(metric) => self.metrics.range(&name, metric, (sleep.since, sleep.until), every).await,
             None => Ok(None),
         };
         let values = match values {
@@ -951,7 +1006,7 @@ impl Runner<'_> {
                 return Ok(Some(End::Paused { key, reason }));
             }
         };
-        let step = SignedDuration::try_from(watch.interval).unwrap_or_default();
+        let step = SignedDuration::try_from(every).unwrap_or_default();
         let mut at = sleep.since;
         for value in values {
             if let Some(value) = watch.observe(Some(value), at) {

@@ -51,13 +51,13 @@ pub struct RunState {
     index: BTreeMap<String, usize>,
 }
 
-/// A run asleep through a phase's observation: from `since` (the record's time) until
-/// `until`.
+/// A run asleep through a phase's observation or a step's wait: from `since` (the record's
+/// time) until `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Sleep {
-    /// When it went to sleep: the observation's start.
+    /// When it went to sleep.
     pub since: Timestamp,
-    /// When it wants to wake: the observation's end.
+    /// When it wants to wake: the observation's (or the wait's) end.
     pub until: Timestamp,
 }
 
@@ -193,6 +193,9 @@ pub struct StepState {
     pub started_at: Timestamp,
     /// When it finished.
     pub finished_at: Option<Timestamp>,
+    /// The run sleeps (or slept) through its wait (`wait.soak` over `--detach-over`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sleeping: Option<Sleep>,
 }
 
 impl StepState {
@@ -215,6 +218,7 @@ impl PhaseState {
             retry_settled: false,
             started_at: at,
             finished_at: None,
+            sleeping: None,
         });
         state.attempts = attempt;
         state.error = None;
@@ -327,14 +331,15 @@ impl RunState {
             | Event::StepFinished { .. }
             | Event::StepFailed { .. }
             | Event::StepSettled { .. }
-            | Event::StepCompensated { .. } => self.apply_step(&record.event, at),
+            | Event::StepCompensated { .. }
+            | Event::Sleeping { step: Some(_), .. } => self.apply_step(&record.event, at),
             Event::Metric { name, value, .. } => {
                 self.metrics.insert(name.clone(), *value);
             }
             Event::GateOpened { phase, gate } => {
                 self.phase_mut(phase).gates.insert(gate.clone());
             }
-            Event::Sleeping { phase, until } => {
+            Event::Sleeping { phase, step: None, until } => {
                 self.phase_mut(phase).sleeping = Some(Sleep { since: at, until: *until })
             }
             Event::CriterionEvaluated { phase, criterion, verdict, samples, failed, detail, last } => {
@@ -389,7 +394,7 @@ impl RunState {
     }
 
     /// Applies a record about one step: started, checkpointed, finished, failed, settled,
-    /// compensated.
+    /// compensated, asleep through its wait.
     fn apply_step(&mut self, event: &Event, at: Timestamp) {
         match event {
             Event::StepStarted { phase, step, role, attempt } => {
@@ -422,6 +427,11 @@ impl RunState {
             }
             Event::StepSettled { phase, step, done, .. } => self.phase_mut(phase).settled(step, *done, at),
             Event::StepCompensated { phase, step, .. } => self.phase_mut(phase).compensation_ended(step, None),
+            Event::Sleeping { phase, step: Some(step), until } => {
+                if let Some(step) = self.phase_mut(phase).steps.get_mut(step) {
+                    step.sleeping = Some(Sleep { since: at, until: *until });
+                }
+            }
             _ => {}
         }
     }
@@ -440,10 +450,11 @@ impl RunState {
         }
     }
 
-    /// When a run asleep through its current phase's observation wants to wake
-    /// (`handoff resume` before then exits again at once).
+    /// When a run asleep through its current phase's observation, or a step's wait, wants
+    /// to wake (`handoff resume` before then exits again at once).
     pub fn wakes_at(&self) -> Option<Timestamp> {
-        let phase = self.phases.last().filter(|_| self.finished.is_none())?;
-        phase.sleeping.filter(|_| !phase.gates.contains("soak") && phase.rollback.is_none()).map(|s| s.until)
+        let phase = self.phases.last().filter(|p| self.finished.is_none() && p.rollback.is_none())?;
+        let step = phase.steps.values().filter(|s| !s.finished).filter_map(|s| s.sleeping).map(|s| s.until).max();
+        phase.sleeping.filter(|_| !phase.gates.contains("soak")).map(|s| s.until).or(step)
     }
 }

@@ -311,7 +311,8 @@ fn line(event: &Event) -> Option<String> {
         Event::Checkpoint { step, data, .. } => format!("  checkpoint {step} {data}"),
         Event::Metric { name, value, .. } => format!("  metric {name}={value}"),
         Event::GateOpened { gate, .. } => format!("  gate {gate}"),
-        Event::Sleeping { phase, .. } => format!("  sleeping through {phase}"),
+        Event::Sleeping { phase, step: None, .. } => format!("  sleeping through {phase}"),
+        Event::Sleeping { step: Some(step), .. } => format!("  sleeping through {step}"),
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!("  criterion {criterion}: {verdict:?} ({detail})")
         }

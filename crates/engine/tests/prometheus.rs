@@ -1,7 +1,7 @@
 //! The Prometheus metric provider against a real Prometheus server (Debian's `prometheus`
 //! package, started by the sandbox) whose TSDB is backfilled by `promtool` with series at
-//! known times: instant and range queries, no data, a stale series, NaN, several series, a
-//! bad query and an unreachable server.
+//! known times: instant and range queries (one longer than Prometheus answers at once), no
+//! data, a stale series, NaN, several series, a bad query and an unreachable server.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -98,6 +98,11 @@ async fn the_provider_reads_a_real_prometheus() {
         "values [7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0]"
     );
     assert_eq!(range(&metrics, "old_gauge", now, (5, 1)).await, "values []");
+    // Four hours at one-second steps: 14,401 points, over Prometheus' 11,000 per query.
+    let long = (now - SignedDuration::from_hours(4), now);
+    let values = metrics.range("m", &metric("vector(1)"), long, Duration::from_secs(1)).await;
+    let values = values.map(|v| v.unwrap_or_default()).map_err(|e| e.message);
+    assert_eq!(values.as_ref().map(Vec::len), Ok(4 * 3600 + 1), "every point of a long range: {values:?}");
     let url = server.url().to_owned();
     server.stop().await;
     let gone = instant(&crate::metrics(&url), "old_gauge").await;

@@ -392,7 +392,7 @@ impl Action for Soak {
     }
 
     async fn execute(&self, soak: WaitSoak, cx: &Context) -> Result<StepOutput<Waited>, StepError> {
-        cx.cancellable(cx.clock.sleep(soak.duration.get())).await?;
+        cx.wait(soak.duration.get()).await?;
         Ok(StepOutput::new(Waited { waited: soak.duration.as_str().to_owned() }))
     }
 }

@@ -258,6 +258,7 @@ fn masked(error: StepError, cx: &Context) -> StepError {
         StepError::Refused(message) => StepError::Refused(cx.mask(&message)),
         StepError::NeedsDecision { key, prompt } => StepError::NeedsDecision { key, prompt: cx.mask(&prompt) },
         StepError::Cancelled => StepError::Cancelled,
+        StepError::Sleeping { until } => StepError::Sleeping { until },
     }
 }
 

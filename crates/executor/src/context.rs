@@ -290,6 +290,10 @@ pub struct Context {
     pub masks: Masks,
     /// Where the step's holds are judged (its step analysis); `None`: a hold only waits.
     pub analysis: Option<Analysis>,
+    /// A [`Context::wait`] with more than this left ends the step with
+    /// [`crate::StepError::Sleeping`]: the run sleeps through it (`--detach-over`). `None`:
+    /// every wait is waited.
+    pub detach_over: Option<std::time::Duration>,
 }
 
 /// A request to hold a step for a while with its step analysis judged over the hold.
@@ -367,6 +371,36 @@ impl Context {
         let gone = || crate::StepError::Failed("the run's analysis stopped".to_owned());
         engine.send(Hold { at: at.to_owned(), duration, reply }).map_err(|_| gone())?;
         self.cancellable(verdict).await?.map_err(|_| gone())?
+    }
+
+    /// Waits `duration` from the step's first attempt: on the real clock the wait's end is
+    /// checkpointed, so a resumed step waits only what is left (none once it has passed).
+    /// With more left than
+    /// [`Context::detach_over`], the step ends with [`crate::StepError::Sleeping`] instead
+    /// and the run sleeps until then.
+    pub async fn wait(&self, duration: std::time::Duration) -> Result<(), crate::StepError> {
+        if self.clock.is_virtual() {
+            // Virtual time starts anew with each process: there is nothing to resume.
+            return self.cancellable(self.clock.sleep(duration)).await;
+        }
+        let now = self.clock.now();
+        let saved = self.checkpoint.as_ref().and_then(|c| c.get("until")?.as_str()?.parse::<jiff::Timestamp>().ok());
+        let until = match saved {
+            Some(until) => until,
+            None => {
+                let until =
+                    now.checked_add(jiff::SignedDuration::try_from(duration).unwrap_or(jiff::SignedDuration::MAX));
+                let until = until.unwrap_or(jiff::Timestamp::MAX);
+                let checkpoint = serde_json::json!({ "until": until.to_string() });
+                self.save_checkpoint(&checkpoint).map_err(|e| crate::StepError::Failed(format!("checkpoint: {e}")))?;
+                until
+            }
+        };
+        let left = std::time::Duration::try_from(now.duration_until(until)).unwrap_or_default();
+        if self.detach_over.is_some_and(|over| left > over) {
+            return Err(crate::StepError::Sleeping { until });
+        }
+        self.cancellable(self.clock.sleep(left)).await
     }
 
     /// Awaits `work` unless the run is cancelled first.
@@ -485,6 +519,7 @@ impl Context {
             sink,
             masks: Masks::default(),
             analysis: None,
+            detach_over: None,
         }
     }
 }

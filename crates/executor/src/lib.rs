@@ -55,6 +55,13 @@ pub enum StepError {
     /// The run was cancelled while the step ran.
     #[error("cancelled")]
     Cancelled,
+    /// The step's wait is longer than the run's `--detach-over`: the run sleeps through it
+    /// and the step runs again (see [`Context::wait`]) once `until` has passed.
+    #[error("waiting until {until} (longer than the run's --detach-over)")]
+    Sleeping {
+        /// When the wait ends.
+        until: jiff::Timestamp,
+    },
 }
 
 /// What undoing a completed step did.

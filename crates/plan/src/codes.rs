@@ -162,6 +162,9 @@ codes! {
     /// A phase runs longer than its schedule.
     PHASE_OVERRUNS_SCHEDULE = "H345" "phase-overruns-schedule" Warning
         "A phase runs at least as long as its steps' planned waits (`wait.soak`, each weight's `soak` in `traffic.shift`; steps of one `group` side by side) followed by its soak gates, and at least as long as its longest criterion `window` (windows end with the phase and overlap the steps). When that is longer than the phase's `schedule.duration`, the run cannot keep the plan's calendar: the message names the excess and the next phase it would run into. Shorten the waits or windows, or lengthen the schedule.";
+    /// An alert on a metric that no step of one of its phases emits.
+    ALERT_NOT_MEASURED = "H346" "alert-not-measured" Warning
+        "An alert on a metric that a step emits (`source: {emitted: {by: …}}`) is judged on what that step measured in the phase: handoff exports the value under the phase it was measured in, and the rendered rule fires only on the active phase's series. In a phase where no step uses that action, the rule can never fire and the run would judge a value left from an earlier phase. List the alert's `phases:` (those that measure it), or add the measuring step to the phase.";
     /// An approval gate's requirement that no set of approvers can meet.
     IMPOSSIBLE_APPROVAL = "H340" "impossible-approval" Error
         "An approval gate's `require:` asks for more distinct approvers than the plan's `approvers:` groups can give: a group that is not defined, a `count` above its members, or requirements that together need more people than their groups hold (nobody counts twice). The gate could never open. Define the group, add members, or lower the count.";

@@ -170,6 +170,7 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
         reversibility(phase, &at, backup_taken, &mut out);
         contradictions(plan, phase, &at, &mut out);
         approvals(plan, phase, &at, &mut out);
+        alerts_measured(plan, phase, &at, &mut out);
     }
     timeline(plan, &mut out);
     calendar(plan, catalog, &mut out);
@@ -862,6 +863,35 @@ fn criterion_source(
                 }
             }
         }
+    }
+}
+
+/// The alerts that apply to a phase (the plan's that name it or no phase, and its own)
+/// whose metric a step emits, when no step of the phase uses that step's action (H346).
+fn alerts_measured(plan: &Plan, phase: &Phase, at: &str, out: &mut Vec<Diagnostic>) {
+    let plan_alerts = plan.alerts.iter().enumerate().map(|(a, alert)| (format!("/alerts/{a}"), alert));
+    let plan_alerts = plan_alerts.filter(|(_, alert)| alert.phases.is_empty() || alert.phases.contains(&phase.id));
+    let own = phase.alerts.iter().enumerate().map(|(a, alert)| (format!("{at}/alerts/{a}"), alert));
+    for (pointer, alert) in plan_alerts.chain(own) {
+        let Some(MetricSource::Emitted { by, .. }) = plan.metrics.get(&alert.metric).map(|m| &m.source) else {
+            continue;
+        };
+        if phase.steps.iter().any(|step| step.uses == *by) {
+            continue;
+        }
+        let message = format!(
+            "alert `{}` watches `{}`, which `{by}` emits, but no step of phase `{}` uses `{by}`: its rule cannot fire in this phase, and the run would judge a value left from an earlier phase",
+            alert.name, alert.metric, phase.id
+        );
+        let help = if pointer.starts_with("/alerts/") {
+            format!(
+                "list the phases that measure it in the alert's `phases:`, or add a `{by}` step to phase `{}`",
+                phase.id
+            )
+        } else {
+            format!("add a `{by}` step to phase `{}`, or watch it in the phases that measure it", phase.id)
+        };
+        out.push(Diagnostic::new(codes::ALERT_NOT_MEASURED, format!("{pointer}/metric"), message).with_help(help));
     }
 }
 
