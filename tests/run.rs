@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::backend::{BOTH, Backend, Kind};
-use support::{handoff, handoff_with, root, transcript};
+use support::{Terminal, handoff, handoff_with, root, transcript};
 
 /// A real HTTP server on a free port, serving a directory.
 struct HttpServer {
@@ -51,6 +51,9 @@ impl Drop for HttpServer {
 struct Settings {
     dir: tempfile::TempDir,
     server: HttpServer,
+    /// `state` and `data` in `dir`.
+    state: PathBuf,
+    data: PathBuf,
 }
 
 impl Settings {
@@ -63,7 +66,8 @@ impl Settings {
         std::fs::write(dir.path().join("www/metrics.json"), metrics).unwrap();
         std::fs::write(dir.path().join("data/monolith.json"), r#"{"tenant-1": {"theme": "dark"}}"#).unwrap();
         let server = HttpServer::serve(&dir.path().join("www"));
-        Settings { dir, server }
+        let (state, data) = (dir.path().join("state"), dir.path().join("data"));
+        Settings { dir, server, state, data }
     }
 
     fn path(&self, sub: &str) -> PathBuf {
@@ -71,20 +75,43 @@ impl Settings {
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
-        let state = self.path("state");
+        handoff_with(&self.args(args), &self.env())
+    }
+
+    /// `args` with the environment and the state directory.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut all = args.to_vec();
-        all.extend(["--env", "local", "--state-dir", state.to_str().unwrap()]);
-        handoff_with(
-            &all,
-            &[("SETTINGS_URL", OsStr::new(&self.server.url)), ("SETTINGS_DIR", self.path("data").as_os_str())],
-        )
+        all.extend(["--env", "local", "--state-dir", self.state.to_str().unwrap()]);
+        all
+    }
+
+    /// The variables the plan reads.
+    fn env(&self) -> [(&str, &OsStr); 2] {
+        [("SETTINGS_URL", OsStr::new(&self.server.url)), ("SETTINGS_DIR", self.data.as_os_str())]
+    }
+
+    /// [`Settings::run`] started on a terminal.
+    fn on_terminal(&self, args: &[&str]) -> Terminal {
+        Terminal::start(&self.args(args), &self.env(), 300, 50)
+    }
+
+    /// The exit code and the final screen of `terminal`, cleaned, with durations written
+    /// `<t>`.
+    fn screen(&self, terminal: Terminal) -> (Option<i32>, String) {
+        let (code, screen) = terminal.finish();
+        (code, without_durations(&self.clean_text(&screen)))
     }
 
     /// A transcript without the run id, digest, temp paths and wall-clock noise. Steps of a
     /// parallel group start and finish in any order: runs of consecutive start (or finish)
     /// lines are sorted.
     fn clean(&self, output: &std::process::Output) -> String {
-        let text = transcript(output).replace(self.dir.path().to_str().unwrap(), "<tmp>");
+        self.clean_text(&transcript(output))
+    }
+
+    /// [`Settings::clean`] of any text: a transcript, or a terminal's screen.
+    fn clean_text(&self, text: &str) -> String {
+        let text = text.replace(self.dir.path().to_str().unwrap(), "<tmp>");
         let mut lines: Vec<&str> = text.lines().collect();
         let mut start = 0;
         while start < lines.len() {
@@ -182,18 +209,19 @@ fn without_times(l: &str) -> String {
     out
 }
 
-/// `l` with every wall-clock figure (` in 0.1s`) written ` in <t>s`: a rollback's measured
-/// time depends on the machine's load, its budget does not.
+/// `l` with every wall-clock duration (` in 0.1s`, ` in 4m05s`) written ` in <t>s`: a
+/// step's or a rollback's measured time depends on the machine's load, a budget does not.
 fn without_seconds(l: &str) -> String {
     let mut out = String::new();
     let mut rest = l;
     while let Some(at) = rest.find(" in ") {
         let (head, tail) = rest.split_at(at + 4);
         out.push_str(head);
-        let figure = tail.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(tail.len());
-        if figure > 0 && tail[figure..].starts_with('s') {
-            out.push_str("<t>");
-            rest = &tail[figure..];
+        let end = tail.find(|c: char| !(c.is_ascii_digit() || ".dhms".contains(c))).unwrap_or(tail.len());
+        let word = &tail[..end];
+        if word.starts_with(|c: char| c.is_ascii_digit()) && word.ends_with(['d', 'h', 'm', 's']) {
+            out.push_str("<t>s");
+            rest = &tail[end..];
         } else {
             rest = tail;
         }
@@ -518,7 +546,7 @@ fn the_example_plugin_validates_runs_and_compensates() {
         handoff_with(&["run", plan.to_str().unwrap(), "--env", "local", "--state-dir", state.to_str().unwrap()], &env);
     let text = transcript(&run);
     assert_eq!(run.status.code(), Some(3), "{text}");
-    assert!(text.contains("↺ switch: undone: restored menu.reads"), "{text}");
+    assert!(without_seconds(&text).contains("↺ switch in <t>s: undone: restored menu.reads"), "{text}");
     let flags: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.path().join("flags.json")).unwrap()).unwrap();
     assert_eq!(flags["menu.reads"], "old", "the rollback restored the flag");
@@ -949,4 +977,61 @@ fn a_reader_that_goes_away_does_not_stop_the_run() {
     assert!(stderr.contains("stdout was closed: the run goes on") && stderr.contains("completed"), "{stderr}");
     let effects = std::fs::read_to_string(work.path().join("effects")).unwrap();
     assert_eq!(effects, "s1\ns2\ns3\ns4\ns5\n", "every step ran once, to the end");
+}
+
+/// `text` with every duration (`0.1s`, `4m05s`, `2d03h`) written `<t>`: what a terminal
+/// shows of real time depends on the machine's load.
+fn without_durations(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        let in_word = out.chars().last().is_some_and(char::is_alphanumeric);
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || ".dhms".contains(c))).unwrap_or(rest.len());
+        let word = &rest[..end];
+        let whole = !rest[end..].starts_with(char::is_alphanumeric);
+        if c.is_ascii_digit() && !in_word && whole && word.ends_with(['d', 'h', 'm', 's']) {
+            out.push_str("<t>");
+            rest = &rest[end..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+#[test]
+fn the_live_view_in_a_terminal_shows_the_calendar_the_steps_and_the_criteria_against_their_thresholds() {
+    let args = ["run", SETTINGS, "--allow-shell", "--clock", "virtual"];
+    let settings = Settings::new(r#"{"error_rate": 0.2, "stale_reads": 0}"#);
+    let (code, paused) = settings.screen(settings.on_terminal(&args));
+    assert_eq!(code, Some(4), "{paused}");
+    insta::assert_snapshot!("live_paused", paused);
+    let settings = Settings::new(r#"{"error_rate": 3, "stale_reads": 0}"#);
+    let (code, rolled_back) = settings.screen(settings.on_terminal(&args));
+    assert_eq!(code, Some(3), "{rolled_back}");
+    insta::assert_snapshot!("live_rolled_back", rolled_back);
+}
+
+/// Two dated phases: a soak of a day in the first, a step that sleeps in the second.
+const DATED: &str = "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: dated}\n\
+environments: {local: {endpoints: {}}}\ntimeline: {start: 2026-03-02}\nphases:\n\
+  - {id: prepare, name: Prepare, schedule: {duration: 2d}, gates: [{soak: 1d}], rollback: {max_duration: 1m, steps: []}, \
+steps: [{id: quick, uses: shell.run, with: {command: [sh, -c, 'true']}}]}\n\
+  - {id: move, name: Move, schedule: {duration: 3d}, rollback: {max_duration: 1m, steps: []}, \
+steps: [{id: slow, uses: shell.run, with: {command: [sh, -c, 'sleep 30']}}]}\n";
+
+#[test]
+fn ctrl_c_under_the_live_view_leaves_its_last_frame_then_how_to_resume() {
+    let settings = Settings::new("{}");
+    let plan = settings.path("dated.yaml");
+    std::fs::write(&plan, DATED).unwrap();
+    let terminal = settings.on_terminal(&["run", plan.to_str().unwrap(), "--allow-shell", "--clock", "virtual"]);
+    // The frame while the slow step runs: the calendar on plan day 3, the step's spinner.
+    terminal.wait_for(" slow (");
+    assert!(terminal.contents().contains("plan day 3 of 5 ["), "{}", terminal.contents());
+    kill(Pid::from_raw(i32::try_from(terminal.pid()).unwrap()), Signal::SIGINT).unwrap();
+    let (code, screen) = settings.screen(terminal);
+    assert_eq!(code, Some(130), "{screen}");
+    insta::assert_snapshot!("live_interrupted", screen);
 }

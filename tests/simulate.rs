@@ -21,11 +21,12 @@ fn simulate(extra: &[&str]) -> (Option<i32>, Value, String, String) {
     simulate_plan("plans/menu-service.yaml", &args)
 }
 
-/// Runs a simulation of `plan` at its own time scale; returns what [`simulate`] does.
+/// Runs a simulation of `plan` at its own time scale; returns what [`simulate`] does, and
+/// checks the progress it printed for people on stderr ([`plain_progress`]).
 fn simulate_plan(plan: &str, extra: &[&str]) -> (Option<i32>, Value, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().to_str().unwrap();
-    let mut args = vec!["simulate", plan, "--report", report, "--format", "json"];
+    let mut args = vec!["simulate", plan, "--report", report];
     args.extend_from_slice(extra);
     // A guard against a hang, not a performance check.
     let output = handoff_within(&args, &[], Duration::from_secs(600));
@@ -33,7 +34,23 @@ fn simulate_plan(plan: &str, extra: &[&str]) -> (Option<i32>, Value, String, Str
         std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|_| panic!("{name}: {}", transcript(&output)))
     };
     let json: Value = serde_json::from_str(&read("report.json")).unwrap();
+    plain_progress(&String::from_utf8_lossy(&output.stderr), &json);
     (output.status.code(), json, read("report.md"), read("junit.xml"))
+}
+
+/// The progress a simulation printed on stderr, not a terminal (a CI log): no line when a
+/// step starts, one per finished step with its duration, and a verdict line for each
+/// criterion the report says passed or failed.
+fn plain_progress(stderr: &str, json: &Value) {
+    assert!(!stderr.lines().any(|l| l.starts_with("  · ")), "a line for a step that starts: {stderr}");
+    let finished: Vec<&str> =
+        stderr.lines().filter(|l| l.starts_with("  ✓ ") && !l.starts_with("  ✓ criterion ")).collect();
+    assert!(!finished.is_empty() && finished.iter().all(|l| l.contains(" in ")), "{stderr}");
+    for phase in json["phases"].as_array().unwrap() {
+        for id in criteria(phase, "pass").iter().chain(&criteria(phase, "fail")) {
+            assert!(stderr.contains(&format!(" criterion {id}: ")), "no verdict line for {id}: {stderr}");
+        }
+    }
 }
 
 /// Digits masked, so a snapshot keeps the report's structure, not its measurements.

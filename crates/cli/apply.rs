@@ -165,7 +165,7 @@ fn drive(
     let options = &applying.options;
     let exporter = Exporter::start(&applying.prepared.graph.plan, &options.env, &args.export)?;
     let cancel = CancellationToken::new();
-    let printer = Printer::new(applying.target, &args.exec, out);
+    let printer = Printer::new(applying.target, &args.exec, &applying.prepared.graph.plan, out);
     if fresh {
         crate::run::drive("apply", engine, engine.start(options, &cancel), &cancel, printer, exporter)
     } else {

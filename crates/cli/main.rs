@@ -16,6 +16,7 @@ mod export;
 mod lock;
 mod plan;
 mod planned;
+mod progress;
 mod render;
 mod run;
 mod sandbox;
@@ -201,7 +202,8 @@ fn main() -> ExitCode {
     // The schema, the generated docs and completions describe the built-in executors only.
     let builtin = matches!(cli.command, Command::Schema { .. } | Command::Docs { .. } | Command::Completions { .. });
     let registry = if builtin { Registry::builtin() } else { support::registry_with_plugins() };
-    let out = &mut std::io::stdout().lock();
+    // Not locked: the live view of `run` draws to stdout from its own thread too.
+    let out = &mut std::io::stdout();
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args, &registry, color, out),
         Command::Plan(args) => plan::run(&args, &registry, out),

@@ -7,9 +7,9 @@ use handoff_engine::{Engine, EngineError, Graph, Outcome, RunOptions};
 use handoff_registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::exit;
 use crate::export::{ExportArgs, Exporter};
 use crate::support::{self, Exec, Prepared, Printer, Signals, Target};
+use crate::{exit, progress};
 
 /// Arguments of `handoff run`.
 #[derive(Debug, clap::Args)]
@@ -74,7 +74,7 @@ pub(crate) fn run(args: &RunArgs, registry: &Registry, out: &mut dyn Write) -> a
     let exporter = Exporter::start(&prepared.graph.plan, &options.env, export)?;
     let cancel = CancellationToken::new();
     let work = engine.start(&options, &cancel);
-    drive("run", &engine, work, &cancel, Printer::new(target, exec, out), exporter)
+    drive("run", &engine, work, &cancel, Printer::new(target, exec, &prepared.graph.plan, out), exporter)
 }
 
 /// `handoff resume`: continues the latest run where it stopped.
@@ -85,7 +85,7 @@ pub(crate) fn resume(args: &ResumeArgs, registry: &Registry, out: &mut dyn Write
     let exporter = Exporter::start(&prepared.graph.plan, &options.env, export)?;
     let cancel = CancellationToken::new();
     let work = engine.resume(&options, settle, &cancel);
-    drive("resume", &engine, work, &cancel, Printer::new(target, exec, out), exporter)
+    drive("resume", &engine, work, &cancel, Printer::new(target, exec, &prepared.graph.plan, out), exporter)
 }
 
 /// `handoff abort`: rolls back the phase in progress and ends the latest run.
@@ -94,7 +94,14 @@ pub(crate) fn abort(args: &AbortArgs, registry: &Registry, out: &mut dyn Write) 
     let Some((prepared, options)) = prepare(target, exec, registry, out)? else { return Ok(exit::INVALID) };
     let engine = prepared.engine(registry);
     let cancel = CancellationToken::new();
-    drive("abort", &engine, engine.abort(&options, reason, &cancel), &cancel, Printer::new(target, exec, out), None)
+    drive(
+        "abort",
+        &engine,
+        engine.abort(&options, reason, &cancel),
+        &cancel,
+        Printer::new(target, exec, &prepared.graph.plan, out),
+        None,
+    )
 }
 
 /// What run, resume and abort share before their engine call: logging, the plan loaded and
@@ -139,10 +146,10 @@ pub(crate) fn drive(
                 notice = notices.recv() => if let Ok(notice) = notice { export(&notice); printer.notice(&notice)? },
                 () = signals.next() => {
                     if cancel.is_cancelled() {
-                        eprintln!("second interrupt: exiting now; `handoff resume` continues from the log");
+                        progress::suspended(|| eprintln!("second interrupt: exiting now; `handoff resume` continues from the log"));
                         return Ok(exit::INTERRUPTED);
                     }
-                    eprintln!("interrupt: stopping the running steps (SIGTERM, SIGKILL after 5 s); Ctrl-C again exits at once");
+                    progress::suspended(|| eprintln!("interrupt: stopping the running steps (SIGTERM, SIGKILL after 5 s); Ctrl-C again exits at once"));
                     cancel.cancel();
                 }
             }

@@ -170,8 +170,8 @@ pub(crate) fn run(args: Args, registry: &Registry, out: &mut dyn Write) -> anyho
     })
 }
 
-/// One simulation on `runtime`, stopped by Ctrl-C; `None` when interrupted. Progress lines
-/// go to stderr when `text`.
+/// One simulation on `runtime`, stopped by Ctrl-C; `None` when interrupted. Progress goes
+/// to stderr when `text`: the live view on a terminal, else plain lines.
 fn simulate(
     runtime: &tokio::runtime::Runtime,
     plan: &handoff_plan::model::Plan,
@@ -179,16 +179,18 @@ fn simulate(
     options: &handoff_simulate::Options,
     text: bool,
 ) -> anyhow::Result<Option<handoff_simulate::Report>> {
-    runtime.block_on(async {
+    let mut view = text.then(|| crate::progress::Progress::for_screen(plan, crate::progress::Screen::Stderr));
+    let mut progress = |notice: &Notice| {
+        // Plain lines are the records'; the live view shows the steps' progress too.
+        if let Some(line) = view.as_mut().and_then(|view| view.notice(notice))
+            && matches!(notice, Notice::Record(_))
+        {
+            eprintln!("{line}");
+        }
+    };
+    let result = runtime.block_on(async {
         let cancel = CancellationToken::new();
         let mut signals = Signals::new()?;
-        let mut progress = |notice: &Notice| {
-            if let (true, Notice::Record(record)) = (text, notice)
-                && let Some(line) = support::line(record)
-            {
-                eprintln!("{line}");
-            }
-        };
         let simulation = handoff_simulate::simulate(plan, registry, options, &mut progress, &cancel);
         tokio::pin!(simulation);
         loop {
@@ -198,10 +200,13 @@ fn simulate(
                     if cancel.is_cancelled() {
                         return Ok(None);
                     }
-                    eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)");
+                    crate::progress::suspended(|| eprintln!("interrupt: stopping the simulation (Ctrl-C again to exit at once)"));
                     cancel.cancel();
                 }
             }
         }
-    })
+    });
+    // The live view's last frame stays above what follows.
+    drop(view);
+    result
 }

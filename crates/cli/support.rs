@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use handoff_engine::{Answer, DirStore, Engine, Event, Graph, Notice, Outcome, Record, RunOptions, Store};
+use handoff_engine::{Answer, DirStore, Engine, Graph, Notice, Outcome, RunOptions, Store};
 use handoff_executor::{Clock, Endpoints, Policy, SystemClock, VirtualClock, expand_env};
 use handoff_plan::escape::{escape, escape_lines};
 use handoff_plan::model::Plan;
-use handoff_plan::units::Measured;
 use handoff_registry::Registry;
 
 use crate::exit;
@@ -45,7 +44,8 @@ pub(crate) fn init_tracing(json: bool) {
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or_else(|| default.parse().unwrap_or(tracing_subscriber::filter::LevelFilter::WARN));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_ansi(false);
+    let builder =
+        tracing_subscriber::fmt().with_writer(|| crate::progress::Stderr).with_max_level(level).with_ansi(false);
     let _ = if json {
         builder.json().with_span_list(true).with_span_events(FmtSpan::CLOSE).try_init()
     } else {
@@ -358,24 +358,30 @@ pub(crate) struct Printer<'a> {
     target: &'a Target,
     /// Standard output was closed by its reader (`| head`): the run goes on unprinted.
     closed: bool,
+    /// Lines for people, and the live view in a terminal.
+    progress: crate::progress::Progress,
 }
 
 impl<'a> Printer<'a> {
-    /// A printer for a run of `target`, in `exec`'s log format.
-    pub(crate) fn new(target: &'a Target, exec: &Exec, out: &'a mut dyn Write) -> Printer<'a> {
-        Printer { json: exec.json_logs(), out, target, closed: false }
+    /// A printer for a run of `target`'s `plan`, in `exec`'s log format: with text on a
+    /// terminal, the live view.
+    pub(crate) fn new(target: &'a Target, exec: &Exec, plan: &Plan, out: &'a mut dyn Write) -> Printer<'a> {
+        let json = exec.json_logs();
+        let progress = if json {
+            crate::progress::Progress::plain()
+        } else {
+            crate::progress::Progress::for_screen(plan, crate::progress::Screen::Stdout)
+        };
+        Printer { json, out, target, closed: false, progress }
     }
 
-    /// Prints one notice (records as lines or JSON; progress for people only).
+    /// Prints one notice: records as JSON, or for people the plain lines (or the live view)
+    /// of records and progress.
     pub(crate) fn notice(&mut self, notice: &Notice) -> std::io::Result<()> {
         let text = match (notice, self.json) {
             (Notice::Record(record), true) => Some(serde_json::to_string(record).unwrap_or_default()),
             (Notice::Progress { .. }, true) => None,
-            (Notice::Record(record), false) => line(record).map(|text| escape(&text).to_string()),
-            (Notice::Progress { step, message, fraction, .. }, false) => {
-                let percent = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
-                Some(escape(&format!("    … {step}{percent}: {message}")).to_string())
-            }
+            (_, false) => self.progress.notice(notice),
         };
         text.map_or(Ok(()), |text| self.line(&text))
     }
@@ -400,6 +406,7 @@ impl<'a> Printer<'a> {
     /// Prints how the run ended, with what to do next; returns its exit code.
     pub(crate) fn outcome(&mut self, run: &str, outcome: &Outcome) -> anyhow::Result<u8> {
         let (code, text) = self.describe(run, outcome);
+        self.progress.finish();
         if self.json {
             let word = match code {
                 exit::OK => "completed",
@@ -461,73 +468,6 @@ impl<'a> Printer<'a> {
             ),
         }
     }
-}
-
-/// One human line per record (some records are not worth a line).
-pub(crate) fn line(record: &Record) -> Option<String> {
-    Some(match &record.event {
-        Event::RunStarted { run, plan, env, digest, .. } => format!("run {run}: plan {plan} in {env} ({digest})"),
-        Event::RunResumed { .. } => "resumed".to_owned(),
-        Event::PhaseStarted { phase } => format!("▶ phase {phase}"),
-        Event::StepStarted { step, role, attempt, .. } => {
-            let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-            match role {
-                handoff_engine::Role::Compensate => format!("  ↺ undoing {step}"),
-                _ => format!("  · {step}{again}"),
-            }
-        }
-        Event::StepFinished { step, .. } => format!("  ✓ {step}"),
-        Event::StepFailed { step, error, retrying, .. } => {
-            format!("  ✗ {step}: {error}{}", if *retrying { " (retrying)" } else { "" })
-        }
-        Event::BackgroundRestarted { step, .. } => format!("  ↻ {step} started again in the background"),
-        Event::StepSettled { step, done, role, .. } => {
-            let what =
-                if *role == handoff_engine::Role::Compensate { format!("the undo of {step}") } else { step.clone() };
-            format!("  = {what} settled as {}", if *done { "done" } else { "to retry" })
-        }
-        Event::StepCompensated { step, outcome, .. } => format!("  ↺ {step}: {outcome}"),
-        Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
-        Event::Sleeping { phase, step: None, until } => {
-            format!("  ☾ phase {phase} observed while the run sleeps, until {until}")
-        }
-        Event::Sleeping { step: Some(step), until, .. } => {
-            format!("  ☾ {step}: the run sleeps through its wait, until {until}")
-        }
-        Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
-            format!(
-                "  {} criterion {criterion}: {verdict:?} ({detail})",
-                if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" }
-            )
-        }
-        Event::AnalysisEvaluated { step, hold: at, criterion, verdict, detail, dry_run, .. } => {
-            let mark = if *verdict == handoff_engine::Verdict::Pass { "✓" } else { "✗" };
-            let whose = step.as_deref().map(|s| format!(" of {s}")).unwrap_or_default();
-            let dry = if *dry_run { ", dry run" } else { "" };
-            format!("    {mark} analysis at {at}{whose}: {criterion} {verdict:?}{dry} ({detail})")
-        }
-        Event::AlertFired { alert, value, action, .. } => {
-            format!("  ! alert {alert} fired at {} ({action})", Measured(*value))
-        }
-        Event::Decided { key, decision } => {
-            format!("  = {key} {} by {}", if decision.approved { "approved" } else { "rejected" }, decision.by)
-        }
-        Event::RollbackStarted { phase, reason } => format!("↺ rolling back phase {phase}: {reason}"),
-        Event::RollbackFinished { ok, seconds, budget_seconds, breached, .. } => format!(
-            "↺ rollback {} in {seconds:.1}s{}{}",
-            if *ok { "finished" } else { "FAILED" },
-            budget_seconds.map(|b| format!(" (budget {b:.0}s)")).unwrap_or_default(),
-            if *breached { " — BUDGET BREACHED" } else { "" }
-        ),
-        Event::PhasePassed { phase } => format!("✓ phase {phase} passed"),
-        Event::Checkpoint { .. }
-        | Event::Metric { .. }
-        | Event::Paused { .. }
-        | Event::Interrupted { .. }
-        | Event::RunFinished { .. } => {
-            return None;
-        }
-    })
 }
 
 /// A writer that escapes control characters (line breaks aside) in everything written

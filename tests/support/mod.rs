@@ -75,3 +75,104 @@ pub fn transcript(output: &Output) -> String {
     }
     text
 }
+
+/// `handoff ARGS` run as a person runs it: stdout and stderr on a terminal (a
+/// pseudo-terminal of `cols` × `rows`), seen through a terminal emulator.
+pub struct Terminal {
+    child: std::process::Child,
+    /// What the terminal shows, fed by a reader of the pseudo-terminal.
+    screen: std::sync::Arc<std::sync::Mutex<vt100::Parser>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Terminal {
+    /// Starts `handoff ARGS` from the repository root, with `env`.
+    pub fn start(args: &[&str], env: &[(&str, &std::ffi::OsStr)], cols: u16, rows: u16) -> Terminal {
+        let size = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(&size, None).expect("a pseudo-terminal");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_handoff"));
+        command
+            .args(args)
+            .current_dir(root())
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .env("NO_COLOR", "1")
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(pty.slave.try_clone().expect("the terminal's fd")))
+            .stderr(Stdio::from(pty.slave));
+        let child = command.spawn().expect("the handoff binary starts");
+        // The terminal's last writer is the child: reading ends when it exits.
+        drop(command);
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(vt100::Parser::new(nonzero(rows), nonzero(cols), 0)));
+        let shown = std::sync::Arc::clone(&screen);
+        let mut master = std::fs::File::from(pty.master);
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // Linux answers EIO once no process holds the terminal open.
+            while let Ok(n @ 1..) = master.read(&mut buffer) {
+                shown.lock().unwrap().process(&buffer[..n]);
+            }
+        });
+        Terminal { child, screen, reader: Some(reader) }
+    }
+
+    /// The text on the screen now, row by row (a row filled to the edge is not joined to
+    /// the next), trailing blanks left out.
+    pub fn contents(&self) -> String {
+        let parser = self.screen.lock().unwrap();
+        let (_, cols) = parser.screen().size();
+        let rows: Vec<String> = parser.screen().rows(0, cols.get()).map(|row| row.trim_end().to_owned()).collect();
+        rows.join("\n").trim_end().to_owned()
+    }
+
+    /// Waits until the screen shows `text` (a minute at most: a hang fails the test).
+    pub fn wait_for(&self, text: &str) {
+        let started = Instant::now();
+        while !self.contents().contains(text) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the screen never showed {text:?}:\n{}",
+                self.contents()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit (a minute at most) and everything written; the exit code and the
+    /// final screen.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for handoff") {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("handoff hung under a terminal:\n{}", self.contents());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the terminal's reader");
+        }
+        (status.code(), self.contents())
+    }
+}
+
+impl Drop for Terminal {
+    /// A test that failed midway leaves no `handoff` behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A terminal's size in one dimension, which cannot be 0.
+fn nonzero(n: u16) -> std::num::NonZeroU16 {
+    std::num::NonZeroU16::new(n).expect("a terminal is at least one cell wide and high")
+}
