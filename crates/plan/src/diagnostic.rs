@@ -153,14 +153,21 @@ impl Diagnostic {
         let mut groups: Vec<Group<'_>> = Vec::new();
         let masked;
         match self.span {
-            Some(span) if span.start <= span.end && span.end <= source.len() => {
+            Some(span)
+                if span.start <= span.end
+                    && span.end <= source.len()
+                    && source.is_char_boundary(span.start)
+                    && source.is_char_boundary(span.end) =>
+            {
                 let (first, last) = line_window(source, span.start, span.end);
                 masked = mask(&source[first..last], first, secrets);
                 let text = masked.as_str();
+                // An empty span marks the character at its start (none at the end of a line);
+                // a span never ends inside a character.
+                let one = source[span.start..].chars().next().filter(|c| *c != '\n').map_or(0, char::len_utf8);
+                let end = if span.end > span.start { span.end } else { span.start + one };
                 let snippet = Snippet::source(text).line_start(span.line).path(path).fold(false).annotation(
-                    AnnotationKind::Primary
-                        .span(span.start - first..span.end.max(span.start + 1).min(last) - first)
-                        .label(self.pointer_label()),
+                    AnnotationKind::Primary.span(span.start - first..end.min(last) - first).label(self.pointer_label()),
                 );
                 groups.push(level.primary_title(title).element(snippet));
             }
@@ -193,14 +200,19 @@ fn line_window(source: &str, start: usize, end: usize) -> (usize, usize) {
 }
 
 /// `text` (which starts at byte `offset` of the source) with every non-blank character
-/// inside a secret range replaced by `*`.
+/// inside a secret range replaced by as many `*` as it has bytes, so that byte offsets into
+/// the source still fall on the same characters.
 fn mask(text: &str, offset: usize, secrets: &[(usize, usize)]) -> String {
-    text.char_indices()
-        .map(|(i, c)| {
-            let at = offset + i;
-            if !c.is_whitespace() && secrets.iter().any(|&(s, e)| at >= s && at < e) { '*' } else { c }
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        let at = offset + i;
+        if !c.is_whitespace() && secrets.iter().any(|&(s, e)| at >= s && at < e) {
+            out.extend(std::iter::repeat_n('*', c.len_utf8()));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn github_data(text: &str) -> String {
@@ -209,4 +221,29 @@ fn github_data(text: &str) -> String {
 
 fn github_property(text: &str) -> String {
     github_data(text).replace(':', "%3A").replace(',', "%2C")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A diagnostic at `start..end` of `source`, rendered without color.
+    fn rendered(source: &str, start: usize, end: usize, secrets: &[(usize, usize)]) -> String {
+        let mut diagnostic = Diagnostic::new(crate::codes::YAML_SYNTAX, "", "here");
+        diagnostic.span = Some(Span { line: 1, column: 1, start, end });
+        diagnostic.render("plan.yaml", source, secrets, false)
+    }
+
+    #[test]
+    fn spans_next_to_and_inside_wide_characters_never_split_them() {
+        let source = "a: x — y\n";
+        let dash = source.find('—').unwrap();
+        // An empty span before a three-byte character marks the whole character.
+        assert!(rendered(source, dash, dash, &[]).contains("— y"), "{}", rendered(source, dash, dash, &[]));
+        // A span that ends inside it names the place only.
+        assert!(rendered(source, 0, dash + 1, &[]).contains("plan.yaml:1:1"));
+        // Masking keeps byte offsets: a wide secret before the span.
+        let masked = rendered(source, dash + 4, dash + 5, &[(dash, dash + 3)]);
+        assert!(masked.contains("x *** y") && !masked.contains('—'), "{masked}");
+    }
 }
