@@ -50,18 +50,27 @@ fn scraped(prometheus: &str, value: &str) {
     panic!("prometheus never scraped errors_ratio {value}");
 }
 
-fn plan(prometheus: &str, exporter: &str) -> String {
+/// The start of a plan named `name` whose metric `errors` is `errors_ratio` on the
+/// Prometheus at `prometheus` (more metrics may follow).
+fn head(name: &str, prometheus: &str) -> String {
     format!(
         "apiVersion: handoff.dev/v1alpha1
 kind: MigrationPlan
-metadata: {{name: sleepy}}
+metadata: {{name: {name}}}
 environments:
   test: {{endpoints: {{prom: \"{prometheus}\"}}}}
 resources:
   prom: {{kind: prometheus, endpoint: prom}}
 metrics:
   errors: {{unit: percent, source: {{prometheus: {{resource: prom, query: errors_ratio}}}}}}
-  errors_json: {{unit: percent, source: {{http_json: {{url: \"http://{exporter}/json\", pointer: /errors}}}}}}
+"
+    )
+}
+
+fn plan(prometheus: &str, exporter: &str) -> String {
+    let head = head("sleepy", prometheus);
+    format!(
+        "{head}  errors_json: {{unit: percent, source: {{http_json: {{url: \"http://{exporter}/json\", pointer: /errors}}}}}}
 phases:
   - id: soak
     name: Soak
@@ -119,17 +128,9 @@ fn a_run_sleeps_through_its_soak_and_judges_the_window_when_resumed_after_it() {
 /// A phase that waits (`wait.soak`) between two steps, with an alert on `errors` above
 /// 0.1% that rolls back: the step after the wait appends to `marker`.
 fn waiting_plan(prometheus: &str, marker: &str) -> String {
+    let head = head("waits", prometheus);
     format!(
-        "apiVersion: handoff.dev/v1alpha1
-kind: MigrationPlan
-metadata: {{name: waits}}
-environments:
-  test: {{endpoints: {{prom: \"{prometheus}\"}}}}
-resources:
-  prom: {{kind: prometheus, endpoint: prom}}
-metrics:
-  errors: {{unit: percent, source: {{prometheus: {{resource: prom, query: errors_ratio}}}}}}
-phases:
+        "{head}phases:
   - id: canary
     name: Canary
     steps:

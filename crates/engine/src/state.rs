@@ -371,6 +371,19 @@ impl RunState {
             }
             Event::Paused { key, reason } => self.paused = Some(Pause { key: key.clone(), reason: reason.clone() }),
             Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
+            Event::RollbackStarted { .. } | Event::RollbackFinished { .. } => self.apply_rollback(&record.event, at),
+            Event::PhasePassed { phase } => {
+                let state = self.phase_mut(phase);
+                (state.passed, state.ended_at) = (true, Some(at));
+            }
+            Event::RunFinished { status } => self.finished = Some(*status),
+            Event::BackgroundRestarted { .. } => {}
+        }
+    }
+
+    /// Applies a record about a phase's rollback: started, finished.
+    fn apply_rollback(&mut self, event: &Event, at: Timestamp) {
+        match event {
             Event::RollbackStarted { phase, reason } => {
                 self.phase_mut(phase).rollback =
                     Some(RollbackState { reason: reason.clone(), started_at: at, finished: None });
@@ -388,12 +401,7 @@ impl RunState {
                     rollback.finished = Some(end);
                 }
             }
-            Event::PhasePassed { phase } => {
-                let state = self.phase_mut(phase);
-                (state.passed, state.ended_at) = (true, Some(at));
-            }
-            Event::RunFinished { status } => self.finished = Some(*status),
-            Event::BackgroundRestarted { .. } => {}
+            _ => {}
         }
     }
 
