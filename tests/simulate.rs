@@ -146,8 +146,10 @@ fn a_slow_menu_service_fails_the_read_canary_and_reads_go_back() {
     assert!(reason.contains("CanaryReadLatency") || reason.contains("p95-latency"), "{reason}");
     let canary = json["canary"].as_array().unwrap();
     let at = |weight: u64| canary.iter().find(|p| p["weight"] == weight).map(|p| p["p95_ms"].as_f64().unwrap());
+    // Judged by the plan's own query — the p95 of Menu Service's requests, Istio's histogram
+    // — the slow service can show at the first canary step, before the p95 of all reads (the
+    // chart's, over both services) has moved.
     assert!(at(0).unwrap() < 200.0, "{canary:?}");
-    assert!(canary.iter().any(|p| p["p95_ms"].as_f64().unwrap() > 300.0), "{canary:?}");
     assert!(at(100).is_none(), "the canary went on to 100%: {canary:?}");
     // The report shows the verdict of each weight the canary was judged at, all below 100%.
     let analyses = json["phases"][2]["analyses"].as_array().unwrap();

@@ -39,6 +39,16 @@ async fn plan_time_series_are_written_and_queried_at_plan_time() {
     writer.write(&[counter(start, 0.0, day)]).await.unwrap();
     let second = start + SignedDuration::from_mins(day);
     writer.write(&[counter(second, 60.0 * day as f64, 2 * day)]).await.unwrap();
+    // A gauge that goes away: its last sample a staleness marker, as Prometheus writes for a
+    // series a scrape no longer returns.
+    let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+    let minute = |m: i64| (start + SignedDuration::from_mins(m)).as_millisecond();
+    let gone = Series {
+        name: "collections".to_owned(),
+        labels: Vec::new(),
+        samples: vec![(minute(0), 1.0), (minute(1), 1.0), (minute(2), stale)],
+    };
+    writer.write(&[gone]).await.unwrap();
     let base = prometheus.url().to_owned();
     let at = move |hours: i64| start + SignedDuration::from_hours(hours);
     let answers = tokio::task::spawn_blocking(move || {
@@ -47,6 +57,8 @@ async fn plan_time_series_are_written_and_queried_at_plan_time() {
             query(&base, "rate(requests_total[5m])", at(60)),
             query(&base, "requests_total", at(48)),
             query(&base, "rate(requests_total{service=\"search\"}[5m])", at(60)),
+            query(&base, "count(collections) or vector(0)", start + SignedDuration::from_secs(90)),
+            query(&base, "count(collections) or vector(0)", start + SignedDuration::from_secs(150)),
         ]
     })
     .await
@@ -56,4 +68,6 @@ async fn plan_time_series_are_written_and_queried_at_plan_time() {
     assert_eq!(answers[1], Ok(1.0), "a rate in the third plan day, after the second write");
     assert_eq!(answers[2], Ok(60.0 * 48.0 * 60.0), "the counter's value two plan days in");
     assert!(answers[3].is_err(), "a label no series has selects nothing: {:?}", answers[3]);
+    assert_eq!(answers[4], Ok(1.0), "the gauge before its staleness marker");
+    assert_eq!(answers[5], Ok(0.0), "the gauge is gone at once after its staleness marker");
 }

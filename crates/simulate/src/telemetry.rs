@@ -58,7 +58,7 @@ struct Fed {
     /// A gauge's last value, and when it was measured.
     gauge: Option<f64>,
     measured: Option<Instant>,
-    /// Whether the last write had samples of it.
+    /// Whether its last sample written is a value (not a staleness marker).
     present: bool,
 }
 
@@ -70,6 +70,8 @@ pub struct Publisher {
     writer: RemoteWriter,
     /// Plan time of the next sample.
     next: Timestamp,
+    /// Unix milliseconds of the last grid time written.
+    written: i64,
     started: Instant,
 }
 
@@ -86,7 +88,7 @@ impl Publisher {
             })
             .collect();
         let next = clock.now() - SignedDuration::try_from(HISTORY).unwrap_or(SignedDuration::ZERO);
-        Publisher { fed, model, clock, writer, next, started: Instant::now() }
+        Publisher { fed, model, clock, writer, next, written: i64::MIN, started: Instant::now() }
     }
 
     /// Writes the samples up to the clock's time (the first call also the history before
@@ -98,16 +100,22 @@ impl Publisher {
             times.push(self.next.as_millisecond());
             self.next += SignedDuration::try_from(STEP).unwrap_or(SignedDuration::ZERO);
         }
-        if times.is_empty() {
+        if times.is_empty() && !fresh {
             return Ok(());
         }
+        // A gauge found gone is marked stale right after the last grid time written — the
+        // earliest it may have gone — not at a time of this write: the query this write
+        // precedes runs at the time the engine read its clock, a little before `until`, and
+        // a marker after that time would leave the gauge's last value in its lookback.
+        let marker = self.written.saturating_add(1);
+        self.written = times.last().copied().unwrap_or(self.written);
         let mut series = Vec::new();
         for index in 0..self.fed.len() {
             let increments = match &self.fed[index].spec {
                 SeriesSpec::Gauge(_) => self.gauge(index, fresh).await.map(|v| vec![v]),
                 _ => self.increments(index),
             };
-            series.extend(samples(&mut self.fed[index], increments, &times));
+            series.extend(samples(&mut self.fed[index], increments, &times, marker));
         }
         self.writer.write(&series).await
     }
@@ -194,24 +202,24 @@ pub fn forwarder(publisher: Shared, base: String, handle: tokio::runtime::Handle
 
 /// The samples of one declared series at `times`: a gauge's value at each, or counters
 /// grown by `increments` per step.
-fn samples(fed: &mut Fed, increments: Option<Vec<f64>>, times: &[i64]) -> Vec<Series> {
+fn samples(fed: &mut Fed, increments: Option<Vec<f64>>, times: &[i64], marker: i64) -> Vec<Series> {
     let gauge = matches!(fed.spec, SeriesSpec::Gauge(_));
-    let was_present = std::mem::replace(&mut fed.present, increments.is_some());
+    let was_present = fed.present;
+    // Present once a sample of it is written: a gauge measured between grid times is not.
+    if increments.is_none() || !times.is_empty() {
+        fed.present = increments.is_some();
+    }
     let Some(increments) = increments else {
         // Gone, as an exporter's series is: marked stale at once, as Prometheus marks a
         // series a scrape no longer returns, so no query sees its last value for 5 minutes.
-        return match (gauge && was_present, times.first()) {
-            (true, Some(first)) => fed
-                .names
-                .iter()
-                .map(|(name, labels)| Series {
-                    name: name.clone(),
-                    labels: labels.clone(),
-                    samples: vec![(*first, STALE)],
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        if !(gauge && was_present) {
+            return Vec::new();
+        }
+        return fed
+            .names
+            .iter()
+            .map(|(name, labels)| Series { name: name.clone(), labels: labels.clone(), samples: vec![(marker, STALE)] })
+            .collect();
     };
     let mut out = Vec::with_capacity(fed.names.len());
     for (i, (name, labels)) in fed.names.iter().enumerate() {
