@@ -1,9 +1,11 @@
 //! `handoff simulate` through the binary: the menu plan against a real sandbox (two
 //! MongoDB-API servers, a Kafka-API broker, Redis) with the application model under load —
 //! every phase passing, and each fault scenario failing its phase and rolling back within
-//! budget — losing no acknowledged write. The reports (Markdown, JSON, JUnit) are checked
-//! for their shape; the Markdown's structure is a snapshot with the measured numbers
-//! masked. A query that selects nothing stops a simulation, naming the query.
+//! budget — losing no acknowledged write and misrouting none; and a small plan whose read
+//! canary also routes writes, failing with the misrouted writes named. A query that selects
+//! nothing stops a simulation, naming the query. The reports (Markdown, JSON, JUnit) are
+//! checked for their shape; the Markdown's structure is a snapshot with the measured numbers
+//! masked.
 
 mod support;
 
@@ -12,12 +14,19 @@ use std::time::Duration;
 
 use support::{handoff_within, transcript};
 
-/// Runs a simulation; returns the exit code, the JSON report, the Markdown and the JUnit.
+/// Runs a simulation of the menu plan; returns the exit code, the JSON report, the
+/// Markdown and the JUnit.
 fn simulate(extra: &[&str]) -> (Option<i32>, Value, String, String) {
+    let mut args = vec!["--time-scale", "500ms"];
+    args.extend_from_slice(extra);
+    simulate_plan("plans/menu-service.yaml", &args)
+}
+
+/// Runs a simulation of `plan` at its own time scale; returns what [`simulate`] does.
+fn simulate_plan(plan: &str, extra: &[&str]) -> (Option<i32>, Value, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().to_str().unwrap();
-    let mut args =
-        vec!["simulate", "plans/menu-service.yaml", "--report", report, "--format", "json", "--time-scale", "500ms"];
+    let mut args = vec!["simulate", plan, "--report", report, "--format", "json"];
     args.extend_from_slice(extra);
     // A guard against a hang, not a performance check.
     let output = handoff_within(&args, &[], Duration::from_secs(600));
@@ -46,10 +55,12 @@ fn masked(text: &str) -> String {
     out
 }
 
-/// The end-of-run audit found every acknowledged write in `store`.
+/// The end-of-run audit found every acknowledged write in `store`, and no write that the
+/// VirtualService sent to a service not owning writes.
 fn nothing_lost(json: &Value, store: &str) {
     let audit = &json["audit"];
     assert_eq!((audit["store"].as_str(), audit["lost"].as_u64()), (Some(store), Some(0)), "{audit}");
+    assert_eq!(misrouted(json), "", "{audit}");
     assert!(audit["documents"].as_u64().unwrap() > 100, "{audit}");
 }
 
@@ -79,7 +90,18 @@ fn the_menu_plan_passes_every_phase_and_loses_nothing() {
     let (code, json, markdown, junit) = simulate(&[]);
     assert_eq!(code, Some(0), "{json:#}");
     assert_eq!(json["verdict"], "pass");
-    for phase in json["phases"].as_array().unwrap() {
+    // The calendar holds: each phase starts and lasts as the plan's schedule says (the
+    // seed's dates, 2024-01-01 = day 0), within half a day.
+    let planned = [(0.0, 14.0), (14.0, 14.0), (28.0, 7.0), (35.0, 7.0), (42.0, 14.0)];
+    let phases = json["phases"].as_array().unwrap();
+    for (phase, (start, days)) in phases.iter().zip(planned) {
+        let (ran_start, ran_days) = (phase["start_day"].as_f64().unwrap(), phase["days"].as_f64().unwrap());
+        assert!(
+            (ran_start - start).abs() <= 0.5 && (ran_days - days).abs() <= 0.5,
+            "planned {start}+{days}: {phase:#}"
+        );
+    }
+    for phase in phases {
         assert_eq!(phase["status"], "passed", "{phase:#}");
         let failed: Vec<String> =
             ["fail", "inconclusive", "provider error"].iter().flat_map(|v| criteria(phase, v)).collect();
@@ -197,6 +219,58 @@ fn a_scenario_fails_its_phase_and_rolls_back_within_budget_and_a_drill_rolls_bac
     // here and snapshotted on the passing run.
     assert!(markdown.contains("fails and rolls back within budget with nothing lost — **met**"), "{markdown}");
     assert!(markdown.contains("Nothing lost: the last acknowledged write of each of the "), "{markdown}");
+}
+
+/// The misrouted writes the loss audit found, one line each: where they went and by
+/// which route, weight and step (counts masked).
+fn misrouted(json: &Value) -> String {
+    let found = json["audit"]["misrouted"].as_array().cloned().unwrap_or_default();
+    let mut lines: Vec<String> = found
+        .iter()
+        .map(|m| {
+            let via = &m["via"];
+            format!(
+                "N writes to `{}` while {} owned writes: route `{}` at {}% of `{}/{}`",
+                m["service"].as_str().unwrap(),
+                m["owners"],
+                via["route"].as_str().unwrap(),
+                via["weight"],
+                via["phase"].as_str().unwrap(),
+                via["step"].as_str().unwrap()
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// A read canary whose route names no methods takes writes too: the simulation routes every
+/// request by the VirtualService the canary applies, so the writes it sends to the new
+/// service, which does not own writes, fail the run as misrouted. The same plan with the
+/// route's methods passes with nothing misrouted: the VirtualService decides, not the
+/// kind of request.
+#[test]
+fn a_read_canary_that_takes_writes_fails_with_the_misrouted_writes_and_one_that_does_not_passes() {
+    let plan = "tests/fixtures/simulate/read-canary-takes-writes.yaml";
+    let (code, json, markdown, junit) = simulate_plan(plan, &[]);
+    assert_eq!((code, &json["verdict"]), (Some(1), &Value::from("fail")), "{json:#}");
+    let outcome = json["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("every phase passed, but "), "{outcome}");
+    assert!(outcome.contains(" writes were routed to a service that did not own writes: "), "{outcome}");
+    assert!(junit.contains(" writes were routed to a service that did not own writes: "), "{junit}");
+    let section = markdown.split("**Misrouted writes**").nth(1).unwrap().split("\n\n").take(2).collect::<Vec<_>>();
+    insta::assert_snapshot!("misrouted_writes", format!("{}\n\n{}", misrouted(&json), masked(&section.join("\n\n"))));
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(support::root().join(plan)).unwrap();
+    let fixed = text.replace("reads: {uri_prefixes: [/menu]}", "reads: {methods: [GET, HEAD], uri_prefixes: [/menu]}");
+    assert_ne!(fixed, text);
+    let fixed_plan = dir.path().join("read-canary.yaml");
+    std::fs::write(&fixed_plan, fixed).unwrap();
+    let (code, json, _, _) = simulate_plan(fixed_plan.to_str().unwrap(), &[]);
+    assert_eq!((code, &json["verdict"]), (Some(0), &Value::from("pass")), "{json:#}");
+    assert_eq!(misrouted(&json), "", "{json:#}");
+    assert_eq!(json["audit"]["lost"], 0, "{json:#}");
 }
 
 #[test]

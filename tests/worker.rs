@@ -93,8 +93,13 @@ impl Drop for Worker {
 
 impl Scenario {
     fn new() -> Scenario {
+        Scenario::of(PLAN)
+    }
+
+    /// A scenario of `plan`.
+    fn of(plan: &str) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("plan.yaml"), PLAN).unwrap();
+        std::fs::write(dir.path().join("plan.yaml"), plan).unwrap();
         let backend = Backend::new(Kind::Mongo);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let url = backend.url().unwrap().to_owned();
@@ -276,4 +281,38 @@ fn background_steps_go_to_a_worker_only_through_a_shared_store() {
         "{}",
         transcript(&run)
     );
+}
+
+/// The plan with a 3 s soak gate instead of the person's gate: the run sleeps through it.
+fn soaking_plan() -> String {
+    let plan =
+        PLAN.replace("      - {id: ask, uses: gate.manual, with: {prompt: Soak done?, approvers: [lead]}}\n", "");
+    plan.replacen(
+        "    rollback: {max_duration: 1m, steps: []}\n",
+        "    gates: [{soak: 3s}]\n    rollback: {max_duration: 1m, steps: []}\n",
+        1,
+    )
+}
+
+/// A run whose sync a worker hosts sleeps through its soak (exit 8, no process alive); the
+/// source's writes made meanwhile are in the target, and the run resumed after the soak
+/// stops the sync and verifies with no discrepancy.
+#[test]
+fn a_run_sleeps_through_its_soak_while_a_worker_keeps_its_sync_applying() {
+    let scenario = Scenario::of(&soaking_plan());
+    let mut worker = scenario.worker("worker-a");
+    scenario.write(0..10);
+    let detached = ["--background", "worker", "--detach-over", "1s"];
+    let asleep = scenario.handoff("run", &detached);
+    assert_eq!(asleep.status.code(), Some(8), "{}", transcript(&asleep));
+    worker.wait_for("claimed hosted/local/");
+    scenario.write(10..40);
+    scenario.wait_target(40);
+    let early = scenario.handoff("resume", &detached);
+    assert_eq!(early.status.code(), Some(8), "{}", transcript(&early));
+    std::thread::sleep(Duration::from_secs(4));
+    let woken = scenario.handoff("resume", &detached);
+    assert_eq!(woken.status.code(), Some(0), "{}", transcript(&woken));
+    assert_eq!(scenario.output("stop")["applied"], 30, "{}", transcript(&woken));
+    assert_eq!(scenario.output("check")["integrity"]["discrepancies"], 0, "{}", transcript(&woken));
 }

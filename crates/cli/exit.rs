@@ -25,6 +25,14 @@ pub(crate) const PAUSED: u8 = 4;
 pub(crate) const ROLLBACK_FAILED: u8 = 5;
 /// Another run holds the plan's lock, or a stale holder's steps may still be running.
 pub(crate) const LOCKED: u8 = 6;
+/// `handoff apply` refused a planned run: the plan, its endpoints, the executors or the
+/// run's position changed since it was planned, an approval names another digest, or
+/// approvals are missing. Nothing ran.
+pub(crate) const REFUSED: u8 = 7;
+/// The run sleeps through a long wait (`--detach-over`): it recorded when it wakes and
+/// released its lock; `handoff resume` after that time continues it (before, it exits
+/// again with this code).
+pub(crate) const WAITING: u8 = 8;
 /// Interrupted (SIGINT/SIGTERM) before the work was done, as shells report it; a run's
 /// state is saved and `handoff resume` continues it.
 pub(crate) const INTERRUPTED: u8 = 130;
@@ -38,6 +46,8 @@ const ALL: &[(u8, &str)] = &[
     (PAUSED, "the run is paused, waiting for a person (`handoff approve`, then `handoff resume`)"),
     (ROLLBACK_FAILED, "a rollback failed or overran its budget: a person must act now"),
     (LOCKED, "another run holds the plan's lock (or a stale holder's steps still run)"),
+    (REFUSED, "`handoff apply` refused a planned run that changed or lacks approvals; nothing ran"),
+    (WAITING, "the run sleeps through a long wait until the time printed; `handoff resume` after it continues"),
     (INTERRUPTED, "interrupted; `handoff resume` continues from the log"),
 ];
 

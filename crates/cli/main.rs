@@ -9,11 +9,13 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use handoff_registry::Registry;
 
+mod apply;
 mod approve;
 mod exit;
 mod export;
 mod lock;
 mod plan;
+mod planned;
 mod render;
 mod run;
 mod sandbox;
@@ -45,7 +47,8 @@ killed at any point continues with `handoff resume`. One run per plan and enviro
 the lock at a time.
 
 Exit codes: 0 completed, 1 invalid plan, 2 error, 3 rolled back, 4 paused for a person,
-5 rollback failed or over budget, 6 locked, 130 interrupted (resume continues).";
+5 rollback failed or over budget, 6 locked, 7 apply refused, 8 asleep until the time printed
+(`--detach-over`; resume after it continues), 130 interrupted (resume continues).";
 
 /// Declarative migration-as-code: validate, simulate and execute plans that move data
 /// ownership between services.
@@ -79,9 +82,14 @@ Examples:
 Exit codes: 0 valid, 1 invalid, 2 usage or I/O error.
 Codes are documented in docs/lints.md.")]
     Validate(validate::Args),
-    /// Inspect the execution graph a plan compiles to.
-    #[command(subcommand)]
-    Plan(plan::Command),
+    /// Plan a run for review: what it will do, its digest, the endpoints and executors, where
+    /// the run stands (`--out FILE` for `approve` and `apply`; a Markdown summary for a pull
+    /// request). `plan show` prints the execution graph.
+    #[command(after_help = "\
+Examples:
+  handoff plan plans/menu-service.yaml --env production --out planned.json > comment.md
+  handoff plan show plans/menu-service.yaml --format mermaid")]
+    Plan(plan::Args),
     /// Execute a plan in an environment: phases, gates, criteria, automatic rollback.
     #[command(after_help = RUN_HELP)]
     Run(run::RunArgs),
@@ -97,8 +105,20 @@ Codes are documented in docs/lints.md.")]
     #[command(subcommand)]
     Lock(lock::Command),
     /// Record a person's decision for a paused run (an approval gate, a `gate.manual`
-    /// step, a confirmed criterion, a point of no return).
+    /// step, a confirmed criterion, a point of no return), or approve a planned run.
+    #[command(after_help = "\
+Examples:
+  handoff approve plans/menu-service.yaml --env production cutover/approval-1 --by ana
+  handoff approve planned.json --by \"$GITHUB_ACTOR\"")]
     Approve(approve::Args),
+    /// Run a planned run (`handoff plan --out`) exactly as approved: refused, with a diff,
+    /// when anything changed since it was planned or approvals are missing.
+    #[command(after_help = "\
+Examples:
+  handoff apply planned.json
+
+Exit codes: as `handoff run`'s; 7 refused (nothing ran).")]
+    Apply(apply::Args),
     /// Simulate a plan against throwaway real services: seeded data, an application
     /// model under load, faults, compressed time; prints the report.
     #[command(after_help = "\
@@ -184,7 +204,8 @@ fn main() -> ExitCode {
     let out = &mut std::io::stdout().lock();
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args, &registry, color, out),
-        Command::Plan(plan::Command::Show { plan, format }) => plan::show(&plan, format, &registry, out),
+        Command::Plan(args) => plan::run(&args, &registry, out),
+        Command::Apply(args) => apply::run(&args, &registry, out),
         Command::Run(args) => run::run(&args, &registry, out),
         Command::Resume(args) => run::resume(&args, &registry, out),
         Command::Status(args) => status::run(&args, &registry, out),

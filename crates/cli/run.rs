@@ -116,7 +116,7 @@ fn prepare(
 /// the work (running steps are stopped: SIGTERM to their process groups, SIGKILL after the
 /// grace), a second exits at once. Returns the exit code of the outcome. The `exporter`,
 /// when there is one, sees every notice and pushes its last state before this returns.
-fn drive(
+pub(crate) fn drive(
     command: &str,
     engine: &Engine<'_>,
     work: impl Future<Output = Result<(String, Outcome), EngineError>>,

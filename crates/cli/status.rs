@@ -82,6 +82,10 @@ fn write_status(report: &Report, target: &Target, out: &mut dyn Write) -> std::i
         }
         None => writeln!(out, "  no phase started")?,
     }
+    if let Some(until) = report.wakes_at {
+        let (plan, env) = (target.plan.display(), &target.env);
+        writeln!(out, "  next wake-up {until}: `handoff resume {plan} --env {env}` after it judges the slept window")?;
+    }
     write_calendar(&report.calendar, out)?;
     write_pending(&report.pending, target, out)?;
     if let Some(at) = &report.position {

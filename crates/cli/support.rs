@@ -120,6 +120,13 @@ pub(crate) struct Target {
     /// The environment (a key of the plan's `environments`).
     #[arg(long)]
     pub(crate) env: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+}
+
+/// Where runs keep their state.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StoreArgs {
     /// Where runs keep their state (event logs and locks) when no shared store is chosen.
     #[arg(long, env = "HANDOFF_STATE_DIR", default_value = ".handoff/state")]
     state_dir: PathBuf,
@@ -136,7 +143,9 @@ impl Target {
     /// that no name reaches a path.
     pub(crate) fn store(&self, plan: &Plan) -> anyhow::Result<Arc<dyn Store>> {
         let (name, env) = (plan.metadata.name.as_str(), self.env.as_str());
-        let Some(url) = self.state_url(plan)? else { return Ok(Arc::new(DirStore::new(&self.state_dir, name, env))) };
+        let Some(url) = self.state_url(plan)? else {
+            return Ok(Arc::new(DirStore::new(&self.store.state_dir, name, env)));
+        };
         Ok(Arc::new(handoff_store_mongo::MongoStore::connect(&url, name, env)?))
     }
 
@@ -145,7 +154,7 @@ impl Target {
     fn state_url(&self, plan: &Plan) -> anyhow::Result<Option<String>> {
         let environment = environment(plan, &self.env)?;
         let env = self.env.as_str();
-        let url = match (&self.state, &environment.state) {
+        let url = match (&self.store.state, &environment.state) {
             (Some(url), _) => url.clone(),
             (None, Some(template)) => expand_env(template).with_context(|| format!("environment `{env}`, state"))?,
             (None, None) => return Ok(None),
@@ -204,6 +213,21 @@ pub(crate) struct Exec {
     /// store for a `handoff worker`, so that this run may exit while they keep working.
     #[arg(long, env = "HANDOFF_BACKGROUND", value_enum, default_value_t = Background::Here)]
     background: Background,
+    /// Sleep through a phase's observation (its soak and criteria windows) longer than this
+    /// (`1h`, `2d`): record when to wake, release the lock and exit 8; `handoff resume`
+    /// after that time judges the slept window from range queries and continues. Needs
+    /// `--background worker` when the plan has background steps (they keep working while
+    /// no handoff process runs).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    detach_over: Option<Duration>,
+}
+
+/// Parses a duration as the plan language writes one (`90s`, `1h`, `2d`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    handoff_plan::units::Duration::parse(text)
+        .filter(|_| handoff_plan::units::Duration::within_bounds(text))
+        .map(|d| d.get())
+        .ok_or_else(|| format!("`{text}` is not a duration such as 90s, 30m, 1h or 2d"))
 }
 
 /// Where a run's background steps run.
@@ -286,6 +310,17 @@ impl Prepared {
         options.force_unlock = exec.and_then(|e| e.force_unlock.clone());
         options.command = std::env::args().collect::<Vec<_>>().join(" ");
         options.post_background = exec.is_some_and(|e| e.background == Background::Worker);
+        options.detach_over = exec.and_then(|e| e.detach_over);
+        if options.detach_over.is_some() && !options.post_background {
+            let background: Vec<&str> =
+                self.graph.steps().filter(|(_, s)| s.background).map(|(_, s)| s.id.as_str()).collect();
+            if !background.is_empty() {
+                anyhow::bail!(
+                    "`--detach-over` would stop the background steps {} while the run sleeps: host them with `--background worker` (and a `handoff worker`)",
+                    background.join(", ")
+                );
+            }
+        }
         match &self.state_url {
             Some(url) if exec.is_some() => options.jobs = Some(Arc::new(handoff_store_mongo::MongoJobs::connect(url)?)),
             None if options.post_background => {
@@ -371,6 +406,7 @@ impl<'a> Printer<'a> {
                 exit::ROLLED_BACK => "rolled_back",
                 exit::ROLLBACK_FAILED => "rollback_failed",
                 exit::PAUSED => "paused",
+                exit::WAITING => "waiting",
                 _ => "interrupted",
             };
             self.line(&serde_json::json!({"run": run, "outcome": word, "message": text, "exit": code}).to_string())?;
@@ -417,6 +453,12 @@ impl<'a> Printer<'a> {
             Outcome::Aborted => {
                 (exit::ROLLED_BACK, format!("run {run}: aborted; the phase in progress was rolled back"))
             }
+            Outcome::Waiting { until } => (
+                exit::WAITING,
+                format!(
+                    "run {run}: waiting until {until}; the lock is released\n  wake it:  handoff resume {plan} --env {env}   (after {until}; before, it exits again at once)"
+                ),
+            ),
         }
     }
 }
@@ -446,6 +488,7 @@ pub(crate) fn line(record: &Record) -> Option<String> {
         }
         Event::StepCompensated { step, outcome, .. } => format!("  ↺ {step}: {outcome}"),
         Event::GateOpened { gate, .. } => format!("  ◆ gate {gate} open"),
+        Event::Sleeping { phase, until } => format!("  ☾ phase {phase} observed while the run sleeps, until {until}"),
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!(
                 "  {} criterion {criterion}: {verdict:?} ({detail})",

@@ -41,7 +41,7 @@ enum Format {
 /// loaded. Only a regular file (or a symlink to one) is opened: a FIFO would block the read
 /// forever and a device would never end, so both are refused before opening, and the opened
 /// file is checked again.
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     regular(path, &metadata)?;
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -35,6 +35,9 @@ pub(crate) struct Report<'a> {
     pub(crate) criteria: Vec<CriterionRow>,
     /// The current phase's rollback budget and how it was used.
     pub(crate) rollback: Option<Budget>,
+    /// When a run asleep through a long wait (`--detach-over`) wants to wake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wakes_at: Option<Timestamp>,
 }
 
 /// The phase and step a run is at.
@@ -125,6 +128,7 @@ impl<'a> Report<'a> {
             pending: pending(registry, plan, declared.zip(current), state),
             criteria: declared.zip(current).map(|(p, c)| criteria(p, c)).unwrap_or_default(),
             rollback: declared.zip(current).map(|(p, c)| budget(p, c)),
+            wakes_at: state.wakes_at(),
         }
     }
 }
@@ -171,13 +175,15 @@ fn pending(registry: &Registry, plan: &Plan, current: Option<(&Phase, &PhaseStat
         .collect();
     let Some((phase, current)) = current.filter(|_| state.finished.is_none()) else { return out };
     let gates = phase.gates.iter().filter_map(|gate| match gate {
-        Gate::Approval { prompt, approvers } => Some((prompt, approvers)),
+        Gate::Approval { prompt, .. } => Some(prompt),
         Gate::Soak(_) => None,
     });
-    for (n, (prompt, approvers)) in gates.enumerate() {
-        let key = DecisionKey::approval(phase.id.as_str(), n + 1).to_string();
+    for (n, prompt) in gates.enumerate() {
+        let gate = DecisionKey::approval(phase.id.as_str(), n + 1);
+        let key = gate.to_string();
         if !current.gates.contains(&key) && !out.iter().any(|p| p.key == key) {
-            out.push(Pending { key, question: prompt.clone(), approvers: approvers.clone(), waiting: false });
+            let approvers = approvers(registry, plan, &gate);
+            out.push(Pending { key, question: prompt.clone(), approvers, waiting: false });
         }
     }
     out
@@ -191,7 +197,9 @@ fn approvers(registry: &Registry, plan: &Plan, key: &DecisionKey) -> Vec<String>
     match &key.subject {
         Subject::Approval(n) => {
             let mut gates = phase.gates.iter().filter_map(|gate| match gate {
-                Gate::Approval { approvers, .. } => Some(approvers.clone()),
+                Gate::Approval { approvers, require, .. } => {
+                    Some(approvers.iter().cloned().chain(require.iter().map(|r| r.describe(&plan.approvers))).collect())
+                }
                 Gate::Soak(_) => None,
             });
             gates.nth(n.saturating_sub(1)).unwrap_or_default()

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::EngineError;
 use crate::events::{Event, Verdict};
 use crate::graph::{CriterionCheck, CriterionNode, MetricCheck, PhaseNode, StepNode};
-use crate::observe::Tally;
+use crate::observe::{Sample, Tally};
 use crate::runner::{Alarm, End, Runner};
 use crate::schedule::{Judged, Observation};
 
@@ -56,7 +56,9 @@ fn hold_key(phase: &str, step: &str, at: &str) -> DecisionKey {
     DecisionKey::step(phase, &format!("{step}@{at}"))
 }
 
-/// The background analysis of a phase: each criterion's samples over the whole phase.
+/// What is sampled while a phase's steps run: its background analysis (judged as it
+/// goes), and every criterion whose window may overlap the steps (sampled only, for the
+/// verdict at the phase's end: see [`Observation::earlier`]).
 pub(crate) struct Background<'p> {
     watches: Vec<Watch<'p>>,
 }
@@ -67,18 +69,34 @@ struct Watch<'p> {
     tally: Tally,
     next: Option<Timestamp>,
     failed: bool,
+    /// Background analysis: judged while the steps run.
+    judged: bool,
+    /// Samples kept for the phase's end (criteria with a window), with when each was taken.
+    kept: Option<Vec<(Timestamp, Sample)>>,
 }
 
+/// The samples of each criterion (by id) taken while a phase's steps ran, with when.
+pub(crate) type Earlier = std::collections::HashMap<String, Vec<(Timestamp, Sample)>>;
+
 impl<'p> Background<'p> {
-    /// The background analysis of `phase` (nothing sampled yet).
-    pub(crate) fn new(phase: &'p PhaseNode) -> Background<'p> {
-        let watches = metric_criteria(phase, &phase.background).into_iter();
-        let watches = watches.map(|(criterion, check)| Watch {
-            criterion,
-            check,
-            tally: Tally::default(),
-            next: None,
-            failed: false,
+    /// What to sample in `phase` while its steps run (nothing sampled yet): its background
+    /// analysis, and with `windows` the criteria whose windows may overlap the steps — but
+    /// with `ranges`, not a Prometheus criterion: its window is read as a range at the end.
+    pub(crate) fn new(phase: &'p PhaseNode, (windows, ranges): (bool, bool)) -> Background<'p> {
+        let all: Vec<usize> = (0..phase.criteria.len()).collect();
+        let watches = metric_criteria(phase, &all).into_iter().filter_map(|(criterion, check)| {
+            let index = phase.criteria.iter().position(|c| std::ptr::eq(c, criterion))?;
+            let judged = phase.background.contains(&index);
+            let windowed = windows && !check.window().is_zero() && !(ranges && check.prometheus);
+            (judged || windowed).then(|| Watch {
+                criterion,
+                check,
+                tally: Tally::default(),
+                next: None,
+                failed: false,
+                judged,
+                kept: windowed.then(Vec::new),
+            })
         });
         Background { watches: watches.collect() }
     }
@@ -91,6 +109,12 @@ impl<'p> Background<'p> {
     /// The sampling intervals of its criteria.
     pub(crate) fn intervals(&self) -> impl Iterator<Item = Duration> + '_ {
         self.watches.iter().map(|w| w.check.interval())
+    }
+
+    /// The samples kept for the phase's end.
+    pub(crate) fn earlier(self) -> Earlier {
+        let kept = self.watches.into_iter().filter_map(|w| Some((w.criterion.id.clone(), w.kept?)));
+        kept.collect()
     }
 }
 
@@ -122,7 +146,14 @@ impl Runner<'_> {
         let now = self.clock.now();
         for watch in background.watches.iter_mut().filter(|w| !w.failed && w.next.is_none_or(|n| n <= now)) {
             watch.next = Some(now + SignedDuration::try_from(watch.check.interval()).unwrap_or(SignedDuration::MAX));
-            watch.tally.add(self.sample_metric(watch.check).await, |v| watch.check.holds(v));
+            let sample = self.sample_metric(watch.check).await;
+            if let Some(kept) = &mut watch.kept {
+                kept.push((now, sample.clone()));
+            }
+            if !watch.judged {
+                continue;
+            }
+            watch.tally.add(sample, |v| watch.check.holds(v));
             if watch.tally.failed_for_good(watch.check) && !watch.criterion.dry_run {
                 watch.failed = true;
                 let (verdict, detail) = watch.tally.verdict(watch.check);
@@ -140,13 +171,13 @@ impl Runner<'_> {
     pub(crate) fn finish_background(
         &self,
         phase: &PhaseNode,
-        background: Background<'_>,
+        background: &Background<'_>,
         phase_cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
         if phase_cancel.is_cancelled() {
             return Ok(());
         }
-        for watch in background.watches.into_iter().filter(|w| !w.failed) {
+        for watch in background.watches.iter().filter(|w| w.judged && !w.failed) {
             let (verdict, detail) = watch.tally.verdict(watch.check);
             self.record_analysis(phase, None, BACKGROUND, watch.criterion, (verdict, &detail), &watch.tally)?;
         }
@@ -260,7 +291,8 @@ impl Runner<'_> {
         let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
         let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
         let intervals: Vec<Duration> = watches.iter().map(|w| w.interval).collect();
-        let mut observation = Observation::new(criteria, duration, &intervals, self.clock.is_virtual());
+        let mut observation =
+            Observation::new(criteria, duration, &intervals, (self.clock.is_virtual(), Duration::ZERO));
         let start = self.clock.now();
         if let Some(end) = self.watch(phase, &mut observation, &mut watches, start).await? {
             return Ok(Held::Stop(end));

@@ -190,6 +190,15 @@ pub enum Event {
         /// Gate (`soak 14d`, `approval-1`).
         gate: String,
     },
+    /// The run released its lock to sleep through the phase's observation (a soak longer
+    /// than `RunOptions::detach_over`); resumed after `until`, it judges the slept window
+    /// from range queries.
+    Sleeping {
+        /// Phase id.
+        phase: String,
+        /// When the observation ends.
+        until: Timestamp,
+    },
     /// A criterion was decided.
     CriterionEvaluated {
         /// Phase id.
@@ -338,6 +347,7 @@ impl Event {
             | Event::BackgroundRestarted { phase, .. }
             | Event::StepCompensated { phase, .. }
             | Event::GateOpened { phase, .. }
+            | Event::Sleeping { phase, .. }
             | Event::CriterionEvaluated { phase, .. }
             | Event::AnalysisEvaluated { phase, .. }
             | Event::AlertFired { phase, .. }

@@ -90,6 +90,8 @@ pub struct ApprovalGate {
     pub key: DecisionKey,
     /// What the person is asked.
     pub prompt: String,
+    /// The distinct approvers it needs, by group (none: one approval opens it).
+    pub require: Vec<handoff_plan::model::Required>,
 }
 
 /// A criterion, compiled: what decides it, and what its failure means.
@@ -538,9 +540,10 @@ fn gates(phase: &Phase) -> (Duration, Vec<ApprovalGate>) {
     for gate in &phase.gates {
         match gate {
             Gate::Soak(duration) => soak += duration.get(),
-            Gate::Approval { prompt, .. } => approvals.push(ApprovalGate {
+            Gate::Approval { prompt, require, .. } => approvals.push(ApprovalGate {
                 key: DecisionKey::approval(phase.id.as_str(), approvals.len() + 1),
                 prompt: prompt.clone(),
+                require: require.clone(),
             }),
         }
     }

@@ -131,6 +131,11 @@ impl Journal {
         f(&self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    /// Whether every question is decided automatically (a simulation).
+    pub(crate) fn decides_automatically(&self) -> bool {
+        self.auto_decide.is_some()
+    }
+
     /// A person's (or the simulation's) decision on `key`.
     pub(crate) fn decision(&self, key: &DecisionKey) -> Result<Option<Decision>, StoreError> {
         self.decided(&key.to_string())
@@ -144,7 +149,7 @@ impl Journal {
             return Ok(Some(decision.clone()));
         }
         let Some(by) = &self.auto_decide else { return Ok(None) };
-        let decision = Decision { approved: true, by: by.clone(), comment: None };
+        let decision = Decision { approved: true, by: by.clone(), comment: None, digest: None };
         self.record(Event::Decided { key: key.to_owned(), decision: decision.clone() })?;
         Ok(Some(decision))
     }

@@ -147,6 +147,11 @@ pub struct RunOptions {
     pub jobs: Option<Arc<dyn hosted::Jobs>>,
     /// Post background steps to `jobs` for a worker instead of running them here.
     pub post_background: bool,
+    /// On a real clock, sleep through a phase's observation (its soak and criteria windows)
+    /// longer than this: record when to wake, release the lock and end with
+    /// `Outcome::Waiting`; resumed after that, the slept window is judged from range
+    /// queries. `None`: every wait is waited.
+    pub detach_over: Option<Duration>,
 }
 
 impl RunOptions {
@@ -165,6 +170,7 @@ impl RunOptions {
             command: String::new(),
             jobs: None,
             post_background: false,
+            detach_over: None,
         }
     }
 }
@@ -472,6 +478,7 @@ impl<'e> Engine<'e> {
             cancel: cancel.clone(),
             confirm_irreversible: options.confirm_irreversible,
             interrupt_reason: reason,
+            detach_over: options.detach_over,
             journal,
         }
     }

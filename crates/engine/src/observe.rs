@@ -9,6 +9,9 @@ use jiff::Timestamp;
 use crate::events::Verdict;
 use crate::graph::MetricCheck;
 
+/// One sample of a metric: a value, no data, or the provider's error.
+pub type Sample = Result<Option<f64>, String>;
+
 /// Samples of one criterion.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
@@ -33,7 +36,7 @@ pub fn threshold(quantity: &handoff_plan::units::Quantity, metric: Option<&Metri
 
 impl Tally {
     /// Counts one sample.
-    pub fn add(&mut self, sample: Result<Option<f64>, String>, holds: impl Fn(f64) -> bool) {
+    pub fn add(&mut self, sample: Sample, holds: impl Fn(f64) -> bool) {
         match sample {
             Ok(Some(value)) => {
                 self.values += 1;

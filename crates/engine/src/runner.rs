@@ -16,14 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::EngineError;
-use crate::analysis::Background;
+use crate::analysis::{Background, Earlier};
 use crate::events::{Event, Role, RunStatus, Verdict};
-use crate::graph::{CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
+use crate::graph::{ApprovalGate, CriterionCheck, CriterionNode, Graph, MetricCheck, PhaseNode, StepNode};
 use crate::journal::Journal;
 use crate::metrics::{MetricProvider, Metrics};
 use crate::observe::{AlertWatch, Tally};
 use crate::schedule::{Judged, Next, Observation, RangeQuery};
-use crate::state::{PhaseState, StepState};
+use crate::state::{PhaseState, Sleep, StepState};
 
 /// How a run stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +62,12 @@ pub enum Outcome {
     },
     /// A person aborted the run.
     Aborted,
+    /// Asleep through a phase's observation until `until` (`RunOptions::detach_over`):
+    /// the lock is released; resuming before then ends here again at once.
+    Waiting {
+        /// When the run wants to wake.
+        until: Timestamp,
+    },
 }
 
 /// How a person answers a pause.
@@ -99,6 +105,8 @@ pub(crate) enum End {
         reason: String,
     },
     Interrupted,
+    /// Asleep through the observation until then.
+    Waiting(Timestamp),
 }
 
 /// How undoing one step ended.
@@ -142,6 +150,9 @@ pub(crate) struct Runner<'e> {
     pub(crate) cancel: CancellationToken,
     pub(crate) confirm_irreversible: bool,
     pub(crate) interrupt_reason: Arc<Mutex<String>>,
+    /// Sleep through observations longer than this on a real clock (release the lock, end
+    /// with `Outcome::Waiting`).
+    pub(crate) detach_over: Option<Duration>,
 }
 
 fn seconds(duration: SignedDuration) -> f64 {
@@ -178,6 +189,7 @@ impl Runner<'_> {
         match end {
             End::Paused { key, reason } => self.paused(key, reason),
             End::Unsettled { key, reason } => self.asked(key, reason, Answer::Settle),
+            End::Waiting(until) => Ok(Outcome::Waiting { until }),
             _ => self.interrupted(),
         }
     }
@@ -289,7 +301,7 @@ impl Runner<'_> {
     /// A phase: its stages with alerts watched, then the observation, then its approvals.
     async fn phase(&self, phase: &PhaseNode) -> Result<End, EngineError> {
         let alarm = Alarm::default();
-        let end = self.stages(phase, &alarm).await?;
+        let (end, earlier) = self.stages(phase, &alarm).await?;
         if self.cancel.is_cancelled() {
             return Ok(End::Interrupted);
         }
@@ -308,15 +320,16 @@ impl Runner<'_> {
             End::Cancelled(why) => return Ok(End::Failed(why)),
             other => return Ok(other),
         }
-        let end = self.observe(phase).await?;
+        let end = self.observe(phase, &earlier).await?;
         if !matches!(end, End::Done) {
             return Ok(end);
         }
         self.approvals(phase)
     }
 
-    /// Runs a phase's stages in order while its alerts are watched.
-    async fn stages(&self, phase: &PhaseNode, alarm: &Alarm) -> Result<End, EngineError> {
+    /// Runs a phase's stages in order while its alerts are watched; returns how they ended
+    /// and the criteria's samples taken meanwhile.
+    async fn stages(&self, phase: &PhaseNode, alarm: &Alarm) -> Result<(End, Earlier), EngineError> {
         let phase_cancel = self.cancel.child_token();
         let steps_done = CancellationToken::new();
         // When waits take real time (a real clock, or a simulation's paced one), a watcher
@@ -325,7 +338,7 @@ impl Runner<'_> {
         let watched = self.clock.real_time(Duration::from_secs(60)).is_some();
         let steps = async {
             let mut watches = if watched { Vec::new() } else { self.alert_watches(phase) };
-            let mut background = (!watched).then(|| Background::new(phase));
+            let mut background = (!watched).then(|| Background::new(phase, (false, false)));
             let mut end = End::Done;
             for stage in &phase.stages {
                 for watch in &mut watches {
@@ -344,18 +357,17 @@ impl Runner<'_> {
             if matches!(end, End::Done) {
                 self.background_due(phase, background.as_mut(), alarm, &phase_cancel).await?;
             }
-            if let Some(background) = background.filter(|_| matches!(end, End::Done)) {
+            if let Some(background) = background.as_ref().filter(|_| matches!(end, End::Done)) {
                 self.finish_background(phase, background, &phase_cancel)?;
             }
             steps_done.cancel();
-            Ok::<End, EngineError>(end)
+            Ok::<(End, Option<Background<'_>>), EngineError>((end, background))
         };
-        let watch = async {
-            if watched {
-                self.watch_alerts(phase, alarm, &phase_cancel, &steps_done).await;
-            }
-        };
-        tokio::join!(steps, watch).0
+        let watch =
+            async { if watched { self.watch_alerts(phase, alarm, &phase_cancel, &steps_done).await } else { None } };
+        let (steps, watched) = tokio::join!(steps, watch);
+        let (end, background) = steps?;
+        Ok((end, background.or(watched).map(Background::earlier).unwrap_or_default()))
     }
 
     /// The phase's approval gates, in order: opened once approved.
@@ -365,15 +377,40 @@ impl Runner<'_> {
             if self.journal.read(|s| s.phase(&phase.id).is_some_and(|p| p.gates.contains(&key))) {
                 continue;
             }
-            match self.journal.decision(&gate.key)? {
-                Some(decision) if decision.approved => {
-                    self.record(Event::GateOpened { phase: phase.id.clone(), gate: key })?;
+            if gate.require.is_empty() || self.journal.decides_automatically() {
+                match self.journal.decision(&gate.key)? {
+                    Some(decision) if decision.approved => {}
+                    Some(decision) => return Ok(End::Failed(format!("approval `{key}` rejected by {}", decision.by))),
+                    None => return Ok(End::Paused { key: gate.key.clone(), reason: gate.prompt.clone() }),
                 }
-                Some(decision) => return Ok(End::Failed(format!("approval `{key}` rejected by {}", decision.by))),
-                None => return Ok(End::Paused { key: gate.key.clone(), reason: gate.prompt.clone() }),
+            } else if let Some(end) = self.approvers_missing(gate) {
+                return Ok(end);
             }
+            self.record(Event::GateOpened { phase: phase.id.clone(), gate: key })?;
         }
         Ok(End::Done)
+    }
+
+    /// For a gate that needs several approvers: the run's end when they have not all
+    /// approved yet (each person's latest decision counts; one rejection fails the gate).
+    fn approvers_missing(&self, gate: &ApprovalGate) -> Option<End> {
+        let key = gate.key.to_string();
+        let mut latest: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+        for decision in self.journal.read(|s| s.approvals.get(&key).cloned().unwrap_or_default()) {
+            latest.insert(decision.by, decision.approved);
+        }
+        if let Some((by, _)) = latest.iter().find(|(_, approved)| !**approved) {
+            return Some(End::Failed(format!("approval `{key}` rejected by {by}")));
+        }
+        let approved: Vec<&str> = latest.keys().map(String::as_str).collect();
+        let missing = handoff_plan::model::missing_approvals(&gate.require, &self.graph.plan.approvers, &approved);
+        if missing.is_empty() {
+            return None;
+        }
+        let needs: Vec<String> = missing.iter().map(|m| format!("{} more from `{}`", m.count, m.group)).collect();
+        let so_far = if approved.is_empty() { "nobody yet".to_owned() } else { approved.join(", ") };
+        let reason = format!("{} (needs {}; approved by {so_far})", gate.prompt, needs.join(" and "));
+        Some(End::Paused { key: gate.key.clone(), reason })
     }
 
     async fn stage(
@@ -402,7 +439,7 @@ impl Runner<'_> {
             End::Done => 0,
             End::Cancelled(_) => 1,
             End::Interrupted => 2,
-            End::Paused { .. } | End::Unsettled { .. } => 3,
+            End::Paused { .. } | End::Unsettled { .. } | End::Waiting(_) => 3,
             End::Failed(_) => 4,
         };
         let mut result = End::Done;
@@ -604,45 +641,57 @@ impl Runner<'_> {
             tracing::warn!(%error, alert = %watch.alert.name, "alert sample failed");
             None
         });
-        if let Some(value) = watch.observe(value, self.clock.now()) {
-            let action = watch.alert.action;
-            let what = format!(
-                "alert `{}` fired: {} = {} {} {}",
-                watch.alert.name,
-                name,
-                Measured(value),
-                watch.alert.op.symbol(),
-                watch.alert.threshold
-            );
-            tracing::info!("{what}");
-            self.record(Event::AlertFired {
-                phase: phase.id.clone(),
-                alert: watch.alert.name.clone(),
-                value,
-                action: format!("{action:?}").to_lowercase(),
-            })?;
-            if action != AlertAction::Notify {
-                alarm.raise(action, what);
-                if action == AlertAction::Rollback {
-                    phase_cancel.cancel();
-                }
+        if let Some(value) = watch.observe(value, self.clock.now())
+            && let Some((action, what)) = self.alert_fired(phase, watch, value)?
+        {
+            alarm.raise(action, what);
+            if action == AlertAction::Rollback {
+                phase_cancel.cancel();
             }
         }
         Ok(())
     }
 
-    /// Watches the phase's alerts while its steps run (when waits take real time).
-    async fn watch_alerts(
+    /// Records that `watch`'s alert fired at `value`; its action and account unless it
+    /// only notifies.
+    fn alert_fired(
         &self,
         phase: &PhaseNode,
+        watch: &AlertWatch,
+        value: f64,
+    ) -> Result<Option<(AlertAction, String)>, EngineError> {
+        let action = watch.alert.action;
+        let (alert, metric) = (&watch.alert, &watch.alert.metric);
+        let what = format!(
+            "alert `{}` fired: {metric} = {} {} {}",
+            alert.name,
+            Measured(value),
+            alert.op.symbol(),
+            alert.threshold
+        );
+        tracing::info!("{what}");
+        self.record(Event::AlertFired {
+            phase: phase.id.clone(),
+            alert: watch.alert.name.clone(),
+            value,
+            action: format!("{action:?}").to_lowercase(),
+        })?;
+        Ok((action != AlertAction::Notify).then_some((action, what)))
+    }
+
+    /// Watches the phase's alerts and samples its criteria while its steps run (when waits
+    /// take real time); returns what it sampled.
+    async fn watch_alerts<'p>(
+        &self,
+        phase: &'p PhaseNode,
         alarm: &Alarm,
         phase_cancel: &CancellationToken,
         done: &CancellationToken,
-    ) {
+    ) -> Option<Background<'p>> {
         let mut watches = self.alert_watches(phase);
-        let mut background = Background::new(phase);
+        let mut background = Background::new(phase, (true, !self.clock.is_virtual()));
         if watches.is_empty() && background.is_empty() {
-            return;
+            return None;
         }
         let interval = watches.iter().map(|w| w.interval).chain(background.intervals()).min();
         let interval = interval.unwrap_or(Duration::from_secs(60));
@@ -659,22 +708,25 @@ impl Runner<'_> {
             }
             tokio::select! {
                 () = done.cancelled() => {
-                    if let Err(error) = self.finish_background(phase, background, phase_cancel) {
+                    if let Err(error) = self.finish_background(phase, &background, phase_cancel) {
                         tracing::error!(%error, "cannot record background analysis");
                     }
-                    return;
+                    return Some(background);
                 }
                 () = tokio::time::sleep(tick) => {}
             }
         }
     }
 
-    /// The observation after the steps: soak gates and criteria windows, with alerts;
-    /// then criteria people confirm, then what the verdicts mean.
-    async fn observe(&self, phase: &PhaseNode) -> Result<End, EngineError> {
-        let (soaked, verdicts) = self
-            .journal
-            .read(|s| s.phase(&phase.id).map(|p| (p.gates.contains("soak"), p.criteria.clone())).unwrap_or_default());
+    /// The observation after the steps: soak gates and criteria windows (which end with
+    /// the phase and overlap the steps: `earlier` holds the samples taken while they ran),
+    /// with alerts; then criteria people confirm, then what the verdicts mean.
+    async fn observe(&self, phase: &PhaseNode, earlier: &Earlier) -> Result<End, EngineError> {
+        let (soaked, verdicts, started) = self.journal.read(|s| {
+            let state = s.phase(&phase.id);
+            let started = state.and_then(|p| p.started_at);
+            state.map(|p| (p.gates.contains("soak"), p.criteria.clone(), started)).unwrap_or_default()
+        });
         let mut results: Vec<Judgement<'_>> = Vec::new();
         let mut confirmations = Vec::new();
         let mut sampled = Vec::new();
@@ -688,12 +740,34 @@ impl Runner<'_> {
         let mut watches = self.alert_watches(phase);
         let intervals: Vec<Duration> = watches.iter().map(|w| w.interval).collect();
         let soak = if soaked { Duration::ZERO } else { phase.soak };
-        let mut observation = Observation::new(&sampled, soak, &intervals, self.clock.is_virtual());
         let start = self.clock.now();
-        if let Some(end) = self.watch(phase, &mut observation, &mut watches, start).await? {
-            return Ok(end);
+        let elapsed = started.map_or(Duration::ZERO, |started| since(started, start));
+        let mut observation = Observation::new(&sampled, soak, &intervals, (self.clock.is_virtual(), elapsed));
+        for (index, criterion) in sampled.iter().enumerate() {
+            let taken = earlier.get(&criterion.id).into_iter().flatten();
+            let taken: Vec<_> = taken.map(|(at, sample)| (since(*at, start), sample.clone())).collect();
+            observation.earlier(index, &taken);
         }
-        results.extend(self.record_verdicts(phase, observation, start).await?);
+        let slept = self.journal.read(|s| s.phase(&phase.id).and_then(|p| p.sleeping));
+        let long = self.detach_over.is_some_and(|over| !self.clock.is_virtual() && observation.end() > over);
+        match slept {
+            Some(sleep) if start < sleep.until => return Ok(End::Waiting(sleep.until)),
+            Some(sleep) => match self.judge_slept(phase, &sampled, &mut watches, sleep).await? {
+                Ok(judged) => results.extend(judged),
+                Err(end) => return Ok(end),
+            },
+            None if long => {
+                let until = start + SignedDuration::try_from(observation.end()).unwrap_or(SignedDuration::MAX);
+                self.record(Event::Sleeping { phase: phase.id.clone(), until })?;
+                return Ok(End::Waiting(until));
+            }
+            None => {
+                if let Some(end) = self.watch(phase, &mut observation, &mut watches, start).await? {
+                    return Ok(end);
+                }
+                results.extend(self.record_verdicts(phase, observation, start).await?);
+            }
+        }
         for (criterion, prompt) in confirmations {
             match self.confirmation(phase, criterion, prompt)? {
                 Ok(judgement) => results.push(judgement),
@@ -789,6 +863,110 @@ impl Runner<'_> {
             self.power(judged).await;
         }
         verdicts
+    }
+
+    /// Judges, after the run slept through it, a phase's observation from `sleep.since` to
+    /// `sleep.until` from range queries: each alert over the window with its `for:` (one
+    /// that fired acts as it would have; one whose provider cannot answer for the past
+    /// pauses for a person under `<phase>/alerts`), then the soak gate opens and each
+    /// sampled criterion is decided over the whole window — inconclusive when its provider
+    /// cannot answer for the past (HTTP JSON, emitted), never a pass.
+    async fn judge_slept<'p>(
+        &self,
+        phase: &PhaseNode,
+        sampled: &[&'p CriterionNode],
+        watches: &mut [AlertWatch],
+        sleep: Sleep,
+    ) -> Result<Result<Vec<Judgement<'p>>, End>, EngineError> {
+        for watch in watches.iter_mut() {
+            if let Some(end) = self.alert_slept(phase, watch, sleep).await? {
+                return Ok(Err(end));
+            }
+        }
+        self.record(Event::GateOpened { phase: phase.id.clone(), gate: "soak".to_owned() })?;
+        let mut results = Vec::new();
+        for criterion in sampled {
+            let (verdict, detail, tally) = match &criterion.check {
+                CriterionCheck::Metric(check) => self.slept_verdict(check, sleep).await,
+                _ => (Verdict::Inconclusive, "nothing decides it".to_owned(), Tally::default()),
+            };
+            self.record(Event::CriterionEvaluated {
+                phase: phase.id.clone(),
+                criterion: criterion.id.clone(),
+                verdict,
+                samples: tally.values,
+                failed: tally.failed,
+                detail: detail.clone(),
+                last: tally.last,
+            })?;
+            results.push((*criterion, verdict, detail));
+        }
+        Ok(Ok(results))
+    }
+
+    /// A criterion over the slept window, read as one range query.
+    async fn slept_verdict(&self, check: &MetricCheck, sleep: Sleep) -> (Verdict, String, Tally) {
+        let mut tally = Tally::default();
+        let Some(metric) = self.graph.plan.metrics.get(check.metric.as_str()) else {
+            return (Verdict::Inconclusive, format!("metric `{}` is not defined", check.metric), tally);
+        };
+        match self.metrics.range(&check.metric, metric, (sleep.since, sleep.until), check.interval()).await {
+            Ok(Some(values)) => values.into_iter().for_each(|v| tally.add(Ok(Some(v)), |v| check.holds(v))),
+            Ok(None) => {
+                let why = format!(
+                    "its provider cannot answer for the past: the run slept from {} to {}",
+                    sleep.since, sleep.until
+                );
+                return (Verdict::Inconclusive, why, tally);
+            }
+            Err(error) => tally.add(Err(error.to_string()), |_| true),
+        }
+        let (verdict, detail) = tally.verdict(check);
+        (verdict, format!("over the slept window {} to {}: {detail}", sleep.since, sleep.until), tally)
+    }
+
+    /// An alert over the slept window: its condition on a range query, held for its `for:`
+    /// (samples at the alert's interval from the window's start). `Some` ends the phase: the
+    /// alert fired and rolls back or pauses, or it could not be judged and a person decides.
+    async fn alert_slept(
+        &self,
+        phase: &PhaseNode,
+        watch: &mut AlertWatch,
+        sleep: Sleep,
+    ) -> Result<Option<End>, EngineError> {
+        let name = watch.alert.metric.to_string();
+        let key = DecisionKey::alerts(&phase.id);
+        let values = match self.graph.plan.metrics.get(name.as_str()) {
+            Some(metric) => self.metrics.range(&name, metric, (sleep.since, sleep.until), watch.interval).await,
+            None => Ok(None),
+        };
+        let values = match values {
+            Ok(Some(values)) => values,
+            _ if self.journal.decision(&key)?.is_some_and(|d| d.approved) => return Ok(None),
+            Ok(None) | Err(_) => {
+                let reason = format!(
+                    "alert `{}` could not be judged over the slept window ({} to {}): its provider cannot answer for the past; approve to go on, reject to roll back",
+                    watch.alert.name, sleep.since, sleep.until
+                );
+                return Ok(Some(End::Paused { key, reason }));
+            }
+        };
+        let step = SignedDuration::try_from(watch.interval).unwrap_or_default();
+        let mut at = sleep.since;
+        for value in values {
+            if let Some(value) = watch.observe(Some(value), at) {
+                return Ok(self.alert_fired(phase, watch, value)?.and_then(|(action, what)| match action {
+                    AlertAction::Rollback => Some(End::Failed(what)),
+                    AlertAction::Pause => Some(End::Paused {
+                        key: key.clone(),
+                        reason: format!("{what}; approve to go on, reject to roll back"),
+                    }),
+                    _ => None,
+                }));
+            }
+            at += step;
+        }
+        Ok(None)
     }
 
     /// A criterion a person confirms: its verdict (recorded), or the pause that asks.

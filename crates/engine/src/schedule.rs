@@ -9,7 +9,7 @@ use handoff_plan::model::FailureAction;
 
 use crate::events::Verdict;
 use crate::graph::{CriterionCheck, CriterionNode, MetricCheck};
-use crate::observe::Tally;
+use crate::observe::{Sample, Tally};
 
 /// A simulation samples each series at most about this many times per observation.
 const VIRTUAL_SAMPLES: u32 = 500;
@@ -80,20 +80,22 @@ pub(crate) struct Observation<'c> {
 
 impl<'c> Observation<'c> {
     /// The observation of `criteria` (metric checks, or ones nothing decides) and the
-    /// alerts sampled every `alerts` interval, lasting the longest window or the `soak`.
-    /// On virtual time (`virtual_time`), series are sampled more coarsely and never read as
-    /// ranges.
+    /// alerts sampled every `alerts` interval, after steps that took `elapsed`: it lasts the
+    /// `soak`, and at least until the longest window since the steps started has passed
+    /// (windows overlap the steps: see [`Observation::earlier`]). On virtual time
+    /// (`virtual_time`), series are sampled more coarsely and never read as ranges.
     pub(crate) fn new(
         criteria: &[&'c CriterionNode],
         soak: Duration,
         alerts: &[Duration],
-        virtual_time: bool,
+        (virtual_time, elapsed): (bool, Duration),
     ) -> Observation<'c> {
         let checks = criteria.iter().map(|c| match &c.check {
             CriterionCheck::Metric(check) => Some(check),
             CriterionCheck::Confirm { .. } | CriterionCheck::Undecidable => None,
         });
-        let end = checks.clone().flatten().map(MetricCheck::window).max().unwrap_or_default().max(soak);
+        let longest = checks.clone().flatten().map(MetricCheck::window).max().unwrap_or_default();
+        let end = longest.saturating_sub(elapsed).max(soak);
         let floor = if virtual_time { end / VIRTUAL_SAMPLES } else { Duration::ZERO };
         let criteria = criteria
             .iter()
@@ -131,9 +133,25 @@ impl<'c> Observation<'c> {
             .collect()
     }
 
+    /// Feeds criterion `index` the samples taken while the steps ran, each with how long
+    /// before the observation's start it was taken: those inside its window (which ends
+    /// with the observation) count, the others are dropped. A range query reads the whole
+    /// window itself.
+    pub(crate) fn earlier(&mut self, index: usize, samples: &[(Duration, Sample)]) {
+        let end = self.end;
+        let window = &mut self.criteria[index];
+        let Some(check) = window.check.filter(|_| !window.range && window.decided.is_none()) else { return };
+        for (_, sample) in samples.iter().filter(|(ago, _)| *ago + end <= window.window) {
+            window.tally.add(sample.clone(), |v| check.holds(v));
+        }
+        if window.tally.failed_for_good(check) {
+            window.decided = Some(window.tally.verdict(check));
+        }
+    }
+
     /// Feeds criterion `index` a sample; the window is decided once it failed for good or
     /// no sample of it is left before the end.
-    pub(crate) fn sampled(&mut self, index: usize, sample: Result<Option<f64>, String>) {
+    pub(crate) fn sampled(&mut self, index: usize, sample: Sample) {
         let window = &mut self.criteria[index];
         let Some(check) = window.check else { return };
         window.tally.add(sample, |v| check.holds(v));
@@ -229,7 +247,7 @@ impl<'c> Window<'c> {
             check,
             window,
             interval: interval.max(floor.min(coarsest)).max(Duration::from_millis(1)),
-            next: end - window,
+            next: end.saturating_sub(window),
             tally: Tally::default(),
             decided: check.is_none().then(undecidable),
             range: check.is_some_and(|c| c.prometheus) && !virtual_time && !window.is_zero(),

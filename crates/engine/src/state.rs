@@ -34,8 +34,12 @@ pub struct RunState {
     pub interrupted: Option<String>,
     /// Phases that started, in order.
     pub phases: Vec<PhaseState>,
-    /// Decisions people made, by key.
+    /// Decisions people made, by key (the latest).
     pub decisions: BTreeMap<String, Decision>,
+    /// Every decision on each key, in order: a gate that needs several approvers counts them
+    /// (not serialized: `decisions` shows the latest).
+    #[serde(skip)]
+    pub approvals: BTreeMap<String, Vec<Decision>>,
     /// Latest value of every emitted metric.
     pub metrics: BTreeMap<String, f64>,
     /// Background steps a later step stopped (its output's `stops`).
@@ -45,6 +49,16 @@ pub struct RunState {
     /// Position of each phase in `phases`, by id (lookups stay logarithmic in long plans).
     #[serde(skip)]
     index: BTreeMap<String, usize>,
+}
+
+/// A run asleep through a phase's observation: from `since` (the record's time) until
+/// `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sleep {
+    /// When it went to sleep: the observation's start.
+    pub since: Timestamp,
+    /// When it wants to wake: the observation's end.
+    pub until: Timestamp,
 }
 
 /// Where a phase stands.
@@ -82,6 +96,9 @@ pub struct PhaseState {
     pub alerts: Vec<String>,
     /// The rollback, once it started.
     pub rollback: Option<RollbackState>,
+    /// When the run went to sleep through its observation, and when it wakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleeping: Option<Sleep>,
 }
 
 /// A phase's rollback.
@@ -317,6 +334,9 @@ impl RunState {
             Event::GateOpened { phase, gate } => {
                 self.phase_mut(phase).gates.insert(gate.clone());
             }
+            Event::Sleeping { phase, until } => {
+                self.phase_mut(phase).sleeping = Some(Sleep { since: at, until: *until })
+            }
             Event::CriterionEvaluated { phase, criterion, verdict, samples, failed, detail, last } => {
                 let (samples, failed, last) = (*samples, *failed, *last);
                 let result = CriterionResult { verdict: *verdict, detail: detail.clone(), samples, failed, last, at };
@@ -338,6 +358,7 @@ impl RunState {
             Event::AlertFired { phase, alert, .. } => self.phase_mut(phase).alerts.push(alert.clone()),
             Event::Decided { key, decision } => {
                 self.decisions.insert(key.clone(), decision.clone());
+                self.approvals.entry(key.clone()).or_default().push(decision.clone());
             }
             Event::Paused { key, reason } => self.paused = Some(Pause { key: key.clone(), reason: reason.clone() }),
             Event::Interrupted { reason } => self.interrupted = Some(reason.clone()),
@@ -414,7 +435,15 @@ impl RunState {
             (Some(RunStatus::Aborted), ..) => "aborted",
             (None, Some(_), _) => "paused",
             (None, None, Some(_)) => "interrupted",
+            (None, None, None) if self.wakes_at().is_some() => "waiting",
             (None, None, None) => "running (or crashed)",
         }
+    }
+
+    /// When a run asleep through its current phase's observation wants to wake
+    /// (`handoff resume` before then exits again at once).
+    pub fn wakes_at(&self) -> Option<Timestamp> {
+        let phase = self.phases.last().filter(|_| self.finished.is_none())?;
+        phase.sleeping.filter(|_| !phase.gates.contains("soak") && phase.rollback.is_none()).map(|s| s.until)
     }
 }

@@ -311,6 +311,7 @@ fn line(event: &Event) -> Option<String> {
         Event::Checkpoint { step, data, .. } => format!("  checkpoint {step} {data}"),
         Event::Metric { name, value, .. } => format!("  metric {name}={value}"),
         Event::GateOpened { gate, .. } => format!("  gate {gate}"),
+        Event::Sleeping { phase, .. } => format!("  sleeping through {phase}"),
         Event::CriterionEvaluated { criterion, verdict, detail, .. } => {
             format!("  criterion {criterion}: {verdict:?} ({detail})")
         }
@@ -553,7 +554,7 @@ phases:
     let engine = Engine::new(&graph, &harness.registry, harness.store());
     let options = harness.options();
     let decide = |key: &str, approved: bool| {
-        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None, digest: None }).unwrap();
     };
     decide("canary/quiet@25%", true);
     let before = harness.records().len();
@@ -643,6 +644,45 @@ phases:
     );
 }
 
+/// A phase whose step emits `first`, waits 4 days, then emits 1, judged by a 6-day window
+/// on a paced clock (a simulated day in 200 ms): how it ended, and how long it ran.
+async fn overlapping_window(first: u32) -> (Outcome, jiff::SignedDuration) {
+    let harness = Harness::on(VirtualClock::paced(std::time::Duration::from_millis(200)));
+    let graph = harness.graph(&format!(
+        "{METRICS}
+phases:
+  - id: one
+    name: One
+    steps:
+      - {{id: first, uses: test.emit, with: {{metric: errors, value: {first}}}}}
+      - {{id: wait, uses: test.wait, with: {{seconds: 345600}}}}
+      - {{id: last, uses: test.emit, with: {{metric: errors, value: 1}}}}
+    criteria:
+      - {{id: errors, description: d, metric: errors, op: '<', threshold: 5%, window: 6d, interval: 1h}}
+    rollback: {{max_duration: 5m, steps: [{{id: restore, uses: test.ok}}]}}
+"
+    ));
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let (_, outcome) = engine.start(&harness.options(), &CancellationToken::new()).await.unwrap();
+    let records = harness.records();
+    let (start, end) = (records.first().unwrap().at, records.last().unwrap().at);
+    (outcome, end.duration_since(start))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_criterion_window_overlaps_the_steps_so_the_phase_keeps_its_length_and_sees_them() {
+    // Steps of 4 days and a 6-day window: the phase runs 6 days, not 4 + 6.
+    let (outcome, ran) = overlapping_window(1).await;
+    assert_eq!(outcome, Outcome::Completed);
+    let day = jiff::SignedDuration::from_hours(24);
+    assert!(ran >= day * 6 && ran < day * 7, "the phase ran {ran:?}");
+    // The window holds what was measured while the steps ran: 12 % during the wait fails it
+    // (a window after the steps would have seen only the last value, 1 %), at once.
+    let (outcome, ran) = overlapping_window(12).await;
+    assert!(matches!(&outcome, Outcome::RolledBack { reason, .. } if reason.contains("`errors`")), "{outcome:?}");
+    assert!(ran < day * 5, "judged when the steps ended: {ran:?}");
+}
+
 #[tokio::test]
 async fn a_seven_week_plan_runs_in_virtual_time() {
     let harness = check(
@@ -672,7 +712,7 @@ phases:
     let engine = Engine::new(&graph, &harness.registry, harness.store());
     let options = harness.options();
     let decide = |key: &str, approved: bool| {
-        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None }).unwrap();
+        engine.decide(&options, key, Decision { approved, by: "ada".to_owned(), comment: None, digest: None }).unwrap();
     };
     decide("one/approval-1", true);
     let before = harness.records().len();
@@ -681,6 +721,34 @@ phases:
     let (_, done) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
     let text = format!("{}\n== second resume: {}", harness.transcript(&paused, before), shown(&done));
     insta::assert_snapshot!("irreversible_resumed", text);
+}
+
+/// A gate that needs distinct approvers from named groups stays paused, saying what it
+/// still needs, until they have all approved; one person never counts twice.
+#[tokio::test]
+async fn a_gate_needing_several_approvers_opens_when_distinct_members_of_each_group_approved() {
+    const PHASES: &str = "
+approvers: {dba: [ana, bo], menu: [bo, cy]}
+phases:
+  - id: one
+    name: One
+    steps: [{id: a, uses: test.ok}]
+    gates: [{approval: {prompt: go on?, require: [{group: dba}, {group: menu, count: 2}]}}]
+    rollback: {max_duration: 1m, steps: []}
+";
+    let harness = Harness::new();
+    let graph = harness.graph(PHASES);
+    let engine = Engine::new(&graph, &harness.registry, harness.store());
+    let options = harness.options();
+    let (_, first) = engine.start(&options, &CancellationToken::new()).await.unwrap();
+    let mut outcomes = vec![shown(&first)];
+    for by in ["bo", "bo", "cy", "ana"] {
+        let decision = Decision { approved: true, by: by.to_owned(), comment: None, digest: None };
+        engine.decide(&options, "one/approval-1", decision).unwrap();
+        let (_, outcome) = engine.resume(&options, &[], &CancellationToken::new()).await.unwrap();
+        outcomes.push(format!("after {by}: {}", shown(&outcome)));
+    }
+    insta::assert_snapshot!("approvers_required", outcomes.join("\n"));
 }
 
 const RESUMABLE: &str = "

@@ -387,6 +387,10 @@ impl Action for Soak {
         format!("wait {}", soak.duration)
     }
 
+    fn planned_duration(&self, soak: &WaitSoak) -> Option<std::time::Duration> {
+        Some(soak.duration.get())
+    }
+
     async fn execute(&self, soak: WaitSoak, cx: &Context) -> Result<StepOutput<Waited>, StepError> {
         cx.cancellable(cx.clock.sleep(soak.duration.get())).await?;
         Ok(StepOutput::new(Waited { waited: soak.duration.as_str().to_owned() }))

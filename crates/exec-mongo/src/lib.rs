@@ -62,7 +62,9 @@ fn yes() -> bool {
 }
 
 /// `mongo.sync` and `mongo.reverse_sync`: apply the source's change stream to the target
-/// continuously, in the background, until a `mongo.stop_sync` step stops it.
+/// continuously, in the background, until a `mongo.stop_sync` step stops it. It starts
+/// where an earlier `mongo.copy` of the source started — except in a rollback, where it
+/// starts from the present (follow it with a `mongo.reconcile` with `delete_extra`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sync {

@@ -322,6 +322,39 @@ async fn a_stopped_sync_resumes_from_its_checkpoint_without_losing_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_sync_starts_from_the_present_and_a_reconcile_removes_what_only_the_target_has() {
+    let world = World::start().await;
+    seed(&world.old, 200).await;
+    world.step("copy", copy_params(), None).await;
+    // Weeks later: the copy's change-stream position is gone (here: unusable), the source
+    // changed, and the target holds documents the source never had.
+    let markers = world.new.clone_with_type::<Document>();
+    let markers = markers.client().database("menu").collection::<Document>("_handoff_sync");
+    markers.update_many(doc! {}, doc! {"$set": {"change_stream_start": {"_data": "00"}}}).await.unwrap();
+    churn(&world.old, 10_000).await;
+    world.new.insert_many([doc! {"_id": "only-in-new-1"}, doc! {"_id": "only-in-new-2"}]).await.unwrap();
+    let forward = world.try_step("sync", sync_params("100ms"), None, Arc::default(), false).await;
+    assert!(forward.is_err(), "a forward sync starts from the copy's position, which is gone: {forward:?}");
+    // The rollback's sync starts now; its reconcile repairs what changed before, extras
+    // included, while the sync applies what changes meanwhile.
+    let mut cx = world.context(Arc::default(), None);
+    cx.rolling_back = true;
+    let started = world.mongo.run("sync", &sync_params("100ms"), &cx).await.unwrap();
+    assert_eq!(serde_json::to_value(started).unwrap()["from"], json!("now"));
+    churn(&world.old, 20_000).await;
+    let reconcile = json!({"source": {"resource": "old_db"}, "target": {"resource": "new_db"}, "direction": "source_to_target", "delete_extra": true});
+    let (repaired, _) = world.step("reconcile", reconcile, None).await;
+    // What changed before the sync (the running sync may apply some of it first).
+    assert!(repaired["missing"].as_u64() >= Some(25) && repaired["extra"].as_u64() >= Some(2), "{repaired}");
+    churn(&world.old, 30_000).await;
+    world.step("stop_sync", json!({"sync": "s", "drain": true}), None).await;
+    let verified = world.verify(json!({"mode": "full"})).await;
+    assert_eq!(verified["discrepancies"], json!(0), "{verified}");
+    let extras = world.new.count_documents(doc! {"_id": {"$in": ["only-in-new-1", "only-in-new-2"]}}).await.unwrap();
+    assert_eq!(extras, 0, "documents only the new store had are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_restores_identically_and_drop_needs_it_and_a_person() {
     let world = World::start().await;
     let count = seed(&world.old, 300).await;

@@ -11,10 +11,12 @@ use serde::Deserialize;
 use crate::route::{self, Target};
 use crate::{Shift, TrafficDirection};
 
-/// The route's declarations a VirtualService needs: `host:` and the direction's matcher.
+/// The route's declarations a VirtualService needs: `host:` and the direction's matcher —
+/// where the route is one in some environment, or in a simulation, which hands the same
+/// VirtualService to its router.
 pub(crate) fn route_declarations(shift: &Shift, plan: &Plan) -> Vec<ParamIssue> {
     let Some(route) = plan.resources.get(&shift.route) else { return Vec::new() };
-    if !applies_a_virtual_service(shift, plan) {
+    if !applies_a_virtual_service(shift, plan) && plan.simulation.is_none() {
         return Vec::new();
     }
     let mut issues = Vec::new();
@@ -22,7 +24,7 @@ pub(crate) fn route_declarations(shift: &Shift, plan: &Plan) -> Vec<ParamIssue> 
         None => issues.push(ParamIssue::invalid(
             "/route",
             format!(
-                "route `{}` is a VirtualService and names no `host:` (the `service` whose host it routes)",
+                "route `{}` is a VirtualService (in an environment, or in the simulation) and names no `host:` (the `service` whose host it routes)",
                 shift.route
             ),
         )),

@@ -2,9 +2,9 @@
 //! a header route that forces the new service.
 //!
 //! Weights reach the traffic through the route's endpoint (see [`route`](crate::route)): a
-//! VirtualService applied with kubectl, a file in a GitOps checkout, or a router's JSON
-//! API (the simulator's). The VirtualService comes from the `virtualservice.yaml.tera`
-//! template that `handoff render` uses too.
+//! VirtualService applied with kubectl, a file in a GitOps checkout, or the same
+//! VirtualService value handed to the simulator's router as JSON. The VirtualService is
+//! rendered from the `virtualservice.yaml.tera` template that `handoff render` uses too.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -31,7 +31,8 @@ pub enum Backend {
     /// directory, or print it (dry run).
     #[default]
     Istio,
-    /// Drive the simulator's router (simulation only).
+    /// Hand the VirtualService value to the simulator's router (simulation only), which
+    /// routes the application model's requests by it.
     Simulated,
 }
 
@@ -139,7 +140,8 @@ fn render_step(
     if matches!(target, route::Target::Router(_)) {
         return Ok(());
     }
-    let mesh = route::mesh(&plan.resources, endpoint, &shift).map_err(at)?;
+    let host = |service: &Id| route::service_host(&plan.resources, endpoint, service);
+    let mesh = route::mesh(&plan.resources, &host, &shift).map_err(at)?;
     let current = live.entry(target.clone()).or_default();
     for weight in shift.schedule.steps.iter().map(|s| s.weight) {
         let origin = Origin { plan: plan.metadata.name.0.clone(), phase: phase.id.0.clone(), step: step.id.0.clone() };
@@ -175,6 +177,10 @@ impl Action for Traffic {
         issues.extend(check::route_declarations(shift, plan));
         issues.extend(check::host_claimed_twice(shift, site));
         issues
+    }
+
+    fn planned_duration(&self, shift: &Shift) -> Option<std::time::Duration> {
+        Some(shift.schedule.steps.iter().map(|step| step.soak.get()).sum())
     }
 
     fn describe(&self, shift: &Shift) -> String {

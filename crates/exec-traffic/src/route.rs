@@ -5,15 +5,16 @@
 //!   cluster, applied with `kubectl apply -f -`;
 //! - `file:<path>` (relative to the plan's directory, or absolute): a VirtualService file in
 //!   a GitOps checkout, written in place for the GitOps controller to apply;
-//! - `http://…` or `https://…`: a router that takes weights as JSON (`GET` answers the
-//!   current ones, `PUT` sets them) — the simulator's router, or any router speaking it.
+//! - `http://…` or `https://…`: a router that holds the VirtualService value as JSON (`GET`
+//!   answers the current one, `PUT` sets it) — the simulator's router, which routes every
+//!   request of the application model by it. Its hosts are service resource ids.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use handoff_plan::model::{Id, RequestMatch, Resource};
 use handoff_render::{Destination, HttpMatch, HttpRoute, Origin, RouteDestination, StringMatch, VirtualService};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{Shift, TrafficDirection};
 
@@ -125,10 +126,12 @@ pub(crate) struct Mesh {
     pub(crate) matcher: RequestMatch,
 }
 
-/// The route's facts for a shift (`endpoint` looks up the environment's values as written).
+/// The route's facts for a shift; `host` names a `service` resource's host (in a
+/// VirtualService, the host of its endpoint: [`service_host`]; in the simulator's router,
+/// the service's id).
 pub(crate) fn mesh(
     resources: &BTreeMap<Id, Resource>,
-    endpoint: &dyn Fn(&str) -> Option<String>,
+    host: &dyn Fn(&Id) -> Result<String, String>,
     shift: &Shift,
 ) -> Result<Mesh, String> {
     let route = resources.get(&shift.route).ok_or_else(|| format!("route `{}` is not a resource", shift.route))?;
@@ -149,7 +152,6 @@ pub(crate) fn mesh(
                 shift.route
             )
         })?;
-    let host = |service: &Id| service_host(resources, endpoint, service);
     Ok(Mesh { host: host(claimed)?, from: host(&shift.from)?, to: host(&shift.to)?, matcher })
 }
 
@@ -168,8 +170,7 @@ const ORDER: [&str; 5] = ["reads-by-header", "writes-by-header", "reads", "write
 
 /// Whether `route` is part of `direction`'s routes.
 fn owned(route: &HttpRoute, direction: TrafficDirection) -> bool {
-    let name = direction_name(direction);
-    route.name == name || route.name.strip_suffix("-by-header") == Some(name)
+    route.direction() == Some(direction_name(direction))
 }
 
 /// The routes a shift at `weight` owns: its header route (when the schedule has one) and
@@ -231,9 +232,15 @@ fn merge(current: &[HttpRoute], direction: TrafficDirection, own: Vec<HttpRoute>
     routes
 }
 
+/// The HTTP routes of a VirtualService as JSON: a Kubernetes object's `spec.http`, or the
+/// `http` of the value the simulator's router holds.
+fn http_of(document: &Value) -> Option<&Vec<Value>> {
+    document.pointer("/spec/http").or_else(|| document.get("http")).and_then(Value::as_array)
+}
+
 /// handoff's routes of a VirtualService (as JSON); routes of other names are left out.
 pub(crate) fn routes_of(document: &Value) -> Vec<HttpRoute> {
-    let Some(routes) = document.pointer("/spec/http").and_then(Value::as_array) else { return Vec::new() };
+    let Some(routes) = http_of(document) else { return Vec::new() };
     routes
         .iter()
         .filter_map(|r| serde_json::from_value::<HttpRoute>(r.clone()).ok())
@@ -275,20 +282,10 @@ fn object(shift: &Shift, target: &Target, mesh: &Mesh, http: Vec<HttpRoute>, ori
     VirtualService { name, namespace, hosts: vec![mesh.host.clone()], http, origin }
 }
 
-/// What a router is sent: weights by service id, and the forced route.
-pub(crate) fn router_body(shift: &Shift, weight: u8) -> Value {
-    json!({
-        "weights": {shift.from.0.clone(): 100 - weight, shift.to.0.clone(): weight},
-        "header_route": shift.schedule.header_route.as_ref().map(|h| json!({
-            "header": h.header, "value": h.value, "service": shift.to,
-        })),
-    })
-}
-
 /// The weight a VirtualService (as JSON) sends to `host` on `direction`'s route (or, in an
 /// object handoff did not write, on its last route without a match), if it has one.
 pub(crate) fn weight_in(document: &Value, direction: TrafficDirection, host: &str) -> Option<u64> {
-    let routes = document.pointer("/spec/http")?.as_array()?;
+    let routes = http_of(document)?;
     let named = routes.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(direction_name(direction)));
     let weighted = named.or_else(|| routes.iter().rev().find(|r| r.get("match").is_none())).or(routes.last())?;
     let destinations = weighted.get("route")?.as_array()?;
@@ -306,6 +303,7 @@ pub(crate) fn weight_in(document: &Value, direction: TrafficDirection, host: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn endpoints_name_their_target() {

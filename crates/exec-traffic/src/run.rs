@@ -7,7 +7,7 @@ use std::time::Duration;
 use handoff_executor::http::Request;
 use handoff_executor::{Compensation, Context, StepError};
 use handoff_plan::model::Id;
-use handoff_render::{Origin, Templates};
+use handoff_render::{Origin, Templates, VirtualService};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -49,7 +49,7 @@ pub struct ShiftOutput {
     /// The last weight of the schedule.
     pub weight: Option<u8>,
     /// The route as it was before the shift (the live object, the file's text, or the
-    /// router's weights), which compensation puts back.
+    /// router's VirtualService value), which compensation puts back.
     pub previous: Value,
 }
 
@@ -63,11 +63,7 @@ pub(crate) async fn shift(shift: &Shift, cx: &Context, templates: &Templates) ->
         None => {
             let mut previous = read(&target, cx).await?;
             if let Some(document) = previous.get("document") {
-                let weight = match &target {
-                    Target::Router(_) => document.pointer(&format!("/weights/{}", shift.to)).and_then(Value::as_u64),
-                    _ => route::weight_in(document, shift.direction, &mesh(shift, cx)?.to),
-                };
-                previous["weight"] = json!(weight);
+                previous["weight"] = json!(route::weight_in(document, shift.direction, &mesh(shift, cx, &target)?.to));
             }
             previous
         }
@@ -113,21 +109,15 @@ pub(crate) async fn undo(
     let target = target(shift, cx)?;
     let previous = &output.previous;
     let document = previous.get("document");
-    let live = match &target {
-        Target::Router(_) => Value::Null,
-        _ => read(&target, cx).await?,
-    };
-    let shared = shared_with_others(shift, &live);
+    let live = read(&target, cx).await?;
     match (&target, document) {
-        (Target::Router(url), Some(body)) => router_put(url, body.clone(), cx).await?,
-        (Target::Router(_), None) => apply(shift, 0, &target, cx, templates).await?,
-        (_, _) if shared => {
+        (_, _) if shared_with_others(shift, &live) => {
             let current = route::routes_of(live.get("document").unwrap_or(&Value::Null));
             let before = route::routes_of(document.unwrap_or(&Value::Null));
-            let service = route::restored(shift, &target, &current, &before, &mesh(shift, cx)?, origin(cx));
-            put(&target, &templates.virtual_service(&service).map_err(|e| StepError::Failed(e.to_string()))?, cx)
-                .await?;
+            let service = route::restored(shift, &target, &current, &before, &mesh(shift, cx, &target)?, origin(cx));
+            put(&target, &service, templates, cx).await?;
         }
+        (Target::Router(url), Some(body)) => router_put(url, body.clone(), cx).await?,
         (Target::Cluster { context, .. }, Some(document)) => {
             kubectl(
                 context,
@@ -147,7 +137,7 @@ pub(crate) async fn undo(
                 .map_err(|e| StepError::Failed(format!("cannot remove {}: {e}", path.display())))?;
             return Ok(Compensation::Undone(format!("removed {} (there was none before)", path.display())));
         }
-        (Target::Cluster { .. }, None) => apply(shift, 0, &target, cx, templates).await?,
+        (Target::Cluster { .. } | Target::Router(_), None) => apply(shift, 0, &target, cx, templates).await?,
     }
     Ok(Compensation::Undone(format!(
         "route `{}` back to its previous weights ({}% of {} to `{}`)",
@@ -166,8 +156,8 @@ fn shared_with_others(shift: &Shift, live: &Value) -> bool {
         .any(|r| r.name != "rest" && r.name != own && r.name != format!("{own}-by-header"))
 }
 
-/// Sends `weight` percent of the shift's requests to `to`; on a VirtualService, the other
-/// steps' routes in the live object stay as they are.
+/// Sends `weight` percent of the shift's requests to `to`; the other steps' routes in the
+/// live object stay as they are.
 async fn apply(
     shift: &Shift,
     weight: u8,
@@ -175,20 +165,24 @@ async fn apply(
     cx: &Context,
     templates: &Templates,
 ) -> Result<(), StepError> {
-    if let Target::Router(url) = target {
-        return router_put(url, route::router_body(shift, weight), cx).await;
-    }
     let current = route::routes_of(read(target, cx).await?.get("document").unwrap_or(&Value::Null));
-    let service = route::virtual_service(shift, weight, target, &current, &mesh(shift, cx)?, origin(cx));
-    put(target, &templates.virtual_service(&service).map_err(|e| StepError::Failed(e.to_string()))?, cx).await
+    let service = route::virtual_service(shift, weight, target, &current, &mesh(shift, cx, target)?, origin(cx));
+    put(target, &service, templates, cx).await
 }
 
-/// Writes a rendered VirtualService to its file or applies it to its cluster.
-async fn put(target: &Target, document: &str, cx: &Context) -> Result<(), StepError> {
+/// Writes a VirtualService rendered from the template to its file, applies it to its
+/// cluster, or hands the value itself to a router.
+async fn put(target: &Target, service: &VirtualService, templates: &Templates, cx: &Context) -> Result<(), StepError> {
+    let rendered = || templates.virtual_service(service).map_err(|e| StepError::Failed(e.to_string()));
     match target {
-        Target::File(path) => write_file(path, document),
-        Target::Cluster { context, .. } => kubectl(context, &["apply", "-f", "-"], Some(document), cx).await.map(drop),
-        Target::Router(url) => Err(StepError::Failed(format!("{url} is a router, not a VirtualService"))),
+        Target::File(path) => write_file(path, &rendered()?),
+        Target::Cluster { context, .. } => {
+            kubectl(context, &["apply", "-f", "-"], Some(&rendered()?), cx).await.map(drop)
+        }
+        Target::Router(url) => {
+            let value = serde_json::to_value(service).map_err(|e| StepError::Failed(e.to_string()))?;
+            router_put(url, value, cx).await
+        }
     }
 }
 
@@ -196,8 +190,15 @@ fn origin(cx: &Context) -> Origin {
     Origin { plan: cx.plan.clone(), phase: cx.phase.clone(), step: cx.step.clone() }
 }
 
-fn mesh(shift: &Shift, cx: &Context) -> Result<route::Mesh, StepError> {
-    route::mesh(&cx.resources, &|name| cx.endpoints.get(name).map(str::to_owned), shift).map_err(StepError::Refused)
+/// The route's facts for a shift: hosts of the services' endpoints in a VirtualService,
+/// service ids in the simulator's router (whose stand-in services share one address).
+fn mesh(shift: &Shift, cx: &Context, target: &Target) -> Result<route::Mesh, StepError> {
+    let endpoint = |name: &str| cx.endpoints.get(name).map(str::to_owned);
+    let host = |service: &Id| match target {
+        Target::Router(_) => Ok(service.0.clone()),
+        _ => route::service_host(&cx.resources, &endpoint, service),
+    };
+    route::mesh(&cx.resources, &host, shift).map_err(StepError::Refused)
 }
 
 /// What the route holds now: `{"document"}` (and `"text"` for a file), or null when there

@@ -166,26 +166,43 @@ async fn a_simulation_never_touches_a_cluster_or_a_checkout() {
     assert!(!dir.path().join("reads.yaml").exists());
 }
 
+/// Where the router sends a read and a write to `restaurant`, for a roll.
+fn routed(standin: &handoff_simulate::standin::StandIn, method: &str, roll: f64) -> Option<String> {
+    let headers = BTreeMap::new();
+    let request = handoff_simulate::router::Request { method, uri: "/menu/items/1", headers: &headers };
+    standin.state.lock().unwrap().route("restaurant", &request, roll).map(|r| r.host)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_router_backend_drives_the_simulators_router_and_compensation_restores_it() {
+async fn the_router_backend_hands_the_router_the_virtual_service_and_compensation_restores_it() {
     let standin = handoff_simulate::standin::StandIn::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let route = format!("{}/routes/reads", standin.url);
+    let route = format!("{}/routes/restaurant", standin.url);
     let traffic = handoff_exec_traffic::executor();
     let mut with = canary();
     with["backend"] = json!("simulated");
-    // Before the shift, the route sends 5% to `menu` (an earlier step's weights).
-    standin.state.lock().unwrap().routes.insert("reads".into(), json!({"weights": {"restaurant": 95, "menu": 5}}));
     let (cx, reports) = context(&route, dir.path(), None, true);
+    // Before the shift, an earlier canary sent 5% of reads to `menu`.
+    let mut earlier = canary();
+    earlier["schedule"]["steps"] = json!([{"weight": 5, "soak": "1d"}]);
+    traffic.run("shift", &earlier, &cx).await.unwrap();
     let output = traffic.run("shift", &with, &cx).await.unwrap();
-    {
-        let state = standin.state.lock().unwrap();
-        assert_eq!((state.weight("reads", "restaurant"), state.weight("reads", "menu")), (Some(50.0), Some(50.0)));
-        assert_eq!(state.routes["reads"]["header_route"]["service"], "menu");
-    }
+    // The router holds the VirtualService a cluster would get, its hosts service ids: reads
+    // split 50/50, writes go on to `restaurant` (`rest`).
+    let body = handoff_executor::http::Request::get(&route, std::time::Duration::from_secs(5)).send().await.unwrap();
+    let names: Vec<&str> =
+        body.json.as_ref().unwrap()["http"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["reads-by-header", "reads", "rest"]);
+    assert_eq!(
+        (routed(&standin, "GET", 0.49), routed(&standin, "GET", 0.5)),
+        (Some("restaurant".into()), Some("menu".into()))
+    );
+    assert_eq!(routed(&standin, "PUT", 0.99).as_deref(), Some("restaurant"));
     assert_eq!(output.detail["previous"]["weight"], 5);
-    assert_eq!(reports.checkpoints.lock().unwrap().len(), 3);
+    assert_eq!(reports.checkpoints.lock().unwrap().len(), 4);
     traffic.undo("shift", &with, &output, &cx).await.unwrap();
-    let state = standin.state.lock().unwrap();
-    assert_eq!((state.weight("reads", "restaurant"), state.weight("reads", "menu")), (Some(95.0), Some(5.0)));
+    assert_eq!(
+        (routed(&standin, "GET", 0.94), routed(&standin, "GET", 0.95)),
+        (Some("restaurant".into()), Some("menu".into()))
+    );
 }

@@ -155,6 +155,13 @@ pub trait Action: Send + Sync + 'static {
     /// What running the step would do, in one line, for dry runs and `handoff plan show`.
     fn describe(&self, params: &Self::Params) -> String;
 
+    /// How long the step takes by design (a soak, a canary's holds), known before it runs,
+    /// for the calendar lint (H345); `None` when its length depends on the work it does.
+    fn planned_duration(&self, params: &Self::Params) -> Option<std::time::Duration> {
+        let _ = params;
+        None
+    }
+
     /// Refuses the step before the run starts when the run's policy does not allow it
     /// (the reason says how to allow it).
     fn preflight(&self, policy: &Policy) -> Result<(), String> {
@@ -193,6 +200,13 @@ pub trait DynAction: Send + Sync {
 
     /// One line on what the step would do.
     fn describe(&self, with: &Value) -> String;
+
+    /// How long the step takes by design (see [`Action::planned_duration`]); `None` when
+    /// the action does not say (an out-of-process plugin never does).
+    fn planned_duration(&self, with: &Value) -> Option<std::time::Duration> {
+        let _ = with;
+        None
+    }
 
     /// Refuses the step up front under the run's policy.
     fn preflight(&self, policy: &Policy) -> Result<(), String>;
@@ -261,6 +275,10 @@ impl<A: Action> DynAction for Typed<A> {
 
     fn describe(&self, with: &Value) -> String {
         self.params(with).map_or_else(|e| e.to_string(), |params| self.action.describe(&params))
+    }
+
+    fn planned_duration(&self, with: &Value) -> Option<std::time::Duration> {
+        self.params(with).ok().and_then(|params| self.action.planned_duration(&params))
     }
 
     fn preflight(&self, policy: &Policy) -> Result<(), String> {

@@ -100,6 +100,10 @@ pub struct Decision {
     /// Why, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The digest of the plan the person approved (`handoff approve` of a planned run,
+    /// `handoff plan --out`), when the decision was given for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// What the run allows and where it runs.

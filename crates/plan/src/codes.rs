@@ -165,7 +165,16 @@ codes! {
     /// Analysis names a criterion it cannot sample.
     ANALYSIS_CRITERION = "H314" "analysis-criterion" Error
         "A step's `analysis:` and a phase's `background_analysis:` name criteria of their phase that a metric decides (`metric`, `op`, `threshold`): they are sampled while the steps run. A criterion that is not in the phase, or that a person confirms, cannot be. Name a metric criterion of the phase, or leave the confirmation to the end of the phase.";
+    /// A phase runs longer than its schedule.
+    PHASE_OVERRUNS_SCHEDULE = "H345" "phase-overruns-schedule" Warning
+        "A phase runs at least as long as its steps' planned waits (`wait.soak`, each weight's `soak` in `traffic.shift`; steps of one `group` side by side) followed by its soak gates, and at least as long as its longest criterion `window` (windows end with the phase and overlap the steps). When that is longer than the phase's `schedule.duration`, the run cannot keep the plan's calendar: the message names the excess and the next phase it would run into. Shorten the waits or windows, or lengthen the schedule.";
+    /// An approval gate's requirement that no set of approvers can meet.
+    IMPOSSIBLE_APPROVAL = "H340" "impossible-approval" Error
+        "An approval gate's `require:` asks for more distinct approvers than the plan's `approvers:` groups can give: a group that is not defined, a `count` above its members, or requirements that together need more people than their groups hold (nobody counts twice). The gate could never open. Define the group, add members, or lower the count.";
     /// A simulated fault the application model cannot apply.
     INAPPLICABLE_FAULT = "H315" "inapplicable-fault" Error
         "A fault in `simulation.faults` or a scenario names a resource of the right kind that the simulated application does not use: `write_errors` on a store no service writes (`simulation.app.stores`), `service_latency` on a service the model does not run, `cache_flush` of a cache reads do not go through (`simulation.app.cache`). Such a fault would change nothing, so the simulation refuses it rather than report it injected: name what the application uses.";
+    /// The simulated application's requests go to a host no route claims.
+    UNROUTED_REQUESTS = "H330" "unrouted-simulated-requests" Warning
+        "A simulation routes the application's requests by the VirtualService of the host they call (`simulation.app.requests.host`, by default the `owner`), the one `traffic.shift` applies to the host its `mesh` route claims (`host:`). When the plan's routes claim hosts but none claims that one, no traffic step ever moves the simulated requests, and a canary passes without having been exercised. Name the host the routes claim, or make the routes claim the host the clients call.";
 }

@@ -71,6 +71,10 @@ pub trait Catalog {
     /// Facts about an action, or `None` when it does not exist.
     fn facts(&self, uses: &model::Uses) -> Option<ActionFacts>;
 
+    /// How long a step takes by design (a soak, a canary's holds), known offline; `None`
+    /// when its length depends on the work it does, or the action is unknown.
+    fn planned_duration(&self, uses: &model::Uses, with: &serde_json::Value) -> Option<std::time::Duration>;
+
     /// Checks a step's parameters beyond their schema; pointers are relative to `with:`.
     fn check_params(
         &self,

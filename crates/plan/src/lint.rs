@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::codes::{self, Code};
 use crate::diagnostic::Diagnostic;
 use crate::model::{
-    Alert, Comparator, Criterion, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule, Uses,
+    Alert, Comparator, Criterion, Gate, Id, MetricSource, Phase, PhaseDates, Plan, ResourceKind, Step, TrafficSchedule,
+    Uses,
 };
 use crate::redact::{argument_secrets, is_reference, is_referenced_value, is_secret_key};
 use crate::units::{Dimension, Measured, Quantity};
@@ -168,8 +169,10 @@ pub fn lint(plan: &Plan, raw: &Value, catalog: &dyn Catalog) -> Vec<Diagnostic> 
         criteria(plan, phase, &at, &emitted_so_far, &mut out);
         reversibility(phase, &at, backup_taken, &mut out);
         contradictions(plan, phase, &at, &mut out);
+        approvals(plan, phase, &at, &mut out);
     }
     timeline(plan, &mut out);
+    calendar(plan, catalog, &mut out);
     if let Some(simulation) = &plan.simulation {
         simulation_refs(plan, simulation, &mut out);
     }
@@ -250,6 +253,7 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
         refs.push((format!("/simulation/dataset/{i}/resource"), &dataset.resource, &[ResourceKind::Mongodb]));
     }
     app_refs(&simulation.app, &mut refs, out);
+    requests_host(plan, &simulation.app, out);
     fault_refs(plan, simulation, (&simulation.faults, "/simulation"), &mut refs, out);
     measure_refs(plan, simulation, &mut refs, out);
     telemetry_refs(simulation, &mut refs);
@@ -264,17 +268,14 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
 
 /// The application model's services, stores, routes, cache and broker.
 fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out: &mut Vec<Diagnostic>) {
-    use ResourceKind::{Kafka, Mesh, Mongodb, Redis, Service};
+    use ResourceKind::{Kafka, Mongodb, Redis, Service};
     for (service, store) in &app.stores {
         refs.push((format!("/simulation/app/stores/{service}"), service, &[Service]));
         refs.push((format!("/simulation/app/stores/{service}"), store, &[Mongodb]));
     }
     refs.push(("/simulation/app/owner".to_owned(), &app.owner, &[Service]));
-    if let Some(route) = &app.reads {
-        refs.push(("/simulation/app/reads".to_owned(), route, &[Mesh]));
-    }
-    if let Some(route) = &app.writes {
-        refs.push(("/simulation/app/writes".to_owned(), route, &[Mesh]));
+    if let Some(host) = app.requests.as_ref().and_then(|r| r.host.as_ref()) {
+        refs.push(("/simulation/app/requests/host".to_owned(), host, &[Service]));
     }
     for service in app.read_only_flags.keys().filter(|s| !app.stores.contains_key(*s)) {
         out.push(Diagnostic::new(
@@ -303,6 +304,29 @@ fn app_refs<'p>(app: &'p crate::simulation::App, refs: &mut Vec<SimRef<'p>>, out
             format!("the owner `{}` has no store under `app.stores`", app.owner),
         ));
     }
+}
+
+/// The host the application's requests call is one the plan's `mesh` routes claim, when
+/// they claim any (H330).
+fn requests_host(plan: &Plan, app: &crate::simulation::App, out: &mut Vec<Diagnostic>) {
+    let claimed: Vec<&Id> =
+        plan.resources.values().filter(|r| r.kind == ResourceKind::Mesh).filter_map(|r| r.host.as_ref()).collect();
+    let (host, at) = match app.requests.as_ref().and_then(|r| r.host.as_ref()) {
+        Some(host) => (host, "/simulation/app/requests/host"),
+        None => (&app.owner, "/simulation/app/owner"),
+    };
+    if claimed.is_empty() || claimed.contains(&host) {
+        return;
+    }
+    let names: Vec<String> = claimed.iter().map(|h| format!("`{h}`")).collect();
+    out.push(Diagnostic::new(
+        codes::UNROUTED_REQUESTS,
+        at,
+        format!(
+            "the simulated application calls `{host}`, but the plan's routes claim {}: no traffic step would ever route its requests; set `simulation.app.requests.host` to the host they claim",
+            names.join(", ")
+        ),
+    ));
 }
 
 /// What each of `faults` (under the pointer `at`) acts on, the phase it is injected in,
@@ -644,6 +668,37 @@ fn endpoints(plan: &Plan, out: &mut Vec<Diagnostic>) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+/// H340: an approval gate whose `require:` nobody could meet, even with every member of
+/// every group approving.
+fn approvals(plan: &Plan, phase: &Phase, at: &str, out: &mut Vec<Diagnostic>) {
+    for (g, gate) in phase.gates.iter().enumerate() {
+        let crate::model::Gate::Approval { require, .. } = gate else { continue };
+        let everyone: Vec<&str> = plan.approvers.values().flatten().map(String::as_str).collect();
+        for missing in crate::model::missing_approvals(require, &plan.approvers, &everyone) {
+            let (group, count, r) = (missing.group, missing.count, missing.index);
+            let wanted = require[r].count;
+            let message = match plan.approvers.get(group) {
+                None => format!(
+                    "the gate asks for approvals from group `{group}`, which the plan's `approvers:` does not define{}",
+                    suggestion(group.as_str(), plan.approvers.keys().map(Id::as_str))
+                ),
+                Some(members) if members.len() < wanted as usize => format!(
+                    "the gate asks for {wanted} distinct approvers from `{group}`, which has {} member(s)",
+                    members.len()
+                ),
+                Some(_) => format!(
+                    "the gate asks for {wanted} approver(s) from `{group}` beside its other requirements; nobody counts twice, so even with everyone approving it lacks {count}"
+                ),
+            };
+            out.push(Diagnostic::new(
+                codes::IMPOSSIBLE_APPROVAL,
+                format!("{at}/gates/{g}/approval/require/{r}"),
+                message,
+            ));
         }
     }
 }
@@ -1027,6 +1082,69 @@ fn timeline(plan: &Plan, out: &mut Vec<Diagnostic>) {
                 format!("phase `{}` starts {start}, {days} days after {what} ({end})", phase.id),
             ));
         }
+    }
+}
+
+/// How long a phase runs at least, as far as is known offline: its steps' planned waits
+/// (steps of one group side by side) then its soak gates, or its longest criterion window
+/// (windows end with the phase, overlapping the steps), whichever is longer. Returns the
+/// length and an account of it.
+pub fn executed_length(phase: &Phase, catalog: &dyn Catalog) -> (std::time::Duration, String) {
+    use std::time::Duration as Std;
+    let planned = |step: &Step| catalog.planned_duration(&step.uses, &Value::Object(step.with.clone()));
+    let mut steps = Std::ZERO;
+    let mut stage: (Option<&Id>, Std) = (None, Std::ZERO);
+    for step in &phase.steps {
+        let wait = planned(step).unwrap_or_default();
+        match (&stage.0, &step.group) {
+            (Some(group), Some(next)) if *group == next => stage.1 = stage.1.max(wait),
+            _ => {
+                steps += stage.1;
+                stage = (step.group.as_ref(), wait);
+            }
+        }
+    }
+    steps += stage.1;
+    let soaks: Std = phase.gates.iter().filter_map(|g| if let Gate::Soak(d) = g { Some(d.get()) } else { None }).sum();
+    let window = phase.criteria.iter().filter_map(|c| c.window.as_ref().map(|w| w.get())).max().unwrap_or_default();
+    let show = |d: Std| humantime::format_duration(d).to_string();
+    let account =
+        format!("steps {} then soak gates {}; longest criterion window {}", show(steps), show(soaks), show(window));
+    ((steps + soaks).max(window), account)
+}
+
+/// H345: a phase that runs longer than its schedule, and what it runs into.
+fn calendar(plan: &Plan, catalog: &dyn Catalog, out: &mut Vec<Diagnostic>) {
+    let dates = plan.calendar();
+    for (p, phase) in plan.phases.iter().enumerate() {
+        let (Some(schedule), Some(Some(planned))) = (&phase.schedule, dates.get(p)) else { continue };
+        let (length, account) = executed_length(phase, catalog);
+        let Some(excess) = length.checked_sub(schedule.duration.get()).filter(|e| !e.is_zero()) else { continue };
+        let show = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        let next = plan.phases.iter().zip(&dates).skip(p + 1).find_map(|(next, d)| Some((next, (*d)?)));
+        let runs_into = next
+            .filter(|(_, d)| {
+                planned.start.days_until(d.start).saturating_mul(86_400)
+                    < i64::try_from(length.as_secs()).unwrap_or(i64::MAX)
+            })
+            .map(|(next, d)| format!(", past the start of phase `{}` ({})", next.id, d.start))
+            .unwrap_or_default();
+        out.push(
+            Diagnostic::new(
+                codes::PHASE_OVERRUNS_SCHEDULE,
+                format!("/phases/{p}/schedule/duration"),
+                format!(
+                    "phase `{}` runs at least {} ({account}), {} over its schedule of {} ({} to {}){runs_into}",
+                    phase.id,
+                    show(length),
+                    show(excess),
+                    schedule.duration,
+                    planned.start,
+                    planned.end
+                ),
+            )
+            .with_help("shorten the waits, soak gates or criteria windows, or lengthen the schedule"),
+        );
     }
 }
 

@@ -38,6 +38,11 @@ pub struct Plan {
     /// Alerts evaluated continuously during every phase (or the phases they name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,
+    /// Named groups of people who approve gates (as a GitHub team or an Atlas review
+    /// policy's reviewers): each group's members by the name they approve with (`--by`).
+    /// An approval gate's `require:` counts approvals from them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub approvers: BTreeMap<Id, Vec<String>>,
     /// The phases, in execution order.
     pub phases: Vec<Phase>,
     /// Calendar of the migration: when it starts and its milestones.
@@ -740,7 +745,109 @@ pub enum Gate {
         /// Who may approve (roles or teams); anyone with access when empty.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         approvers: Vec<String>,
+        /// Approvals the gate needs, from distinct people: each entry `count` members of
+        /// its group (the plan's `approvers:`), nobody counted twice. Without it, one
+        /// approval opens the gate.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        require: Vec<Required>,
     },
+}
+
+/// Approvals an approval gate needs from one group of approvers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Required {
+    /// The group (a key of the plan's `approvers:`).
+    pub group: Id,
+    /// How many distinct members of the group must approve.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Required {
+    /// In words, with the group's members: "2 of `dba` (ana, bo)".
+    pub fn describe(&self, groups: &BTreeMap<Id, Vec<String>>) -> String {
+        let members = groups.get(&self.group).map(|m| m.join(", ")).unwrap_or_default();
+        format!("{} of `{}` ({members})", self.count, self.group)
+    }
+}
+
+/// A requirement that the approvals given do not meet: how many more members of `group`
+/// must approve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing<'a> {
+    /// Its position in `require`.
+    pub index: usize,
+    /// The group.
+    pub group: &'a Id,
+    /// How many more of its members must approve.
+    pub count: u32,
+}
+
+/// What `require` still misses when the distinct people `approved` have approved: a
+/// maximum matching of people to the requirements' places (each person fills at most one
+/// place, only of a group they belong to), so an empty result means the gate opens. A
+/// group not in `groups` has no members.
+pub fn missing_approvals<'a>(
+    require: &'a [Required],
+    groups: &BTreeMap<Id, Vec<String>>,
+    approved: &[&str],
+) -> Vec<Missing<'a>> {
+    let mut people: Vec<&str> = approved.to_vec();
+    people.sort_unstable();
+    people.dedup();
+    let members = |r: &Required| groups.get(&r.group).map_or(&[][..], Vec::as_slice);
+    // A requirement has at most as many places as its group has members; the rest is missing anyway.
+    let places: Vec<usize> = require
+        .iter()
+        .enumerate()
+        .flat_map(|(at, r)| std::iter::repeat_n(at, (r.count as usize).min(members(r).len())))
+        .collect();
+    let fits = |place: usize, person: &str| members(&require[places[place]]).iter().any(|m| m == person);
+    let mut holder: Vec<Option<usize>> = vec![None; places.len()];
+    for person in 0..people.len() {
+        let mut seen = vec![false; places.len()];
+        augment(person, &people, &fits, &mut holder, &mut seen);
+    }
+    let mut filled = vec![0u32; require.len()];
+    for (place, person) in holder.iter().enumerate() {
+        if person.is_some() {
+            filled[places[place]] += 1;
+        }
+    }
+    require
+        .iter()
+        .zip(filled)
+        .enumerate()
+        .filter(|(_, (r, filled))| *filled < r.count)
+        .map(|(index, (r, filled))| Missing { index, group: &r.group, count: r.count - filled })
+        .collect()
+}
+
+/// Kuhn's augmenting path: finds `person` a place, moving others to free ones.
+fn augment(
+    person: usize,
+    people: &[&str],
+    fits: &dyn Fn(usize, &str) -> bool,
+    holder: &mut [Option<usize>],
+    seen: &mut [bool],
+) -> bool {
+    for place in 0..holder.len() {
+        if seen[place] || !fits(place, people[person]) {
+            continue;
+        }
+        seen[place] = true;
+        if holder[place].is_none_or(|other| augment(other, people, fits, holder, seen)) {
+            holder[place] = Some(person);
+            return true;
+        }
+    }
+    false
 }
 
 /// How to undo a phase.
@@ -913,5 +1020,41 @@ impl Plan {
         self.phases.iter().flat_map(|phase| {
             phase.steps.iter().chain(phase.rollback.iter().flat_map(|r| r.steps.iter())).map(move |step| (phase, step))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{Id, Required, missing_approvals};
+
+    /// What `require` (group:count pairs) still misses after `approved`, as `group:missing`.
+    fn check(require: &[(&str, u32)], approved: &[&str], expect: &[(&str, u32)]) {
+        let groups: BTreeMap<Id, Vec<String>> =
+            [("dba", vec!["ana", "bo"]), ("menu", vec!["bo", "cy", "di"]), ("sre", vec!["ana"])]
+                .into_iter()
+                .map(|(group, members)| (Id(group.to_owned()), members.into_iter().map(str::to_owned).collect()))
+                .collect();
+        let require: Vec<Required> =
+            require.iter().map(|(group, count)| Required { group: Id((*group).to_owned()), count: *count }).collect();
+        let missing: Vec<(&str, u32)> =
+            missing_approvals(&require, &groups, approved).iter().map(|m| (m.group.0.as_str(), m.count)).collect();
+        assert_eq!(missing, expect, "require {require:?}, approved by {approved:?}");
+    }
+
+    #[test]
+    fn distinct_approvers_fill_the_groups_requirements() {
+        check(&[("dba", 1)], &["ana"], &[]);
+        check(&[("dba", 1)], &["cy"], &[("dba", 1)]);
+        check(&[("dba", 2)], &["ana", "ana"], &[("dba", 1)]);
+        // bo could fill either; the matching gives dba to ana and menu to bo.
+        check(&[("menu", 1), ("dba", 1)], &["bo", "ana"], &[]);
+        // One person never counts twice.
+        check(&[("dba", 1), ("menu", 1)], &["bo"], &[("menu", 1)]);
+        check(&[("dba", 1), ("sre", 1)], &["ana"], &[("sre", 1)]);
+        check(&[("menu", 5)], &["bo", "cy", "di"], &[("menu", 2)]);
+        check(&[("nobody", 1)], &["ana"], &[("nobody", 1)]);
+        check(&[], &[], &[]);
     }
 }

@@ -217,12 +217,13 @@ pub struct App {
     pub change: Change,
     /// The service that owns reads and writes when the simulation starts.
     pub owner: Id,
-    /// The `mesh` route that splits reads between the services.
+    /// The requests the application's clients send for a read and a write of one document.
+    /// The simulator's router sends each to the service the VirtualService that
+    /// `traffic.shift` applied to their host picks (Istio's rules: the first route that
+    /// matches, then a weighted destination). Without it: `GET` and `PUT`
+    /// `/<collection>/{_id}` to the `owner`'s host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reads: Option<Id>,
-    /// The `mesh` route that decides which service takes writes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub writes: Option<Id>,
+    pub requests: Option<Requests>,
     /// Reads go through this cache (cache-aside).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheModel>,
@@ -252,6 +253,35 @@ impl App {
     pub fn collection_in(&self, store: &Id) -> &str {
         self.renamed.get(store).unwrap_or(&self.collection)
     }
+}
+
+/// The application's requests, as its clients send them through the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    /// The `service` resource whose host the clients call (a `mesh` route's `host:`);
+    /// default: the `owner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Id>,
+    /// How a client reads one document.
+    pub read: RequestShape,
+    /// How a client writes one document.
+    pub write: RequestShape,
+}
+
+/// One request as it reaches the mesh: method, path and headers; `{_id}` in the path and
+/// in header values stands for the document's id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestShape {
+    /// The HTTP method.
+    pub method: crate::model::HttpMethod,
+    /// The path (`/menu/items/{_id}`), starting with `/`.
+    #[schemars(regex(pattern = r"^/"))]
+    pub uri: String,
+    /// Headers by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// A cache in front of the reads.
@@ -406,7 +436,7 @@ pub struct CounterSeries {
     pub labels: BTreeMap<String, String>,
     /// What it counts; nothing when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests: Option<Requests>,
+    pub requests: Option<ModelRequests>,
 }
 
 /// A gauge.
@@ -433,7 +463,7 @@ pub struct HistogramSeries {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// The requests whose latency it observes.
-    pub requests: Requests,
+    pub requests: ModelRequests,
     /// The unit of observations and bucket bounds.
     pub unit: LatencyUnit,
     /// Upper bounds of the buckets, increasing (`+Inf` is added).
@@ -444,7 +474,7 @@ pub struct HistogramSeries {
 /// Requests of the application model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Requests {
+pub struct ModelRequests {
     /// Which requests.
     pub kind: RequestKind,
     /// Only those the service served (a `service` resource of `app.stores`).
@@ -543,7 +573,7 @@ impl IstioTelemetry {
                     if self.request_method {
                         labels.insert("request_method".to_owned(), method.to_owned());
                     }
-                    let requests = Requests { kind, service: Some(service.clone()), outcome: Some(outcome) };
+                    let requests = ModelRequests { kind, service: Some(service.clone()), outcome: Some(outcome) };
                     all.push(SeriesSpec::Counter(CounterSeries {
                         name: "istio_requests_total".to_owned(),
                         labels: labels.clone(),

@@ -81,6 +81,10 @@ impl Catalog for Registry {
         Some(ActionFacts { effect: declared.effect, emits: declared.emits })
     }
 
+    fn planned_duration(&self, uses: &Uses, with: &serde_json::Value) -> Option<std::time::Duration> {
+        self.action(uses)?.planned_duration(with)
+    }
+
     fn check_params(&self, uses: &Uses, with: &serde_json::Value, site: &Site<'_>) -> Vec<ParamIssue> {
         self.action(uses).map(|a| a.check(with, site)).unwrap_or_default()
     }

@@ -166,8 +166,10 @@ pub struct Artifact {
 }
 
 /// What the VirtualService template renders: one object per host and namespace, holding
-/// the routes of every step that routes that host (see [`HttpRoute`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// the routes of every step that routes that host (see [`HttpRoute`]). The simulator's
+/// router takes the same value as JSON and routes every request of the application model by
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtualService {
     /// Object name.
     pub name: String,
@@ -193,6 +195,22 @@ pub struct HttpRoute {
     pub matches: Vec<HttpMatch>,
     /// Weighted destinations (weights add up to 100).
     pub route: Vec<RouteDestination>,
+}
+
+/// The name of the route that moves reads (`traffic.shift`'s `direction: reads`).
+pub const READS: &str = "reads";
+/// The name of the route that moves writes (`traffic.shift`'s `direction: writes`).
+pub const WRITES: &str = "writes";
+/// The directions handoff's routes are named by.
+pub const DIRECTIONS: [&str; 2] = [READS, WRITES];
+
+impl HttpRoute {
+    /// The direction whose requests this route moves (`reads` or `writes`, also for its
+    /// `…-by-header` route), or `None` for `rest` and routes handoff did not write.
+    pub fn direction(&self) -> Option<&'static str> {
+        let base = self.name.strip_suffix("-by-header").unwrap_or(&self.name);
+        DIRECTIONS.into_iter().find(|d| *d == base)
+    }
 }
 
 /// One request match: every condition given must hold.
@@ -239,7 +257,7 @@ pub struct Destination {
 }
 
 /// Where a rendered object comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// Plan name.
     pub plan: String,
@@ -393,8 +411,8 @@ fn criterion(c: &Criterion, reversible: bool) -> Value {
 fn gate(g: &Gate) -> String {
     match g {
         Gate::Soak(duration) => format!("soak {duration} with every criterion and alert watched"),
-        Gate::Approval { prompt, approvers } if approvers.is_empty() => format!("approval: {prompt}"),
-        Gate::Approval { prompt, approvers } => format!("approval by {}: {prompt}", approvers.join(" or ")),
+        Gate::Approval { prompt, approvers, .. } if approvers.is_empty() => format!("approval: {prompt}"),
+        Gate::Approval { prompt, approvers, .. } => format!("approval by {}: {prompt}", approvers.join(" or ")),
     }
 }
 

@@ -2,18 +2,24 @@
 //! real stores, cache and broker of the sandbox, the way the plan's routes and flags say —
 //! and what the simulator measures from it.
 //!
-//! Reads pick a service by the read route's weights and go cache-aside through Redis to
-//! that service's store. Writes go to the service the write route names (the original
-//! owner until the cutover) and, while the dual-write flag is on, to the other store as
-//! well, whose failure does not fail the write. Once the new owner takes writes it
-//! publishes an event per write; consumer groups read them.
+//! Every read and write is a request of the shape `simulation.app.requests` declares
+//! (method, path, headers), sent to the clients' host: the stand-in router picks the service
+//! by the VirtualService `traffic.shift` applied to that host, as Istio would
+//! ([`router`](crate::router)). Reads go cache-aside through Redis to that service's store.
+//! Writes go to that service's store and, while the dual-write flag is on, to the other
+//! store as well, whose failure does not fail the write. A write sent to a service that
+//! does not own writes (the VirtualService's `writes` routes give it none; before any, only
+//! the `owner` does) is misrouted: a finding of the loss audit. Once a service other than
+//! the original owner takes writes it publishes an event per write; consumer groups read
+//! them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use handoff_plan::simulation::{App, Measure, Outcome, RequestKind, Requests, Workload};
+use handoff_plan::model::HttpMethod;
+use handoff_plan::simulation::{App, Measure, ModelRequests, Outcome, RequestKind, RequestShape, Workload};
 use mongodb::bson::{Document, doc};
 use rand::Rng;
 use rand::SeedableRng;
@@ -22,6 +28,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
+use crate::router::{Request, Routed, Via};
 use crate::standin::{Measurer, State};
 
 /// How far back measures look (real time).
@@ -153,6 +160,11 @@ const READS_IN_FLIGHT: usize = 256;
 /// How many requests a latency percentile is taken over.
 const LATENCY_SAMPLES: usize = 200;
 
+/// The fewest writes a p95 of dual writes is taken over: below it, the p95 is one of the
+/// few slowest writes (the first dual writes on cold connections, say), which compressed
+/// time would let decide days of samples.
+const P95_WRITES: usize = 50;
+
 fn keep(buffer: &mut VecDeque<u64>, micros: u64) {
     buffer.push_back(micros);
     if buffer.len() > LATENCY_SAMPLES {
@@ -278,6 +290,71 @@ pub struct Audit {
     pub lost: u64,
     /// Up to five of them, with what was expected and found.
     pub examples: Vec<String>,
+    /// Writes the VirtualService sent to a service that did not own writes, by service and
+    /// route, the most first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub misrouted: Vec<Misrouted>,
+}
+
+/// Writes the VirtualService sent to a service that did not own writes then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Misrouted {
+    /// The service they went to.
+    pub service: String,
+    /// How many.
+    pub writes: u64,
+    /// The services that owned writes then.
+    pub owners: Vec<String>,
+    /// The route that sent them there, its destination's weight, and the step that applied
+    /// the VirtualService; `None` when the host had no VirtualService.
+    pub via: Option<MisroutedVia>,
+}
+
+/// The route of misrouted writes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MisroutedVia {
+    /// Route name.
+    pub route: String,
+    /// Percent of the route's requests that go to the service.
+    pub weight: u8,
+    /// Phase of the step that applied the VirtualService.
+    pub phase: String,
+    /// That step.
+    pub step: String,
+}
+
+impl From<Via> for MisroutedVia {
+    fn from(via: Via) -> MisroutedVia {
+        MisroutedVia { route: via.route, weight: via.weight, phase: via.phase, step: via.step }
+    }
+}
+
+/// Misrouted writes are counted by the service they went to, the owners of writes then, and
+/// the route that sent them.
+type MisrouteKey = (String, Vec<String>, Option<Via>);
+
+/// The requests the application's clients send, and the host they call.
+#[derive(Debug, Clone)]
+struct Requests {
+    host: String,
+    read: RequestShape,
+    write: RequestShape,
+}
+
+impl Requests {
+    /// `app.requests`, or `GET` and `PUT` `/<collection>/{_id}` to the owner.
+    fn of(app: &App) -> Requests {
+        let shape =
+            |method| RequestShape { method, uri: format!("/{}/{{_id}}", app.collection), headers: BTreeMap::new() };
+        match &app.requests {
+            Some(r) => Requests {
+                host: r.host.as_ref().unwrap_or(&app.owner).0.clone(),
+                read: r.read.clone(),
+                write: r.write.clone(),
+            },
+            None => Requests { host: app.owner.0.clone(), read: shape(HttpMethod::Get), write: shape(HttpMethod::Put) },
+        }
+    }
 }
 
 /// How a write to one store went.
@@ -317,6 +394,9 @@ pub struct Model {
     pub faults: Arc<Mutex<ModelFaults>>,
     databases: BTreeMap<String, mongodb::Database>,
     ledger: Mutex<Ledger>,
+    requests: Requests,
+    /// Misrouted writes, counted.
+    misrouted: Mutex<BTreeMap<MisrouteKey, u64>>,
 }
 
 /// A service of the application, and the store it owns.
@@ -446,6 +526,8 @@ impl Model {
             faults: Arc::default(),
             databases: connections.databases,
             ledger: Mutex::default(),
+            requests: Requests::of(spec),
+            misrouted: Mutex::default(),
         })
     }
 
@@ -453,35 +535,62 @@ impl Model {
         self.services.iter().position(|s| s.id == self.spec.owner.0).unwrap_or(0)
     }
 
-    /// The route's weight of each service, when the route was set to any.
-    fn weights(&self, route: Option<&handoff_plan::model::Id>) -> Option<Vec<f64>> {
-        let route = route?;
+    /// Where a request of `shape` for document `id` goes, for `roll` in [0, 1): routed by
+    /// the VirtualService of the clients' host; `None` when no route takes it.
+    fn routed(&self, shape: &RequestShape, id: &str, roll: f64) -> Option<Routed> {
+        let uri = shape.uri.replace("{_id}", id);
+        let headers = shape.headers.iter().map(|(name, value)| (name.clone(), value.replace("{_id}", id))).collect();
+        let request = Request { method: shape.method.as_str(), uri: &uri, headers: &headers };
+        lock(&self.routes).route(&self.requests.host, &request, roll)
+    }
+
+    /// The index of the service a request went to, if the application has it.
+    fn index(&self, host: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.id == host)
+    }
+
+    /// Percent of the requests of a routed request's route that go to services other than
+    /// the original owner.
+    fn away_share(&self, routed: &Routed) -> u32 {
+        let Some(via) = &routed.via else { return 0 };
+        let total: u32 = via.split.iter().map(|(_, w)| u32::from(*w)).sum();
+        let away: u32 = via.split.iter().filter(|(h, _)| *h != self.spec.owner.0).map(|(_, w)| u32::from(*w)).sum();
+        if total == 0 { 0 } else { (100.0 * f64::from(away) / f64::from(total)).round() as u32 }
+    }
+
+    /// The services that own writes now, with their weight: those the VirtualService's
+    /// `writes` routes send writes to, or the owner while it has none.
+    fn write_owners(&self) -> BTreeMap<String, u8> {
         let routes = lock(&self.routes);
-        let weights: Vec<f64> =
-            self.services.iter().map(|service| routes.weight(&route.0, &service.id).unwrap_or(0.0)).collect();
-        (weights.iter().sum::<f64>() > 0.0).then_some(weights)
-    }
-
-    /// Index of the service a request goes to for `roll` in [0, 1), by the route's
-    /// weights, or the owner when the route was never set.
-    fn pick(&self, route: Option<&handoff_plan::model::Id>, roll: f64) -> usize {
-        let Some(weights) = self.weights(route) else { return self.owner() };
-        let mut point = roll * weights.iter().sum::<f64>();
-        for (i, weight) in weights.iter().enumerate() {
-            if point < *weight {
-                return i;
-            }
-            point -= weight;
+        let hosts = routes.routes.get(&self.requests.host).map(|r| r.direction_hosts(handoff_render::WRITES));
+        match hosts {
+            Some(hosts) if !hosts.is_empty() => hosts,
+            _ => BTreeMap::from([(self.spec.owner.0.clone(), 100)]),
         }
-        self.owner()
     }
 
-    /// Percent of reads the read route gives services other than the original owner.
-    fn new_owner_share(&self) -> u32 {
-        let Some(weights) = self.weights(self.spec.reads.as_ref()) else { return 0 };
-        let total: f64 = weights.iter().sum();
-        let owner = weights.get(self.owner()).copied().unwrap_or(0.0);
-        (100.0 * (total - owner) / total).round() as u32
+    /// Notes a write the VirtualService sent to a service that does not own writes now.
+    fn check_owner(&self, routed: &Routed) {
+        let owners = self.write_owners();
+        if !owners.contains_key(&routed.host) {
+            let key = (routed.host.clone(), owners.into_keys().collect(), routed.via.clone());
+            *lock(&self.misrouted).entry(key).or_default() += 1;
+        }
+    }
+
+    /// Misrouted writes so far, the most first.
+    fn misrouted(&self) -> Vec<Misrouted> {
+        let mut out: Vec<Misrouted> = lock(&self.misrouted)
+            .iter()
+            .map(|((service, owners, via), writes)| Misrouted {
+                service: service.clone(),
+                writes: *writes,
+                owners: owners.clone(),
+                via: via.clone().map(MisroutedVia::from),
+            })
+            .collect();
+        out.sort_by_key(|m| std::cmp::Reverse(m.writes));
+        out
     }
 
     /// Reads by the new owner's share of them, from 0% (none) up; empty when the reads
@@ -508,10 +617,11 @@ impl Model {
         lock(&self.stats).totals.clone()
     }
 
-    /// The service that takes (most) writes now.
+    /// The service that owns (most) writes now.
     fn writer(&self) -> usize {
-        let Some(weights) = self.weights(self.spec.writes.as_ref()) else { return self.owner() };
-        (0..weights.len()).max_by(|a, b| weights[*a].total_cmp(&weights[*b])).unwrap_or_else(|| self.owner())
+        let owners = self.write_owners();
+        let most = owners.iter().max_by_key(|(_, weight)| **weight).map(|(host, _)| host.as_str());
+        most.and_then(|host| self.index(host)).unwrap_or_else(|| self.owner())
     }
 
     /// Checks that every write the application saw acknowledged is in the store that owns
@@ -551,6 +661,7 @@ impl Model {
             documents: expected.len() as u64,
             lost: pending.len() as u64,
             examples,
+            misrouted: self.misrouted(),
         })
     }
 
@@ -574,30 +685,15 @@ impl Model {
 
     async fn read(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
-        let store = self.pick(self.spec.reads.as_ref(), rng.random());
-        let share = self.new_owner_share();
-        self.delay(store).await;
-        let cached = self.cache.as_ref().map(|cache| (cache, cache.key(id)));
-        let mut ok = true;
-        let mut found = false;
-        if let Some((cache, key)) = &cached {
-            match cache.holds(key).await {
-                Ok(hit) => found = hit,
-                Err(_) => ok = false,
-            }
-        }
-        if !found {
-            match self.services[store].collection.find_one(doc! {"_id": id}).await {
-                Ok(Some(document)) => {
-                    if let Some((cache, key)) = &cached {
-                        cache.fill(key, document).await;
-                    }
-                }
-                // Nothing found: a failed read, unless the plan says documents may be absent.
-                Ok(None) => ok = self.spec.reads_may_miss,
-                Err(_) => ok = false,
-            }
-        }
+        let routed = self.routed(&self.requests.read, id, rng.random());
+        let share = routed.as_ref().map_or(0, |r| self.away_share(r));
+        let delivered = routed.and_then(|r| self.index(&r.host));
+        let store = delivered.unwrap_or_else(|| self.owner());
+        // A read no route takes, or sent to a service the application does not have, fails.
+        let ok = match delivered {
+            Some(store) => self.read_from(store, id).await,
+            None => false,
+        };
         let sample =
             Sample { at: Instant::now(), kind: Kind::Read, ok, micros: started.elapsed().as_micros() as u64, store };
         {
@@ -613,6 +709,33 @@ impl Model {
         let shadowing = self.spec.shadow_reads_flag.as_ref().is_none_or(|flag| lock(&self.routes).flag(flag));
         if shadowing && rng.random_ratio(1, 5) && self.services.len() == 2 {
             self.shadow(id).await;
+        }
+    }
+
+    /// Reads document `id` as service `store` does, cache-aside; whether it went well.
+    async fn read_from(&self, store: usize, id: &str) -> bool {
+        self.delay(store).await;
+        let cached = self.cache.as_ref().map(|cache| (cache, cache.key(id)));
+        let mut found = false;
+        if let Some((cache, key)) = &cached {
+            match cache.holds(key).await {
+                Ok(hit) => found = hit,
+                Err(_) => return false,
+            }
+        }
+        if found {
+            return true;
+        }
+        match self.services[store].collection.find_one(doc! {"_id": id}).await {
+            Ok(Some(document)) => {
+                if let Some((cache, key)) = &cached {
+                    cache.fill(key, document).await;
+                }
+                true
+            }
+            // Nothing found: a failed read, unless the plan says documents may be absent.
+            Ok(None) => self.spec.reads_may_miss,
+            Err(_) => false,
         }
     }
 
@@ -653,10 +776,18 @@ impl Model {
 
     async fn write(&self, rng: &mut rand::rngs::SmallRng, id: &str) {
         let started = Instant::now();
-        let writer = self.pick(self.spec.writes.as_ref(), rng.random());
+        let routed = self.routed(&self.requests.write, id, rng.random());
         let change = &self.spec.change;
         let amount = rng.random_range(change.min.min(change.max)..=change.max.max(change.min));
-        let (primary, secondary) = self.write_stores(rng, id, writer, amount).await;
+        if let Some(routed) = &routed {
+            self.check_owner(routed);
+        }
+        let delivered = routed.and_then(|r| self.index(&r.host));
+        let (writer, (primary, secondary)) = match delivered {
+            Some(writer) => (writer, self.write_stores(rng, id, writer, amount).await),
+            // No route takes it, or it went to a service without a store: nothing written.
+            None => (self.owner(), (Attempt { ok: false, refused: true, took: started.elapsed() }, None)),
+        };
         let at = Instant::now();
         lock(&self.ledger).note(id, amount, primary, secondary);
         self.record_write(writer, (at - started).as_micros() as u64, at, primary, secondary);
@@ -860,7 +991,7 @@ impl Model {
 
     /// The latencies (µs) of the recent requests `requests` selects, and the real time they
     /// were made in (at most the measures' window, at least `since` ago).
-    pub(crate) fn recent(&self, requests: &Requests, since: Instant) -> (Vec<u64>, Duration) {
+    pub(crate) fn recent(&self, requests: &ModelRequests, since: Instant) -> (Vec<u64>, Duration) {
         let kind = Kind::of(requests.kind);
         let service = requests.service.as_ref().map(|s| self.services.iter().position(|x| x.id == s.0));
         let outcome = requests.outcome.map(|o| o == Outcome::Ok);
@@ -896,7 +1027,11 @@ impl Model {
                 if !dual {
                     return None;
                 }
+                // Too few writes for a p95 (`P95_WRITES`): no data yet, neither pass nor fail.
                 let stats = stats();
+                if stats.dual_writes.len().min(stats.single_writes.len()) < P95_WRITES {
+                    return None;
+                }
                 let dual = p95(&mut stats.dual_writes.iter().copied().collect::<Vec<_>>())?;
                 let single = p95(&mut stats.single_writes.iter().copied().collect::<Vec<_>>())?;
                 Some((dual - single).max(0.0))

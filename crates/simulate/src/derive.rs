@@ -1,9 +1,10 @@
 //! The plan as the simulation runs it: one `simulation` environment whose endpoints are the
-//! sandbox's servers, the router and the stand-in service; every `${VAR}` resolved to a
-//! stand-in URL or a placeholder (a simulation never reads real secrets); Prometheus
-//! resources at the sandbox's Prometheus, where every Prometheus metric keeps its query as
-//! written; metrics the simulator measures itself (`simulation.measures`) read from the
-//! stand-in; file paths moved into the scratch directory.
+//! sandbox's servers, the router (a `mesh` route's endpoint is the router's path of the host
+//! it claims) and the stand-in service; every `${VAR}` resolved to a stand-in URL or a
+//! placeholder (a simulation never reads real secrets); Prometheus resources at the
+//! sandbox's Prometheus, where every Prometheus metric keeps its query as written; metrics
+//! the simulator measures itself (`simulation.measures`) read from the stand-in; file paths
+//! moved into the scratch directory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,7 +46,9 @@ pub fn derive(plan: &Plan, targets: &Targets<'_>, scratch: &Path, drill: Option<
             ResourceKind::Mongodb | ResourceKind::Kafka | ResourceKind::Redis => {
                 (targets.server)(&id.0).ok_or_else(|| format!("the sandbox has no server for resource `{id}`"))?
             }
-            ResourceKind::Mesh => format!("{standin}/routes/{id}"),
+            // The router keeps one VirtualService per host, as a cluster does: routes that
+            // claim one host share it.
+            ResourceKind::Mesh => format!("{standin}/routes/{}", resource.host.as_ref().unwrap_or(id)),
             ResourceKind::Prometheus => {
                 targets.prometheus.map_or_else(|| format!("{standin}/svc/{endpoint}"), str::to_owned)
             }

@@ -1,8 +1,8 @@
 //! `handoff simulate`: a plan run for real against throwaway services.
 //!
 //! The sandbox starts the plan's MongoDB, Kafka and Redis servers; the stores are seeded;
-//! an application model serves a steady load through them, routed by the plan's traffic
-//! steps and feature flags; the engine runs the plan with the real executors on a paced
+//! an application model serves a steady load through them, every request routed by the
+//! VirtualService the plan's traffic steps apply, and shaped by its feature flags; the engine runs the plan with the real executors on a paced
 //! virtual clock (one simulated day per `simulation.day` of real time) while faults are
 //! injected at the phases a scenario names; the run's log becomes the report.
 //!
@@ -28,6 +28,7 @@ pub mod dataset;
 pub mod derive;
 mod junit;
 pub mod report;
+pub mod router;
 pub mod standin;
 pub mod telemetry;
 

@@ -71,9 +71,17 @@ pub struct Expectation {
 }
 
 impl AuditOutcome {
-    /// What was lost, in words (with examples), or why the audit could not run; `None`
-    /// when nothing was lost.
+    /// What was lost and which writes were misrouted, in words (with examples), or why the
+    /// audit could not run; `None` when the audit found nothing.
     pub fn loss(&self) -> Option<String> {
+        match (self.lost(), self.misrouted()) {
+            (Some(lost), Some(misrouted)) => Some(format!("{misrouted}; and {lost}")),
+            (lost, misrouted) => lost.or(misrouted),
+        }
+    }
+
+    /// What was lost, or why the audit could not run.
+    fn lost(&self) -> Option<String> {
         match self {
             AuditOutcome::Done(audit) if audit.lost == 0 => None,
             AuditOutcome::Done(audit) => Some(format!(
@@ -85,6 +93,25 @@ impl AuditOutcome {
             )),
             AuditOutcome::Failed { error } => Some(format!("the loss audit could not run: {error}")),
         }
+    }
+
+    /// The writes the VirtualService sent to a service that did not own writes.
+    fn misrouted(&self) -> Option<String> {
+        let AuditOutcome::Done(audit) = self else { return None };
+        let total: u64 = audit.misrouted.iter().map(|m| m.writes).sum();
+        let each = audit.misrouted.iter().take(5).map(|m| {
+            let via = m.via.as_ref().map_or(" (its host has no VirtualService)".to_owned(), |v| {
+                format!(" by route `{}` at weight {}% (applied by `{}/{}`)", v.route, v.weight, v.phase, v.step)
+            });
+            let owners: Vec<String> = m.owners.iter().map(|o| format!("`{o}`")).collect();
+            format!("{} to `{}`{via}, while {} owned writes", m.writes, m.service, owners.join(" and "))
+        });
+        (total > 0).then(|| {
+            format!(
+                "{total} writes were routed to a service that did not own writes: {}",
+                each.collect::<Vec<_>>().join("; ")
+            )
+        })
     }
 }
 
@@ -606,6 +633,7 @@ fn headline(outcome: &Outcome, phases: &[PhaseReport], lost: Option<&str>) -> (R
         Outcome::Paused { reason, .. } => failed(format!("paused: {reason}")),
         Outcome::Interrupted { reason } => failed(format!("interrupted: {reason}")),
         Outcome::Aborted => failed("aborted".to_owned()),
+        Outcome::Waiting { until } => failed(format!("asleep until {until}")),
     }
 }
 
@@ -701,9 +729,9 @@ impl Report {
             let name = format!("`{}` fails and rolls back within budget with nothing lost", expectation.phase);
             suites.push(Suite { name: "scenario".to_owned(), cases: vec![Case::new(name, outcome)] });
         }
-        let lost = self.audit.loss();
-        let audit = match lost {
-            Some(lost) => CaseOutcome::Failed("acknowledged writes lost".to_owned(), lost),
+        let message = if self.audit.lost().is_some() { "acknowledged writes lost" } else { "writes misrouted" };
+        let audit = match self.audit.loss() {
+            Some(found) => CaseOutcome::Failed(message.to_owned(), found),
             None => CaseOutcome::Passed,
         };
         let case = Case::new("no-acknowledged-write-lost".to_owned(), audit);
@@ -837,7 +865,14 @@ mod tests {
 
     fn audit(lost: u64) -> Audit {
         let examples = (0..lost).map(|n| format!("`item-{n:07}`: missing")).collect();
-        Audit { store: "restaurant-db".into(), acknowledged_writes: 1200, documents: 300, lost, examples }
+        Audit {
+            store: "restaurant-db".into(),
+            acknowledged_writes: 1200,
+            documents: 300,
+            lost,
+            examples,
+            misrouted: Vec::new(),
+        }
     }
 
     /// A report of `events`, as a scenario expecting `expect` to roll back when given.
@@ -1007,5 +1042,33 @@ mod tests {
             let report = report(passing_log(), &outcome, Ok(audit(1)), "read-only-sync");
             insta::assert_snapshot!(outputs(&report));
         }
+    }
+
+    /// Misrouted writes fail a run whose phases all passed, with nothing lost: the
+    /// headline, the Markdown and the JUnit name them.
+    #[test]
+    fn every_phase_passed_but_writes_were_misrouted() {
+        let via = crate::app::MisroutedVia {
+            route: "reads".into(),
+            weight: 10,
+            phase: "switch-reads".into(),
+            step: "p3-canary-reads".into(),
+        };
+        let misrouted = crate::app::Misrouted {
+            service: "menu_service".into(),
+            writes: 7,
+            owners: vec!["restaurant_service".into()],
+            via: Some(via),
+        };
+        let audit = Audit { misrouted: vec![misrouted], ..audit(0) };
+        let report = report(passing_log(), &Outcome::Completed, Ok(audit), "");
+        assert_eq!(report.verdict, RunVerdict::Fail);
+        let expected = "7 writes were routed to a service that did not own writes: 7 to `menu_service` by route \
+                        `reads` at weight 10% (applied by `switch-reads/p3-canary-reads`), while `restaurant_service` \
+                        owned writes";
+        assert_eq!(report.outcome, format!("every phase passed, but {expected}"));
+        let markdown = report.markdown(&handoff_render::Templates::load(None).unwrap()).unwrap();
+        assert!(markdown.contains("\n\n**Misrouted writes**: the VirtualService sent writes to a service that did not own writes then:\n\n- 7 to `menu_service` (owning writes: `restaurant_service`), by route `reads` at weight 10% applied by `switch-reads/p3-canary-reads`\n\n"), "{markdown}");
+        assert!(report.junit().contains(&format!("<failure message=\"writes misrouted\">{expected}</failure>")));
     }
 }

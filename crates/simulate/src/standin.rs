@@ -7,8 +7,9 @@
 //!   a path with `/health` answers
 //!   `{"status", "checks": {"mongodb", "redis", "kafka"}}`: `up`, or `down` for a kind of
 //!   dependency whose server is out.
-//! - `/routes/<route>`: the router's weights (`GET`, `PUT` of `{"weights", "header_route"}`)
-//!   that `traffic.shift` drives and the application model reads.
+//! - `/routes/<host>`: the router — the VirtualService (`handoff_render::VirtualService`
+//!   as JSON) that `traffic.shift` last applied to the host (`GET`, `PUT`); the application
+//!   model routes every request to the host by it (see [`router`](crate::router)).
 //! - `/measures/<metric>`: what the simulator measures for a plan metric, measured when
 //!   asked (`{"value": x}`; 404 while there is no value).
 //! - A path the plan's `simulation.responses` declare answers `GET` with its JSON built
@@ -24,13 +25,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use handoff_plan::simulation::{Response, ResponseField};
 use serde_json::{Value, json};
 
+use crate::router::{Request, Routed, Routing};
+
 /// Shared state of the stand-in service.
 #[derive(Debug, Default)]
 pub struct State {
     /// Bodies written, by path (`/svc/FLAGS_API_URL/flags/x`).
     pub written: BTreeMap<String, Value>,
-    /// Router weights by route id: service id → percent.
-    pub routes: BTreeMap<String, Value>,
+    /// The VirtualService of each host (a `service` resource's id) that has one.
+    pub routes: BTreeMap<String, Routing>,
     /// Kinds of dependency (`mongodb`, `redis`, `kafka`) with a server out.
     pub dependencies_down: Vec<String>,
     /// Declared answers by path: JSON pointer → measured field.
@@ -47,9 +50,25 @@ impl State {
             .any(|(_, body)| body.get("enabled").and_then(Value::as_bool).unwrap_or(false))
     }
 
-    /// A route's weight for a service (percent), if the route was ever set.
-    pub fn weight(&self, route: &str, service: &str) -> Option<f64> {
-        self.routes.get(route).and_then(|r| r.pointer(&format!("/weights/{service}"))).and_then(Value::as_f64)
+    /// Where a request to `host` goes for `roll` in [0, 1): by the host's VirtualService,
+    /// or to the host itself when it has none; `None` when no route takes it.
+    pub fn route(&self, host: &str, request: &Request<'_>, roll: f64) -> Option<Routed> {
+        match self.routes.get(host) {
+            Some(routing) => routing.route(request, roll),
+            None => Some(Routed { host: host.to_owned(), via: None }),
+        }
+    }
+
+    /// Sets `host`'s VirtualService from its JSON value; refused when it does not load or
+    /// routes another host.
+    fn set_route(&mut self, host: &str, body: Value) -> Result<(), String> {
+        let service: handoff_render::VirtualService =
+            serde_json::from_value(body).map_err(|e| format!("not a VirtualService: {e}"))?;
+        if !service.hosts.iter().any(|h| h == host) {
+            return Err(format!("VirtualService `{}` routes {:?}, not `{host}`", service.name, service.hosts));
+        }
+        self.routes.insert(host.to_owned(), Routing::new(service)?);
+        Ok(())
     }
 }
 
@@ -199,14 +218,16 @@ fn route(state: &Mutex<State>, method: &str, path: &str, body: Value, measure: &
         return Reply::new(200, body);
     }
     let mut state = lock(state);
-    if let Some(route) = path.strip_prefix("/routes/") {
+    if let Some(host) = path.strip_prefix("/routes/") {
         if writes {
-            state.routes.insert(route.to_owned(), body.clone());
-            return Reply::new(200, body);
+            return match state.set_route(host, body.clone()) {
+                Ok(()) => Reply::new(200, body),
+                Err(error) => Reply::new(400, json!({"error": error})),
+            };
         }
-        return match state.routes.get(route) {
-            Some(current) => Reply::new(200, current.clone()),
-            None => Reply::new(404, json!({"error": "no weights set"})),
+        return match state.routes.get(host) {
+            Some(current) => Reply::new(200, serde_json::to_value(&current.service).unwrap_or_default()),
+            None => Reply::new(404, json!({"error": format!("no VirtualService routes `{host}`")})),
         };
     }
     if path.starts_with("/svc/") {
@@ -263,9 +284,16 @@ mod tests {
         put("/svc/FLAGS/flags/dual_write", json!({"enabled": true}));
         assert!(lock(&state).flag("dual_write") && !lock(&state).flag("read_only"));
         assert_eq!(get("/svc/FLAGS/flags/dual_write").body, json!({"enabled": true}));
-        assert_eq!(get("/routes/reads").status, 404);
-        put("/routes/reads", json!({"weights": {"old": 75, "new": 25}}));
-        assert_eq!(lock(&state).weight("reads", "new"), Some(25.0));
+        assert_eq!(get("/routes/old").status, 404);
+        let vs = json!({"name": "r", "namespace": null, "hosts": ["old"], "origin": {"plan": "p", "phase": "x", "step": "s"},
+            "http": [{"name": "rest", "route": [{"destination": {"host": "new"}, "weight": 100}]}]});
+        assert_eq!(put("/routes/other", vs.clone()).status, 400);
+        assert_eq!(put("/routes/old", json!({"weights": {"old": 75}})).status, 400);
+        assert_eq!(put("/routes/old", vs.clone()), Reply::new(200, vs.clone()));
+        assert_eq!(get("/routes/old").body, vs);
+        let request = Request { method: "GET", uri: "/", headers: &BTreeMap::new() };
+        assert_eq!(lock(&state).route("old", &request, 0.5).map(|r| r.host).as_deref(), Some("new"));
+        assert_eq!(lock(&state).route("elsewhere", &request, 0.5).map(|r| r.host).as_deref(), Some("elsewhere"));
         assert_eq!(get("/measures/p95").status, 404);
         measures.lock().unwrap().insert("p95".into(), 12.5);
         assert_eq!(get("/measures/p95").body, json!({"value": 12.5}));

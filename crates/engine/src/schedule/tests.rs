@@ -3,9 +3,11 @@
 //! the transcript of what the schedule samples when, how it stops, and the verdicts.
 //!
 //! Fixture lines: `soak <duration>`, `alert <interval>`, `virtual` (virtual time),
-//! `prometheus <metric>` (a Prometheus metric), and `<criterion id> {<criterion fields>}
-//! <samples>`, where a sample is a value, `-` (no data) or `!` (a provider error); a
-//! criterion given no more samples gets no data.
+//! `prometheus <metric>` (a Prometheus metric), `steps <duration>` (how long the steps
+//! took before the observation), `<criterion id> {<criterion fields>} <samples>`, where a
+//! sample is a value, `-` (no data) or `!` (a provider error) — a criterion given no more
+//! samples gets no data —, and `earlier <criterion id> <ago>=<sample> …` (samples taken
+//! while the steps ran, `ago` before the observation).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -38,6 +40,8 @@ struct Fixture {
     soak: Duration,
     alerts: Vec<Duration>,
     virtual_time: bool,
+    steps: Duration,
+    earlier: Vec<(String, Vec<(Duration, String)>)>,
     metrics: BTreeMap<Id, Metric>,
     criteria: Vec<(Criterion, VecDeque<String>)>,
 }
@@ -53,6 +57,13 @@ impl Fixture {
                 }
                 Some(("soak", soak)) => fixture.soak = duration(soak),
                 Some(("alert", interval)) => fixture.alerts.push(duration(interval)),
+                Some(("steps", took)) => fixture.steps = duration(took),
+                Some(("earlier", rest)) => {
+                    let (id, samples) = rest.split_once(' ').unwrap();
+                    let samples = samples.split_whitespace().map(|s| s.split_once('=').unwrap());
+                    let samples = samples.map(|(ago, value)| (duration(ago), value.to_owned())).collect();
+                    fixture.earlier.push((id.to_owned(), samples));
+                }
                 Some(("prometheus", metric)) => {
                     let source = MetricSource::Prometheus { resource: Id("prom".to_owned()), query: metric.to_owned() };
                     let metric_ = Metric { description: None, unit: Unit::Count, source };
@@ -73,11 +84,16 @@ impl Fixture {
 
 /// Runs the fixture's observation to its end and compares the transcript with `expect`.
 fn check(fixture: &str, expect: &str) {
-    let Fixture { soak, alerts, virtual_time, metrics, criteria } = Fixture::parse(fixture);
+    let Fixture { soak, alerts, virtual_time, steps, earlier, metrics, criteria } = Fixture::parse(fixture);
     let nodes: Vec<CriterionNode> = criteria.iter().map(|(c, _)| CriterionNode::compile(c, &metrics)).collect();
     let mut samples: Vec<VecDeque<String>> = criteria.into_iter().map(|(_, s)| s).collect();
     let refs: Vec<&CriterionNode> = nodes.iter().collect();
-    let mut observation = Observation::new(&refs, soak, &alerts, virtual_time);
+    let mut observation = Observation::new(&refs, soak, &alerts, (virtual_time, steps));
+    for (id, taken) in earlier {
+        let index = nodes.iter().position(|n| n.id == id).unwrap();
+        let taken: Vec<_> = taken.into_iter().map(|(ago, value)| (ago, sample(&value))).collect();
+        observation.earlier(index, &taken);
+    }
     let mut out = Vec::new();
     let mut now = Duration::ZERO;
     for _ in 0..10_000 {
@@ -275,6 +291,54 @@ fn alerts_alone_are_sampled_once_and_nothing_is_decided() {
         0s alert 0
         0s alert 1
         0s stop
+        ",
+    );
+}
+
+#[test]
+fn windows_overlap_the_steps_and_keep_only_their_own_samples_from_them() {
+    // Steps took 12 days; a 14-day window ends 2 days after them (not 14), counting the
+    // samples taken in its last 12 days of steps; the soak still follows the steps.
+    check(
+        "
+        steps 12d
+        lag {metric: lag, op: '<', threshold: 5, window: 14d, interval: 1d} 1 2 3
+        earlier lag 13d=9 12d=1 1d=2
+        ",
+        "
+        0s lag 1
+        1day lag 2
+        2days lag 3
+        2days stop
+        lag: Pass (5 samples, 0 violating (limit 0), 0 without data, 0 provider errors; last value 3)
+        ",
+    );
+    // A soak after the steps outlasts a short window: the earlier samples are outside it.
+    check(
+        "
+        soak 2d
+        steps 5d
+        rate {metric: rate, op: '<', threshold: 5, window: 1h, interval: 30m} 1 1 1
+        earlier rate 30m=9
+        ",
+        "
+        1day 23h rate 1
+        1day 23h 30m rate 1
+        2days rate 1
+        2days stop, soak opens
+        rate: Pass (3 samples, 0 violating (limit 0), 0 without data, 0 provider errors; last value 1)
+        ",
+    );
+    // A failure among the earlier samples decides the window at once.
+    check(
+        "
+        steps 1d
+        lag {metric: lag, op: '<', threshold: 5, window: 2d, interval: 12h} 1 1 1
+        earlier lag 12h=9
+        ",
+        "
+        0s stop
+        lag: Fail (1 samples, 1 violating (limit 0), 0 without data, 0 provider errors; last value 9)
         ",
     );
 }

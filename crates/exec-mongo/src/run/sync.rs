@@ -3,7 +3,10 @@
 //!
 //! The sync starts from its checkpoint (a resumed run), else from the position an earlier
 //! `mongo.copy` of the same source recorded in the target database (so nothing written
-//! during the copy is missed), else from now. Every event is applied idempotently — an
+//! during the copy is missed), else from now. A sync a rollback starts never goes back to
+//! a copy's position: recorded weeks earlier, it is gone from the oplog by then (or weeks of
+//! changes would replay inside the rollback's budget); it starts now, and a
+//! `mongo.reconcile` (with `delete_extra`) after it repairs what changed before. Every event is applied idempotently — an
 //! insert, update or replace becomes a replace-with-upsert of the document's current
 //! version, a delete a delete — so replaying events already applied is harmless. A
 //! document the target refuses as a replacement (a top-level `$`-prefixed field) is written
@@ -59,7 +62,7 @@ pub struct SyncOutput {
     /// `resource.collection` they are applied to.
     pub target: String,
     /// Where the change stream started: `its checkpoint`, `where the copy started`, or
-    /// `now`.
+    /// `now` (always, unless from its checkpoint, when a rollback started it).
     pub from: String,
     /// The sync goes on in the background.
     pub background: bool,
@@ -350,6 +353,7 @@ pub(crate) async fn start(
         .and_then(|t| serde_json::from_value::<ResumeToken>(t.clone()).ok());
     let (token, from) = match checkpointed {
         Some(token) => (Some(token), "its checkpoint"),
+        None if cx.rolling_back => (None, "now"),
         None => match copy_start(&source, &target).await {
             Some(token) => (Some(token), "where the copy started"),
             None => (None, "now"),
