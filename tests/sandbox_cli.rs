@@ -100,7 +100,7 @@ fn doctor_reports_engines_and_providers() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let services: Vec<&str> =
         report["engines"].as_array().unwrap().iter().map(|e| e["service"].as_str().unwrap()).collect();
-    assert_eq!(services, ["mongodb", "kafka", "redis"]);
+    assert_eq!(services, ["mongodb", "kafka", "redis", "prometheus"]);
     let providers: Vec<&str> =
         report["providers"].as_array().unwrap().iter().map(|p| p["provider"].as_str().unwrap()).collect();
     assert_eq!(providers, ["local", "external", "docker"]);

@@ -2,9 +2,10 @@
 //! MongoDB-API servers, a Kafka-API broker, Redis) with the application model under load —
 //! every phase passing, and each fault scenario failing its phase and rolling back within
 //! budget — losing no acknowledged write and misrouting none; and a small plan whose read
-//! canary also routes writes, failing with the misrouted writes named. The reports
-//! (Markdown, JSON, JUnit) are checked for their shape; the Markdown's structure is a
-//! snapshot with the measured numbers masked.
+//! canary also routes writes, failing with the misrouted writes named. A query that selects
+//! nothing stops a simulation, naming the query. The reports (Markdown, JSON, JUnit) are
+//! checked for their shape; the Markdown's structure is a snapshot with the measured numbers
+//! masked.
 
 mod support;
 
@@ -140,6 +141,27 @@ fn the_menu_plan_passes_every_phase_and_loses_nothing() {
     let shadow = load.iter().find(|l| l["kind"] == "shadow_reads").unwrap();
     assert!(shadow["requests"].as_u64().unwrap() > 100 && shadow["failed"] == 0, "{load:?}");
     insta::assert_snapshot!("every_phase_passes", masked(&markdown));
+}
+
+/// A query that would select nothing in the simulation — a misspelled metric, a label the
+/// declared series do not carry — stops `handoff simulate` before anything starts, with a
+/// diagnostic naming the metric, the query and the selector (H335).
+#[test]
+fn a_query_selecting_nothing_fails_the_simulation_naming_it() {
+    for (fixture, selector) in [
+        (
+            "h335-query-misspells-a-metric",
+            r#"istio_request_total{destination_service_name="api",response_code=~"5.."}"#,
+        ),
+        ("h335-query-matches-a-wrong-label", r#"istio_requests_total{destination_service="api",response_code=~"5.."}"#),
+    ] {
+        let path = format!("tests/fixtures/invalid/{fixture}.yaml");
+        let output = handoff_within(&["simulate", &path], &[], Duration::from_secs(60));
+        let text = transcript(&output);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        let named = format!("metric `error_rate`: selector `{selector}` of query `100 * sum(rate({selector}[5m]))");
+        assert!(text.contains(&named) && text.contains("[H335 query-selects-nothing]"), "{text}");
+    }
 }
 
 #[test]

@@ -195,7 +195,8 @@ fn poller(plan: &Plan, shared: Arc<Shared>, changed: Option<mpsc::Sender<()>>) -
     if polled.is_empty() {
         return None;
     }
-    let provider = Metrics::new(plan, &Endpoints::default(), Emitted::default());
+    let provider =
+        Metrics::new(plan, &Endpoints::default(), Emitted::default(), Arc::new(handoff_executor::SystemClock));
     let (tell, receive) = mpsc::channel::<Option<String>>();
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };

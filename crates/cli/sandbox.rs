@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 use handoff_registry::Registry;
-use handoff_sandbox::{Options, Sandbox, ServiceKind, ServiceSpec, engine};
+use handoff_sandbox::{Options, Prometheus, Sandbox, ServiceKind, ServiceSpec, engine};
 use serde_json::json;
 
 use crate::exit;
@@ -24,7 +24,8 @@ Examples:
   handoff sandbox up --plan plans/menu-service.yaml --format json
   handoff sandbox up --provider external --endpoint restaurant_db=mongodb://db:27017 ...")]
     Up(Up),
-    /// Report which engines are available, their versions, and what would be provisioned.
+    /// Report which engines are available (Prometheus too, which a simulation of a plan with
+    /// a `prometheus` resource starts), their versions, and what would be provisioned.
     Doctor {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -155,6 +156,10 @@ pub(crate) fn doctor(format: Format, out: &mut dyn Write) -> anyhow::Result<u8> 
             Ok(engine) => json!({"service": kind.as_str(), "engine": engine.name, "version": engine.version, "origin": engine.origin, "program": engine.program, "available": true}),
             Err(plan) => json!({"service": kind.as_str(), "available": false, "provisioning": plan}),
         })
+        .chain(std::iter::once(match Prometheus::locate() {
+            Ok((program, version)) => json!({"service": "prometheus", "engine": "prometheus", "version": version, "origin": "PATH", "program": program, "available": true}),
+            Err(fix) => json!({"service": "prometheus", "available": false, "provisioning": fix}),
+        }))
         .collect();
     let providers = json!([
         {"provider": "local", "available": true, "note": if python.is_some() { "missing engines are provisioned with python3 -m venv and pip" } else { "python3 is not on PATH: missing engines cannot be provisioned" }},

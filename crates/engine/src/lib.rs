@@ -465,7 +465,12 @@ impl<'e> Engine<'e> {
         Runner {
             graph: self.graph,
             executors: self.executors,
-            metrics: metrics::Metrics::new(&self.graph.plan, &endpoints, journal.emitted.clone()),
+            metrics: metrics::Metrics::new(
+                &self.graph.plan,
+                &endpoints,
+                journal.emitted.clone(),
+                options.clock.clone(),
+            ),
             clock: options.clock.clone(),
             policy: Arc::new(options.policy.clone()),
             endpoints,

@@ -1,8 +1,9 @@
 //! Metric providers: where criteria and alerts get their values.
 //!
 //! - emitted by the plan's own steps (the latest value any step emitted wins),
-//! - the Prometheus HTTP API (instant queries while sampling, range queries over a
-//!   criterion's window when the clock is real),
+//! - the Prometheus HTTP API (instant queries at the run clock's time while sampling —
+//!   plan time in a simulation —, range queries over a criterion's window when the clock
+//!   is real),
 //! - a number in an HTTP JSON document (a JSON pointer),
 //!
 //! and person-confirmed checks, which the runner asks through decisions.
@@ -11,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use handoff_executor::BoxFuture;
 use handoff_executor::http::Request;
+use handoff_executor::{BoxFuture, Clock};
 use handoff_plan::model::{Metric, MetricSource, Plan};
 use jiff::Timestamp;
 use serde_json::Value;
@@ -94,12 +95,20 @@ pub struct Metrics {
     emitted: Emitted,
     /// Prometheus base URL per resource id.
     prometheus: BTreeMap<String, String>,
+    /// The run's clock: instant queries are evaluated at its time (plan time, in a
+    /// simulation).
+    clock: Arc<dyn Clock>,
 }
 
 impl Metrics {
     /// Providers for a plan, with the environment's endpoints (Prometheus resources are
-    /// reached through their `endpoint`).
-    pub fn new(plan: &Plan, endpoints: &handoff_executor::Endpoints, emitted: Emitted) -> Metrics {
+    /// reached through their `endpoint`) and the run's clock.
+    pub fn new(
+        plan: &Plan,
+        endpoints: &handoff_executor::Endpoints,
+        emitted: Emitted,
+        clock: Arc<dyn Clock>,
+    ) -> Metrics {
         let prometheus = plan
             .resources
             .iter()
@@ -108,7 +117,7 @@ impl Metrics {
                 Some((id.to_string(), endpoints.get(endpoint.as_str())?.trim_end_matches('/').to_owned()))
             })
             .collect();
-        Metrics { emitted, prometheus }
+        Metrics { emitted, prometheus, clock }
     }
 
     /// The emitted-values store.
@@ -157,9 +166,9 @@ impl MetricProvider for Metrics {
                     Ok(self.emitted.latest(emitted_as.as_deref().unwrap_or(name)))
                 }
                 MetricSource::Prometheus { resource, query } => {
-                    let result = self
-                        .prometheus(name, resource.as_str(), format!("/api/v1/query?query={}", encode(query)))
-                        .await?;
+                    let time = self.clock.now().as_millisecond() as f64 / 1000.0;
+                    let path = format!("/api/v1/query?query={}&time={time:.3}", encode(query));
+                    let result = self.prometheus(name, resource.as_str(), path).await?;
                     let series = result.as_array().map(Vec::as_slice).unwrap_or_default();
                     match series {
                         [] => Ok(None),

@@ -1,13 +1,15 @@
 //! The Prometheus metric provider against a real Prometheus server (Debian's `prometheus`
 //! package, started by the sandbox) whose TSDB is backfilled by `promtool` with series at
 //! known times: instant and range queries (one longer than Prometheus answers at once), no
-//! data, a stale series, NaN, several series, a bad query and an unreachable server.
+//! data, a stale series, NaN, several series, a bad query, an unreachable server, and
+//! instant queries at the run clock's time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use handoff_engine::metrics::{Emitted, MetricProvider, Metrics};
-use handoff_executor::Endpoints;
+use handoff_executor::{Clock, Endpoints, SystemClock, VirtualClock};
 use handoff_plan::model::{Metric, Plan};
 use handoff_sandbox::Prometheus;
 use jiff::{SignedDuration, Timestamp};
@@ -37,8 +39,13 @@ fn openmetrics(now: Timestamp) -> String {
     text
 }
 
-/// A plan whose Prometheus resource is reached at `url`.
+/// A plan whose Prometheus resource is reached at `url`, read on the wall clock.
 fn metrics(url: &str) -> Metrics {
+    metrics_on(url, Arc::new(SystemClock))
+}
+
+/// A plan whose Prometheus resource is reached at `url`, read on `clock`.
+fn metrics_on(url: &str, clock: Arc<dyn Clock>) -> Metrics {
     let plan: Plan = serde_saphyr::from_str(
         "apiVersion: handoff.dev/v1alpha1\nkind: MigrationPlan\nmetadata: {name: p}\n\
          environments: {test: {endpoints: {prom: x}}}\n\
@@ -46,7 +53,7 @@ fn metrics(url: &str) -> Metrics {
     )
     .expect("the plan parses");
     let endpoints = Endpoints::new(BTreeMap::from([("prom".to_owned(), url.to_owned())]));
-    Metrics::new(&plan, &endpoints, Emitted::default())
+    Metrics::new(&plan, &endpoints, Emitted::default(), clock)
 }
 
 fn metric(query: &str) -> Metric {
@@ -103,6 +110,13 @@ async fn the_provider_reads_a_real_prometheus() {
     let values = metrics.range("m", &metric("vector(1)"), long, Duration::from_secs(1)).await;
     let values = values.map(|v| v.unwrap_or_default()).map_err(|e| e.message);
     assert_eq!(values.as_ref().map(Vec::len), Ok(4 * 3600 + 1), "every point of a long range: {values:?}");
+    // An instant query is evaluated at the run clock's time: ten minutes ahead of the
+    // wall clock (as a simulation's plan time runs ahead), the menu's series is stale.
+    let ahead = VirtualClock::new();
+    ahead.sleep(Duration::from_secs(600)).await;
+    let later = metrics_on(server.url(), Arc::new(ahead));
+    assert_eq!(instant(&later, r#"errors_ratio{service="menu"}"#).await, "no data", "queried at plan time");
+    assert_eq!(instant(&later, r#"max_over_time(errors_ratio{service="menu"}[30m])"#).await, "value 10");
     let url = server.url().to_owned();
     server.stop().await;
     let gone = instant(&crate::metrics(&url), "old_gauge").await;

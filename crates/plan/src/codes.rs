@@ -156,6 +156,12 @@ codes! {
     /// A bare fraction as the threshold of a metric in percent.
     PERCENT_AS_FRACTION = "H321" "percent-as-fraction" Warning
         "A threshold without a unit on a metric measured in percent is read in percent points, so `0.9` (or `\"0.9\"`) means 0.9%, not 90%. A value between 0 and 1 there is most likely a fraction: write `90%`, or `0.9%` if 0.9 percent is meant.";
+    /// A simulated Prometheus query selects nothing the simulation publishes.
+    QUERY_SELECTS_NOTHING = "H335" "query-selects-nothing" Error
+        "In a plan with a `simulation:` section, every Prometheus metric that `simulation.measures` does not measure is queried as written on the sandbox's Prometheus, which holds only the series `simulation.telemetry` declares (the mesh's standard metrics and the application's own series: what production publishes). A selector of the query that no declared series can match — a misspelled metric name, a label the series do not carry, a label value they never have — would select nothing in the simulation and most likely in production too. Fix the query, or declare the series production publishes.";
+    /// A Prometheus query that is not PromQL.
+    QUERY_UNPARSABLE = "H336" "query-unparsable" Error
+        "A Prometheus metric's query does not parse as PromQL (checked in plans with a `simulation:` section, whose queries the simulation runs). Prometheus would refuse it with the same error.";
     /// Analysis names a criterion it cannot sample.
     ANALYSIS_CRITERION = "H314" "analysis-criterion" Error
         "A step's `analysis:` and a phase's `background_analysis:` name criteria of their phase that a metric decides (`metric`, `op`, `threshold`): they are sampled while the steps run. A criterion that is not in the phase, or that a person confirms, cannot be. Name a metric criterion of the phase, or leave the confirmation to the end of the phase.";

@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod escape;
 pub mod lint;
 pub mod model;
+pub mod promql;
 pub mod redact;
 pub mod schema;
 pub mod simulation;

@@ -265,7 +265,9 @@ fn simulation_refs(plan: &Plan, simulation: &crate::simulation::Simulation, out:
     requests_host(plan, &simulation.app, out);
     fault_refs(plan, simulation, (&simulation.faults, "/simulation"), &mut refs, out);
     measure_refs(plan, simulation, &mut refs, out);
+    telemetry_refs(simulation, &mut refs);
     response_checks(simulation, out);
+    crate::promql::lint(plan, simulation, out);
     for (at, id, kinds) in refs {
         if let Some(issue) = resource_ref(plan, "", id, kinds) {
             out.push(Diagnostic::new(issue.code, at, issue.message));
@@ -447,11 +449,44 @@ fn measure_refs<'p>(
         }
         match measure {
             Measure::ServiceUp(service) => refs.push((at, service, &[ResourceKind::Service])),
-            Measure::Collections(store) | Measure::StoreReads(store) => {
+            Measure::Collections(store) | Measure::StoreReads(store) | Measure::Documents(store) => {
                 refs.push((at, store, &[ResourceKind::Mongodb]));
             }
             Measure::ReadP95 => out.extend(other_quantile(plan, metric, 95.0, &at)),
             Measure::ReadPercentile(q) => out.extend(other_quantile(plan, metric, *q, &at)),
+            _ => {}
+        }
+    }
+}
+
+/// The services and stores the declared telemetry names exist.
+fn telemetry_refs<'p>(simulation: &'p crate::simulation::Simulation, refs: &mut Vec<SimRef<'p>>) {
+    use crate::simulation::{Measure, MeshTelemetry, SeriesSpec};
+    let Some(telemetry) = &simulation.telemetry else { return };
+    if let Some(MeshTelemetry::Istio(istio)) = &telemetry.mesh {
+        for service in istio.services.keys() {
+            refs.push((
+                format!("/simulation/telemetry/mesh/istio/services/{service}"),
+                service,
+                &[ResourceKind::Service],
+            ));
+        }
+    }
+    for (i, series) in telemetry.series.iter().enumerate() {
+        let at = format!("/simulation/telemetry/series/{i}");
+        let (requests, measure) = match series {
+            SeriesSpec::Counter(c) => (c.requests.as_ref(), None),
+            SeriesSpec::Histogram(h) => (Some(&h.requests), None),
+            SeriesSpec::Gauge(g) => (None, Some(&g.measure)),
+        };
+        if let Some(service) = requests.and_then(|r| r.service.as_ref()) {
+            refs.push((at.clone(), service, &[ResourceKind::Service]));
+        }
+        match measure {
+            Some(Measure::ServiceUp(service)) => refs.push((at, service, &[ResourceKind::Service])),
+            Some(Measure::Collections(store) | Measure::StoreReads(store) | Measure::Documents(store)) => {
+                refs.push((at, store, &[ResourceKind::Mongodb]));
+            }
             _ => {}
         }
     }

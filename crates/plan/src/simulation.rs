@@ -29,10 +29,18 @@ pub struct Simulation {
     pub app: App,
     /// The load the application serves during the simulation.
     pub workload: Workload,
-    /// Plan metrics the simulator measures itself (instead of their Prometheus or HTTP
-    /// source, which does not exist in a sandbox).
+    /// Plan metrics the simulator measures itself instead of reading their source (an
+    /// HTTP source the sandbox does not have, a value nothing in the sandbox moves). Every
+    /// other Prometheus metric is queried as written on the sandbox's Prometheus, which
+    /// holds the series `telemetry` declares.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub measures: BTreeMap<Id, Measure>,
+    /// What production's services and mesh publish to Prometheus — declared apart from the
+    /// plan's queries, so a query that selects a series nothing publishes fails. The
+    /// simulated application publishes these series, fed by what it measures, into the
+    /// sandbox's Prometheus at plan time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
     /// Faults injected into the services while the plan runs (a scenario adds its own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
@@ -355,10 +363,282 @@ pub enum Measure {
     Collections(Id),
     /// Reads served from a `mongodb` resource.
     StoreReads(Id),
+    /// Documents of the application's collection in a `mongodb` resource (as named in
+    /// that store); none while the collection does not exist.
+    Documents(Id),
     /// How far (seconds) the slowest consumer group trails the topic.
     ConsumerLagSeconds,
     /// A fixed value (for a metric nothing in the sandbox moves, e.g. failed bookings).
     Constant(f64),
+}
+
+/// Series the simulated application publishes to Prometheus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The mesh's standard metrics for the application's services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshTelemetry>,
+    /// The application's own series (and those of exporters: kube-state-metrics,
+    /// mongodb_exporter, …), each fed by something the model measures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<SeriesSpec>,
+}
+
+/// A mesh's standard metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MeshTelemetry {
+    /// Istio's standard metrics, as the destination's sidecar reports them:
+    /// `istio_requests_total` and the `istio_request_duration_milliseconds` histogram
+    /// (Istio's default buckets), labelled `reporter="destination"`,
+    /// `destination_service_name`, `destination_workload`, `destination_app`,
+    /// `request_protocol="http"`, `response_code` (200, or 503 for a failed request) and
+    /// `response_flags="-"`. Reads are `GET`s and writes `PUT`s.
+    Istio(IstioTelemetry),
+}
+
+/// Istio's metrics for the application's services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IstioTelemetry {
+    /// Each `service` resource of `app.stores` → its Kubernetes service name
+    /// (`destination_service_name`, `destination_workload` and `destination_app`).
+    pub services: BTreeMap<Id, String>,
+    /// The mesh's `Telemetry` adds a `request_method` label (a `tagOverrides` entry);
+    /// Istio's default metrics have none, so a query matching on it selects nothing, or
+    /// (`!=`) everything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_method: bool,
+}
+
+/// One declared series (or, for a histogram, family of bucket, sum and count series).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SeriesSpec {
+    /// A counter of the model's requests (without `requests`, one that stays at 0).
+    Counter(CounterSeries),
+    /// A gauge: a measurement of the model, sampled as plan time goes.
+    Gauge(GaugeSeries),
+    /// A histogram of the model's request latencies: `<name>_bucket{le}`, `<name>_sum`,
+    /// `<name>_count`.
+    Histogram(HistogramSeries),
+}
+
+/// A counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CounterSeries {
+    /// Metric name (`restaurant_menu_dual_write_total`).
+    pub name: String,
+    /// Its labels, fixed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// What it counts; nothing when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ModelRequests>,
+}
+
+/// A gauge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GaugeSeries {
+    /// Metric name (`up`).
+    pub name: String,
+    /// Its labels, fixed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its value; while the measure has none (a dropped collection's documents), the
+    /// series is not published.
+    pub measure: Measure,
+}
+
+/// A histogram of latencies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistogramSeries {
+    /// Metric name, without `_bucket` (`restaurant_menu_write_duration_seconds`).
+    pub name: String,
+    /// Its labels, fixed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The requests whose latency it observes.
+    pub requests: ModelRequests,
+    /// The unit of observations and bucket bounds.
+    pub unit: LatencyUnit,
+    /// Upper bounds of the buckets, increasing (`+Inf` is added).
+    #[schemars(length(min = 1))]
+    pub buckets: Vec<f64>,
+}
+
+/// Requests of the application model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRequests {
+    /// Which requests.
+    pub kind: RequestKind,
+    /// Only those the service served (a `service` resource of `app.stores`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Id>,
+    /// Only those that went this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// Kinds of requests the application model makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Reads (latency as the client sees it).
+    Reads,
+    /// Writes (latency of the whole write, dual write included).
+    Writes,
+    /// The writing service's write to its own store alone.
+    StoreWrites,
+    /// Dual writes to the other store (latency: what they add to the write).
+    DualWrites,
+    /// Shadow reads (ok: the stores agreed; failed: a mismatch).
+    ShadowReads,
+    /// Events published (ok: acknowledged by the broker).
+    Events,
+}
+
+/// How a request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It succeeded.
+    Ok,
+    /// It failed.
+    Failed,
+}
+
+/// The unit of a latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyUnit {
+    /// Seconds.
+    Seconds,
+    /// Milliseconds.
+    Milliseconds,
+}
+
+impl LatencyUnit {
+    /// A latency in microseconds, in this unit.
+    pub fn of_micros(self, micros: u64) -> f64 {
+        match self {
+            LatencyUnit::Seconds => micros as f64 / 1e6,
+            LatencyUnit::Milliseconds => micros as f64 / 1e3,
+        }
+    }
+}
+
+/// Istio's default buckets of `istio_request_duration_milliseconds`.
+pub const ISTIO_BUCKETS: [f64; 18] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+impl Telemetry {
+    /// Every declared series, the mesh's expanded: what a simulation publishes.
+    pub fn series(&self) -> Vec<SeriesSpec> {
+        let mut all = Vec::new();
+        if let Some(MeshTelemetry::Istio(istio)) = &self.mesh {
+            all.extend(istio.series());
+        }
+        all.extend(self.series.iter().cloned());
+        all
+    }
+}
+
+impl IstioTelemetry {
+    /// Per service, direction and response code: a request counter and a latency histogram.
+    fn series(&self) -> Vec<SeriesSpec> {
+        let mut all = Vec::new();
+        for (service, name) in &self.services {
+            for (kind, method) in [(RequestKind::Reads, "GET"), (RequestKind::Writes, "PUT")] {
+                for (outcome, code) in [(Outcome::Ok, "200"), (Outcome::Failed, "503")] {
+                    let mut labels: BTreeMap<String, String> = [
+                        ("reporter", "destination"),
+                        ("destination_service_name", name),
+                        ("destination_workload", name),
+                        ("destination_app", name),
+                        ("request_protocol", "http"),
+                        ("response_code", code),
+                        ("response_flags", "-"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                    if self.request_method {
+                        labels.insert("request_method".to_owned(), method.to_owned());
+                    }
+                    let requests = ModelRequests { kind, service: Some(service.clone()), outcome: Some(outcome) };
+                    all.push(SeriesSpec::Counter(CounterSeries {
+                        name: "istio_requests_total".to_owned(),
+                        labels: labels.clone(),
+                        requests: Some(requests.clone()),
+                    }));
+                    all.push(SeriesSpec::Histogram(HistogramSeries {
+                        name: "istio_request_duration_milliseconds".to_owned(),
+                        labels,
+                        requests,
+                        unit: LatencyUnit::Milliseconds,
+                        buckets: ISTIO_BUCKETS.to_vec(),
+                    }));
+                }
+            }
+        }
+        all
+    }
+}
+
+impl SeriesSpec {
+    /// The metric name as written (a histogram's, without `_bucket`).
+    pub fn name(&self) -> &str {
+        match self {
+            SeriesSpec::Counter(s) => &s.name,
+            SeriesSpec::Gauge(s) => &s.name,
+            SeriesSpec::Histogram(s) => &s.name,
+        }
+    }
+
+    /// Its fixed labels.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        match self {
+            SeriesSpec::Counter(s) => &s.labels,
+            SeriesSpec::Gauge(s) => &s.labels,
+            SeriesSpec::Histogram(s) => &s.labels,
+        }
+    }
+
+    /// The series Prometheus holds for it, each as its name and labels: a histogram's
+    /// `_bucket` series (one per bound and `+Inf`, labelled `le`), `_sum` and `_count`.
+    pub fn published(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        let SeriesSpec::Histogram(histogram) = self else {
+            return vec![(self.name().to_owned(), self.labels().clone())];
+        };
+        let mut all: Vec<(String, BTreeMap<String, String>)> = histogram
+            .buckets
+            .iter()
+            .map(|b| le(*b))
+            .chain(std::iter::once("+Inf".to_owned()))
+            .map(|le| {
+                let mut labels = histogram.labels.clone();
+                labels.insert("le".to_owned(), le);
+                (format!("{}_bucket", histogram.name), labels)
+            })
+            .collect();
+        for suffix in ["_sum", "_count"] {
+            all.push((format!("{}{suffix}", histogram.name), histogram.labels.clone()));
+        }
+        all
+    }
+}
+
+/// A bucket bound as Prometheus clients write `le` (`0.005`, `1.0`, `2500.0`).
+pub fn le(bound: f64) -> String {
+    if bound.fract() == 0.0 && bound.abs() < 1e15 { format!("{bound:.1}") } else { bound.to_string() }
 }
 
 /// A fault injected while a phase runs.

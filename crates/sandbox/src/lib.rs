@@ -25,10 +25,12 @@ mod probe;
 mod process;
 mod prometheus;
 mod proxy;
+mod remote_write;
 
 pub use engine::Engine;
 pub use prometheus::Prometheus;
 pub use proxy::FaultProxy;
+pub use remote_write::{RemoteWriter, Series};
 
 use process::{Launch, Process};
 

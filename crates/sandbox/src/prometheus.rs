@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::process::{Launch, Process};
+use crate::remote_write::RemoteWriter;
 use crate::{NotReady, SandboxError, free_port, io};
 
 /// How long Prometheus may take to answer `/-/ready`.
 const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The time span of a receiving Prometheus' head block and retention: longer than any
+/// plan's simulated span.
+const RECEIVING_BLOCK: &str = "5y";
 
 /// How to get Prometheus when it is missing.
 const FIX: &str = "install Debian's `prometheus` package (`apt-get install prometheus`; `.ci/setup` does), or put \
@@ -68,10 +73,34 @@ async fn status(port: u16, path: &str) -> Option<u16> {
 }
 
 impl Prometheus {
+    /// The `prometheus` program a sandbox would start and its version (from
+    /// `prometheus --version`), or what to do to get one.
+    pub fn locate() -> Result<(PathBuf, String), String> {
+        let program = program("prometheus").map_err(|_| FIX.to_owned())?;
+        let output = std::process::Command::new(&program).arg("--version").output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        let version = text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown");
+        Ok((program, version.to_owned()))
+    }
+
     /// Starts Prometheus in `dir` (created when missing), its TSDB first backfilled from
     /// `openmetrics` when given; returns once it answers `/-/ready`.
     pub async fn start(dir: &Path, openmetrics: Option<&str>) -> Result<Prometheus, SandboxError> {
-        Prometheus::launch(dir, openmetrics, "global:\n  evaluation_interval: 1s\n").await
+        Prometheus::launch(dir, openmetrics, "global:\n  evaluation_interval: 1s\n", &[]).await
+    }
+
+    /// Starts Prometheus in `dir` taking series by remote write ([`Prometheus::writer`]) with
+    /// whatever timestamps a simulation's plan time gives them: one head block spans
+    /// `RECEIVING_BLOCK` (no compaction while plan time runs days per second, so no sample
+    /// in time order is ever out of bounds) and nothing is deleted before it ends.
+    pub async fn receiving(dir: &Path) -> Result<Prometheus, SandboxError> {
+        let flags = [
+            "--web.enable-remote-write-receiver".to_owned(),
+            format!("--storage.tsdb.min-block-duration={RECEIVING_BLOCK}"),
+            format!("--storage.tsdb.max-block-duration={RECEIVING_BLOCK}"),
+            format!("--storage.tsdb.retention.time={RECEIVING_BLOCK}"),
+        ];
+        Prometheus::launch(dir, None, "global:\n  evaluation_interval: 1s\n", &flags).await
     }
 
     /// Starts Prometheus in `dir` scraping `targets` (`host:port`, `/metrics`) every second,
@@ -82,10 +111,15 @@ impl Prometheus {
             "global:\n  evaluation_interval: 1s\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: scrape\n    honor_labels: true\n    static_configs:\n      - targets: [{}]\n",
             targets.join(", ")
         );
-        Prometheus::launch(dir, None, &config).await
+        Prometheus::launch(dir, None, &config, &[]).await
     }
 
-    async fn launch(dir: &Path, openmetrics: Option<&str>, config_text: &str) -> Result<Prometheus, SandboxError> {
+    async fn launch(
+        dir: &Path,
+        openmetrics: Option<&str>,
+        config_text: &str,
+        flags: &[String],
+    ) -> Result<Prometheus, SandboxError> {
         let server = program("prometheus")?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data).map_err(io(format!("cannot create {}", data.display())))?;
@@ -101,7 +135,10 @@ impl Prometheus {
                 format!("--config.file={}", config.display()),
                 format!("--storage.tsdb.path={}", data.display()),
                 format!("--web.listen-address=127.0.0.1:{port}"),
-            ],
+            ]
+            .into_iter()
+            .chain(flags.iter().cloned())
+            .collect(),
             env: Vec::new(),
             keep: false,
         };
@@ -142,6 +179,11 @@ impl Prometheus {
     /// Its base URL (`http://127.0.0.1:<port>`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// A remote writer to it (answered only by a Prometheus started [`Prometheus::receiving`]).
+    pub fn writer(&self) -> RemoteWriter {
+        RemoteWriter::new(&self.url)
     }
 
     /// Stops it (SIGTERM, then SIGKILL after a grace period).

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use handoff_plan::model::HttpMethod;
-use handoff_plan::simulation::{App, Measure, RequestShape, Workload};
+use handoff_plan::simulation::{App, Measure, ModelRequests, Outcome, RequestKind, RequestShape, Workload};
 use mongodb::bson::{Document, doc};
 use rand::Rng;
 use rand::SeedableRng;
@@ -45,6 +45,8 @@ enum Kind {
     /// A shadow comparison while dual writes are off: only one store takes writes, so the
     /// other is stale by design (after the write cutover) and a difference is no mismatch.
     ShadowOneStoreWritten,
+    /// The writing service's write to its own store alone (observed for telemetry only).
+    StoreWrite,
 }
 
 impl Kind {
@@ -56,6 +58,19 @@ impl Kind {
             Kind::Event => "events",
             Kind::Shadow => "shadow_reads",
             Kind::ShadowOneStoreWritten => "shadow_reads_while_one_store_written",
+            Kind::StoreWrite => "store_writes",
+        }
+    }
+
+    /// The kind a telemetry series observes.
+    fn of(requests: RequestKind) -> Kind {
+        match requests {
+            RequestKind::Reads => Kind::Read,
+            RequestKind::Writes => Kind::Write,
+            RequestKind::StoreWrites => Kind::StoreWrite,
+            RequestKind::DualWrites => Kind::DualWrite,
+            RequestKind::ShadowReads => Kind::Shadow,
+            RequestKind::Events => Kind::Event,
         }
     }
 }
@@ -179,6 +194,11 @@ impl Stats {
         if sample.ok {
             keep(self.latencies.entry(name).or_default(), sample.micros);
         }
+        self.observe(sample);
+    }
+
+    /// Keeps a sample among the recent ones only (what telemetry alone observes).
+    fn observe(&mut self, sample: Sample) {
         self.recent.push_back(sample);
         while self.recent.front().is_some_and(|s| s.at.elapsed() > WINDOW) {
             self.recent.pop_front();
@@ -823,6 +843,8 @@ impl Model {
     fn record_write(&self, writer: usize, micros: u64, at: Instant, primary: Attempt, secondary: Option<Attempt>) {
         let mut stats = lock(&self.stats);
         stats.record(Sample { at, kind: Kind::Write, ok: primary.ok, micros, store: writer });
+        let alone = primary.took.as_micros() as u64;
+        stats.observe(Sample { at, kind: Kind::StoreWrite, ok: primary.ok, micros: alone, store: writer });
         match (primary.ok, secondary) {
             (true, None) => keep(&mut stats.single_writes, micros),
             (true, Some(_)) => keep(&mut stats.dual_writes, micros),
@@ -967,7 +989,24 @@ impl Model {
         })
     }
 
-    async fn value(&self, measure: &Measure) -> Option<f64> {
+    /// The latencies (µs) of the recent requests `requests` selects, and the real time they
+    /// were made in (at most the measures' window, at least `since` ago).
+    pub(crate) fn recent(&self, requests: &ModelRequests, since: Instant) -> (Vec<u64>, Duration) {
+        let kind = Kind::of(requests.kind);
+        let service = requests.service.as_ref().map(|s| self.services.iter().position(|x| x.id == s.0));
+        let outcome = requests.outcome.map(|o| o == Outcome::Ok);
+        let stats = lock(&self.stats);
+        let micros = stats
+            .of(kind)
+            .filter(|s| service.is_none_or(|index| Some(s.store) == index))
+            .filter(|s| outcome.is_none_or(|ok| s.ok == ok))
+            .map(|s| s.micros)
+            .collect();
+        (micros, since.elapsed().min(WINDOW))
+    }
+
+    /// What `measure` measures now (`None`: nothing to measure).
+    pub(crate) async fn value(&self, measure: &Measure) -> Option<f64> {
         let stats = || lock(&self.stats);
         match measure {
             Measure::ServiceUp(service) => {
@@ -1026,8 +1065,28 @@ impl Model {
                 let oldest = stats.pending.values().filter_map(|p| p.front()).map(|at| at.elapsed().as_secs_f64());
                 Some(oldest.fold(0.0, f64::max))
             }
+            Measure::Documents(resource) => self.documents(resource).await,
             Measure::Constant(value) => Some(*value),
         }
+    }
+
+    /// Documents of the application's collection in the `mongodb` resource `store`; none
+    /// while the collection does not exist.
+    async fn documents(&self, store: &handoff_plan::model::Id) -> Option<f64> {
+        let database = self.databases.get(&store.0)?;
+        let name = self.spec.collection_in(store);
+        let names = database.list_collection_names().await.ok()?;
+        if !names.iter().any(|n| n == name) {
+            return None;
+        }
+        // The collection's count from its metadata (what collStats reports), not a scan:
+        // telemetry reads it before every query.
+        let collection = database.collection::<Document>(name);
+        let count = match collection.estimated_document_count().await {
+            Ok(count) => count,
+            Err(_) => collection.count_documents(doc! {}).await.ok()?,
+        };
+        Some(count as f64)
     }
 }
 

@@ -1,8 +1,10 @@
 //! The plan as the simulation runs it: one `simulation` environment whose endpoints are the
 //! sandbox's servers, the router (a `mesh` route's endpoint is the router's path of the host
-//! it claims) and the stand-in service; every `${VAR}` resolved to a
-//! stand-in URL or a placeholder (a simulation never reads real secrets); metrics the
-//! simulator measures read from the stand-in; file paths moved into the scratch directory.
+//! it claims) and the stand-in service; every `${VAR}` resolved to a stand-in URL or a
+//! placeholder (a simulation never reads real secrets); Prometheus resources at the
+//! sandbox's Prometheus, where every Prometheus metric keeps its query as written; metrics
+//! the simulator measures itself (`simulation.measures`) read from the stand-in; file paths
+//! moved into the scratch directory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,28 +23,36 @@ pub struct Derived {
     pub endpoints: BTreeMap<String, String>,
 }
 
-/// Derives the plan to run from `plan`; `server` gives a sandboxed resource's URL,
-/// `standin` is the stand-in service's base URL; `drill` names a phase whose rollback is
-/// drilled (a criterion that fails once its steps are done).
-pub fn derive(
-    plan: &Plan,
-    server: &dyn Fn(&str) -> Option<String>,
-    standin: &str,
-    scratch: &Path,
-    drill: Option<&str>,
-) -> Result<Derived, String> {
+/// Where the derived plan's resources are: a sandboxed resource's server, the stand-in
+/// service's base URL, and the sandbox's Prometheus (when it runs).
+pub struct Targets<'a> {
+    /// A sandboxed resource's URL.
+    pub server: &'a dyn Fn(&str) -> Option<String>,
+    /// The stand-in service's base URL.
+    pub standin: &'a str,
+    /// Where the plan's queries reach the sandbox's Prometheus.
+    pub prometheus: Option<&'a str>,
+}
+
+/// Derives the plan to run from `plan`, its resources at `targets`; `drill` names a phase
+/// whose rollback is drilled (a criterion that fails once its steps are done).
+pub fn derive(plan: &Plan, targets: &Targets<'_>, scratch: &Path, drill: Option<&str>) -> Result<Derived, String> {
+    let standin = targets.standin;
     let simulation = plan.simulation.as_ref().ok_or("the plan has no `simulation:` section")?;
     let mut endpoints = BTreeMap::new();
     for (id, resource) in &plan.resources {
         let Some(endpoint) = &resource.endpoint else { continue };
         let value = match resource.kind {
             ResourceKind::Mongodb | ResourceKind::Kafka | ResourceKind::Redis => {
-                server(&id.0).ok_or_else(|| format!("the sandbox has no server for resource `{id}`"))?
+                (targets.server)(&id.0).ok_or_else(|| format!("the sandbox has no server for resource `{id}`"))?
             }
             // The router keeps one VirtualService per host, as a cluster does: routes that
             // claim one host share it.
             ResourceKind::Mesh => format!("{standin}/routes/{}", resource.host.as_ref().unwrap_or(id)),
-            ResourceKind::Service | ResourceKind::Prometheus => format!("{standin}/svc/{endpoint}"),
+            ResourceKind::Prometheus => {
+                targets.prometheus.map_or_else(|| format!("{standin}/svc/{endpoint}"), str::to_owned)
+            }
+            ResourceKind::Service => format!("{standin}/svc/{endpoint}"),
         };
         // Resources sharing an endpoint share the first one's server, as they would.
         endpoints.entry(endpoint.0.clone()).or_insert(value);

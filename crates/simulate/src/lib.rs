@@ -30,6 +30,7 @@ mod junit;
 pub mod report;
 pub mod router;
 pub mod standin;
+pub mod telemetry;
 
 pub use report::{Report, RunVerdict};
 
@@ -53,6 +54,20 @@ pub enum SimulateError {
     /// The engine could not run the plan.
     #[error("the run could not proceed")]
     Engine(#[from] handoff_engine::EngineError),
+    /// A Prometheus query of the plan selects nothing the simulated application publishes.
+    #[error(
+        "metric `{metric}`: selector `{selector}` of query `{query}` selects no series on the simulation's Prometheus; {why}"
+    )]
+    QuerySelectsNothing {
+        /// The plan's metric.
+        metric: String,
+        /// Its query, as written.
+        query: String,
+        /// The selector that selects nothing.
+        selector: String,
+        /// Why, as far as the declared telemetry tells.
+        why: String,
+    },
 }
 
 /// How to simulate.
@@ -102,15 +117,20 @@ pub async fn simulate(
 ) -> Result<Report, SimulateError> {
     let setting = Setting::resolve(plan, options)?;
     let mut timings = Timings::default();
-    let servers = Servers::start(plan, setting.spec, &options.sandbox, &mut timings).await?;
+    let servers = Servers::start(plan, setting.spec, options, &mut timings).await?;
     let standin = standin::StandIn::start().map_err(|e| setup("the stand-in service")(e.to_string()))?;
     let seeded = seed(plan, (setting.spec, options.seed), &servers, &mut timings).await?;
     let scratch = options.work_dir.join("scratch");
-    let derived = derive::derive(plan, &|id| servers.url(id), &standin.url, &scratch, options.drill.as_deref())
-        .map_err(SimulateError::Setup)?;
+    // The plan's queries reach the sandbox's Prometheus through the stand-in, which writes
+    // the application's telemetry up to the clock's time before forwarding each.
+    let prometheus = servers.prometheus.as_ref().map(|_| format!("{}/prometheus", standin.url));
+    let targets =
+        derive::Targets { server: &|id| servers.url(id), standin: &standin.url, prometheus: prometheus.as_deref() };
+    let derived = derive::derive(plan, &targets, &scratch, options.drill.as_deref()).map_err(SimulateError::Setup)?;
     standin.declare(derived.plan.simulation.as_ref().map_or(&[], |s| s.responses.as_slice()));
     let graph = compile(&derived.plan, executors)?;
-    let application = Application::start(setting.spec, &servers, seeded, &standin, setting.day).await?;
+    let clock = Arc::new(VirtualClock::paced(setting.day));
+    let application = Application::start(setting.spec, &servers, seeded, &standin, clock.clone()).await?;
 
     let store: Arc<dyn Store> =
         Arc::new(DirStore::new(&options.work_dir.join("state"), &plan.metadata.name.0, "simulation"));
@@ -118,12 +138,16 @@ pub async fn simulate(
     let mut faults = Faults::new(&setting.faults, &servers, &application);
     faults.check()?;
     let started = Instant::now();
-    let result = drive(&engine, &run_options(setting.day, scratch, &derived), cancel, &mut faults, progress).await;
+    let result = drive(&engine, &run_options(clock, scratch, &derived), cancel, &mut faults, progress).await;
     timings.run_seconds = started.elapsed().as_secs_f64();
     let applied = faults.applied;
     let model = application.stop().await;
 
     let (run_id, outcome) = result?;
+    if let Err(error) = check_queries(plan, setting.spec, &servers).await {
+        servers.shutdown(options.sandbox.keep).await;
+        return Err(error);
+    }
     // A sync the run left going may still be applying the last writes: allow it a moment.
     let audit = model.audit(Duration::from_secs(5)).await;
     let canary = model.canary();
@@ -141,10 +165,46 @@ pub async fn simulate(
         timings,
         day: setting.day,
     });
-    if !options.sandbox.keep {
-        servers.sandbox.shutdown().await;
-    }
+    servers.shutdown(options.sandbox.keep).await;
     Ok(report)
+}
+
+/// Every selector of every query the simulation ran on its Prometheus selected a series
+/// there at some time of the run; the first that selected none fails the simulation,
+/// naming the metric, query and selector (whatever the criteria said: their verdicts rest
+/// on a query that reads nothing).
+async fn check_queries(plan: &Plan, spec: &Simulation, servers: &Servers<'_>) -> Result<(), SimulateError> {
+    let Some(prometheus) = &servers.prometheus else { return Ok(()) };
+    let declared = handoff_plan::promql::declared(spec);
+    for (id, query) in handoff_plan::promql::simulated_queries(plan, spec) {
+        let Ok(selectors) = handoff_plan::promql::selectors(query) else { continue };
+        for selector in selectors {
+            if !prometheus_selects(prometheus.url(), &selector.to_string()).await? {
+                return Err(SimulateError::QuerySelectsNothing {
+                    metric: id.to_string(),
+                    query: query.to_owned(),
+                    selector: selector.to_string(),
+                    why: handoff_plan::promql::why_nothing(&selector, &declared),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the Prometheus at `base` holds a series `selector` selects.
+async fn prometheus_selects(base: &str, selector: &str) -> Result<bool, SimulateError> {
+    let encoded = percent_encoding::utf8_percent_encode(selector, percent_encoding::NON_ALPHANUMERIC);
+    let url = format!("{base}/api/v1/series?match[]={encoded}");
+    let response = handoff_executor::http::Request::get(&url, Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| setup("the simulation's Prometheus")(e.to_string()))?;
+    let found = response.json.as_ref().and_then(|j| j.pointer("/data")).and_then(serde_json::Value::as_array);
+    match found {
+        Some(series) => Ok(!series.is_empty()),
+        None => Err(setup("the simulation's Prometheus")(format!("{url} answered {}", response.excerpt))),
+    }
 }
 
 /// What to simulate: the plan's `simulation:` section, the time scale, the faults.
@@ -185,6 +245,9 @@ impl<'p> Setting<'p> {
 struct Servers<'p> {
     plan: &'p Plan,
     sandbox: Sandbox,
+    /// The Prometheus the application's telemetry is written to and the plan's queries
+    /// run on (when the plan has a `prometheus` resource and declares telemetry).
+    prometheus: Option<handoff_sandbox::Prometheus>,
     /// Endpoint → the resource whose server stands for it.
     serving: BTreeMap<&'p str, &'p str>,
 }
@@ -196,11 +259,18 @@ impl<'p> Servers<'p> {
     async fn start(
         plan: &'p Plan,
         spec: &'p Simulation,
-        options: &handoff_sandbox::Options,
+        options: &Options,
         timings: &mut Timings,
     ) -> Result<Servers<'p>, SimulateError> {
         let started = Instant::now();
-        let sandbox = Sandbox::start(&ServiceSpec::for_plan(plan), options).await?;
+        let wants_prometheus = spec.telemetry.is_some()
+            && plan.resources.values().any(|r| r.kind == handoff_plan::model::ResourceKind::Prometheus);
+        let dir = options.work_dir.join("prometheus");
+        let specs = ServiceSpec::for_plan(plan);
+        let (sandbox, prometheus) = tokio::join!(Sandbox::start(&specs, &options.sandbox), async {
+            if wants_prometheus { handoff_sandbox::Prometheus::receiving(&dir).await.map(Some) } else { Ok(None) }
+        });
+        let (sandbox, prometheus) = (sandbox?, prometheus?);
         timings.sandbox_seconds = started.elapsed().as_secs_f64();
         let mut serving: BTreeMap<&str, &str> = BTreeMap::new();
         let preferred: Vec<&str> = spec
@@ -216,7 +286,18 @@ impl<'p> Servers<'p> {
                 serving.entry(endpoint.0.as_str()).or_insert(id.0.as_str());
             }
         }
-        Ok(Servers { plan, sandbox, serving })
+        Ok(Servers { plan, sandbox, prometheus, serving })
+    }
+
+    /// Stops every server (unless `keep`).
+    async fn shutdown(self, keep: bool) {
+        if keep {
+            return;
+        }
+        if let Some(prometheus) = self.prometheus {
+            prometheus.stop().await;
+        }
+        self.sandbox.shutdown().await;
     }
 
     /// The URL of resource `id`'s server, if it has one.
@@ -291,17 +372,21 @@ struct Application {
     stop: CancellationToken,
     serving: tokio::task::JoinHandle<()>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
+    /// The telemetry publisher.
+    publishing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
-    /// Starts the model over the sandbox's servers and hands the stand-in its measures.
+    /// Starts the model over the sandbox's servers, hands the stand-in its measures, and
+    /// publishes the declared telemetry (its first samples written before it returns).
     async fn start(
         spec: &Simulation,
         servers: &Servers<'_>,
         seeded: Seeded,
         standin: &standin::StandIn,
-        day: Duration,
+        clock: Arc<VirtualClock>,
     ) -> Result<Application, SimulateError> {
+        let day = clock.real_time(Duration::from_secs(86_400)).unwrap_or(Duration::from_secs(1));
         let cache = match spec.app.cache.as_ref().and_then(|model| servers.url(&model.resource.0)) {
             Some(address) => {
                 let client = redis::Client::open(address).map_err(|e| setup("the cache")(e.to_string()))?;
@@ -321,15 +406,30 @@ impl Application {
         let mut measures: BTreeMap<String, _> = spec.measures.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
         measures.insert(DRILL_METRIC.to_owned(), handoff_plan::simulation::Measure::Constant(1.0));
         standin.measure_with(model.measurer(measures, tokio::runtime::Handle::current()));
-        Ok(Application { model, cache, stop, serving, consumers })
+        let publishing = match (&spec.telemetry, &servers.prometheus) {
+            (Some(telemetry), Some(prometheus)) => {
+                let mut publisher = telemetry::Publisher::new(telemetry, model.clone(), clock, prometheus.writer());
+                publisher.publish(true).await?;
+                let shared = Arc::new(tokio::sync::Mutex::new(publisher));
+                let handle = tokio::runtime::Handle::current();
+                standin.forward_prometheus_with(telemetry::forwarder(
+                    shared.clone(),
+                    prometheus.url().to_owned(),
+                    handle,
+                ));
+                Some(tokio::spawn(telemetry::run(shared, stop.clone())))
+            }
+            _ => None,
+        };
+        Ok(Application { model, cache, stop, serving, consumers, publishing })
     }
 
     /// Stops the load and the consumers; the model is left to audit.
     async fn stop(self) -> Arc<app::Model> {
         self.stop.cancel();
         let _ = self.serving.await;
-        for consumer in self.consumers {
-            let _ = consumer.await;
+        for task in self.consumers.into_iter().chain(self.publishing) {
+            let _ = task.await;
         }
         self.model
     }
@@ -337,8 +437,7 @@ impl Application {
 
 /// How the engine runs the derived plan: on a paced virtual clock, under the simulation's
 /// policy, deciding for people automatically.
-fn run_options(day: Duration, scratch: PathBuf, derived: &derive::Derived) -> RunOptions {
-    let clock: Arc<dyn Clock> = Arc::new(VirtualClock::paced(day));
+fn run_options(clock: Arc<VirtualClock>, scratch: PathBuf, derived: &derive::Derived) -> RunOptions {
     let mut run = RunOptions::new("simulation", clock);
     run.policy = Policy { allow_shell: false, simulation: true, base_dir: scratch };
     run.endpoints = Endpoints::new(derived.endpoints.clone());

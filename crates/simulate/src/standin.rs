@@ -14,6 +14,9 @@
 //!   asked (`{"value": x}`; 404 while there is no value).
 //! - A path the plan's `simulation.responses` declare answers `GET` with its JSON built
 //!   from measures (503 while one of them has no value).
+//! - `/prometheus/…`: the sandbox's Prometheus HTTP API, answered once the application's
+//!   telemetry is written up to the run clock's time (as if scraped right before the
+//!   query), so a query at plan time reads samples of that time, not a forecast.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -72,6 +75,9 @@ impl State {
 /// Measures a plan metric by id, when it is asked for.
 pub type Measurer = Arc<dyn Fn(&str) -> Option<f64> + Send + Sync>;
 
+/// Answers a Prometheus API request (path and query string): status and JSON body.
+pub type Forwarder = Arc<dyn Fn(&str) -> (u16, Value) + Send + Sync>;
+
 /// A running stand-in service.
 pub struct StandIn {
     /// Base URL (`http://127.0.0.1:<port>`).
@@ -79,6 +85,7 @@ pub struct StandIn {
     /// Its state.
     pub state: Arc<Mutex<State>>,
     measurer: Arc<OnceLock<Measurer>>,
+    forwarder: Arc<OnceLock<Forwarder>>,
     server: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -90,22 +97,32 @@ impl StandIn {
         let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or_default();
         let state = Arc::new(Mutex::new(State::default()));
         let measurer: Arc<OnceLock<Measurer>> = Arc::default();
-        let (serving, shared, measuring) = (server.clone(), state.clone(), measurer.clone());
+        let forwarder: Arc<OnceLock<Forwarder>> = Arc::default();
+        let (serving, shared, measuring, forwarding) =
+            (server.clone(), state.clone(), measurer.clone(), forwarder.clone());
         // A thread per request: a slow measure (a query to a server that is out) must not
         // hold up flags, routes and health checks.
         let thread = std::thread::Builder::new().name("handoff-standin".to_owned()).spawn(move || {
             for request in serving.incoming_requests() {
-                let (shared, measuring) = (shared.clone(), measuring.clone());
+                let (shared, measuring, forwarding) = (shared.clone(), measuring.clone(), forwarding.clone());
                 let spawned = std::thread::Builder::new().name("handoff-standin-request".to_owned()).spawn(move || {
                     let measure = |metric: &str| measuring.get().and_then(|m| m(metric));
-                    answer(request, &shared, &measure);
+                    let url = request.url().to_owned();
+                    match (url.strip_prefix("/prometheus"), forwarding.get()) {
+                        (Some(rest), Some(forward)) => {
+                            let (status, body) = forward(rest);
+                            respond(request, &Reply::new(status, body));
+                        }
+                        _ => answer(request, &shared, &measure),
+                    }
                 });
                 if let Err(error) = spawned {
                     tracing::warn!("the stand-in service cannot answer a request: {error}");
                 }
             }
         })?;
-        Ok(StandIn { url: format!("http://127.0.0.1:{port}"), state, measurer, server, thread: Some(thread) })
+        let url = format!("http://127.0.0.1:{port}");
+        Ok(StandIn { url, state, measurer, forwarder, server, thread: Some(thread) })
     }
 
     /// Answers the plan's declared `responses` (at their URLs' paths under this service).
@@ -120,6 +137,11 @@ impl StandIn {
     /// Where `/measures/…` and declared responses get their values (set once).
     pub fn measure_with(&self, measurer: Measurer) {
         let _ = self.measurer.set(measurer);
+    }
+
+    /// Who answers `/prometheus/…` (set once; until then it is an unknown path).
+    pub fn forward_prometheus_with(&self, forwarder: Forwarder) {
+        let _ = self.forwarder.set(forwarder);
     }
 }
 
@@ -143,6 +165,11 @@ fn answer(mut request: tiny_http::Request, state: &Mutex<State>, measure: &dyn F
     let _ = request.as_reader().take(1 << 20).read_to_string(&mut text);
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let reply = route(state, &method, &path, body, measure);
+    respond(request, &reply);
+}
+
+/// Sends `reply` as JSON.
+fn respond(request: tiny_http::Request, reply: &Reply) {
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
     let mut response = tiny_http::Response::from_string(reply.body.to_string()).with_status_code(reply.status);
     if let Ok(header) = header {
