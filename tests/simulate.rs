@@ -58,7 +58,20 @@ fn plain_progress(stderr: &str, json: &Value) {
 fn masked(text: &str) -> String {
     let mut out = String::new();
     let mut in_number = false;
-    for c in text.chars() {
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        // A measured value may be written in scientific notation (`1.5e-5`): its exponent
+        // belongs to the number.
+        let exponent = in_number && c == 'e' && {
+            let sign = usize::from(matches!(chars.get(i + 1), Some('-' | '+')));
+            chars.get(i + 1 + sign).is_some_and(char::is_ascii_digit)
+        };
+        if exponent {
+            i += if matches!(chars.get(i + 1), Some('-' | '+')) { 2 } else { 1 };
+            continue;
+        }
         if c.is_ascii_digit() || (in_number && c == '.') {
             if !in_number {
                 out.push('N');
@@ -68,8 +81,15 @@ fn masked(text: &str) -> String {
             in_number = false;
             out.push(c);
         }
+        i += 1;
     }
     out
+}
+
+#[test]
+fn masking_keeps_the_shape_whatever_the_notation() {
+    assert_eq!(masked("last value 0.00012; 3 samples < 5m"), "last value N; N samples < Nm");
+    assert_eq!(masked("last value 1.2e-5 and 3e+7, then 2 e-mails"), "last value N and N, then N e-mails");
 }
 
 /// The end-of-run audit found every acknowledged write in `store`, and no write that the
