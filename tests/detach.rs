@@ -67,6 +67,22 @@ metrics:
     )
 }
 
+/// Debian's Prometheus (under `work`) scraping `exporter`, once it has scraped
+/// `errors_ratio` at `value`.
+fn scraping(
+    runtime: &tokio::runtime::Runtime,
+    work: &std::path::Path,
+    exporter: &str,
+    value: &str,
+) -> handoff_sandbox::Prometheus {
+    let targets = [exporter.to_owned()];
+    let prometheus = runtime
+        .block_on(handoff_sandbox::Prometheus::scraping(&work.join("prometheus"), &targets))
+        .expect("prometheus starts");
+    scraped(prometheus.url(), value);
+    prometheus
+}
+
 fn plan(prometheus: &str, exporter: &str) -> String {
     let head = head("sleepy", prometheus);
     format!(
@@ -89,13 +105,7 @@ fn a_run_sleeps_through_its_soak_and_judges_the_window_when_resumed_after_it() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let work = tempfile::tempdir().unwrap();
     let exporter = exporter(Arc::new(AtomicU64::new(0.5f64.to_bits())));
-    let prometheus = runtime
-        .block_on(handoff_sandbox::Prometheus::scraping(
-            &work.path().join("prometheus"),
-            std::slice::from_ref(&exporter),
-        ))
-        .expect("prometheus starts");
-    scraped(prometheus.url(), "0.5");
+    let prometheus = scraping(&runtime, work.path(), &exporter, "0.5");
     let path = work.path().join("sleepy.yaml");
     std::fs::File::create(&path).unwrap().write_all(plan(prometheus.url(), &exporter).as_bytes()).unwrap();
     let (plan, state) = (path.to_str().unwrap(), work.path().join("state"));
@@ -154,13 +164,7 @@ fn sleep_through_the_wait(asleep: f64) -> (std::process::Output, String) {
     let work = tempfile::tempdir().unwrap();
     let ratio = Arc::new(AtomicU64::new(0f64.to_bits()));
     let exporter = exporter(ratio.clone());
-    let prometheus = runtime
-        .block_on(handoff_sandbox::Prometheus::scraping(
-            &work.path().join("prometheus"),
-            std::slice::from_ref(&exporter),
-        ))
-        .expect("prometheus starts");
-    scraped(prometheus.url(), "0");
+    let prometheus = scraping(&runtime, work.path(), &exporter, "0");
     let marker = work.path().join("after.txt");
     let path = work.path().join("waits.yaml");
     std::fs::write(&path, waiting_plan(prometheus.url(), marker.to_str().unwrap())).unwrap();
